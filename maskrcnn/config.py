@@ -1,0 +1,355 @@
+"""Configuration: YAML files -> nested frozen dataclasses.
+
+- ``base: other.yaml`` (relative to the file) is loaded first and overridden key by key.
+- ``--set a.b=v`` overrides (values parsed as YAML: ``--set solver.lr=0.01``,
+  ``--set model.anchors.sizes=[8,16,32,64,128]``).
+- An unknown key is an error that lists the valid keys at that level; a value of the wrong type
+  is an error naming the key.
+
+Modules never receive the whole config: builders (e.g. ``maskrcnn.model.build_model``) map the
+relevant section to explicit constructor arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value; the message names the key and what is wrong."""
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet50"  # resnet50 | resnet101 | resnext101_32x8d | resnet18 | resnet34
+    norm: str = "frozen_bn"  # frozen_bn | gn | bn
+    freeze_at: int = 2  # 0: train all; 1: freeze stem; k: freeze stem and res2..res{k}
+    weights: str = ""  # local file: torchvision .pth or detectron2 .pkl; empty = random init
+    width_per_group: int = 64
+    groups: int = 1
+
+
+@dataclass(frozen=True)
+class FPNConfig:
+    out_channels: int = 256
+    norm: str = ""  # "" | gn
+    top_block: str = "maxpool"  # P6 from P5 by max-pooling (as in Mask R-CNN's FPN)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    # One size per FPN level P2..P6 (cells are small: 8 px at P2).
+    sizes: Tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0)
+    aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    scales_per_octave: int = 1
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    pre_nms_topk_train: int = 2000  # per level
+    post_nms_topk_train: int = 2000  # per image
+    pre_nms_topk_test: int = 2000
+    post_nms_topk_test: int = 2000  # must exceed the detection cap (up to ~800 cells per image)
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    min_size: float = 0.0
+    smooth_l1_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class RoIHeadsConfig:
+    num_classes: int = 1
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    box_pooler_resolution: int = 7
+    pooler_sampling_ratio: int = 0
+    box_fc_dim: int = 1024
+    bbox_reg_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 1000
+    smooth_l1_beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class MaskHeadConfig:
+    pooler_resolution: int = 14
+    resolution: int = 28  # 28 (default) or 56
+    num_convs: int = 4
+    conv_dim: int = 256
+    norm: str = ""  # "" | gn
+    mask_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    in_channels: int = 3  # grayscale images are repeated to 3 channels when this is 3
+    # Training resize: shortest side drawn from min_size_train, capped by max_size; or a fixed scale.
+    min_size_train: Tuple[int, ...] = (0,)  # 0: no resize (keep the image's own size)
+    max_size_train: int = 0
+    min_size_test: int = 0
+    max_size_test: int = 0
+    scale: float = 1.0  # multiply image size by this factor (upscaling helps small cells)
+    pixel_mean: Tuple[float, ...] = (0.485, 0.456, 0.406)  # images are in [0, 1]
+    pixel_std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    size_divisibility: int = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    channels_last: bool = False
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class SyntheticConfig:
+    num_images: int = 48
+    height: int = 128
+    width: int = 160
+    cells_per_image: Tuple[int, int] = (6, 24)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.0
+    rotate_degrees: float = 0.0
+    rotate_prob: float = 0.0
+    scale_range: Tuple[float, float] = (1.0, 1.0)
+    crop_size: Tuple[int, int] = (0, 0)  # (h, w); 0 = no crop
+    min_area: int = 4  # instances cut below this many pixels by a crop are dropped
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    blur_prob: float = 0.0
+    noise_std: float = 0.0
+    copy_paste_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | cache
+    root: str = ""
+    ann_file: str = ""
+    class_agnostic: bool = False
+    classes: Tuple[str, ...] = ()  # empty: the reader's own class list
+    split_file: str = ""  # written on first use and reused
+    num_folds: int = 5
+    fold: int = 0
+    batch_size: int = 2  # images per batch per process
+    num_workers: int = 2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+# ---------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class SolverConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: Tuple[float, float] = (0.9, 0.999)
+    schedule: str = "multistep"  # multistep | cosine
+    max_iter: int = 1000
+    steps: Tuple[int, ...] = (700, 900)
+    gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    clip_grad_norm: float = 0.0  # 0: off
+    accum_steps: int = 1
+    amp: str = ""  # "" | bf16 | fp16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "output/run"
+    checkpoint_period: int = 500
+    eval_period: int = 500
+    log_period: int = 20
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    max_eval_images: int = 0  # 0: the whole validation split
+
+
+# ---------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class TestConfig:
+    tta: Tuple[str, ...] = ()  # hflip | vflip | rot90 | scale=1.25
+    tta_min_views: int = 1  # keep a merged instance seen in at least this many views
+    merge_iou: float = 0.5
+    score_thresh: Tuple[float, ...] = (0.5,)  # one per class (or one for all)
+    mask_thresh: Tuple[float, ...] = (0.5,)
+    min_area: Tuple[int, ...] = (0,)
+    remove_overlaps: bool = True
+    overlap_min_keep: float = 0.5  # drop a mask that lost more than half its pixels to overlaps
+    fill_holes: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+# ------------------------------------------------------------------------ loading
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, values: Dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        full = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise ConfigError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], full)
+    return cls(**kwargs)
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load_yaml(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(seen)})")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        data = _merge(_load_yaml(base_path, list(seen) + [path]), data)
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict, values parsed as YAML."""
+    out: Dict[str, Any] = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = value
+    return out
+
+
+def to_dict(cfg) -> Dict[str, Any]:
+    """Plain nested dict (tuples as lists) for saving next to checkpoints."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def from_dict(values: Dict[str, Any]) -> Config:
+    return _build(Config, values)
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (with its ``base:`` chain) and apply ``key=value`` overrides."""
+    data = _load_yaml(path) if path else {}
+    data = _merge(data, parse_overrides(overrides))
+    return _build(Config, data)
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)

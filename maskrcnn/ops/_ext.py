@@ -1,0 +1,46 @@
+"""Loads the compiled extension ``maskrcnn._C`` once; the pure-PyTorch twins stand in without it.
+
+``MASKRCNN_FORCE_FALLBACK=1`` forces the twins (tests and benchmarks compare the two).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+_C = None
+_load_error = None
+_warned = False
+
+
+def _load():
+    global _C, _load_error
+    if os.environ.get("MASKRCNN_FORCE_FALLBACK", "0") not in ("", "0"):
+        _load_error = "MASKRCNN_FORCE_FALLBACK is set"
+        return
+    try:
+        from maskrcnn import _C as ext  # noqa: F401
+
+        _C = ext
+    except ImportError as e:  # not built, or built for another torch
+        _load_error = str(e)
+
+
+_load()
+
+
+def get_ext():
+    """The compiled module, or ``None`` (warning once) when the twins must be used."""
+    global _warned
+    if _C is None and not _warned and os.environ.get("MASKRCNN_FORCE_FALLBACK", "0") in ("", "0"):
+        warnings.warn(
+            "maskrcnn: compiled ops not available (" + str(_load_error) + "); using the pure-PyTorch "
+            "fallbacks, which are slower. Build them with `python setup.py build_ext --inplace`.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned = True
+    return _C
+
+
+def has_cuda_ops() -> bool:
+    return _C is not None and bool(getattr(_C, "with_cuda", lambda: False)())

@@ -1,0 +1,139 @@
+"""Mask IoU and mask NMS, computed inside boxes.
+
+Masks are either dense (``Tensor[N, H, W]`` bool) or crops (see ``maskrcnn.structures.MaskList``:
+``crops[N, h, w]`` plus ``origins[N, 2]`` as ``(x0, y0)``). Only pairs whose crop windows overlap
+are compared, and only over the overlap: cost ~ (pairs that touch) x (cell area), never N x M x H x W.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from maskrcnn.ops._ext import get_ext
+from maskrcnn.ops.nms import greedy_suppress
+
+
+def _window_pairs(a_origins, a_hw, b_origins, b_hw):
+    """Pairs (i, j) whose windows overlap, with the overlap ``[x0, x1) x [y0, y1)`` in image pixels."""
+    ax0, ay0 = a_origins[:, 0], a_origins[:, 1]
+    bx0, by0 = b_origins[:, 0], b_origins[:, 1]
+    ax1, ay1 = ax0 + a_hw[1], ay0 + a_hw[0]
+    bx1, by1 = bx0 + b_hw[1], by0 + b_hw[0]
+    x0 = torch.maximum(ax0[:, None], bx0[None, :])
+    y0 = torch.maximum(ay0[:, None], by0[None, :])
+    x1 = torch.minimum(ax1[:, None], bx1[None, :])
+    y1 = torch.minimum(ay1[:, None], by1[None, :])
+    ii, jj = torch.nonzero((x1 > x0) & (y1 > y0), as_tuple=True)
+    return ii, jj, x0[ii, jj], y0[ii, jj], x1[ii, jj], y1[ii, jj]
+
+
+def crop_mask_intersection_reference(
+    a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins: Tensor, max_elements: int = 1 << 24
+) -> Tensor:
+    """Pure-PyTorch pixel counts of ``a_i & b_j``: ``Tensor[N, M]`` int64. The fallback and oracle."""
+    N, M = a_crops.shape[0], b_crops.shape[0]
+    dev = a_crops.device
+    out = torch.zeros((N, M), dtype=torch.long, device=dev)
+    if N == 0 or M == 0:
+        return out
+    a = a_crops != 0
+    b = b_crops != 0
+    ii, jj, x0, y0, x1, y1 = _window_pairs(a_origins, a.shape[1:], b_origins, b.shape[1:])
+    P = ii.shape[0]
+    if P == 0:
+        return out
+    h = min(a.shape[1], b.shape[1])
+    w = min(a.shape[2], b.shape[2])
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    chunk = max(1, max_elements // (h * w))
+    for s in range(0, P, chunk):  # chunks of pairs bound memory
+        sl = slice(s, min(P, s + chunk))
+        i, j = ii[sl], jj[sl]
+        ys = y0[sl, None] + ar_h  # [p, h] image rows of the overlap window
+        xs = x0[sl, None] + ar_w
+        vy = ys < y1[sl, None]
+        vx = xs < x1[sl, None]
+        ya = (ys - a_origins[i, 1, None]).clamp(0, a.shape[1] - 1)
+        xa = (xs - a_origins[i, 0, None]).clamp(0, a.shape[2] - 1)
+        yb = (ys - b_origins[j, 1, None]).clamp(0, b.shape[1] - 1)
+        xb = (xs - b_origins[j, 0, None]).clamp(0, b.shape[2] - 1)
+        va = a[i[:, None, None], ya[:, :, None], xa[:, None, :]]
+        vb = b[j[:, None, None], yb[:, :, None], xb[:, None, :]]
+        both = va & vb & vy[:, :, None] & vx[:, None, :]
+        out[i, j] = both.flatten(1).sum(dim=1)
+    return out
+
+
+def crop_mask_iou(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins: Tensor) -> Tensor:
+    """IoU ``Tensor[N, M]`` (float32) of binary crop masks ``a`` (N) and ``b`` (M) of one image.
+
+    Args:
+        a_crops (Tensor[N, ha, wa]) bool/uint8; a_origins (Tensor[N, 2]) int64 ``(x0, y0)``.
+        b_crops (Tensor[M, hb, wb]) bool/uint8; b_origins (Tensor[M, 2]) int64.
+    Two empty masks have IoU 0.
+    """
+    if a_crops.dim() != 3 or b_crops.dim() != 3:
+        raise ValueError(f"crop_mask_iou: crops must be [N, h, w], got {tuple(a_crops.shape)} and {tuple(b_crops.shape)}")
+    ext = get_ext()
+    use_ext = ext is not None and (not a_crops.is_cuda or getattr(ext, "with_cuda", lambda: False)())
+    a_origins = a_origins.long()
+    b_origins = b_origins.long()
+    if use_ext and a_crops.shape[0] and b_crops.shape[0]:
+        inter = ext.crop_mask_intersection(
+            (a_crops != 0).to(torch.uint8).contiguous(), a_origins.contiguous(),
+            (b_crops != 0).to(torch.uint8).contiguous(), b_origins.contiguous(),
+        )
+    else:
+        inter = crop_mask_intersection_reference(a_crops, a_origins, b_crops, b_origins)
+    area_a = (a_crops != 0).flatten(1).sum(1)
+    area_b = (b_crops != 0).flatten(1).sum(1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), torch.zeros_like(inter, dtype=torch.float32))
+
+
+def dense_to_crops(masks: Tensor):
+    """``(crops, origins)`` of dense masks ``Tensor[N, H, W]``, cropped to their tight boxes."""
+    from maskrcnn.structures import MaskList
+
+    ml = MaskList.from_dense(masks != 0, pad=0)
+    return ml.crops, ml.origins
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU ``Tensor[N, M]`` of dense binary masks ``a (Tensor[N, H, W])`` and ``b (Tensor[M, H, W])``.
+
+    Works inside the masks' bounding boxes, not on a dense N x M x H x W product.
+    """
+    if a.dim() != 3 or b.dim() != 3 or a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"mask_iou: masks must be [N, H, W] and [M, H, W] of one size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ac, ao = dense_to_crops(a)
+    bc, bo = dense_to_crops(b)
+    return crop_mask_iou(ac, ao, bc, bo)
+
+
+def mask_iou_dense_reference(a: Tensor, b: Tensor) -> Tensor:
+    """The obvious dense float product, for tests and benchmarks only: O(N * M * H * W)."""
+    af = a.flatten(1).float()
+    bf = b.flatten(1).float()
+    inter = af @ bf.T
+    union = af.sum(1)[:, None] + bf.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def crop_mask_nms(crops: Tensor, origins: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS by mask IoU on crop masks; returns kept indices by decreasing score."""
+    if scores.shape != (crops.shape[0],):
+        raise ValueError(f"mask_nms: scores must be [{crops.shape[0]}], got {tuple(scores.shape)}")
+    if crops.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=crops.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    c, o = crops[order], origins[order]
+    iou = crop_mask_iou(c, o, c, o)
+    return order[greedy_suppress(iou, iou_threshold)]
+
+
+def mask_nms(masks: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS by mask IoU on dense masks ``Tensor[N, H, W]``; kept indices by decreasing score."""
+    crops, origins = dense_to_crops(masks)
+    return crop_mask_nms(crops, origins, scores, iou_threshold)
