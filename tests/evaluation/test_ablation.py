@@ -146,3 +146,23 @@ def test_spec_errors(tmp_path, spec, match):
     p.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=match):
         load_ablation_spec(str(p))
+
+
+def test_labels_command_writes_the_split_ground_truth(tmp_path):
+    import evaluate
+    from maskrcnn.data import build_dataset
+    from maskrcnn.config import load_config
+    from maskrcnn.evaluation.submission import label_masks, read_labels
+
+    cfg = tmp_path / "syn.yaml"
+    cfg.write_text("data: {format: synthetic, synthetic: {num_images: 3, height: 40, width: 48, cells_per_image: [2, 5]}}\n")
+    out = str(tmp_path / "labels.csv")
+    assert evaluate.main(["labels", "--config", str(cfg), "--split", "all", "--out", out]) == 0
+    labels = read_labels(out)
+    ds = build_dataset(load_config(str(cfg)).data, split="all")
+    assert list(labels) == [str(ds[k].image_id) for k in range(len(ds))]
+    for k in range(len(ds)):
+        s = ds[k]
+        img = labels[str(s.image_id)]
+        assert img.cell_type == s.meta["cell_type"]
+        assert torch.equal(label_masks(img).to_dense(), s.instances.masks.to_dense())

@@ -120,3 +120,27 @@ def test_load_thresholds_errors(tmp_path):
         load_thresholds(str(p))
     p.write_text("test:\n  score_thresh: 0.4\n  min_area: [10, 20]\n")
     assert load_thresholds(str(p)) == {"score_thresh": (0.4,), "min_area": (10, 20)}
+
+
+def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
+    import evaluate
+    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.evaluation.submission import write_labels
+
+    cache = PredictionCache(str(tmp_path / "cache"), {"weights": "x"})
+    gts = []
+    for i in range(3):
+        gt = [rect(H, W, 4 + 12 * k, 12 + 12 * k, 4 + 3 * i, 14 + 3 * i) for k in range(3)]
+        fp = [rect(H, W, 4 + 12 * k, 12 + 12 * k, 40, 50) for k in range(3)]
+        cache.put(f"im{i}", soft_instances(np.array(gt + fp), [0.8] * 3 + [0.3] * 3))
+        gts.append((f"im{i}", dense(gt), "astro"))
+    cache.mark_complete([g[0] for g in gts], ["astro"])
+    labels = str(tmp_path / "labels.csv")
+    write_labels(labels, gts)
+    out = str(tmp_path / "tuned.yaml")
+    rc = evaluate.main(["tune", "--predictions", cache.dir, "--labels", labels, "--out", out,
+                        "--score-grid", "0.2", "0.5", "--mask-grid", "0.5", "--area-grid", "0", "--no-verify"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "mAP 1.0000"
+    assert load_thresholds(out)["score_thresh"] == (0.5,)
