@@ -166,3 +166,24 @@ def test_labels_command_writes_the_split_ground_truth(tmp_path):
         img = labels[str(s.image_id)]
         assert img.cell_type == s.meta["cell_type"]
         assert torch.equal(label_masks(img).to_dense(), s.instances.masks.to_dense())
+
+
+def test_backend_reads_checkpoints_with_overrides(tmp_path):
+    from maskrcnn.config import load_config, to_dict
+    from maskrcnn.model import build_model
+
+    cfg = load_config(None, ["model.backbone.name=resnet18", "model.fpn.out_channels=32", "model.roi_heads.box_fc_dim=64",
+                             "model.mask_head.conv_dim=16", "model.mask_head.num_convs=1", "solver.max_iter=5"])
+    model = build_model(cfg.model, load_weights=False, verbose=False)
+    path = str(tmp_path / "ck.pth")
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 5}, path)
+    b = Backend()
+    got_cfg, it = b.checkpoint_info(path)
+    assert it == 5 and got_cfg.model.backbone.name == "resnet18"
+    loaded = b.load_model(path, "cpu", ["model.input.pixel_std=[0.5,0.5,0.5]"])
+    assert not loaded.training
+    assert torch.equal(loaded.pixel_std.flatten(), torch.full((3,), 0.5))  # the override took effect
+    sd = loaded.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="bogus"):
+        b.load_model(path, "cpu", ["model.bogus=1"])
