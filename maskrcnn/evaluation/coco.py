@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils

@@ -7,7 +7,6 @@ import pytest
 
 from maskrcnn.evaluation.kaggle import image_score
 from maskrcnn.evaluation.submission import masks_to_rows, write_labels, write_submission
-from maskrcnn.structures import MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
 
 import evaluate
