@@ -5,11 +5,12 @@ One *iteration* is one optimiser step over ``solver.accum_steps`` micro-batches 
 ``batch_size * accum_steps * world_size`` images.
 
 Exact resume: a checkpoint holds the model, optimiser, LR schedule, grad scaler, the iteration,
-every rank's RNG states and the data position (epoch, batches consumed in it). The training
-order is a permutation drawn from ``(seed, epoch)`` and each sample's augmentation is seeded
-from ``(seed, epoch, index)`` (``maskrcnn.engine.sampler``), so ``--resume`` replays exactly the
-batches and random draws the uninterrupted run would have made (bitwise on CPU; on GPU up to
-the non-determinism of the kernels).
+every rank's RNG states and the data position (epoch, batches consumed in it). The data loader
+(``maskrcnn.data.build_loader``) draws each epoch's order from ``(seed, epoch)`` and each
+sample's augmentation from ``(seed, epoch, index)``, and ``loader.set_epoch(epoch, start_batch)``
+starts part-way through an epoch, so ``--resume`` replays exactly the batches and random draws
+the uninterrupted run would have made (bitwise on CPU; on GPU up to the non-determinism of the
+kernels).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
 from maskrcnn.config import Config, ConfigError, dump_config, to_dict
@@ -42,7 +43,6 @@ from maskrcnn.engine.checkpoint import (
     unwrap,
 )
 from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
-from maskrcnn.engine.sampler import ResumableSampler, SeededDataset
 from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config
 from maskrcnn.engine.validate import run_validation
 
@@ -86,13 +86,17 @@ def amp_context(device: torch.device, mode: str) -> Callable[[], contextlib.Abst
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _build_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, num_workers: int, seed: int) -> DataLoader:
-    """Batches of ``list[Sample]`` in the sampler's order."""
-    try:
-        from maskrcnn.data import build_loader
-    except ImportError:  # the data team's loader has not landed: the same contract, inline
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=list)
-    return build_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, sampler=sampler, seed=seed)
+def _build_loader(dataset: Dataset, cfg: Config, rank: int, world_size: int):
+    """The resumable training loader: batches of ``list[Sample]``, this rank's shard."""
+    from maskrcnn.data import build_loader
+
+    seed = cfg.train.seed
+    shard = None
+    if world_size > 1:  # pads by wrapping so that every rank gets as many batches
+        shard = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return build_loader(
+        dataset, cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, sampler=shard, seed=seed
+    )
 
 
 class _TqdmHandler(logging.Handler):
@@ -173,20 +177,21 @@ class Trainer:
         self.autocast = amp_context(self.device, cfg.solver.amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.solver.amp == "fp16" else None
 
-        if train_dataset is None:
-            from maskrcnn.data import build_dataset
+        if train_dataset is None or (val_dataset is None and cfg.train.eval_period > 0):
+            from maskrcnn.data import build_dataset, build_reader
 
-            train_dataset = build_dataset(cfg.data, split="train", augment=True)
-        if val_dataset is None and cfg.train.eval_period > 0:
-            from maskrcnn.data import build_dataset
-
-            val_dataset = build_dataset(cfg.data, split="val")
+            reader = build_reader(cfg.data)  # one reader for both splits
+            if train_dataset is None:
+                train_dataset = build_dataset(cfg.data, split="train", augment=True, seed=cfg.train.seed, reader=reader)
+            if val_dataset is None and cfg.train.eval_period > 0:
+                val_dataset = build_dataset(cfg.data, split="val", reader=reader)
+        if len(train_dataset) == 0:
+            raise ValueError(f"the training split of data.format={cfg.data.format!r} (root {cfg.data.root!r}) is empty")
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset if val_dataset is not None and len(val_dataset) > 0 else None
-        self.sampler = ResumableSampler(len(train_dataset), cfg.train.seed, self.rank, self.world_size, shuffle=True)
-        self.loader = _build_loader(
-            SeededDataset(train_dataset), self.sampler, cfg.data.batch_size, cfg.data.num_workers, cfg.train.seed
-        )
+        if cfg.train.eval_period > 0 and self.val_dataset is None:
+            logger.warning("train.eval_period > 0 but the validation split is empty: no validation")
+        self.loader = _build_loader(train_dataset, cfg, self.rank, self.world_size)
         self.iteration = 0
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of this epoch already consumed (per rank)
@@ -275,9 +280,10 @@ class Trainer:
     def _batches(self) -> Iterator[list]:
         """Endless batches from the resumed position, advancing ``epoch``/``batch_in_epoch``."""
         while True:
-            self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.cfg.data.batch_size)
-            # Starting a DataLoader iterator draws its workers' base seed from the global torch
-            # generator; a resumed run starts one mid-epoch, so keep that draw off the global stream.
+            self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            # A DataLoader without its own generator draws its workers' base seed from the global
+            # torch generator when an iterator starts, and a resumed run starts one mid-epoch:
+            # keep any such draw off the global stream.
             state = torch.get_rng_state()
             it = iter(self.loader)
             torch.set_rng_state(state)

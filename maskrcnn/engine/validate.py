@@ -5,10 +5,9 @@ post-processes its predictions to final binary masks (small: crops of bool), the
 gathered on rank 0, which scores them with the Kaggle metric, and the scores are broadcast so
 that every rank agrees on the best checkpoint.
 
-The two calls owned by other teams are isolated here: ``postprocess_for_submission`` and
-``kaggle_scores``. Each uses the package's own implementation when it is importable
-(``maskrcnn.inference.postprocess.postprocess``, ``maskrcnn.evaluation.kaggle.KaggleEvaluator``)
-and otherwise a small interim version below, to be deleted once those modules land on main.
+Scoring is ``maskrcnn.evaluation.kaggle.KaggleEvaluator``. Post-processing is isolated in
+``postprocess_for_submission``: it uses ``maskrcnn.inference.postprocess.postprocess`` when that
+is importable and otherwise a small interim version below, to be deleted once it lands on main.
 """
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ from torch.utils.data import Dataset
 from maskrcnn.config import TestConfig
 from maskrcnn.engine import distributed as du
 from maskrcnn.structures import Instances, MaskList
-
-IOU_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))
 
 
 @torch.no_grad()
@@ -158,62 +155,20 @@ def _remove_overlaps(masks: MaskList, scores: torch.Tensor) -> Tuple[MaskList, t
 
 # --------------------------------------------------------------------------- scoring
 def kaggle_scores(results: Sequence[Tuple[str, Instances, Instances, Optional[str]]]) -> Dict[str, float]:
-    """Score ``(image_id, final prediction, ground truth, class name)`` tuples with the Kaggle metric."""
-    try:
-        from maskrcnn.evaluation.kaggle import KaggleEvaluator
-    except ImportError:
-        KaggleEvaluator = _InterimKaggleEvaluator
+    """Score ``(image_id, final prediction, ground truth, class name)`` tuples with the Kaggle metric.
+
+    Returns ``val/mAP`` (mean of per-image scores), ``val/mAP@0.50`` ... ``val/mAP@0.95`` (mean
+    precision at each IoU threshold), ``val/mAP/<class>`` per class and ``val/num_images``.
+    """
+    from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
+
     ev = KaggleEvaluator()
     for image_id, pred, gt, cls in results:
         ev.add(image_id, pred, gt, class_name=cls)
     summary = ev.summary()
-    out = {"val/mAP": float(summary["mAP"]), "val/num_images": len(results)}
-    for key, value in summary.items():
-        if key == "mAP":
-            continue
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if isinstance(v, (int, float)):
-                    out[f"val/{key}/{sub}"] = float(v)
-        elif isinstance(value, (int, float)):
-            out[f"val/{key}"] = float(value)
+    out = {"val/mAP": float(summary["mAP"]), "val/num_images": int(summary["num_images"])}
+    for t, v in zip(THRESHOLDS, summary["per_threshold"]):
+        out[f"val/mAP@{t:.2f}"] = float(v)
+    for name, v in summary["per_class"].items():
+        out[f"val/mAP/{name}"] = float(v)
     return out
-
-
-class _InterimKaggleEvaluator:
-    """Interim stand-in for ``maskrcnn.evaluation.kaggle.KaggleEvaluator`` (evaluation team).
-
-    Per image: for each IoU threshold t in 0.50:0.05:0.95, TP(t) = predictions whose IoU with a
-    ground-truth mask is greater than t (one-to-one for t >= 0.5), precision(t) =
-    TP / (TP + FP + FN); the image's score is the mean over t; the dataset score is the mean over
-    images. An image with neither predictions nor ground truth scores 1 (nothing to find, nothing
-    wrongly found).
-    """
-
-    def __init__(self):
-        self.per_image: Dict[str, Tuple[torch.Tensor, Optional[str]]] = {}
-
-    def add(self, image_id: str, pred: Instances, gt: Instances, class_name: Optional[str] = None) -> None:
-        thr = torch.tensor(IOU_THRESHOLDS)
-        n, m = len(pred), len(gt)
-        if n == 0 and m == 0:
-            prec = torch.ones(len(thr))
-        elif n == 0 or m == 0:
-            prec = torch.zeros(len(thr))
-        else:
-            iou = pred.masks.iou(gt.masks)  # [N, M]
-            tp = (iou[None] > thr[:, None, None]).any(dim=2).sum(dim=1).float()
-            prec = tp / (n + m - tp)
-        self.per_image[image_id] = (prec, class_name)
-
-    def summary(self) -> Dict:
-        if not self.per_image:
-            return {"mAP": 0.0}
-        precs = torch.stack([p for p, _ in self.per_image.values()])  # [I, T]
-        out = {"mAP": float(precs.mean()), "per_threshold": {f"{t:.2f}": float(v) for t, v in zip(IOU_THRESHOLDS, precs.mean(0))}}
-        classes = sorted({c for _, c in self.per_image.values() if c})
-        if classes:
-            out["per_class"] = {
-                c: float(torch.stack([p for p, k in self.per_image.values() if k == c]).mean()) for c in classes
-            }
-        return out

@@ -34,12 +34,16 @@ class TinyDataset(Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        # The loader's contract (maskrcnn.data.build_loader): keys are (epoch, index), and the
+        # augmentation of a sample is drawn from (seed, epoch, index) alone.
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        g = torch.Generator().manual_seed(1000 * epoch + i)
         dense = self.masks[i]
-        if self.augment and bool(torch.rand(()) < 0.5):  # global RNG, as augmentations use it
+        if self.augment and bool(torch.rand((), generator=g) < 0.5):
             dense = dense.flip(-1)
         image = (dense.any(0).float() * 0.8 + 0.1)[None]
-        image = image + 0.05 * torch.randn(image.shape) if self.augment else image
+        image = image + 0.05 * torch.randn(image.shape, generator=g) if self.augment else image
         masks = MaskList.from_dense(dense)
         inst = Instances((self.size, self.size), masks.tight_boxes(), torch.zeros(len(dense), dtype=torch.long), masks=masks)
         return Sample(image.clamp(0, 1), inst, f"img{i}", {"cell_type": "tiny"})
