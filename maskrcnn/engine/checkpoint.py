@@ -194,7 +194,7 @@ def load_model(path: str, device: Any = "cpu") -> Tuple[nn.Module, Any]:
     if "config" not in ck:
         raise RuntimeError(f"{path}: checkpoint has no 'config'; it was not written by maskrcnn's trainer")
     cfg = from_dict(ck["config"])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_weights=False)  # the checkpoint holds every weight
     missing, unexpected = model.load_state_dict(ck["model"], strict=False)
     if missing or unexpected:
         raise RuntimeError(

@@ -16,8 +16,10 @@ def main_train(cfg: Config, resume: bool = False, progress: bool = True) -> int:
 
     Returns a process exit code: 0 done, 2 a configuration error, 3 a non-finite loss.
     """
+    rank = 0
     try:
         device = du.init_distributed(device=cfg.train.device) if du.launched_by_torchrun() else None
+        rank = du.get_rank()
         try:
             summary = Trainer(cfg, resume=resume, device=device, progress=progress).train()
         finally:
@@ -28,7 +30,7 @@ def main_train(cfg: Config, resume: bool = False, progress: bool = True) -> int:
     except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
-    if du.get_rank() == 0:
+    if rank == 0:
         best = summary["best_score"]
         print(
             f"done: {summary['iteration']} iterations in {cfg.train.output_dir}; "
