@@ -68,6 +68,13 @@ def check_train_config(cfg: Config) -> None:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    nc = cfg.model.roi_heads.num_classes
+    for key in ("score_thresh", "mask_thresh", "min_area"):
+        n = len(getattr(cfg.test, key))
+        if n not in (1, nc):
+            raise ConfigError(
+                f"test.{key} has {n} values; give one per class (model.roi_heads.num_classes = {nc}) or one for all"
+            )
 
 
 def seed_everything(seed: int) -> None:
