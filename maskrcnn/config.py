@@ -186,6 +186,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0: off
     accum_steps: int = 1
     amp: str = ""  # "" | bf16 | fp16
+    no_decay_norm_bias: bool = True  # no weight decay on biases and norm-layer parameters
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_eval_images: int = 0  # 0: the whole validation split
+    keep_checkpoints: int = 2  # periodic model_<iter>.pth files kept (0: all); best/final always kept
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
 
 
 # ---------------------------------------------------------------------- inference
