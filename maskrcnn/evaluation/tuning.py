@@ -78,7 +78,7 @@ def image_class(inst: Instances, score_thresh: Sequence[float]) -> int:
         return -1
     labels = inst.labels.cpu().numpy()
     scores = inst.scores.double().cpu().numpy()
-    values = np.asarray(list(score_thresh), dtype=np.float64)
+    values = np.asarray(list(score_thresh), dtype=np.float32).astype(np.float64)  # as postprocess compares
     if values.size > 1 and labels.max() >= values.size:
         raise ValueError(f"score_thresh has {values.size} values (one per class), but class {labels.max()} was predicted")
     passing = scores >= (values[0] if values.size == 1 else values[labels])
@@ -171,7 +171,8 @@ def sweep_group(prepared: List[_Prepared], score_grid: Sequence[float], area_gri
     passes = 100 * e_inter[None, :] > THRESHOLDS_PCT[:, None] * e_union[None, :]
     for si, s in enumerate(score_grid):
         for ai, a in enumerate(area_grid):
-            keep = alive & (scores >= s) & (areas >= max(int(a), 1))
+            # Compare in float32 as postprocess does (scores are float32; so is its threshold).
+            keep = alive & (scores >= float(np.float32(s))) & (areas >= max(int(a), 1))
             num_pred = np.bincount(img_of_pred[keep], minlength=n_img)
             e = keep[e_pred]
             sel = np.flatnonzero(e)[greedy_match(e_pred[e], e_gt[e], e_inter[e], e_union[e])]
