@@ -183,17 +183,20 @@ class Backend:
         it = ck.get("iteration") if isinstance(ck, dict) else None
         return cfg, (int(it) if it is not None else None)
 
-    def load_model(self, path: str, device: str, overrides: Sequence[str]):
-        if not overrides:
-            from maskrcnn.inference.predictor import load_model
-
-            return load_model(path, device)[0]
+    def load_model(self, path: str, device: str, overrides: Sequence[str] = ()):
+        """Model of a checkpoint (``{"model", "config", ...}``), with ``key=value`` overrides of its
+        saved config (e.g. the input normalisation); the backbone's own pretrained file is not read."""
         from maskrcnn.config import _merge, from_dict, parse_overrides
         from maskrcnn.model import build_model
 
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = from_dict(_merge(ck["config"], parse_overrides(overrides)))
-        model = build_model(cfg.model)
+        if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+            raise ValueError(f"{path}: not a maskrcnn checkpoint (needs 'model' and 'config' entries)")
+        try:
+            cfg = from_dict(_merge(ck["config"], parse_overrides(overrides)))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        model = build_model(cfg.model, load_weights=False, verbose=False)
         model.load_state_dict(ck["model"], strict=True)
         return model.to(device).eval()
 

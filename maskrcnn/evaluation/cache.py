@@ -21,7 +21,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 

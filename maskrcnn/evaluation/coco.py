@@ -2,7 +2,9 @@
 
 - ``params.maxDets = [100, 300, 1000]``: an image holds up to ~800 cells, so COCO's default
   ``[1, 10, 100]`` would cut most predictions. ``AP``, ``AP50``, ``AP75`` and the area ranges are
-  reported at 1000 detections; ``AR100``, ``AR300`` and ``AR1000`` at each cap.
+  reported at 1000 detections; ``AR100``, ``AR300`` and ``AR1000`` at each cap. The numbers are
+  read from ``COCOeval.eval`` here, because ``COCOeval.summarize`` computes its headline AP at a
+  hard-coded 100 detections.
 - Masks go to pycocotools as RLE without full-image buffers: each crop is run-length encoded
   column-major (pycocotools' order) by ``maskrcnn.data.rle.encode_crops``, turned into
   pycocotools' alternating background/foreground counts and compressed by ``frPyObjects``.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -139,6 +141,30 @@ class COCOEvaluator:
                 ev.params.maxDets = list(self.max_dets)
                 ev.evaluate()
                 ev.accumulate()
-                ev.summarize()
-            out[t] = {n: float(v) for n, v in zip(STAT_NAMES, ev.stats)}
+            out[t] = _stats(ev)
         return out
+
+
+def _stats(ev: COCOeval) -> Dict[str, float]:
+    """COCO's twelve summary numbers, read from ``ev.eval`` ourselves: pycocotools' ``summarize``
+    computes its first AP at a hard-coded 100 detections whatever ``params.maxDets`` says."""
+    p = ev.params
+    prec, rec = ev.eval["precision"], ev.eval["recall"]  # [T, R, K, A, M], [T, K, A, M]
+    area = {a: k for k, a in enumerate(p.areaRngLbl)}
+
+    def mean(x):
+        x = x[x > -1]
+        return float(x.mean()) if x.size else -1.0
+
+    def ap(iou=None, a="all", m=2):
+        x = prec[..., area[a], m]
+        if iou is not None:
+            x = x[np.flatnonzero(np.isclose(p.iouThrs, iou))]
+        return mean(x)
+
+    def ar(a="all", m=2):
+        return mean(rec[..., area[a], m])
+
+    vals = [ap(), ap(0.5), ap(0.75), ap(a="small"), ap(a="medium"), ap(a="large"),
+            ar(m=0), ar(m=1), ar(m=2), ar("small"), ar("medium"), ar("large")]
+    return dict(zip(STAT_NAMES, vals))

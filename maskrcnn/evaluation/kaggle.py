@@ -28,9 +28,11 @@ Decisions this module makes, and why:
   an empty ground-truth mask counts as an object that can never be matched (a FN).
 - **Soft masks** are thresholded (``crop >= mask_threshold``, ``MaskList.threshold``) first.
 
-Speed: masks stay crops. Pairs are compared with ``crop_mask_iou`` inside crop windows, and only
-between masks whose areas are within a factor 2 of each other (IoU > 0.5 needs that), grouped
-by area in powers of two so a single large mask does not inflate every crop.
+Speed: masks stay crops. IoU > 0.5 needs ``inter > max(area_p, area_g) / 2`` and ``inter`` is
+bounded by the area of the two tight boxes' intersection, so an N x M box computation leaves
+about one candidate pair per object; only those pairs have their pixels counted, inside the box
+intersection (``pair_intersections``). That is ~20x less work than ``crop_mask_iou`` over all
+pairs whose crop windows touch, which the slow reference test in tests/evaluation checks against.
 """
 from __future__ import annotations
 
@@ -40,7 +42,6 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from maskrcnn.ops import crop_mask_iou
 from maskrcnn.structures import Instances, MaskList
 
 # Thresholds in percent, so that "IoU > t" can be decided on integers.
@@ -83,21 +84,58 @@ def as_masklist(x: Union[MaskList, Instances], what: str = "masks") -> MaskList:
     raise TypeError(f"{what}: expected MaskList or Instances, got {type(x).__name__}")
 
 
-def _area_buckets(areas: np.ndarray) -> np.ndarray:
-    """floor(log2(area)) per mask; -1 for empty masks (they can never match)."""
-    out = np.full(areas.shape, -1, dtype=np.int64)
-    nz = areas > 0
-    out[nz] = np.floor(np.log2(areas[nz])).astype(np.int64)
-    # log2 of an exact power of two is exact in float64, so no off-by-one at bucket edges.
+def pair_intersections(a: MaskList, b: MaskList, ii: torch.Tensor, jj: torch.Tensor,
+                       window: torch.Tensor, max_elements: int = 1 << 22) -> torch.Tensor:
+    """Pixel counts of ``a[ii[k]] & b[jj[k]]`` for K pairs: ``Tensor[K]`` int64.
+
+    Each pair is compared inside ``window[k]`` (xyxy int64, the intersection of the two masks'
+    tight boxes: no shared pixel lies outside it). Pairs are sorted by window area and processed
+    in chunks padded to the chunk's largest window, so a few large masks do not inflate the rest.
+    """
+    K = int(ii.shape[0])
+    out = torch.zeros(K, dtype=torch.long, device=a.device)
+    if K == 0:
+        return out
+    wh = (window[:, 2:] - window[:, :2]).clamp(min=0)  # [K, 2] (w, h)
+    order = torch.argsort(wh[:, 0] * wh[:, 1])
+    wh_sorted = wh[order].cpu()
+    start = 0
+    while start < K:  # chunks of pairs, each bounded to ~max_elements gathered pixels
+        w_max, h_max = int(wh_sorted[start:, 0].max()), int(wh_sorted[start:, 1].max())
+        # The chunk may grow while (its size) x (its largest window) stays under the budget.
+        area_run = (wh_sorted[start:, 0].cummax(0).values * wh_sorted[start:, 1].cummax(0).values).clamp(min=1)
+        n_fit = int(((torch.arange(1, K - start + 1) * area_run) <= max_elements).sum())
+        stop = start + max(1, n_fit)
+        sel = order[start:stop]
+        w_c = max(1, int(wh_sorted[start:stop, 0].max()))
+        h_c = max(1, int(wh_sorted[start:stop, 1].max()))
+        i, j, win = ii[sel], jj[sel], window[sel]
+        ys = win[:, 1, None] + torch.arange(h_c, device=a.device)  # [p, h_c] image rows
+        xs = win[:, 0, None] + torch.arange(w_c, device=a.device)
+        valid = (ys < win[:, 3, None])[:, :, None] & (xs < win[:, 2, None])[:, None, :]
+        va = _gather(a, i, ys, xs)
+        vb = _gather(b, j, ys, xs)
+        out[sel] = (va & vb & valid).flatten(1).sum(1)
+        start = stop
     return out
+
+
+def _gather(m: MaskList, idx: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """``m``'s masks ``idx`` sampled at image rows ``ys [p, h]`` x columns ``xs [p, w]`` (False outside crops)."""
+    _, h, w = m.crops.shape
+    cy = ys - m.origins[idx, 1, None]
+    cx = xs - m.origins[idx, 0, None]
+    ok = ((cy >= 0) & (cy < h))[:, :, None] & ((cx >= 0) & (cx < w))[:, None, :]
+    v = m.crops[idx[:, None, None], cy.clamp(0, h - 1)[:, :, None], cx.clamp(0, w - 1)[:, None, :]]
+    return v & ok
 
 
 def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -> Candidates:
     """All pairs with IoU > 0.5 between ``pred`` (N masks) and ``gt`` (M masks) of one image.
 
-    Masks are compared only within groups of similar area (IoU > 0.5 implies the smaller area is
-    more than half the larger, so their floor(log2(area)) differ by at most one); each group is
-    re-cropped tightly, so the padded crop size of one group does not depend on the others.
+    IoU > 0.5 needs ``inter > max(area_p, area_g) / 2``, and ``inter`` is at most the area of the
+    intersection of the two tight boxes; pairs are kept by that bound (an N x M box computation)
+    and only those get their pixels counted, inside the box intersection.
     """
     if pred.image_size != gt.image_size:
         raise ValueError(f"prediction masks are for an image of size {pred.image_size}, ground truth for {gt.image_size}")
@@ -109,38 +147,28 @@ def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -
         return Candidates(empty, empty, empty, empty, P, G)
     if gt.device != pred.device:
         gt = gt.to(pred.device)
-    pa = pred.crops.flatten(1).sum(1).cpu().numpy().astype(np.int64)
-    ga = gt.crops.flatten(1).sum(1).cpu().numpy().astype(np.int64)
-    pb, gb = _area_buckets(pa), _area_buckets(ga)
-    groups_gt = {}
-    for k in np.unique(gb[gb >= 0]):  # loop over area groups (a handful), not instances
-        idx = np.flatnonzero(gb == k)
-        groups_gt[int(k)] = (idx, gt[torch.from_numpy(idx).to(gt.device)].compact(pad=0))
-    out = ([], [], [], [])
-    for k in np.unique(pb[pb >= 0]):
-        pidx = np.flatnonzero(pb == k)
-        p_ml = pred[torch.from_numpy(pidx).to(pred.device)].compact(pad=0)
-        for kg in (k - 1, k, k + 1):
-            if int(kg) not in groups_gt:
-                continue
-            gidx, g_ml = groups_gt[int(kg)]
-            iou = crop_mask_iou(p_ml.crops, p_ml.origins, g_ml.crops, g_ml.origins).double().cpu().numpy()
-            ii, jj = np.nonzero(iou > 0.49)  # float prefilter; the exact test is on counts below
-            if ii.size == 0:
-                continue
-            a, b, v = pa[pidx[ii]], ga[gidx[jj]], iou[ii, jj]
-            # iou = I / (A + B - I)  =>  I = iou (A + B) / (1 + iou); float32 iou is exact to
-            # < 0.05 pixel for any mask of this size, so rounding recovers the integer count.
-            inter = np.rint(v * (a + b) / (1.0 + v)).astype(np.int64)
-            union = a + b - inter
-            keep = 2 * inter > union
-            out[0].append(pidx[ii[keep]])
-            out[1].append(gidx[jj[keep]])
-            out[2].append(inter[keep])
-            out[3].append(union[keep])
-    if not out[0]:
+    pa = pred.crops.flatten(1).sum(1)
+    ga = gt.crops.flatten(1).sum(1)
+    pbox = pred.tight_boxes().int()
+    gbox = gt.tight_boxes().int()
+    # Overlap in x first on the full N x M grid (int32), then y only for the pairs that remain.
+    ox = torch.minimum(pbox[:, None, 2], gbox[None, :, 2]) - torch.maximum(pbox[:, None, 0], gbox[None, :, 0])
+    ii, jj = torch.nonzero(ox > 0, as_tuple=True)
+    x0 = torch.maximum(pbox[ii, 0], gbox[jj, 0]).long()
+    x1 = torch.minimum(pbox[ii, 2], gbox[jj, 2]).long()
+    y0 = torch.maximum(pbox[ii, 1], gbox[jj, 1]).long()
+    y1 = torch.minimum(pbox[ii, 3], gbox[jj, 3]).long()
+    box_inter = (x1 - x0) * (y1 - y0).clamp(min=0)
+    possible = 2 * box_inter > torch.maximum(pa[ii], ga[jj])
+    ii, jj, x0, y0, x1, y1 = ii[possible], jj[possible], x0[possible], y0[possible], x1[possible], y1[possible]
+    if ii.numel() == 0:
         return Candidates(empty, empty, empty, empty, P, G)
-    return Candidates(*(np.concatenate(x) for x in out), P, G)
+    window = torch.stack([x0, y0, x1, y1], dim=1)
+    inter = pair_intersections(pred, gt, ii, jj, window)
+    union = pa[ii] + ga[jj] - inter
+    keep = 2 * inter > union
+    to_np = lambda t: t[keep].cpu().numpy().astype(np.int64)
+    return Candidates(to_np(ii), to_np(jj), to_np(inter), to_np(union), P, G)
 
 
 def greedy_match(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, union: np.ndarray) -> np.ndarray:

@@ -57,7 +57,7 @@ def score_files(submission_path: str, labels_path: str, order: str = "row",
             parsed, errs = parse_image_rows(img_rows, img.height, img.width, f"{submission_path}: ")
             errors.extend(errs)
             errors.extend(f"{submission_path}: {m}" for m in find_overlaps(parsed))
-            pred = runs_to_masklist([p[1] for p in parsed], img.height, img.width, order)
+            pred = runs_to_masklist(parsed.runs, parsed.owner, len(parsed.rows), img.height, img.width, order)
         ev.add(image_id, pred, gt, class_name=img.cell_type)
     return ScoreResult(ev.summary(), errors, ev.per_image(), len(rows), missing)
 

@@ -156,33 +156,91 @@ def group_rows(rows: Iterable[SubmissionRow]) -> "OrderedDict[str, List[Submissi
 
 
 # ---------------------------------------------------------------------------- validation
-def parse_image_rows(rows: Sequence[SubmissionRow], height: int, width: int, source: str = "") -> Tuple[list, list]:
+def parse_rle_batch(rles: Sequence[str], height: int, width: int, strict: bool = True):
+    """Parse many RLE strings of one image at once.
+
+    Returns ``(runs int64[K, 2], owner int64[K], bad)``: 0-indexed ``(start, length)`` runs, the
+    index of the string each run comes from, and the indices of strings that fail the checks of
+    ``parse_rle`` (non-integers, odd counts, start < 1, length < 1, past the image, and with
+    ``strict`` unsorted or overlapping runs). Callers run ``parse_rle`` on those for the message.
+    """
+    tokens = [str(r).split() for r in rles]  # per-string split; the rest is vectorised
+    counts = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    flat = [t for ts in tokens for t in ts]
+    try:
+        nums = np.array(flat, dtype=np.int64) if flat else np.zeros(0, np.int64)
+    except (ValueError, OverflowError):  # some token is not an integer: find its strings one by one
+        bad = []
+        for k, ts in enumerate(tokens):  # error path only
+            try:
+                np.array(ts, dtype=np.int64)
+            except (ValueError, OverflowError):
+                bad.append(k)
+        cleared = ["" if k in set(bad) else r for k, r in enumerate(rles)]
+        runs, owner, more_bad = parse_rle_batch(cleared, height, width, strict)
+        return runs, owner, sorted(set(bad) | set(more_bad))
+    odd = counts % 2 == 1
+    pairs_per = np.where(odd, 0, counts // 2)
+    keep_tok = np.repeat(~odd, counts)
+    runs = nums[keep_tok].reshape(-1, 2)
+    owner = np.repeat(np.arange(len(tokens)), pairs_per)
+    starts, lengths = runs[:, 0], runs[:, 1]
+    ends = starts - 1 + lengths
+    bad_run = (starts < 1) | (lengths < 1) | (ends > int(height) * int(width))
+    if strict and runs.shape[0] > 1:
+        same = owner[1:] == owner[:-1]
+        bad_run[1:] |= same & (starts[1:] - 1 < ends[:-1])
+    bad_str = odd.copy()
+    bad_str[owner[bad_run]] = True
+    ok_run = ~bad_str[owner]
+    out = np.stack([starts[ok_run] - 1, lengths[ok_run]], axis=1) if runs.size else np.zeros((0, 2), np.int64)
+    return out, owner[ok_run], np.flatnonzero(bad_str).tolist()
+
+
+@dataclass
+class ParsedRows:
+    """The rows of one image whose RLE parsed: their runs, and which row each run belongs to."""
+
+    rows: List[SubmissionRow]
+    runs: np.ndarray  # int64[K, 2]: 0-indexed start, length
+    owner: np.ndarray  # int64[K]: index into rows
+
+
+def parse_image_rows(rows: Sequence[SubmissionRow], height: int, width: int, source: str = "") -> Tuple[ParsedRows, list]:
     """Parse the non-empty RLE rows of one image.
 
-    Returns ``(parsed, errors)``: ``parsed`` is a list of ``(row, runs int64[K, 2])`` (0-indexed
-    start, length) for rows that parse, ``errors`` a list of messages for those that do not.
+    Returns ``(parsed, errors)``: the rows that parse with their runs, and a message (naming the
+    line and image) for each row that does not; such rows are left out of ``parsed``.
     """
-    parsed, errors = [], []
-    for r in rows:  # string parsing is per row by nature; decoding below is vectorised
-        if not r.rle:
-            continue
+    rows = [r for r in rows if r.rle]
+    runs, owner, bad = parse_rle_batch([r.rle for r in rows], height, width, strict=True)
+    errors = []
+    for k in bad:  # only the rejected rows are parsed again, for parse_rle's precise message
+        where = f"{source}line {rows[k].line} (image {rows[k].image_id})"
         try:
-            runs = parse_rle(r.rle, height, width, strict=True)
+            parse_rle(rows[k].rle, height, width, strict=True)
+            errors.append(f"{where}: malformed RLE")
         except RLEError as e:
-            errors.append(f"{source}line {r.line} (image {r.image_id}): {e}")
-            continue
-        parsed.append((r, runs))
-    return parsed, errors
+            errors.append(f"{where}: {e}")
+        except OverflowError:
+            errors.append(f"{where}: RLE holds a number too large for a pixel index")
+    if bad:  # renumber owners to the rows that parsed
+        good = np.ones(len(rows), dtype=bool)
+        good[bad] = False
+        new_index = np.cumsum(good) - 1
+        owner = new_index[owner]
+        rows = [r for r, g in zip(rows, good) if g]
+    return ParsedRows(rows, runs, owner), errors
 
 
-def find_overlaps(parsed: list, max_report: int = 5) -> List[str]:
+def find_overlaps(parsed: ParsedRows, max_report: int = 5) -> List[str]:
     """Messages for pixels covered by two rows of one image (``parsed`` from ``parse_image_rows``)."""
-    if len(parsed) < 2:
+    if len(parsed.rows) < 2:
         return []
-    runs = np.concatenate([p[1] for p in parsed])
-    owner = np.repeat(np.arange(len(parsed)), [p[1].shape[0] for p in parsed])
-    order = np.argsort(runs[:, 0], kind="stable")
-    starts, ends, owner = runs[order, 0], runs[order, 0] + runs[order, 1], owner[order]
+    order = np.argsort(parsed.runs[:, 0], kind="stable")
+    starts = parsed.runs[order, 0]
+    ends = starts + parsed.runs[order, 1]
+    owner = parsed.owner[order]
     prev_max = np.maximum.accumulate(ends)
     # Index of the run that holds the running maximum end, to name the earlier row.
     holder = np.maximum.accumulate(np.where(ends == prev_max, np.arange(ends.size), 0))
@@ -190,12 +248,12 @@ def find_overlaps(parsed: list, max_report: int = 5) -> List[str]:
     if k.size == 0:
         return []
     pairs = OrderedDict()
-    for kk in k[: 50 * max_report]:
-        a, b = parsed[owner[holder[kk - 1]]][0], parsed[owner[kk]][0]
+    for kk in k[: 50 * max_report]:  # messages for the first few overlaps only
+        a, b = parsed.rows[owner[holder[kk - 1]]], parsed.rows[owner[kk]]
         key = (min(a.line, b.line), max(a.line, b.line))
         if key[0] != key[1] and key not in pairs:
             pairs[key] = int(starts[kk]) + 1
-    image_id = parsed[0][0].image_id
+    image_id = parsed.rows[0].image_id
     msgs = [f"lines {l1} and {l2} (image {image_id}): masks overlap (pixel {px} is covered twice)"
             for (l1, l2), px in list(pairs.items())[:max_report]]
     more = len(pairs) - max_report
@@ -230,21 +288,22 @@ def validate_submission_rows(rows: Sequence[SubmissionRow], image_sizes: Optiona
 
 
 # ------------------------------------------------------------------------------ decoding
-def runs_to_masklist(runs: Sequence[np.ndarray], height: int, width: int, order: str = "row") -> MaskList:
-    """Bool ``MaskList`` of N objects from their runs (each int64[K, 2]: 0-indexed start, length).
+def runs_to_masklist(runs: np.ndarray, owner: np.ndarray, n: int, height: int, width: int, order: str = "row") -> MaskList:
+    """Bool ``MaskList`` of ``n`` objects from their runs.
 
+    Args:
+        runs (int64[K, 2]): 0-indexed ``(start, length)``; owner (int64[K]): the object of each run
+            (objects without runs get empty masks).
     Runs are cut at line ends (rows for ``order="row"``, columns for ``"col"``) and painted into
-    per-object crops through a difference array, all objects at once. Cost ~ N x crop size.
+    per-object crops through a difference array, all objects at once. Cost ~ n x crop size.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     H, W = int(height), int(width)
-    n = len(runs)
     if n == 0:
         return MaskList.empty((H, W))
-    counts = np.array([r.shape[0] for r in runs], dtype=np.int64)
-    allr = np.concatenate(list(runs)).astype(np.int64) if counts.sum() else np.zeros((0, 2), np.int64)
-    inst = np.repeat(np.arange(n), counts)
+    allr = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    inst = np.asarray(owner, dtype=np.int64)
     line_len = W if order == "row" else H
     start, end = allr[:, 0], allr[:, 0] + allr[:, 1]  # end exclusive
     first, last = start // line_len, (end - 1) // line_len
@@ -285,22 +344,30 @@ def runs_to_masklist(runs: Sequence[np.ndarray], height: int, width: int, order:
     return MaskList(torch.from_numpy(crops), origins, (H, W))
 
 
+def _decode_strict(rles: Sequence[str], height: int, width: int, order: str, strict: bool,
+                   source: Optional[str], lines: Optional[Sequence[int]]) -> MaskList:
+    runs, owner, bad = parse_rle_batch(rles, height, width, strict)
+    for k in bad:  # raises with the line and what is wrong
+        row = None if lines is None else lines[k]
+        try:
+            parse_rle(rles[k], height, width, source=source, row=row, strict=strict)
+        except OverflowError:
+            raise RLEError(f"{source or ''}: row {row}: RLE holds a number too large for a pixel index") from None
+    return runs_to_masklist(runs, owner, len(rles), height, width, order)
+
+
 def decode_to_masklist(rles: Sequence[str], height: int, width: int, order: str = "row",
                        source: Optional[str] = None, lines: Optional[Sequence[int]] = None) -> MaskList:
     """Bool ``MaskList`` of one image from RLE strings (empty strings give empty masks).
 
     Raises RLEError naming ``source`` and the line for a malformed string.
     """
-    runs = [parse_rle(r, height, width, source=source, row=None if lines is None else lines[k])
-            for k, r in enumerate(rles)]
-    return runs_to_masklist(runs, height, width, order)
+    return _decode_strict(list(rles), height, width, order, True, source, lines)
 
 
 def label_masks(img: LabelImage, order: str = "row", source: Optional[str] = None) -> MaskList:
     """Ground-truth masks of one image of a label file. Unsorted runs are allowed in labels."""
-    runs = [parse_rle(r, img.height, img.width, source=source, row=ln, strict=False)
-            for r, ln in zip(img.rles, img.lines)]
-    return runs_to_masklist(runs, img.height, img.width, order)
+    return _decode_strict(img.rles, img.height, img.width, order, False, source, img.lines)
 
 
 # ------------------------------------------------------------------------------- writing

@@ -117,6 +117,7 @@ def test_overlap_with_an_earlier_long_run_is_found():
         ("1 2 3", "odd number"),
         ("1 x", "non-integer"),
         ("19 3", "runs past"),
+        ("99999999999999999999999 1", "too large"),
     ],
 )
 def test_bad_pairs_are_reported_with_line_and_image(rle, match):
@@ -211,3 +212,25 @@ def test_masks_to_rows_thresholds_soft_masks():
     soft[0, 4, 4] = 0.2
     (row,) = masks_to_rows("s", MaskList.from_dense(soft))
     assert row == ("s", "8 2 14 2")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_batch_parser_agrees_with_parse_rle(strict):
+    from maskrcnn.data.rle import parse_rle
+    from maskrcnn.evaluation.submission import parse_rle_batch
+
+    rles = ["1 3 6 2", "", "5 2 1 2", "0 2", "3 0", "1 2 3", "1 x", "19 3", "99999999999999999999999 1",
+            "-4 2", "2 2 3 1", "4 1 8 2 12 3", "20 1"]
+    runs, owner, bad = parse_rle_batch(rles, 4, 5, strict=strict)
+    expected_bad, expected_runs, expected_owner = [], [], []
+    for k, r in enumerate(rles):
+        try:
+            v = parse_rle(r, 4, 5, strict=strict)
+        except (RLEError, OverflowError):  # parse_rle lets huge numbers overflow
+            expected_bad.append(k)
+            continue
+        expected_runs.append(v)
+        expected_owner += [k] * len(v)
+    assert bad == expected_bad
+    np.testing.assert_array_equal(runs, np.concatenate(expected_runs))
+    np.testing.assert_array_equal(owner, expected_owner)

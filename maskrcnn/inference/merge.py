@@ -1,0 +1,243 @@
+"""Mask-level merging of predictions from several views (TTA) and several models (ensembles).
+
+Input: one ``Instances`` per view, all in the original image's pixels, with soft crop masks.
+The same code serves TTA and ensembles: a "view" is one (model, test-time transform) pair, so
+models with different backbones or configs merge like views.
+
+Algorithm (``merge_instances``):
+
+1. Instances of all views are pooled and ranked by score (ties: earlier view, then earlier index).
+   Instances whose mask is empty at ``mask_threshold`` are dropped (they cannot match anything).
+2. Edges: pairs from *different* views whose binary masks (``crop >= mask_threshold``) have
+   IoU > ``iou_threshold`` (``crop_mask_iou``, in row chunks; only the sparse edge list is kept,
+   never an N x N matrix). Two instances of one view never merge with each other: suppressing
+   duplicates within a view is the model's NMS's job.
+3. Greedy clustering on the edges, as NMS: in rank order, an instance with no higher-ranked seed
+   among its neighbours becomes a seed; any other instance joins the neighbouring higher-ranked
+   seed with the highest IoU. The sequential rule is evaluated in vectorised rounds (each round
+   settles every instance whose higher-ranked neighbours are all settled); it gives the same
+   result as the sequential loop, in as many rounds as the longest chain of dependencies.
+4. A cluster keeps at most one instance per view (the highest-ranked); lower-ranked instances of
+   a view that is already represented are dropped as duplicates.
+5. Fused outputs per cluster: score = sum of member scores / ``num_views`` (the mean over all
+   views, a view that missed the object counting 0, so objects found by few views rank lower);
+   soft mask = score-weighted mean of the members' soft masks on the union of their crop windows
+   (a pixel outside a member's crop counts as 0 for that member); box = score-weighted mean of
+   member boxes; label = the class with the largest summed member score.
+6. Clusters with fewer than ``min_views`` members are dropped; the rest are sorted by fused score.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from maskrcnn.ops import crop_mask_iou
+from maskrcnn.structures import Instances, MaskList
+
+
+def cross_view_edges(crops: Tensor, origins: Tensor, view_ids: Tensor, iou_threshold: float,
+                     chunk: int = 256) -> Tuple[Tensor, Tensor, Tensor]:
+    """Sparse pairs ``(i, j)``, ``i < j``, from different views whose binary masks have IoU > threshold.
+
+    Args:
+        crops (Tensor[N, h, w]): binary crop masks; origins (Tensor[N, 2]) int64 ``(x0, y0)``.
+        view_ids (Tensor[N]): int64 view of each mask.
+    Returns:
+        i (Tensor[E]), j (Tensor[E]) int64 and iou (Tensor[E]) float32.
+
+    Masks are taken in chunks of ``chunk`` neighbours in raster order of their origins; each chunk
+    is compared (``crop_mask_iou``) only with the masks whose crop windows touch one of its own, so
+    work and memory grow with N x (chunk + neighbours), not N x N, and only the edges are kept.
+    """
+    n, h, w = crops.shape
+    dev = crops.device
+    if n == 0:
+        z = torch.zeros(0, dtype=torch.long, device=dev)
+        return z, z, torch.zeros(0, dtype=torch.float32, device=dev)
+    x0, y0 = origins[:, 0], origins[:, 1]
+    span = int(x0.max() - x0.min()) + 1
+    raster = torch.sort((y0 - y0.min()) * span + (x0 - x0.min()), stable=True).indices
+    ii, jj, vv = [], [], []
+    for s in range(0, n, chunk):  # a loop over chunks of masks, not over masks
+        rows = raster[s:s + chunk]
+        # Crop windows that overlap any window of the chunk (same crop size for all masks).
+        touch = ((x0[rows, None] < x0[None, :] + w) & (x0[None, :] < x0[rows, None] + w)
+                 & (y0[rows, None] < y0[None, :] + h) & (y0[None, :] < y0[rows, None] + h))
+        cols = torch.nonzero(touch.any(dim=0), as_tuple=True)[0]
+        iou = crop_mask_iou(crops[rows], origins[rows], crops[cols], origins[cols])  # [r, c]
+        ok = (iou > iou_threshold) & (cols[None, :] > rows[:, None]) & (view_ids[rows, None] != view_ids[None, cols])
+        a, b = torch.nonzero(ok, as_tuple=True)
+        ii.append(rows[a])
+        jj.append(cols[b])
+        vv.append(iou[a, b])
+    return torch.cat(ii), torch.cat(jj), torch.cat(vv)
+
+
+def greedy_clusters(n: int, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
+    """Greedy (NMS-like) clustering of ``n`` ranked items on a sparse graph.
+
+    Args:
+        n: number of items, ranked 0 (best) .. n-1.
+        src (Tensor[E]), dst (Tensor[E]) int64: edges with ``src < dst`` (higher rank first).
+        weight (Tensor[E]) float: affinity used to choose among several seeds (e.g. IoU).
+    Returns:
+        Tensor[n] int64: the seed (an item index) of each item's cluster; seeds point to themselves.
+
+    Sequential rule: item ``k`` is a seed iff no seed ``j < k`` shares an edge with it; a non-seed
+    joins its highest-weight seed neighbour (ties: the better-ranked seed). Evaluated in rounds:
+    a round settles every unsettled item that has a seed parent (it is suppressed) or whose parents
+    are all settled non-seeds (it is a seed); the best-ranked unsettled item always settles.
+    """
+    dev = src.device
+    UNKNOWN, SEED, MEMBER = 0, 1, 2
+    state = torch.zeros(n, dtype=torch.int8, device=dev)
+    s, d = src, dst
+    while True:  # rounds (dependency depth), each vectorised over the edges
+        undecided = state == UNKNOWN
+        if not bool(undecided.any()):
+            break
+        ps = state[s]
+        seed_parent = torch.zeros(n, dtype=torch.bool, device=dev)
+        seed_parent[d[ps == SEED]] = True
+        open_parent = torch.zeros(n, dtype=torch.bool, device=dev)
+        open_parent[d[ps == UNKNOWN]] = True
+        state[undecided & seed_parent] = MEMBER
+        state[undecided & ~seed_parent & ~open_parent] = SEED
+        # Edges into settled items, and from non-seeds, no longer decide anything.
+        live = (state[d] == UNKNOWN) & (state[s] != MEMBER)
+        s, d = s[live], d[live]
+    seed_of = torch.arange(n, device=dev)
+    to_seed = (state[src] == SEED) & (state[dst] == MEMBER)
+    es, ed, ew = src[to_seed], dst[to_seed], weight[to_seed].float()
+    if ed.numel():
+        best = torch.full((n,), -1.0, device=dev).scatter_reduce(0, ed, ew, reduce="amax")
+        cand = ew == best[ed]
+        big = torch.full((n,), n, dtype=torch.long, device=dev)
+        chosen = big.scatter_reduce(0, ed[cand], es[cand], reduce="amin")
+        member = state == MEMBER
+        seed_of[member] = chosen[member]
+    return seed_of
+
+
+def _window_gather(crops: Tensor, offsets: Tensor, h: int, w: int) -> Tensor:
+    """Windows ``[N, h, w]`` of ``crops[N, hc, wc]`` starting at ``offsets[:, (x, y)]``, zero outside."""
+    n, hc, wc = crops.shape
+    dev = crops.device
+    ys = offsets[:, 1, None] + torch.arange(h, device=dev)
+    xs = offsets[:, 0, None] + torch.arange(w, device=dev)
+    valid = ((ys >= 0) & (ys < hc))[:, :, None] & ((xs >= 0) & (xs < wc))[:, None, :]
+    nidx = torch.arange(n, device=dev)[:, None, None]
+    out = crops[nidx, ys.clamp(0, hc - 1)[:, :, None], xs.clamp(0, wc - 1)[:, None, :]]
+    return out * valid
+
+
+def merge_instances(
+    views: Sequence[Instances],
+    iou_threshold: float = 0.5,
+    min_views: int = 1,
+    mask_threshold: float = 0.5,
+    num_views: Optional[int] = None,
+    max_elements: int = 1 << 24,
+) -> Instances:
+    """Merge per-view predictions of one image at mask level (see the module docstring).
+
+    Args:
+        views: one ``Instances`` per view, all with ``image_size`` of the original image, ``scores``
+            and soft (float) ``masks``.
+        iou_threshold: two instances of different views match when their binary masks' IoU is above it.
+        min_views: keep a cluster seen in at least this many views.
+        mask_threshold: binarises soft masks for matching (the averaged masks stay soft).
+        num_views: the divisor of the fused score (default ``len(views)``).
+        max_elements: bound on the elements of the temporary ``[members, h, w]`` averaging chunk.
+    Returns:
+        Instances with soft ``masks`` (crops on each cluster's union window), fused ``scores``,
+        ``labels`` and ``boxes``, sorted by decreasing score. One view is returned as it is.
+    """
+    if len(views) == 0:
+        raise ValueError("merge_instances needs at least one view")
+    size = views[0].image_size
+    for k, v in enumerate(views):
+        if v.image_size != size:
+            raise ValueError(f"merge_instances: view {k} is for an image of {v.image_size}, view 0 of {size}")
+        if v.scores is None or v.masks is None:
+            raise ValueError(f"merge_instances: view {k} lacks scores or masks")
+    V = len(views) if num_views is None else int(num_views)
+    if min_views > V:
+        raise ValueError(f"min_views={min_views} exceeds the number of views ({V})")
+    if len(views) == 1 and min_views <= 1 and V == 1:
+        return views[0]
+    dev = views[0].boxes.device
+    allv = Instances.cat(list(views))
+    view_ids = torch.cat([torch.full((len(v),), k, dtype=torch.long, device=dev) for k, v in enumerate(views)])
+    masks = allv.masks
+    soft = masks.crops if masks.is_soft else masks.crops.float()
+    binary = soft >= mask_threshold
+    nonempty = binary.flatten(1).any(dim=1)
+    # Rank by score; the stable sort keeps view order, then index order, for ties.
+    order = torch.sort(allv.scores, descending=True, stable=True).indices
+    order = order[nonempty[order]]
+    n = int(order.numel())
+    num_classes = int(allv.labels.max()) + 1 if len(allv) else 1
+    if n == 0:
+        out = Instances.empty(size, device=dev, with_scores=True)
+        return out.replace(masks=MaskList(soft.new_zeros((0, 1, 1)), torch.zeros((0, 2), dtype=torch.long, device=dev), size))
+    scores = allv.scores[order].float()
+    vid = view_ids[order]
+    origins = masks.origins[order]
+
+    # Edges on the pooled masks (empty ones have none), re-indexed by rank with higher rank first.
+    gi, gj, iou = cross_view_edges(binary, masks.origins, view_ids, iou_threshold)
+    rank = torch.full((len(allv),), -1, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(n, device=dev)
+    ri, rj = rank[gi], rank[gj]
+    seed_of = greedy_clusters(n, torch.minimum(ri, rj), torch.maximum(ri, rj), iou)
+
+    # One member per (cluster, view): items are in rank order, so the first of each pair wins.
+    key = seed_of * V + vid
+    first = torch.full((n * V,), n, dtype=torch.long, device=dev).scatter_reduce(
+        0, key, torch.arange(n, device=dev), reduce="amin")
+    member = first[key] == torch.arange(n, device=dev)
+    seeds, cluster = torch.unique(seed_of, return_inverse=True)  # seeds ascending = by rank
+    K = int(seeds.numel())
+    m_idx = torch.nonzero(member, as_tuple=True)[0]
+    m_cl = cluster[m_idx]
+    count = torch.bincount(m_cl, minlength=K)
+    keep = count >= min_views
+
+    w = scores[m_idx].clamp(min=1e-12)  # weights of the soft-mask and box averages
+    wsum = torch.zeros(K, device=dev).index_add_(0, m_cl, w)
+    fused = torch.zeros(K, device=dev).index_add_(0, m_cl, scores[m_idx]) / V
+
+    # Union window of each cluster's crop windows.
+    _, h, wd = soft.shape
+    m_org = origins[m_idx]
+    big = torch.iinfo(torch.long).max
+    ux0 = torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, 0], reduce="amin")
+    uy0 = torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, 1], reduce="amin")
+    ux1 = torch.full((K,), -big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, 0] + wd, reduce="amax")
+    uy1 = torch.full((K,), -big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, 1] + h, reduce="amax")
+    Hc = int((uy1 - uy0).max())
+    Wc = int((ux1 - ux0).max())
+    u_org = torch.stack([ux0, uy0], dim=1)
+    acc = torch.zeros((K, Hc, Wc), dtype=torch.float32, device=dev)
+    M = int(m_idx.numel())
+    chunk = max(1, max_elements // max(1, Hc * Wc))
+    for s in range(0, M, chunk):  # chunks of members bound the [members, Hc, Wc] temporary
+        e = min(M, s + chunk)
+        mi, cl = m_idx[s:e], m_cl[s:e]
+        win = _window_gather(soft[order[mi]].float(), u_org[cl] - origins[mi], Hc, Wc)
+        acc.index_add_(0, cl, win * w[s:e, None, None])
+    acc /= wsum[:, None, None]
+
+    boxes = torch.zeros((K, 4), device=dev).index_add_(0, m_cl, allv.boxes[order][m_idx].float() * w[:, None])
+    boxes /= wsum[:, None]
+    votes = torch.zeros((K * num_classes,), device=dev).index_add_(
+        0, m_cl * num_classes + allv.labels[order][m_idx], scores[m_idx].clamp(min=1e-12))
+    labels = votes.view(K, num_classes).argmax(dim=1)
+
+    kept = torch.nonzero(keep, as_tuple=True)[0]
+    kept = kept[torch.sort(fused[kept], descending=True, stable=True).indices]
+    out_masks = MaskList(acc[kept].to(soft.dtype), u_org[kept], size)
+    return Instances(size, boxes[kept].to(allv.boxes.dtype), labels[kept], fused[kept].to(allv.scores.dtype), out_masks)
