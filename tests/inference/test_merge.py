@@ -127,3 +127,30 @@ def test_merge_checks_arguments():
     empty = Instances.empty(inst.image_size, with_scores=True, with_masks=True)
     empty = empty.replace(masks=MaskList(torch.zeros((0, 1, 1)), torch.zeros((0, 2), dtype=torch.long), inst.image_size))
     assert len(merge_instances([empty, empty])) == 0
+
+
+def test_cross_view_edges_equal_thresholded_crop_mask_iou():
+    from maskrcnn.inference.merge import cross_view_edges
+    from maskrcnn.ops import crop_mask_iou
+
+    g = torch.Generator().manual_seed(4)
+    base = random_blobs(12, 40, 50, seed=4, rmin=3, rmax=7)
+    views = []
+    for k in range(4):  # jittered copies: shifted by up to 2 pixels, some pixels dropped
+        dy, dx = torch.randint(-2, 3, (2,), generator=g).tolist()
+        shifted = torch.roll(base, shifts=(dy, dx), dims=(1, 2)) & (torch.rand(base.shape, generator=g) > 0.15)
+        views.append(shifted)
+    dense = torch.cat(views)
+    ml = MaskList.from_dense(dense, pad=2)
+    vid = torch.arange(4).repeat_interleave(base.shape[0])
+    full = crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins)
+    counts = []
+    for t in (0.2, 0.4, 0.6):
+        i, j, iou = cross_view_edges(ml.crops, ml.origins, vid, t)
+        expect = (full > t) & (vid[:, None] != vid[None, :]) & torch.ones_like(full, dtype=torch.bool).triu(1)
+        got = torch.zeros_like(expect)
+        got[i, j] = True
+        assert torch.equal(got, expect)
+        assert torch.allclose(iou, full[i, j])
+        counts.append(int(expect.sum()))
+    assert counts[0] > counts[1] > 0  # the test has matches to find

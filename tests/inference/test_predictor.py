@@ -64,7 +64,7 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
     }
     _write_images(tmp_path / "images", specs)
     paths = sorted(str(p) for p in (tmp_path / "images").iterdir())
-    pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose,scale=2", min_views=2, device="cpu")
+    pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose", min_views=2, device="cpu")
     out = tmp_path / "submission.csv"
     timings = predict_images(pred, paths, Cfg(score_thresh=(0.0,), image_class="none"), str(out), progress=False)
     assert len(timings) == 4 and "merge" in timing_summary(timings)
