@@ -9,8 +9,9 @@ Algorithm (``merge_instances``):
 1. Instances of all views are pooled and ranked by score (ties: earlier view, then earlier index).
    Instances whose mask is empty at ``mask_threshold`` are dropped (they cannot match anything).
 2. Edges: pairs from *different* views whose binary masks (``crop >= mask_threshold``) have
-   IoU > ``iou_threshold``: candidates pruned by their tight boxes, IoU counted inside the boxes'
-   overlap (equal to ``crop_mask_iou``; only the sparse edge list is kept, never an N x N matrix).
+   IoU > ``iou_threshold``, from the intersections of all pairs that share a pixel (a sparse
+   product of pixel-incidence matrices; equal to ``crop_mask_iou``; only the edge list is kept,
+   never an N x N matrix).
    Two instances of one view never merge with each other: suppressing duplicates within a view is
    the model's NMS's job.
 3. Greedy clustering on the edges, as NMS: in rank order, an instance with no higher-ranked seed
@@ -29,6 +30,7 @@ Algorithm (``merge_instances``):
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -38,7 +40,7 @@ from maskrcnn.structures import Instances, MaskList
 
 
 def candidate_pairs(boxes: Tensor, areas: Tensor, view_ids: Tensor, iou_threshold: float,
-                    chunk: int = 512) -> Tuple[Tensor, Tensor]:
+                    chunk: int = 256) -> Tuple[Tensor, Tensor]:
     """Pairs ``(i, j)``, ``i < j``, of different views that *can* have mask IoU > ``iou_threshold``.
 
     Args:
@@ -46,27 +48,35 @@ def candidate_pairs(boxes: Tensor, areas: Tensor, view_ids: Tensor, iou_threshol
         areas (Tensor[N]): pixel counts of the binary masks.
         view_ids (Tensor[N]): int64 view of each mask.
     A mask intersection lies inside the tight boxes' intersection and the union is at least the
-    larger mask, so IoU > t needs ``box_inter > t * max(area_i, area_j)``. Work and memory are
-    O(chunk x N) per chunk of masks (chunks in raster order), never N x N.
+    larger mask, so IoU > t needs ``box_inter > t * max(area_i, area_j)``. A sweep along x keeps the
+    work near N x (neighbours): masks sorted by ``x0`` are taken ``chunk`` at a time, and compared only
+    with the masks whose ``x0`` lies within one box width of the chunk's x-range (a ``searchsorted``).
     """
     n = boxes.shape[0]
     dev = boxes.device
-    ii, jj = [], []
+    z = torch.zeros(0, dtype=torch.long, device=dev)
+    if n == 0:
+        return z, z
     b = boxes.float()
     a = areas.float()
-    raster = torch.sort(b[:, 1] * (float(b[:, 2].max()) + 1 if n else 1) + b[:, 0], stable=True).indices
+    by_x = torch.sort(b[:, 0], stable=True)
+    x0s, sweep = by_x.values, by_x.indices
+    max_w = float((b[:, 2] - b[:, 0]).max())
+    ii, jj = [], []
     for s in range(0, n, chunk):  # a loop over chunks of masks, not over masks
-        rows = raster[s:s + chunk]
-        iw = (torch.minimum(b[rows, None, 2], b[None, :, 2]) - torch.maximum(b[rows, None, 0], b[None, :, 0])).clamp(min=0)
-        ih = (torch.minimum(b[rows, None, 3], b[None, :, 3]) - torch.maximum(b[rows, None, 1], b[None, :, 1])).clamp(min=0)
-        ok = (iw * ih > iou_threshold * torch.maximum(a[rows, None], a[None, :]))
-        ok &= (torch.arange(n, device=dev)[None, :] > rows[:, None]) & (view_ids[rows, None] != view_ids[None, :])
+        rows = sweep[s:s + chunk]
+        # A column overlaps a row only if col.x0 < row.x1 and col.x1 > row.x0, with col.x1 <= col.x0 + max_w.
+        lo = int(torch.searchsorted(x0s, x0s[s:s + 1] - max_w, right=True))
+        hi = int(torch.searchsorted(x0s, b[rows, 2].max()[None], right=False))
+        cols = sweep[lo:hi]
+        br, bc = b[rows], b[cols]
+        iw = (torch.minimum(br[:, None, 2], bc[None, :, 2]) - torch.maximum(br[:, None, 0], bc[None, :, 0])).clamp(min=0)
+        ih = (torch.minimum(br[:, None, 3], bc[None, :, 3]) - torch.maximum(br[:, None, 1], bc[None, :, 1])).clamp(min=0)
+        ok = iw * ih > iou_threshold * torch.maximum(a[rows, None], a[None, cols])
+        ok &= (cols[None, :] > rows[:, None]) & (view_ids[rows, None] != view_ids[None, cols])
         r, c = torch.nonzero(ok, as_tuple=True)
         ii.append(rows[r])
-        jj.append(c)
-    if not ii:
-        z = torch.zeros(0, dtype=torch.long, device=dev)
-        return z, z
+        jj.append(cols[c])
     return torch.cat(ii), torch.cat(jj)
 
 
@@ -78,7 +88,8 @@ def pairwise_mask_iou(crops: Tensor, origins: Tensor, boxes: Tensor, areas: Tens
         crops (Tensor[N, h, w]) bool; origins (Tensor[N, 2]) int64 ``(x0, y0)``;
         boxes (Tensor[N, 4]) tight boxes of the masks (inside the crops); areas (Tensor[N]) pixel counts.
     Same result as ``crop_mask_iou(...)[ii, jj]`` (the tests check it), at the cost of the listed pairs
-    times the overlap of their boxes, in chunks of pairs of at most ``max_elements`` pixels.
+    times the overlap of their boxes: each pair's overlap region is laid out flat, pairs sorted by
+    region size and chunked (at most ``max_elements`` pixels), so little goes to padding.
     """
     P = ii.shape[0]
     dev = crops.device
@@ -86,54 +97,97 @@ def pairwise_mask_iou(crops: Tensor, origins: Tensor, boxes: Tensor, areas: Tens
     if P == 0:
         return out
     n, h, w = crops.shape
+    flat_crops = torch.cat([crops.reshape(-1), crops.new_zeros(1)])
     bl = boxes.long()
     x0 = torch.maximum(bl[ii, 0], bl[jj, 0])
     y0 = torch.maximum(bl[ii, 1], bl[jj, 1])
-    x1 = torch.minimum(bl[ii, 2], bl[jj, 2])
-    y1 = torch.minimum(bl[ii, 3], bl[jj, 3])
-    hr = int((y1 - y0).clamp(min=1).max())
-    wr = int((x1 - x0).clamp(min=1).max())
-    ar_y = torch.arange(hr, device=dev)
-    ar_x = torch.arange(wr, device=dev)
+    rw = (torch.minimum(bl[ii, 2], bl[jj, 2]) - x0).clamp(min=0)
+    rh = (torch.minimum(bl[ii, 3], bl[jj, 3]) - y0).clamp(min=0)
+    region = rw * rh
+    order = torch.sort(region, stable=True).indices
     inter = torch.zeros(P, dtype=torch.long, device=dev)
-    chunk = max(1, max_elements // (hr * wr))
-    for s in range(0, P, chunk):  # chunks of pairs bound memory
-        e = min(P, s + chunk)
-        i, j = ii[s:e], jj[s:e]
-        ys = y0[s:e, None] + ar_y  # [p, hr] image rows of the boxes' overlap
-        xs = x0[s:e, None] + ar_x
-        vy = (ys < y1[s:e, None])[:, :, None]
-        vx = (xs < x1[s:e, None])[:, None, :]
-        ya = (ys - origins[i, 1, None]).clamp(0, h - 1)[:, :, None]
-        xa = (xs - origins[i, 0, None]).clamp(0, w - 1)[:, None, :]
-        yb = (ys - origins[j, 1, None]).clamp(0, h - 1)[:, :, None]
-        xb = (xs - origins[j, 0, None]).clamp(0, w - 1)[:, None, :]
-        both = crops[i[:, None, None], ya, xa] & crops[j[:, None, None], yb, xb] & vy & vx
-        inter[s:e] = both.flatten(1).sum(1)
+    largest = max(1, int(region.max()))
+    chunk = max(1, max_elements // largest)
+    # The region lies inside both tight boxes, hence inside both crops, and all crops share one
+    # width w: pixel (dy, dx) of the region sits at the same offset dy * w + dx from each pair's
+    # region corner in both crops, so one offset tensor serves both lookups.
+    base_i = ii * (h * w) + (y0 - origins[ii, 1]) * w + (x0 - origins[ii, 0])
+    base_j = jj * (h * w) + (y0 - origins[jj, 1]) * w + (x0 - origins[jj, 0])
+    for s in range(0, P, chunk):  # chunks of pairs (ascending region size) bound memory
+        sel = order[s:s + chunk]
+        k = torch.arange(max(1, int(region[sel].max())), device=dev)  # flat position in the region
+        wr = rw[sel, None].clamp(min=1)
+        off = k + torch.div(k, wr, rounding_mode="floor") * (w - wr)
+        off = torch.where(k < region[sel, None], off, -1)  # padding reads a spare False at the end
+        both = flat_crops.take(torch.where(off >= 0, base_i[sel, None] + off, n * h * w)) & \
+            flat_crops.take(torch.where(off >= 0, base_j[sel, None] + off, n * h * w))
+        inter[sel] = both.sum(1)
     union = areas[ii].long() + areas[jj].long() - inter
     return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), out)
 
 
-def cross_view_edges(crops: Tensor, origins: Tensor, view_ids: Tensor, iou_threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
+def sparse_intersections(masks: MaskList) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pixel counts of every pair of binary masks that share a pixel, as a sparse product.
+
+    With ``A`` the ``[N, H*W]`` sparse incidence matrix of mask pixels (CSR, built directly from the
+    crops' pixel list), ``A @ A.T`` holds the intersections; its cost follows the pixels covered by
+    several masks, not the crops' padding.
+    Returns:
+        i (Tensor[E]), j (Tensor[E]) int64 with ``i < j``, and inter (Tensor[E]) int64 pixel counts.
+    """
+    from maskrcnn.inference.postprocess import foreground_pixels
+
+    n = len(masks)
+    H, W = masks.image_size
+    dev = masks.device
+    n_idx, _, flat = foreground_pixels(masks)  # sorted by mask
+    ones = torch.ones(n_idx.shape[0], dtype=torch.float32, device=dev)
+    zero = torch.zeros(1, dtype=torch.long, device=dev)
+    crow = torch.cat([zero, torch.bincount(n_idx, minlength=n).cumsum(0)])
+    by_px = torch.sort(flat, stable=True)
+    crow_t = torch.cat([zero, torch.bincount(flat, minlength=H * W).cumsum(0)])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        a = torch.sparse_csr_tensor(crow, flat, ones, (n, H * W))
+        at = torch.sparse_csr_tensor(crow_t, n_idx[by_px.indices], ones, (H * W, n))
+        prod = torch.sparse.mm(a, at)
+    rows = torch.repeat_interleave(torch.arange(n, device=dev), prod.crow_indices().diff())
+    cols = prod.col_indices()
+    upper = cols > rows
+    return rows[upper], cols[upper], prod.values()[upper].round().long()
+
+
+def cross_view_edges(masks: MaskList, view_ids: Tensor, iou_threshold: float,
+                     method: str = "sparse") -> Tuple[Tensor, Tensor, Tensor]:
     """Sparse pairs ``(i, j)``, ``i < j``, from different views whose binary masks have IoU > threshold.
 
     Args:
-        crops (Tensor[N, h, w]): binary crop masks; origins (Tensor[N, 2]) int64 ``(x0, y0)``.
+        masks: binary crop masks of one image (all views pooled).
         view_ids (Tensor[N]): int64 view of each mask.
+        method: ``sparse`` (``sparse_intersections``; falls back to ``pairs`` where the sparse
+            product is unsupported) or ``pairs`` (``candidate_pairs`` + ``pairwise_mask_iou``).
     Returns:
         i (Tensor[E]), j (Tensor[E]) int64 and iou (Tensor[E]) float32.
 
-    Pairs are first pruned with their tight boxes (``candidate_pairs``), then their mask IoU is
-    counted inside the boxes' overlap: the cost follows the true matches, not the crops' padding or
-    the neighbours whose crops merely touch (``crop_mask_iou`` on all window pairs of 8 views of
-    1,000 cells took minutes on CPU).
+    Either way only the edges are kept, never an N x N matrix; ``crop_mask_iou`` on all window pairs
+    of 8 views of 1,000 cells took minutes on CPU, as its cost follows the crops' padded windows.
     """
-    crops = crops != 0
-    ml = MaskList(crops, origins, (1, 1))
-    boxes = ml.tight_boxes()
+    crops = masks.crops != 0
     areas = crops.flatten(1).sum(1)
+    if method == "sparse":
+        try:
+            i, j, inter = sparse_intersections(MaskList(crops, masks.origins, masks.image_size))
+        except (RuntimeError, NotImplementedError):  # no sparse product on this device / build
+            method = "pairs"
+        else:
+            iou = inter.float() / (areas[i] + areas[j] - inter).clamp(min=1).float()
+            ok = (iou > iou_threshold) & (view_ids[i] != view_ids[j])
+            return i[ok], j[ok], iou[ok]
+    if method != "pairs":
+        raise ValueError(f"cross_view_edges: method must be 'sparse' or 'pairs', got {method!r}")
+    boxes = MaskList(crops, masks.origins, masks.image_size).tight_boxes()
     i, j = candidate_pairs(boxes, areas, view_ids, iou_threshold)
-    iou = pairwise_mask_iou(crops, origins, boxes, areas, i, j)
+    iou = pairwise_mask_iou(crops, masks.origins, boxes, areas, i, j)
     ok = iou > iou_threshold
     return i[ok], j[ok], iou[ok]
 
@@ -251,7 +305,7 @@ def merge_instances(
     origins = masks.origins[order]
 
     # Edges on the pooled masks (empty ones have none), re-indexed by rank with higher rank first.
-    gi, gj, iou = cross_view_edges(binary, masks.origins, view_ids, iou_threshold)
+    gi, gj, iou = cross_view_edges(MaskList(binary, masks.origins, size), view_ids, iou_threshold)
     rank = torch.full((len(allv),), -1, dtype=torch.long, device=dev)
     rank[order] = torch.arange(n, device=dev)
     ri, rj = rank[gi], rank[gj]

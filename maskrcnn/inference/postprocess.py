@@ -93,7 +93,7 @@ def fill_holes(crops: Tensor, check_every: int = 8) -> Tensor:
     return (fg | (bg & ~reach))[:, 1:-1, 1:-1]
 
 
-def _foreground_pixels(masks: MaskList):
+def foreground_pixels(masks: MaskList):
     """The binary masks' pixels inside the image: ``(mask index, position in crops.flatten(), flat image index)``.
 
     Positions are decoded arithmetically from one ``nonzero`` over the flattened crops, and lookups
@@ -127,7 +127,7 @@ def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled:
     n = len(masks)
     H, W = masks.image_size
     dev = masks.device
-    n_idx, pos, flat = _foreground_pixels(masks)
+    n_idx, pos, flat = foreground_pixels(masks)
     rank = n_idx.int()
     area = torch.bincount(n_idx, minlength=n)
     need = min_area.to(area.device).long().clamp(min=1)

@@ -145,12 +145,12 @@ def test_cross_view_edges_equal_thresholded_crop_mask_iou():
     vid = torch.arange(4).repeat_interleave(base.shape[0])
     full = crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins)
     counts = []
-    for t in (0.2, 0.4, 0.6):
-        i, j, iou = cross_view_edges(ml.crops, ml.origins, vid, t)
+    for t, method in ((0.2, "sparse"), (0.4, "sparse"), (0.6, "sparse"), (0.2, "pairs"), (0.4, "pairs"), (0.6, "pairs")):
+        i, j, iou = cross_view_edges(ml, vid, t, method=method)
         expect = (full > t) & (vid[:, None] != vid[None, :]) & torch.ones_like(full, dtype=torch.bool).triu(1)
         got = torch.zeros_like(expect)
         got[i, j] = True
         assert torch.equal(got, expect)
         assert torch.allclose(iou, full[i, j])
         counts.append(int(expect.sum()))
-    assert counts[0] > counts[1] > 0  # the test has matches to find
+    assert counts[0] > counts[1] > 0 and counts[:3] == counts[3:]  # the test has matches to find
