@@ -238,18 +238,6 @@ def greedy_clusters(n: int, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
     return seed_of
 
 
-def _window_gather(crops: Tensor, offsets: Tensor, h: int, w: int) -> Tensor:
-    """Windows ``[N, h, w]`` of ``crops[N, hc, wc]`` starting at ``offsets[:, (x, y)]``, zero outside."""
-    n, hc, wc = crops.shape
-    dev = crops.device
-    ys = offsets[:, 1, None] + torch.arange(h, device=dev)
-    xs = offsets[:, 0, None] + torch.arange(w, device=dev)
-    valid = ((ys >= 0) & (ys < hc))[:, :, None] & ((xs >= 0) & (xs < wc))[:, None, :]
-    nidx = torch.arange(n, device=dev)[:, None, None]
-    out = crops[nidx, ys.clamp(0, hc - 1)[:, :, None], xs.clamp(0, wc - 1)[:, None, :]]
-    return out * valid
-
-
 def merge_instances(
     views: Sequence[Instances],
     iou_threshold: float = 0.5,
@@ -338,14 +326,20 @@ def merge_instances(
     Hc = int((uy1 - uy0).max())
     Wc = int((ux1 - ux0).max())
     u_org = torch.stack([ux0, uy0], dim=1)
-    acc = torch.zeros((K, Hc, Wc), dtype=torch.float32, device=dev)
+    acc = torch.zeros((K * Hc * Wc,), dtype=torch.float32, device=dev)
     M = int(m_idx.numel())
-    chunk = max(1, max_elements // max(1, Hc * Wc))
-    for s in range(0, M, chunk):  # chunks of members bound the [members, Hc, Wc] temporary
+    # Each member's crop lies inside its cluster's window (offsets >= 0, by the union's definition):
+    # scatter-add its weighted pixels at flat positions of the [K, Hc, Wc] accumulator.
+    local = (torch.arange(h, device=dev)[:, None] * Wc + torch.arange(wd, device=dev)[None, :])  # [h, w]
+    chunk = max(1, max_elements // max(1, h * wd))
+    for s in range(0, M, chunk):  # chunks of members bound the [members, h, w] temporaries
         e = min(M, s + chunk)
         mi, cl = m_idx[s:e], m_cl[s:e]
-        win = _window_gather(soft[order[mi]].float(), u_org[cl] - origins[mi], Hc, Wc)
-        acc.index_add_(0, cl, win * w[s:e, None, None])
+        d = origins[mi] - u_org[cl]
+        offset = cl * (Hc * Wc) + d[:, 1] * Wc + d[:, 0]
+        vals = soft.index_select(0, order[mi]).float() * w[s:e, None, None]
+        acc.index_add_(0, (offset[:, None, None] + local).reshape(-1), vals.reshape(-1))
+    acc = acc.view(K, Hc, Wc)
     acc /= wsum[:, None, None]
 
     boxes = torch.zeros((K, 4), device=dev).index_add_(0, m_cl, allv.boxes[order][m_idx].float() * w[:, None])
