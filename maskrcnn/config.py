@@ -33,6 +33,11 @@ class BackboneConfig:
     weights: str = ""  # local file: torchvision .pth or detectron2 .pkl; empty = random init
     width_per_group: int = 64
     groups: int = 1
+    stem_out_channels: int = 64
+    res2_out_channels: int = 0  # 0: standard (256 for ResNet-50+, 64 for ResNet-18/34); halve for slim nets
+    stride_in_1x1: bool = False  # true for MSRA/Caffe2 weights (R-50.pkl, detectron2 COCO R-50/101)
+    weights_channel_order: str = "auto"  # auto | rgb | bgr: channel order the weights' first conv expects
+    weights_pixel_std: Tuple[float, ...] = ()  # std (0-255 units) the weights expect; empty: auto
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class AnchorConfig:
     sizes: Tuple[float, ...] = (8.0, 16.0, 32.0, 64.0, 128.0)
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
     scales_per_octave: int = 1
+    offset: float = 0.0  # anchor centres at (cell + offset) * stride; 0 as detectron2/torchvision
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class RoIHeadsConfig:
     nms_thresh: float = 0.5
     detections_per_image: int = 1000
     smooth_l1_beta: float = 0.0
+    proposal_append_gt: bool = True  # add GT boxes to the proposals in training
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0: off
     accum_steps: int = 1
     amp: str = ""  # "" | bf16 | fp16
+    no_decay_norm_bias: bool = True  # no weight decay on biases and norm-layer parameters
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_eval_images: int = 0  # 0: the whole validation split
+    keep_checkpoints: int = 2  # periodic model_<iter>.pth files kept (0: all); best/final always kept
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
 
 
 # ---------------------------------------------------------------------- inference

@@ -1,0 +1,200 @@
+"""Mask R-CNN (He et al. 2017) with FPN: the whole model from input images to instances.
+
+``model(images, targets)`` takes a list of ``Tensor[C, H, W]`` float images in [0, 1] of any size
+(C = 1 or 3) and, in training, a list of ground-truth ``Instances`` in the same images' pixels;
+it returns a dict of losses in training mode and a list of ``Instances`` in eval mode, in the
+input images' pixel coordinates, with soft (probability) masks as a ``MaskList``.
+
+Inside: resize (a scale factor, or min/max size), repeat 1 -> 3 channels if the model takes 3,
+normalise with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), pad to a multiple of
+``size_divisibility`` -> ResNet -> FPN -> RPN -> RoI heads -> detections mapped back to the
+original pixels and masks pasted into crops of the original image.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.model.backbone import ResNet
+from maskrcnn.model.fpn import FPN
+from maskrcnn.model.roi_heads import RoIHeads, paste_masks
+from maskrcnn.model.rpn import RPN
+from maskrcnn.structures import ImageList, Instances, clip_boxes
+
+
+class MaskRCNN(nn.Module):
+    """Args:
+        backbone, fpn, rpn, roi_heads: the stages.
+        in_channels: channels the backbone takes (grayscale inputs are repeated when 3).
+        pixel_mean, pixel_std: per channel (or one value), in [0, 1] units.
+        min_size_train: shortest-side choices in training (one drawn per batch); ``(0,)`` keeps sizes.
+        max_size_train, min_size_test, max_size_test: longest-side cap / test shortest side (0: none).
+        scale: resize factor used when the min size is 0 (e.g. 2.0 to upscale small cells).
+        size_divisibility: pad the batch to a multiple of this.
+        channels_last: run the convolutions in channels-last memory format.
+        mask_threshold: default threshold of :meth:`predict`.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNet,
+        fpn: FPN,
+        rpn: RPN,
+        roi_heads: RoIHeads,
+        in_channels: int = 3,
+        pixel_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        pixel_std: Sequence[float] = (0.229, 0.224, 0.225),
+        min_size_train: Sequence[int] = (0,),
+        max_size_train: int = 0,
+        min_size_test: int = 0,
+        max_size_test: int = 0,
+        scale: float = 1.0,
+        size_divisibility: int = 32,
+        channels_last: bool = False,
+        mask_threshold: float = 0.5,
+    ):
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        for name, v in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            if len(v) not in (1, in_channels):
+                raise ValueError(f"{name} needs 1 or {in_channels} values, got {len(v)}: {tuple(v)}")
+        if any(s <= 0 for s in pixel_std):
+            raise ValueError(f"pixel_std must be positive, got {tuple(pixel_std)}")
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.backbone = backbone
+        self.fpn = fpn
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.in_channels = in_channels
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.min_size_train = tuple(int(s) for s in min_size_train) or (0,)
+        self.max_size_train = int(max_size_train)
+        self.min_size_test = int(min_size_test)
+        self.max_size_test = int(max_size_test)
+        self.scale = float(scale)
+        self.size_divisibility = int(size_divisibility)
+        self.channels_last = bool(channels_last)
+        self.mask_threshold = float(mask_threshold)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------- input
+    def _resize_factor(self, h: int, w: int, min_size: int, max_size: int) -> float:
+        if min_size <= 0:
+            f = self.scale
+        else:
+            f = min_size / min(h, w)
+        if max_size > 0 and max(h, w) * f > max_size:
+            f = max_size / max(h, w)
+        return f
+
+    def preprocess(self, images: Sequence[Tensor]) -> Tuple[ImageList, Tensor]:
+        """Resize, convert channels, normalise and batch.
+
+        Returns:
+            ImageList of the resized images (``image_sizes`` = resized sizes), and
+            scales ``Tensor[B, 2]``: ``(sx, sy)`` = resized / original size per image.
+        """
+        if len(images) == 0:
+            raise ValueError("MaskRCNN: got an empty list of images")
+        if self.training:
+            choices = self.min_size_train
+            min_size = choices[int(torch.randint(len(choices), (1,)))] if len(choices) > 1 else choices[0]
+            max_size = self.max_size_train
+        else:
+            min_size, max_size = self.min_size_test, self.max_size_test
+        out, scales = [], []
+        for i, im in enumerate(images):  # a loop over images
+            if not isinstance(im, Tensor) or im.dim() != 3:
+                shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
+                raise ValueError(f"image {i}: expected Tensor[C, H, W], got {shape}")
+            if not im.is_floating_point():
+                raise ValueError(f"image {i}: expected float values in [0, 1], got dtype {im.dtype}")
+            c, h, w = im.shape
+            if c not in (1, 3):
+                raise ValueError(f"image {i}: expected 1 (grayscale) or 3 (RGB) channels, got {c}")
+            if h == 0 or w == 0:
+                raise ValueError(f"image {i}: empty image of size {h}x{w}")
+            im = im.to(self.device, torch.float32)
+            if c == 1 and self.in_channels == 3:
+                im = im.expand(3, h, w)
+            elif c == 3 and self.in_channels == 1:
+                im = im.mean(dim=0, keepdim=True)  # a grayscale model fed RGB: use the luminance mean
+            f = self._resize_factor(h, w, min_size, max_size)
+            nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
+            if (nh, nw) != (h, w):
+                im = F.interpolate(im[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            out.append((im - self.pixel_mean) / self.pixel_std)
+            scales.append((nw / w, nh / h))
+        batch = ImageList.from_tensors(out, self.size_divisibility)
+        if self.channels_last:
+            batch = ImageList(batch.tensor.contiguous(memory_format=torch.channels_last), batch.image_sizes)
+        return batch, torch.tensor(scales, dtype=torch.float32, device=self.device)
+
+    def _check_targets(self, images: Sequence[Tensor], targets: Sequence[Instances]) -> None:
+        if targets is None:
+            raise ValueError("MaskRCNN: training mode needs targets (a list of Instances, one per image)")
+        if len(targets) != len(images):
+            raise ValueError(f"MaskRCNN: {len(images)} images but {len(targets)} targets")
+        K = self.roi_heads.num_classes
+        for i, (im, t) in enumerate(zip(images, targets)):
+            if tuple(t.image_size) != tuple(im.shape[-2:]):
+                raise ValueError(f"target {i}: image_size {t.image_size} but the image is {tuple(im.shape[-2:])}")
+            if t.masks is None:
+                raise ValueError(f"target {i}: ground truth needs masks (a MaskList)")
+            if len(t) and (int(t.labels.min()) < 0 or int(t.labels.max()) >= K):
+                raise ValueError(f"target {i}: labels must be in [0, {K}), got {t.labels.unique().tolist()}")
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, images: Sequence[Tensor], targets: Optional[Sequence[Instances]] = None
+                ) -> Union[Dict[str, Tensor], List[Instances]]:
+        """Training: ``dict`` of losses (loss_rpn_cls, loss_rpn_box, loss_cls, loss_box, loss_mask).
+        Eval: per image ``Instances`` in the input image's pixels with scores, labels and soft masks."""
+        if self.training:
+            self._check_targets(images, targets)
+        batch, scales = self.preprocess(images)
+        features = self.fpn(self.backbone(batch.tensor))
+        if not self.training:
+            proposals, _ = self.rpn(features, batch.image_sizes)
+            dets = self.roi_heads(features, proposals, batch.image_sizes)
+            return self.postprocess(dets, scales, [tuple(im.shape[-2:]) for im in images])
+        targets = [t.to(self.device) for t in targets]
+        gt_boxes = [t.boxes.float() * scales[i].repeat(2) for i, t in enumerate(targets)]
+        proposals, losses = self.rpn(features, batch.image_sizes, gt_boxes)
+        losses.update(self.roi_heads(
+            features, proposals, batch.image_sizes, gt_boxes, [t.labels for t in targets],
+            [t.masks for t in targets], scales,
+        ))
+        return losses
+
+    def postprocess(self, dets, scales: Tensor, original_sizes: Sequence[Tuple[int, int]]) -> List[Instances]:
+        """Map detections from resized to original pixels and paste soft masks into crops."""
+        results = []
+        for i, ((boxes, scores, labels, probs), size) in enumerate(zip(dets, original_sizes)):
+            boxes = clip_boxes(boxes / scales[i].repeat(2), size)
+            masks = paste_masks(probs, boxes, size)
+            results.append(Instances(size, boxes, labels, scores, masks))
+        return results
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor], mask_threshold: Optional[float] = None) -> List[Instances]:
+        """Eval-mode forward with binary masks: ``MaskList.threshold(mask_threshold)`` of the soft masks
+        (default: the configured ``mask_threshold``). Restores the previous train/eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            results = self(images)
+        finally:
+            self.train(was_training)
+        t = self.mask_threshold if mask_threshold is None else float(mask_threshold)
+        return [r.replace(masks=r.masks.threshold(t)) for r in results]

@@ -1,0 +1,420 @@
+"""RoI heads: multi-level RoIAlign pooling, the box head and the mask head, with their losses and
+inference as plain functions beside the modules.
+
+Classes are ``0..K-1``; the box classifier has ``K + 1`` outputs with background LAST (index K,
+as detectron2, so its COCO heads import without permutation). Box regression is class-specific
+(``4K`` outputs, no background deltas).
+
+Mask targets are never dense full-image masks: each sampled foreground proposal takes its target
+by RoIAlign of its ground truth's crop (``MaskList``: batch index = GT index, RoI shifted by the
+crop's origin; crops get a zero border so bilinear samples at the edge see background).
+Predicted masks are pasted into soft crops of the original image (box + 1 px), in chunks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.model.backbone import ConvNorm
+from maskrcnn.model.box_coder import decode_boxes, encode_boxes
+from maskrcnn.model.matching import FOREGROUND, match_boxes, sample_balanced
+from maskrcnn.model.rpn import box_regression_loss, topk_per_group
+from maskrcnn.ops import batched_nms, roi_align
+from maskrcnn.structures import MaskList
+
+
+# ------------------------------------------------------------------------- pooling
+def assign_fpn_levels(boxes: Tensor, min_level: int = 2, max_level: int = 5, canonical_size: float = 224.0,
+                      canonical_level: int = 4) -> Tensor:
+    """FPN level of each box (Lin et al. 2017, eq. 1): ``floor(k0 + log2(sqrt(area) / 224))``,
+    clamped to ``[min_level, max_level]``; returned as ``Tensor[K]`` int64 offsets from ``min_level``."""
+    size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    lvl = torch.floor(canonical_level + torch.log2(size / canonical_size + 1e-8))
+    return (lvl.clamp(min=min_level, max=max_level) - min_level).long()
+
+
+class MultiLevelRoIPooler(nn.Module):
+    """RoIAlign of boxes on the FPN level chosen by their size (P2..P5).
+
+    Args:
+        output_size: pooled size S.
+        strides: strides of the pooled levels (4, 8, 16, 32).
+        sampling_ratio: RoIAlign samples per bin (0: adaptive, ceil(bin size)).
+    """
+
+    def __init__(self, output_size: int, strides: Sequence[int] = (4, 8, 16, 32), sampling_ratio: int = 0,
+                 canonical_size: float = 224.0, canonical_level: int = 4):
+        super().__init__()
+        self.output_size = int(output_size)
+        self.strides = tuple(strides)
+        self.sampling_ratio = int(sampling_ratio)
+        self.min_level = int(round(math.log2(self.strides[0])))
+        self.max_level = int(round(math.log2(self.strides[-1])))
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+
+    def forward(self, features: List[Tensor], boxes: List[Tensor]) -> Tensor:
+        """``features``: the pooled levels ``Tensor[B, C, H_l, W_l]``; ``boxes``: per image ``Tensor[R_i, 4]``.
+
+        Returns:
+            Tensor[sum R_i, C, S, S], in the order of the concatenated boxes.
+        """
+        feats = features[: len(self.strides)]
+        dev = feats[0].device
+        batch_idx = torch.cat([torch.full((b.shape[0],), i, dtype=torch.float32, device=dev) for i, b in enumerate(boxes)])
+        all_boxes = torch.cat([b.float() for b in boxes])
+        rois = torch.cat([batch_idx[:, None], all_boxes], dim=1)
+        K = rois.shape[0]
+        C = feats[0].shape[1]
+        S = self.output_size
+        levels = assign_fpn_levels(all_boxes, self.min_level, self.max_level, self.canonical_size, self.canonical_level)
+        out = feats[0].new_zeros((K, C, S, S))
+        for lvl, (f, stride) in enumerate(zip(feats, self.strides)):  # loop over levels, not RoIs
+            idx = torch.nonzero(levels == lvl).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            pooled = roi_align(f, rois[idx], S, 1.0 / stride, self.sampling_ratio, aligned=True)
+            out = out.index_copy(0, idx, pooled.to(out.dtype))
+        return out
+
+
+# ----------------------------------------------------------------------- box head
+class BoxHead(nn.Module):
+    """Two fully connected layers (``fc1``, ``fc2``) with ReLU on pooled RoI features."""
+
+    def __init__(self, in_channels: int, pooler_resolution: int, fc_dim: int = 1024):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * pooler_resolution ** 2, fc_dim)
+        self.fc2 = nn.Linear(fc_dim, fc_dim)
+        for m in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(m.weight, a=1)
+            nn.init.zeros_(m.bias)
+        self.out_channels = fc_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``Tensor[K, C, S, S]`` -> ``Tensor[K, fc_dim]``."""
+        return F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
+
+
+class BoxPredictor(nn.Module):
+    """``cls_score``: K + 1 logits (background last); ``bbox_pred``: 4K class-specific deltas."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_channels, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def box_losses(cls_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, proposals: Tensor,
+               gt_boxes: Tensor, box_weights: Sequence[float], smooth_l1_beta: float) -> Dict[str, Tensor]:
+    """Classification (cross entropy) and regression losses of sampled RoIs.
+
+    Args:
+        cls_logits (Tensor[K, C+1]), box_deltas (Tensor[K, 4C]); gt_classes (Tensor[K]) in
+        ``[0, C]`` (C = background); proposals, gt_boxes (Tensor[K, 4]): each RoI and its matched GT box.
+    The box loss is summed over foreground RoIs and divided by K (detectron2's normalisation).
+    """
+    num_classes = box_deltas.shape[1] // 4
+    loss_cls = F.cross_entropy(cls_logits.float(), gt_classes, reduction="mean")
+    fg = torch.nonzero(gt_classes < num_classes).squeeze(1)
+    cls = gt_classes[fg]
+    d = box_deltas.float().view(box_deltas.shape[0], num_classes, 4)[fg, cls]
+    target = encode_boxes(proposals[fg], gt_boxes[fg], box_weights)
+    loss_box = box_regression_loss(d, target, smooth_l1_beta) / max(gt_classes.numel(), 1)
+    return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+
+def box_inference(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: List[Tensor],
+    image_sizes: Sequence[Tuple[int, int]],
+    box_weights: Sequence[float],
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_image: int,
+) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    """Detections per image: decode per class, clip, score threshold, per-class NMS, top-k.
+
+    Batched over images and classes (one ``batched_nms`` call with group = image x class).
+
+    Returns:
+        per image ``(boxes Tensor[D, 4], scores Tensor[D], labels Tensor[D] int64)`` by decreasing score.
+    """
+    dev = cls_logits.device
+    B = len(proposals)
+    num_classes = box_deltas.shape[1] // 4
+    all_props = torch.cat(proposals)
+    scores = F.softmax(cls_logits.float(), dim=-1)[:, :num_classes]  # [R, C]
+    boxes = decode_boxes(box_deltas, all_props, box_weights).view(-1, num_classes, 4)
+    counts = [p.shape[0] for p in proposals]
+    image_idx = torch.repeat_interleave(torch.arange(B, device=dev), torch.tensor(counts, device=dev))
+    hw = torch.tensor(list(image_sizes), dtype=torch.float32, device=dev).reshape(B, 2)[image_idx]  # [R, 2]
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])
+    boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+    keep = (scores > score_thresh) & torch.isfinite(boxes).all(dim=-1)
+    keep &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    r, c = torch.nonzero(keep, as_tuple=True)
+    boxes, scores, img = boxes[r, c], scores[r, c], image_idx[r]
+    kept = batched_nms(boxes, scores, img * num_classes + c, nms_thresh)
+    kept, per_image = topk_per_group(kept, img[kept], B, detections_per_image)
+    out = []
+    for sel in torch.split(kept, per_image.tolist()):
+        out.append((boxes[sel], scores[sel], c[sel]))
+    return out
+
+
+# ---------------------------------------------------------------------- mask head
+class MaskHead(nn.Module):
+    """``num_convs`` 3x3 convs (``convs.i``), 2x upsampling by transposed conv (``deconv``, and
+    ``deconv2`` when the output is 4x the pooled size), and a 1x1 ``predictor`` with one mask per class.
+
+    Args:
+        in_channels: FPN channels; pooler_resolution: pooled size P; resolution: output M
+            (``M = 2P`` or ``4P``: 14 -> 28 by default; 28 -> 56 or 14 -> 56 for finer masks).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, pooler_resolution: int = 14, resolution: int = 28,
+                 num_convs: int = 4, conv_dim: int = 256, norm: str = ""):
+        super().__init__()
+        factor = resolution // pooler_resolution
+        if resolution % pooler_resolution or factor not in (2, 4):
+            raise ValueError(
+                f"mask head: resolution ({resolution}) must be 2x or 4x the pooler resolution ({pooler_resolution})"
+            )
+        self.convs = nn.ModuleList(
+            ConvNorm(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, norm=norm) for i in range(num_convs)
+        )
+        ch = conv_dim if num_convs else in_channels
+        self.deconv = nn.ConvTranspose2d(ch, conv_dim, 2, stride=2)
+        self.deconv2 = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2) if factor == 4 else None
+        self.predictor = nn.Conv2d(conv_dim, num_classes, 1)
+        for m in list(self.convs) + [self.deconv] + ([self.deconv2] if self.deconv2 is not None else []):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+        self.resolution = resolution
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``Tensor[K, C, P, P]`` -> mask logits ``Tensor[K, num_classes, M, M]``."""
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        x = F.relu(self.deconv(x))
+        if self.deconv2 is not None:
+            x = F.relu(self.deconv2(x))
+        return self.predictor(x)
+
+
+def mask_targets(gt_masks: MaskList, gt_index: Tensor, boxes: Tensor, resolution: int) -> Tensor:
+    """Binary M x M targets of RoIs from crop masks, without dense full-image masks.
+
+    Args:
+        gt_masks: the image's GT masks (crops in original-image pixels).
+        gt_index (Tensor[P]): the GT matched to each RoI.
+        boxes (Tensor[P, 4]): the RoIs in the same (original-image) pixels as ``gt_masks``.
+    Returns:
+        Tensor[P, M, M] float32 in {0, 1}: RoIAlign of the crop, thresholded at 0.5.
+    """
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros((0, resolution, resolution))
+    # One extra zero pixel on every side: bilinear samples past the crop's edge must see background.
+    crops = F.pad(gt_masks.crops.float(), (1, 1, 1, 1))[:, None]
+    origins = (gt_masks.origins - 1).to(boxes.dtype)
+    rel = boxes.float() - origins[gt_index].repeat(1, 2)
+    rois = torch.cat([gt_index[:, None].float(), rel], dim=1)
+    t = roi_align(crops, rois, resolution, 1.0, sampling_ratio=0, aligned=True)
+    return (t[:, 0] >= 0.5).float()
+
+
+def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor) -> Tensor:
+    """Mean per-pixel BCE of the GT class's mask channel.
+
+    Args:
+        mask_logits (Tensor[P, C, M, M]); gt_classes (Tensor[P]); targets (Tensor[P, M, M]).
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0.0  # keeps the mask head in the graph (DDP) with zero gradient
+    logits = mask_logits[torch.arange(mask_logits.shape[0], device=mask_logits.device), gt_classes]
+    return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="mean")
+
+
+def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:
+    """Sigmoid of each detection's own class channel: ``Tensor[D, M, M]`` float32."""
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0,) + tuple(mask_logits.shape[-2:])).float()
+    idx = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+    return mask_logits[idx, labels].float().sigmoid()
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], max_elements: int = 1 << 22) -> MaskList:
+    """Paste M x M soft masks into crops of the image: ``MaskList`` of probabilities.
+
+    Crop ``i`` covers the box grown to whole pixels plus 1 px on each side, clipped to the image;
+    all crops share the largest size (zero-filled). Pixel ``(x, y)`` takes the bilinear sample of
+    the mask at its centre ``(x + 0.5, y + 0.5)`` mapped into the box (``grid_sample``,
+    ``align_corners=False``), 0 outside the crop window. Done in chunks of at most ``max_elements``
+    crop pixels, so memory stays ~ N x crop area, never N x H x W.
+
+    Args:
+        masks (Tensor[N, M, M]) float in [0, 1]; boxes (Tensor[N, 4]) xyxy in image pixels.
+    """
+    H, W = int(image_size[0]), int(image_size[1])
+    n = masks.shape[0]
+    dev = masks.device
+    if n == 0:
+        return MaskList.empty((H, W), device=dev, dtype=torch.float32)
+    boxes = boxes.float()
+    x0 = (torch.floor(boxes[:, 0]).long() - 1).clamp(0, W)
+    y0 = (torch.floor(boxes[:, 1]).long() - 1).clamp(0, H)
+    x1 = (torch.ceil(boxes[:, 2]).long() + 1).clamp(0, W)
+    y1 = (torch.ceil(boxes[:, 3]).long() + 1).clamp(0, H)
+    hw = torch.stack([(y1 - y0).max(), (x1 - x0).max()]).clamp(min=1).tolist()  # one host sync
+    h, w = int(hw[0]), int(hw[1])
+    bw = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    bh = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    crops = torch.empty((n, h, w), dtype=torch.float32, device=dev)
+    chunk = max(1, max_elements // (h * w))
+    src = masks.float()[:, None]
+    for s in range(0, n, chunk):  # chunks bound memory; each chunk is one grid_sample call
+        sl = slice(s, min(n, s + chunk))
+        xs = x0[sl, None] + ar_w  # [c, w] image columns
+        ys = y0[sl, None] + ar_h  # [c, h]
+        gx = ((xs.float() + 0.5 - boxes[sl, 0, None]) / bw[sl, None]) * 2 - 1
+        gy = ((ys.float() + 0.5 - boxes[sl, 1, None]) / bh[sl, None]) * 2 - 1
+        c = gx.shape[0]
+        grid = torch.stack([gx[:, None, :].expand(c, h, w), gy[:, :, None].expand(c, h, w)], dim=-1)
+        out = F.grid_sample(src[sl], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+        inside = (ys < y1[sl, None])[:, :, None] & (xs < x1[sl, None])[:, None, :]
+        crops[sl] = out * inside
+    return MaskList(crops, torch.stack([x0, y0], dim=1), (H, W))
+
+
+# --------------------------------------------------------------------- RoI heads
+class RoIHeads(nn.Module):
+    """Box and mask heads: sampling and losses in training, detections with soft masks in inference."""
+
+    def __init__(
+        self,
+        box_pooler: MultiLevelRoIPooler,
+        box_head: BoxHead,
+        box_predictor: BoxPredictor,
+        mask_pooler: MultiLevelRoIPooler,
+        mask_head: MaskHead,
+        num_classes: int,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 0.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_image: int = 1000,
+        proposal_append_gt: bool = True,
+    ):
+        super().__init__()
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.mask_pooler = mask_pooler
+        self.mask_head = mask_head
+        self.num_classes = num_classes
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.box_weights = tuple(box_weights)
+        self.smooth_l1_beta = smooth_l1_beta
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.proposal_append_gt = proposal_append_gt
+
+    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
+        """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index."""
+        rois, classes, matched_gt = [], [], []
+        for props, gt, lab in zip(proposals, gt_boxes, gt_labels):  # loop over images
+            if self.proposal_append_gt:
+                props = torch.cat([props, gt.to(props.dtype)])
+            matched, labels = match_boxes(gt, props, self.fg_iou_thresh, self.bg_iou_thresh)
+            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
+            idx = torch.cat([pos, neg])
+            m = matched[idx]
+            cls = torch.full_like(idx, self.num_classes)
+            if gt.shape[0]:
+                cls = torch.where(labels[idx] == FOREGROUND, lab[m], cls)
+            rois.append(props[idx])
+            classes.append(cls)
+            matched_gt.append(m)
+        return rois, classes, matched_gt
+
+    def forward(
+        self,
+        features: List[Tensor],
+        proposals: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+        gt_boxes: Optional[List[Tensor]] = None,
+        gt_labels: Optional[List[Tensor]] = None,
+        gt_masks: Optional[List[MaskList]] = None,
+        scales: Optional[Tensor] = None,
+    ):
+        """Args:
+            features: P2..P5 (P6, if given, is ignored); proposals: per image ``Tensor[R_i, 4]``;
+            image_sizes: resized ``(h, w)``; gt_boxes (resized pixels), gt_labels, gt_masks
+            (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training.
+        Returns:
+            training: dict of losses; inference: per image ``(boxes, scores, labels, mask_probs Tensor[D, M, M])``
+            with boxes in resized-image pixels.
+        """
+        if self.training:
+            return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales)
+        return self._forward_infer(features, proposals, image_sizes)
+
+    def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales):
+        rois, classes, matched = self.sample_proposals(proposals, gt_boxes, gt_labels)
+        x = self.box_head(self.box_pooler(features, rois))
+        cls_logits, deltas = self.box_predictor(x)
+        gt_classes = torch.cat(classes)
+        matched_boxes = torch.cat([g[m] if g.shape[0] else torch.zeros_like(r) for g, m, r in zip(gt_boxes, matched, rois)])
+        losses = box_losses(cls_logits, deltas, gt_classes, torch.cat(rois), matched_boxes, self.box_weights,
+                            self.smooth_l1_beta)
+        fg_rois, fg_classes, targets = [], [], []
+        for i, (r, c, m) in enumerate(zip(rois, classes, matched)):  # loop over images
+            fg = torch.nonzero(c < self.num_classes).squeeze(1)
+            fg_rois.append(r[fg])
+            fg_classes.append(c[fg])
+            sx, sy = scales[i, 0], scales[i, 1]
+            boxes_orig = r[fg] / torch.stack([sx, sy, sx, sy])
+            targets.append(mask_targets(gt_masks[i], m[fg], boxes_orig, self.mask_head.resolution))
+        mask_logits = self.mask_head(self.mask_pooler(features, fg_rois))
+        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(fg_classes), torch.cat(targets))
+        return losses
+
+    def _forward_infer(self, features, proposals, image_sizes):
+        x = self.box_head(self.box_pooler(features, proposals))
+        cls_logits, deltas = self.box_predictor(x)
+        dets = box_inference(cls_logits, deltas, proposals, image_sizes, self.box_weights, self.score_thresh,
+                             self.nms_thresh, self.detections_per_image)
+        boxes = [d[0] for d in dets]
+        labels = torch.cat([d[2] for d in dets])
+        mask_logits = self.mask_head(self.mask_pooler(features, boxes))
+        probs = mask_probabilities(mask_logits, labels)
+        counts = [b.shape[0] for b in boxes]
+        return [(d[0], d[1], d[2], p) for d, p in zip(dets, torch.split(probs, counts))]

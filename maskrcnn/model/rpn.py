@@ -1,0 +1,228 @@
+"""Region Proposal Network (Ren et al. 2015) over the FPN levels P2..P6.
+
+A shared head (3x3 conv, ReLU, then 1x1 convs for objectness and box deltas) runs on every
+level. Proposals: top-k anchors per level by objectness, decoded, clipped, small boxes removed,
+NMS within each (image, level) group in one ``batched_nms`` call, then the top-k per image.
+Losses: anchors matched to ground truth (IoU >= fg -> object, < bg -> background, plus each GT's
+best anchors), a balanced random sample per image, BCE on objectness and smooth L1 on deltas,
+both normalised by ``batch_size_per_image * num_images`` (as detectron2).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskrcnn.model.anchors import AnchorGenerator
+from maskrcnn.model.box_coder import decode_boxes, encode_boxes
+from maskrcnn.model.matching import match_boxes, sample_balanced
+from maskrcnn.ops import batched_nms
+
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+
+
+class RPNHead(nn.Module):
+    """Shared conv head. ``objectness_logits`` has A outputs and ``anchor_deltas`` 4A per cell."""
+
+    def __init__(self, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.anchor_deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for m in (self.conv, self.objectness_logits, self.anchor_deltas):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Per level: logits ``Tensor[B, H*W*A]`` and deltas ``Tensor[B, H*W*A, 4]``, ordered (y, x, a)."""
+        logits, deltas = [], []
+        for x in features:
+            t = F.relu(self.conv(x))
+            lg = self.objectness_logits(t)
+            b, a, h, w = lg.shape
+            logits.append(lg.permute(0, 2, 3, 1).reshape(b, -1))
+            dl = self.anchor_deltas(t).view(b, a, 4, h, w)
+            deltas.append(dl.permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+        return logits, deltas
+
+
+def rank_within_groups(groups: Tensor, num_groups: int) -> Tensor:
+    """Rank of each element within its group, keeping the given order: ``Tensor[N]`` int64.
+
+    ``groups (Tensor[N])`` must already be sorted (stable) so each group is contiguous.
+    """
+    counts = torch.bincount(groups, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(groups.numel(), device=groups.device) - starts[groups]
+
+
+def topk_per_group(keep: Tensor, groups: Tensor, num_groups: int, k: int) -> Tuple[Tensor, Tensor]:
+    """From ``keep`` (indices sorted by decreasing score) and their ``groups``, keep the first ``k``
+    of each group. Returns (indices grouped by group then score, per-group counts Tensor[num_groups])."""
+    order = torch.sort(groups, stable=True).indices
+    keep, groups = keep[order], groups[order]
+    sel = rank_within_groups(groups, num_groups) < k
+    keep, groups = keep[sel], groups[sel]
+    return keep, torch.bincount(groups, minlength=num_groups)
+
+
+def find_top_proposals(
+    logits: List[Tensor],
+    deltas: List[Tensor],
+    anchors: List[Tensor],
+    image_sizes: Sequence[Tuple[int, int]],
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    nms_thresh: float,
+    min_size: float,
+) -> List[Tensor]:
+    """Proposals per image, vectorised over images and levels.
+
+    Args:
+        logits: per level ``Tensor[B, N_l]``; deltas: per level ``Tensor[B, N_l, 4]``;
+        anchors: per level ``Tensor[N_l, 4]``; image_sizes: ``(h, w)`` of each (resized) image.
+    Returns:
+        list of ``Tensor[R_i, 4]`` boxes per image, by decreasing objectness, ``R_i <= post_nms_topk``.
+    """
+    B = logits[0].shape[0]
+    dev = logits[0].device
+    all_boxes, all_scores, all_levels = [], [], []
+    for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+        k = min(pre_nms_topk, lg.shape[1])
+        scores, idx = lg.float().topk(k, dim=1)  # [B, k]
+        d = dl.gather(1, idx[..., None].expand(B, k, 4))
+        boxes = decode_boxes(d.reshape(-1, 4), an[idx.reshape(-1)], RPN_BOX_WEIGHTS).reshape(B, k, 4)
+        all_boxes.append(boxes)
+        all_scores.append(scores)
+        all_levels.append(torch.full((B, k), lvl, dtype=torch.long, device=dev))
+    boxes = torch.cat(all_boxes, dim=1)  # [B, N, 4]
+    scores = torch.cat(all_scores, dim=1)
+    levels = torch.cat(all_levels, dim=1)
+    hw = torch.tensor(image_sizes, dtype=torch.float32, device=dev)  # [B, 2]
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])
+    boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+    valid = torch.isfinite(boxes).all(dim=-1) & torch.isfinite(scores)
+    valid &= ((boxes[..., 2] - boxes[..., 0]) > min_size) & ((boxes[..., 3] - boxes[..., 1]) > min_size)
+    image_idx = torch.arange(B, device=dev)[:, None].expand_as(levels)
+    boxes, scores, levels, image_idx = boxes[valid], scores[valid], levels[valid], image_idx[valid]
+    num_levels = len(logits)
+    keep = batched_nms(boxes, scores, image_idx * num_levels + levels, nms_thresh)
+    keep, counts = topk_per_group(keep, image_idx[keep], B, post_nms_topk)
+    return list(torch.split(boxes[keep], counts.tolist()))
+
+
+def rpn_losses(
+    logits: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    gt_boxes: List[Tensor],
+    fg_iou_thresh: float,
+    bg_iou_thresh: float,
+    batch_size_per_image: int,
+    positive_fraction: float,
+    smooth_l1_beta: float,
+) -> Dict[str, Tensor]:
+    """Objectness and box losses.
+
+    Args:
+        logits (Tensor[B, A]), deltas (Tensor[B, A, 4]): all levels concatenated.
+        anchors (Tensor[A, 4]); gt_boxes: per image ``Tensor[G_i, 4]`` in resized-image pixels.
+    """
+    B = logits.shape[0]
+    img_ids, anchor_ids, obj_targets = [], [], []
+    pos_img, pos_anchor, pos_targets = [], [], []
+    for b in range(B):  # matching differs per image; vectorised within the image
+        gt = gt_boxes[b]
+        matched, labels = match_boxes(gt, anchors, fg_iou_thresh, bg_iou_thresh, allow_low_quality=True)
+        pos, neg = sample_balanced(labels, batch_size_per_image, positive_fraction)
+        idx = torch.cat([pos, neg])
+        img_ids.append(torch.full_like(idx, b))
+        anchor_ids.append(idx)
+        obj_targets.append(torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float())
+        pos_img.append(torch.full_like(pos, b))
+        pos_anchor.append(pos)
+        if pos.numel():
+            pos_targets.append(encode_boxes(anchors[pos], gt[matched[pos]], RPN_BOX_WEIGHTS))
+        else:
+            pos_targets.append(torch.zeros((0, 4), device=logits.device))
+    norm = float(batch_size_per_image * B)
+    img_ids, anchor_ids = torch.cat(img_ids), torch.cat(anchor_ids)
+    loss_cls = F.binary_cross_entropy_with_logits(
+        logits[img_ids, anchor_ids].float(), torch.cat(obj_targets), reduction="sum"
+    ) / norm
+    pred = deltas[torch.cat(pos_img), torch.cat(pos_anchor)].float()
+    loss_box = box_regression_loss(pred, torch.cat(pos_targets), smooth_l1_beta) / norm
+    return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Summed smooth L1 (``beta > 0``) or L1 (``beta == 0``) over ``Tensor[P, 4]`` deltas."""
+    if beta < 1e-5:
+        return (pred - target).abs().sum()
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+
+
+class RPN(nn.Module):
+    """Proposal generator: head + anchors + proposal selection + (training) losses.
+
+    ``pre_nms_topk`` is per level and per image; ``post_nms_topk`` per image; each a
+    ``(train, test)`` pair.
+    """
+
+    def __init__(
+        self,
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        pre_nms_topk: Tuple[int, int] = (2000, 2000),
+        post_nms_topk: Tuple[int, int] = (2000, 2000),
+        nms_thresh: float = 0.7,
+        fg_iou_thresh: float = 0.7,
+        bg_iou_thresh: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        min_size: float = 0.0,
+        smooth_l1_beta: float = 1.0 / 9.0,
+    ):
+        super().__init__()
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.pre_nms_topk = tuple(pre_nms_topk)
+        self.post_nms_topk = tuple(post_nms_topk)
+        self.nms_thresh = nms_thresh
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.min_size = min_size
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self, features: List[Tensor], image_sizes: Sequence[Tuple[int, int]], gt_boxes: Optional[List[Tensor]] = None
+    ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
+        """Args:
+            features: P2..P6, ``Tensor[B, C, H_l, W_l]``; image_sizes: resized ``(h, w)`` per image;
+            gt_boxes: per image ``Tensor[G_i, 4]`` (training only).
+        Returns:
+            proposals (list of ``Tensor[R_i, 4]``, detached), losses (empty dict in eval mode).
+        """
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(features)
+        t = 0 if self.training else 1
+        with torch.no_grad():
+            proposals = find_top_proposals(
+                [x.detach() for x in logits], [x.detach() for x in deltas], anchors, image_sizes,
+                self.pre_nms_topk[t], self.post_nms_topk[t], self.nms_thresh, self.min_size,
+            )
+        losses: Dict[str, Tensor] = {}
+        if self.training:
+            if gt_boxes is None:
+                raise ValueError("RPN: training needs gt_boxes")
+            losses = rpn_losses(
+                torch.cat(logits, dim=1), torch.cat(deltas, dim=1), torch.cat(anchors), gt_boxes,
+                self.fg_iou_thresh, self.bg_iou_thresh, self.batch_size_per_image, self.positive_fraction,
+                self.smooth_l1_beta,
+            )
+        return proposals, losses
