@@ -177,7 +177,7 @@ def cross_view_edges(masks: MaskList, view_ids: Tensor, iou_threshold: float,
     if method == "sparse":
         try:
             i, j, inter = sparse_intersections(MaskList(crops, masks.origins, masks.image_size))
-        except (RuntimeError, NotImplementedError):  # no sparse product on this device / build
+        except (RuntimeError, NotImplementedError, TypeError, AttributeError):  # no sparse product here (old torch, device)
             method = "pairs"
         else:
             iou = inter.float() / (areas[i] + areas[j] - inter).clamp(min=1).float()
