@@ -154,3 +154,25 @@ def test_cross_view_edges_equal_thresholded_crop_mask_iou():
         assert torch.allclose(iou, full[i, j])
         counts.append(int(expect.sum()))
     assert counts[0] > counts[1] > 0 and counts[:3] == counts[3:]  # the test has matches to find
+
+
+def test_views_with_different_crop_sizes_and_the_fallback_without_sparse_products(monkeypatch):
+    import maskrcnn.inference.merge as merge_mod
+
+    dense = _soft_blobs(12, seed=6)
+    n = dense.shape[0]
+    scores = torch.linspace(0.95, 0.3, n)
+    a = _instances(dense, scores)
+    ml = MaskList.from_dense(dense, pad=5)  # same masks, larger crops
+    b = Instances(a.image_size, a.boxes, a.labels, a.scores, ml)
+    merged = merge_instances([a, b], min_views=2)
+    assert len(merged) == n
+    assert torch.allclose(merged.masks.to_dense(), dense, atol=1e-6)
+
+    def unsupported(*args, **kw):
+        raise NotImplementedError("no sparse CSR here")
+
+    monkeypatch.setattr(merge_mod, "pixel_intersections", unsupported)
+    again = merge_instances([a, b], min_views=2)
+    assert torch.equal(again.scores, merged.scores)
+    assert torch.equal(again.masks.to_dense(), merged.masks.to_dense())
