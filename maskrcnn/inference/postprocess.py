@@ -93,15 +93,24 @@ def fill_holes(crops: Tensor, check_every: int = 8) -> Tensor:
     return (fg | (bg & ~reach))[:, 1:-1, 1:-1]
 
 
-def _foreground_pixels(masks: MaskList):
-    """Per-pixel lists of the binary masks' pixels inside the image: ``(mask index, iy, ix, flat image index)``."""
+def foreground_pixels(masks: MaskList):
+    """The binary masks' pixels inside the image: ``(mask index, position in crops.flatten(), flat image index)``.
+
+    Positions are decoded arithmetically from one ``nonzero`` over the flattened crops, and lookups
+    use ``index_select``: both far cheaper on CPU than multi-dimensional advanced indexing.
+    """
     H, W = masks.image_size
-    n_idx, iy, ix = torch.nonzero(masks.crops, as_tuple=True)
-    y = masks.origins[n_idx, 1] + iy
-    x = masks.origins[n_idx, 0] + ix
+    n, h, w = masks.crops.shape
+    pos = torch.nonzero(masks.crops.flatten(), as_tuple=True)[0]
+    n_idx = torch.div(pos, h * w, rounding_mode="floor")
+    rem = pos - n_idx * (h * w)
+    iy = torch.div(rem, w, rounding_mode="floor")
+    y = masks.origins[:, 1].index_select(0, n_idx) + iy
+    x = masks.origins[:, 0].index_select(0, n_idx) + (rem - iy * w)
     inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    n_idx, iy, ix = n_idx[inside], iy[inside], ix[inside]
-    return n_idx, iy, ix, y[inside] * W + x[inside]
+    if not bool(inside.all()):
+        n_idx, pos, y, x = n_idx[inside], pos[inside], y[inside], x[inside]
+    return n_idx, pos, y * W + x
 
 
 def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled: bool = True):
@@ -118,28 +127,32 @@ def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled:
     n = len(masks)
     H, W = masks.image_size
     dev = masks.device
-    n_idx, iy, ix, flat = _foreground_pixels(masks)
+    n_idx, pos, flat = foreground_pixels(masks)
+    rank = n_idx.int()
     area = torch.bincount(n_idx, minlength=n)
     need = min_area.to(area.device).long().clamp(min=1)
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     won = torch.ones(n_idx.shape[0], dtype=torch.bool, device=dev)
     while True:  # rounds drop at least one mask each; usually 1-3 rounds
         if enabled:
-            live_px = alive[n_idx]
-            owner = torch.full((H * W,), n, dtype=torch.int32, device=dev)
-            owner.scatter_reduce_(0, flat[live_px], n_idx[live_px].int(), reduce="amin")
-            won = live_px & (owner[flat] == n_idx.int())
-        kept = torch.bincount(n_idx[won], minlength=n)
+            live_px = alive.index_select(0, n_idx)
+            # Pixels of dropped masks go to a spare slot past the image.
+            target = torch.where(live_px, flat, torch.full_like(flat, H * W))
+            owner = torch.full((H * W + 1,), n, dtype=torch.int32, device=dev)
+            owner.scatter_reduce_(0, target, rank, reduce="amin")
+            won = live_px & (owner.index_select(0, flat) == rank)
+        kept = torch.bincount(n_idx, weights=won.to(torch.float32), minlength=n).long() if won.numel() else \
+            torch.zeros(n, dtype=torch.long, device=dev)
         ok = alive & (kept >= need) & (kept.double() >= min_keep * area.double())
         if torch.equal(ok, alive):
             break
         alive = ok
         if not enabled:
             break
-    crops = torch.zeros_like(masks.crops, dtype=torch.bool)
-    won = won & alive[n_idx]
-    crops[n_idx[won], iy[won], ix[won]] = True
-    return MaskList(crops, masks.origins, masks.image_size), alive
+    won = won & alive.index_select(0, n_idx)
+    crops = torch.zeros(masks.crops.numel(), dtype=torch.bool, device=dev)
+    crops.index_fill_(0, pos[won], True)
+    return MaskList(crops.view(masks.crops.shape), masks.origins, masks.image_size), alive
 
 
 def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:

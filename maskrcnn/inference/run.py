@@ -12,10 +12,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-import torch
-
 from maskrcnn.config import TestConfig, parse_overrides
+from maskrcnn.data.images import read_image
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import (Predictor, apply_thresholds, load_model, override_test_config,
                                           resolve_device)
@@ -23,50 +21,6 @@ from maskrcnn.inference.submission import instances_to_rows, save_submission
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 STAGES = ("read", "model", "merge", "postprocess", "encode")
-
-
-def _read_image_pillow(path: str) -> torch.Tensor:
-    """Minimal reader: PNG/TIFF/JPEG, 8 or 16 bit, gray or RGB(A) -> ``Tensor[C, H, W]`` float in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-                im = im.convert("RGBA" if "A" in mode or "transparency" in im.info else "RGB")
-                mode = im.mode
-            arr = np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot read the image ({e})") from None
-    if mode in ("LA", "RGBA"):
-        arr = arr[..., :-1]  # drop alpha
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.float32)
-    elif arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif arr.dtype in (np.uint16, np.int32, np.uint32) or mode.startswith("I"):
-        # Pillow opens 16-bit PNG/TIFF as I;16 or I (32-bit ints holding 16-bit values).
-        if int(arr.max(initial=0)) > 65535 or int(arr.min(initial=0)) < 0:
-            raise ValueError(f"{path}: integer values outside 0..65535 are not supported")
-        arr = arr.astype(np.float32) / 65535.0
-    elif arr.dtype.kind == "f":
-        arr = np.clip(arr.astype(np.float32), 0.0, 1.0)
-    else:
-        raise ValueError(f"{path}: unsupported pixel type {arr.dtype} (mode {mode})")
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
-
-
-def read_image(path: str) -> torch.Tensor:
-    """The data team's ``maskrcnn.data.images.read_image`` when present, else a Pillow reader."""
-    try:
-        from maskrcnn.data.images import read_image as data_read_image
-    except ImportError:
-        return _read_image_pillow(path)
-    return data_read_image(path)
 
 
 def list_images(folder: str) -> List[str]:
@@ -117,7 +71,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
         timings.append({"read": t1 - t0, "model": predictor.last_timing.get("model", t2 - t1),
                         "merge": predictor.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
                         "encode": t4 - t3, "total": t4 - t0})
-    save_submission(rows, out_path, sizes, order)
+    save_submission(rows, out_path, sizes)
     return timings
 
 

@@ -127,3 +127,52 @@ def test_merge_checks_arguments():
     empty = Instances.empty(inst.image_size, with_scores=True, with_masks=True)
     empty = empty.replace(masks=MaskList(torch.zeros((0, 1, 1)), torch.zeros((0, 2), dtype=torch.long), inst.image_size))
     assert len(merge_instances([empty, empty])) == 0
+
+
+def test_cross_view_edges_equal_thresholded_crop_mask_iou():
+    from maskrcnn.inference.merge import cross_view_edges
+    from maskrcnn.ops import crop_mask_iou
+
+    g = torch.Generator().manual_seed(4)
+    base = random_blobs(12, 40, 50, seed=4, rmin=3, rmax=7)
+    views = []
+    for k in range(4):  # jittered copies: shifted by up to 2 pixels, some pixels dropped
+        dy, dx = torch.randint(-2, 3, (2,), generator=g).tolist()
+        shifted = torch.roll(base, shifts=(dy, dx), dims=(1, 2)) & (torch.rand(base.shape, generator=g) > 0.15)
+        views.append(shifted)
+    dense = torch.cat(views)
+    ml = MaskList.from_dense(dense, pad=2)
+    vid = torch.arange(4).repeat_interleave(base.shape[0])
+    full = crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins)
+    counts = []
+    for t, method in ((0.2, "sparse"), (0.4, "sparse"), (0.6, "sparse"), (0.2, "pairs"), (0.4, "pairs"), (0.6, "pairs")):
+        i, j, iou = cross_view_edges(ml, vid, t, method=method)
+        expect = (full > t) & (vid[:, None] != vid[None, :]) & torch.ones_like(full, dtype=torch.bool).triu(1)
+        got = torch.zeros_like(expect)
+        got[i, j] = True
+        assert torch.equal(got, expect)
+        assert torch.allclose(iou, full[i, j])
+        counts.append(int(expect.sum()))
+    assert counts[0] > counts[1] > 0 and counts[:3] == counts[3:]  # the test has matches to find
+
+
+def test_views_with_different_crop_sizes_and_the_fallback_without_sparse_products(monkeypatch):
+    import maskrcnn.inference.merge as merge_mod
+
+    dense = _soft_blobs(12, seed=6)
+    n = dense.shape[0]
+    scores = torch.linspace(0.95, 0.3, n)
+    a = _instances(dense, scores)
+    ml = MaskList.from_dense(dense, pad=5)  # same masks, larger crops
+    b = Instances(a.image_size, a.boxes, a.labels, a.scores, ml)
+    merged = merge_instances([a, b], min_views=2)
+    assert len(merged) == n
+    assert torch.allclose(merged.masks.to_dense(), dense, atol=1e-6)
+
+    def unsupported(*args, **kw):
+        raise NotImplementedError("no sparse CSR here")
+
+    monkeypatch.setattr(merge_mod, "pixel_intersections", unsupported)
+    again = merge_instances([a, b], min_views=2)
+    assert torch.equal(again.scores, merged.scores)
+    assert torch.equal(again.masks.to_dense(), merged.masks.to_dense())

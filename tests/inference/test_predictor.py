@@ -12,10 +12,11 @@ from PIL import Image
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
 from maskrcnn.inference.predictor import Predictor, apply_thresholds, load_model
-from maskrcnn.inference.run import _read_image_pillow, predict_images, timing_summary
+from maskrcnn.inference.run import main, predict_images, timing_summary
 from tests.inference.stub_model import IdStubModel, draw_objects, object_score, random_blobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # subprocesses on busy shared CPUs
 
 
 def test_predict_raw_with_tta_and_an_ensemble_finds_every_object_once():
@@ -64,7 +65,7 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
     }
     _write_images(tmp_path / "images", specs)
     paths = sorted(str(p) for p in (tmp_path / "images").iterdir())
-    pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose,scale=2", min_views=2, device="cpu")
+    pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose", min_views=2, device="cpu")
     out = tmp_path / "submission.csv"
     timings = predict_images(pred, paths, Cfg(score_thresh=(0.0,), image_class="none"), str(out), progress=False)
     assert len(timings) == 4 and "merge" in timing_summary(timings)
@@ -80,27 +81,6 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
         # each drawn object comes back exactly once, pixel for pixel
         match = (got[:, None] == masks[None]).flatten(2).all(2)
         assert match.sum(0).tolist() == [1] * masks.shape[0] and len(rles) == masks.shape[0]
-
-
-def test_pillow_reader_handles_8_and_16_bit_gray_and_rgb(tmp_path):
-    a = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
-    Image.fromarray(a).save(tmp_path / "g16.tif")
-    Image.fromarray(a.astype(np.uint16)).save(tmp_path / "g16.png")
-    Image.fromarray((a // 257).astype(np.uint8)).save(tmp_path / "g8.png")
-    rgb = np.random.default_rng(0).integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    for name in ("g16.tif", "g16.png"):
-        t = _read_image_pillow(str(tmp_path / name))
-        assert t.shape == (1, 3, 4) and torch.allclose(t[0], torch.from_numpy(a / 65535.0).float())
-    t = _read_image_pillow(str(tmp_path / "g8.png"))
-    assert t.dtype == torch.float32 and t.max() <= 1 and t.shape == (1, 3, 4)
-    t = _read_image_pillow(str(tmp_path / "rgb.png"))
-    assert t.shape == (3, 3, 4) and torch.allclose(t.permute(1, 2, 0) * 255, torch.from_numpy(rgb).float())
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="bad.png: cannot read"):
-        _read_image_pillow(str(tmp_path / "bad.png"))
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        _read_image_pillow(str(tmp_path / "missing.png"))
 
 
 def test_thresholds_file_overrides_test_fields(tmp_path):
@@ -128,42 +108,66 @@ def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="bare state dict without a config: pass --config"):
         load_model(str(tmp_path / "bare.pth"))
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="junk.pth: cannot read"):
+    with pytest.raises(RuntimeError, match="junk.pth: not a readable checkpoint"):
         load_model(str(tmp_path / "junk.pth"))
+    (tmp_path / "cfg.yaml").write_text(TINY_MODEL)
+    with pytest.raises(ValueError, match="do not fit the model .*missing"):
+        load_model(str(tmp_path / "bare.pth"), config=str(tmp_path / "cfg.yaml"))
 
 
-def _has_model():
-    try:
-        from maskrcnn.model import build_model  # noqa: F401
-    except ImportError:
-        return False
-    return True
+TINY_MODEL = """
+model:
+  backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
+  fpn: {out_channels: 32, norm: gn}
+  rpn: {pre_nms_topk_test: 100, post_nms_topk_test: 60}
+  roi_heads: {num_classes: 3, box_fc_dim: 32, detections_per_image: 50, score_thresh: 0.0}
+  mask_head: {num_convs: 1, conv_dim: 32, norm: gn}
+  input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
+test: {score_thresh: [0.0]}
+"""
 
 
-@pytest.mark.skipif(not _has_model(), reason="maskrcnn.model.build_model has not landed yet")
-def test_predict_py_end_to_end_with_a_tiny_random_model(tmp_path):
+def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path):
     from maskrcnn.config import load_config, to_dict
+    from maskrcnn.evaluation.submission import write_labels
     from maskrcnn.model import build_model
+    from maskrcnn.structures import MaskList
 
-    cfg = load_config(None, ["model.backbone.name=resnet18", "model.fpn.out_channels=32",
-                             "model.roi_heads.box_fc_dim=64", "model.mask_head.conv_dim=16",
-                             "model.mask_head.num_convs=1", "model.rpn.post_nms_topk_test=200",
-                             "model.rpn.pre_nms_topk_test=200", "model.roi_heads.detections_per_image=100",
-                             "model.roi_heads.num_classes=3", "test.score_thresh=[0.0]"])
+    (tmp_path / "tiny.yaml").write_text(TINY_MODEL)
+    cfg = load_config(str(tmp_path / "tiny.yaml"))
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_weights=False, verbose=False)
     torch.save({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 0}, tmp_path / "tiny.pth")
-    _write_images(tmp_path / "images", {"x": (random_blobs(5, 64, 64, seed=1), "png8"),
-                                        "y": (random_blobs(3, 48, 64, seed=2), "tif16")})
-    out = tmp_path / "submission.csv"
-    res = subprocess.run(
-        [sys.executable, os.path.join(REPO, "predict.py"), "--weights", str(tmp_path / "tiny.pth"),
-         "--images", str(tmp_path / "images"), "--out", str(out), "--tta", "hflip", "--device", "cpu",
-         "--no-progress"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "postprocess" in res.stdout and out.exists()
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    specs = {"x": (random_blobs(5, 64, 64, seed=1), "png8"), "y": (random_blobs(3, 48, 64, seed=2), "tif16")}
+    _write_images(tmp_path / "images", specs)
+    write_labels(str(tmp_path / "labels.csv"), [(k, MaskList.from_dense(m), None) for k, (m, _) in specs.items()])
+    (tmp_path / "tuned.yaml").write_text("test:\n  score_thresh: [0.0]\n  min_area: [2]\n")
+
+    def predict(weights, *extra):
+        out = tmp_path / f"sub_{len(extra)}.csv"
+        res = subprocess.run(
+            [sys.executable, os.path.join(REPO, "predict.py"), "--weights", *weights, "--images",
+             str(tmp_path / "images"), "--out", str(out), "--device", "cpu", "--no-progress", *extra],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "postprocess" in res.stdout and "median" in res.stdout
+        return out
+
+    # an ensemble of a checkpoint and a bare state dict (with --config), with TTA and tuned thresholds
+    out = predict([str(tmp_path / "tiny.pth"), str(tmp_path / "bare.pth")], "--config", str(tmp_path / "tiny.yaml"),
+                  "--tta", "hflip,rot90", "--thresholds", str(tmp_path / "tuned.yaml"))
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert {r["id"] for r in rows} == {"x", "y"}
+    res = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "score", "--submission", str(out),
+                          "--labels", str(tmp_path / "labels.csv")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1].startswith("mAP ")
+    # bad input: a folder without images is a clear error
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="none: no images"):
+        main(["--weights", str(tmp_path / "tiny.pth"), "--images", str(tmp_path / "none"), "--out",
+              str(tmp_path / "z.csv"), "--device", "cpu"])

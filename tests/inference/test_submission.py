@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data.rle import RLEError, decode
+from maskrcnn.data.rle import decode
+from maskrcnn.evaluation.submission import SubmissionError
 from maskrcnn.inference.submission import instances_to_rows, save_submission, validate_rows
 from maskrcnn.structures import Instances, MaskList
 
@@ -37,21 +38,21 @@ def test_rows_decode_to_the_masks_and_empty_images_get_one_row(tmp_path):
 
 def test_validation_rejects_overlaps_bad_pairs_and_missing_images(tmp_path):
     sizes = {"a": (4, 4), "b": (4, 4)}
-    with pytest.raises(ValueError, match="masks of a overlap"):
+    with pytest.raises(SubmissionError, match="lines 2 and 3 .*overlap"):
         validate_rows([("a", "1 3"), ("a", "3 2"), ("b", "")], sizes)
-    with pytest.raises(RLEError, match="row 0"):
+    with pytest.raises(SubmissionError, match="line 2"):
         validate_rows([("a", "5 2 1 2"), ("b", "")], sizes)
-    with pytest.raises(RLEError, match="start 0"):
+    with pytest.raises(SubmissionError, match="line 2"):
         validate_rows([("a", "0 2"), ("b", "")], sizes)
-    with pytest.raises(RLEError, match="runs past"):
+    with pytest.raises(SubmissionError, match="line 2"):
         validate_rows([("a", "15 3"), ("b", "")], sizes)
-    with pytest.raises(ValueError, match="no row, e.g. 'b'"):
+    with pytest.raises(SubmissionError, match="no row, e.g. 'b'"):
         validate_rows([("a", "1 2")], sizes)
-    with pytest.raises(ValueError, match="no known image"):
+    with pytest.raises(SubmissionError, match="'c'"):
         validate_rows([("a", "1 2"), ("b", ""), ("c", "")], sizes)
     validate_rows([("a", "1 2"), ("a", "3 2"), ("b", "")], sizes)  # touching runs are fine
     out = tmp_path / "s.csv"
-    with pytest.raises(ValueError):
+    with pytest.raises(SubmissionError):
         save_submission([("a", "1 3"), ("a", "3 2"), ("b", "")], str(out), sizes)
     assert not out.exists()
 
