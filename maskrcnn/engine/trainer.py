@@ -384,6 +384,7 @@ class Trainer:
                         scaled.backward()
                     for k, v in values.items():
                         components[k] += v / accum
+                step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
                 grad_norm = self._step()
                 with warnings.catch_warnings():
                     # fp16: the scaler skips steps whose gradients overflowed, and torch then warns
@@ -399,13 +400,14 @@ class Trainer:
                 elapsed = time.perf_counter() - t_start
                 window["time"].append(elapsed)
                 window["data_time"].append(data_time)
+                window["lr"] = [step_lr]
                 if grad_norm is not None:
                     window["grad_norm"].append(grad_norm)
                 bar.update(1)
                 if self.is_main and bar.disable is False:
                     bar.set_postfix_str(
                         " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in components.items())
-                        + f" lr={self.optimizer.param_groups[0]['lr']:.2e} img/s={imgs_per_iter / max(elapsed, 1e-9):.1f}",
+                        + f" lr={step_lr:.2e} img/s={imgs_per_iter / max(elapsed, 1e-9):.1f}",
                         refresh=False,
                     )
                 at_end = self.iteration == max_iter
@@ -460,7 +462,7 @@ class Trainer:
         if not self.is_main:
             return
         t = max(means.pop("time", 0.0), 1e-9)
-        record = {"iteration": self.iteration, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        record = {"iteration": self.iteration, "epoch": self.epoch, "lr": means.pop("lr")}
         record["loss"] = means.pop("loss")
         record.update({k: means[k] for k in sorted(means) if k.startswith("loss_")})
         record.update(
