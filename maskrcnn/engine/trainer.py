@@ -36,6 +36,7 @@ from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
     BEST,
     FINAL,
+    LAST_CHECKPOINT,
     RunDirectory,
     capture_rng_state,
     load_checkpoint,
@@ -269,6 +270,12 @@ class Trainer:
                 self.metrics.truncate_after(self.iteration)
         elif self.is_main:
             self.metrics.reset()
+            marker = self.run_dir.path(LAST_CHECKPOINT)
+            if os.path.exists(marker):
+                # A new run in an old run's folder: --resume after an early crash must not pick up
+                # the old run's checkpoint.
+                logger.warning("%s holds an earlier run's checkpoints; starting a new run (no --resume)", self.cfg.train.output_dir)
+                os.remove(marker)
 
     def _warn_config_changes(self, saved: Dict[str, Any], path: str) -> None:
         def flat(d, prefix=""):

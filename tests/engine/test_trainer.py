@@ -159,3 +159,15 @@ def test_unknown_config_key_is_an_error():
 
     with pytest.raises(ConfigError, match="solver.warmup_iter"):
         load_config(None, ["solver.warmup_iter=5"])
+
+
+def test_a_new_run_in_an_old_folder_forgets_the_old_checkpoint(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    _run(cfg, TinyModel())
+    assert (tmp_path / "last_checkpoint").exists()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _run(cfg, TinyModel(fail_at=1))  # a fresh run (no --resume) that dies before its first checkpoint
+    assert not (tmp_path / "last_checkpoint").exists()
+    model = TinyModel()
+    out = _run(cfg, model, resume=True)  # so --resume starts over instead of "resuming" the old run
+    assert out["iteration"] == 6 and model.calls == 6
