@@ -356,9 +356,10 @@ class Trainer:
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             logger.info(
-                "training %d iterations from %d on %s x%d (%d images/iter, %.2fM trainable params) -> %s",
-                max_iter - self.iteration, self.iteration, self.device, self.world_size, imgs_per_iter, n_params / 1e6,
-                cfg.train.output_dir,
+                "training %d iterations from %d on %s (%d process(es), %d CPU threads each; %d images/iter, "
+                "%.2fM trainable params) -> %s",
+                max_iter - self.iteration, self.iteration, self.device, self.world_size, torch.get_num_threads(),
+                imgs_per_iter, n_params / 1e6, cfg.train.output_dir,
             )
         bar = tqdm(total=max_iter, initial=self.iteration, disable=not (self.progress and self.is_main), dynamic_ncols=True, unit="it")
         batches = self._batches()
