@@ -183,7 +183,7 @@ def parse_rle_batch(rles: Sequence[str], height: int, width: int, *, source: Opt
         RLEError: as ``parse_rle``, naming ``source`` and the row (``rows[k]`` if given, else ``k``).
     """
     n = len(rles)
-    texts = [_text(r) for r in rles]
+    texts = [r if isinstance(r, str) else _text(r) for r in rles]
     row_of = (lambda k: k) if rows is None else (lambda k: rows[k])
 
     def slow():  # exact per-row validation, only to name the first bad row
@@ -229,7 +229,7 @@ def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row
     """Decode many RLE strings of one image straight into a bool ``MaskList`` (crops, no full-image masks).
 
     Runs are split where they wrap from one image line to the next, each object's extent is found
-    from its runs, and all crops are filled at once with a difference array and a cumulative sum.
+    from its runs, and all crops are filled at once (one index per foreground pixel, no loop).
     Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop at (0, 0)
     (readers decide whether that is an error).
 
@@ -273,12 +273,15 @@ def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row
     op = pmin - pad
     hl = int((lmax - lmin).max()) + 1 + 2 * pad
     wp = int((pmax - pmin).max()) + 1 + 2 * pad
-    # Difference array over [n, hl, wp + 1]: +1 where a segment starts, -1 just past its end.
-    row_base = (seg_owner * hl + (seg_line - ol[seg_owner])) * (wp + 1)
-    size = n * hl * (wp + 1)
-    diff = np.bincount(row_base + (seg_a - op[seg_owner]), minlength=size) \
-        - np.bincount(row_base + (seg_b - op[seg_owner]), minlength=size)
-    crops = np.cumsum(diff.reshape(n, hl, wp + 1), axis=2)[:, :, :wp] > 0
+    # Set every foreground pixel directly: segment k covers flat crop indices
+    # [start_k, start_k + len_k); one repeat + arange enumerates them all (cost ~ object pixels).
+    lengths = seg_b - seg_a
+    start = (seg_owner * hl + (seg_line - ol[seg_owner])) * wp + (seg_a - op[seg_owner])
+    total = int(lengths.sum())
+    idx = np.arange(total) + np.repeat(start - (np.cumsum(lengths) - lengths), lengths)
+    flat = np.zeros(n * hl * wp, dtype=bool)
+    flat[idx] = True
+    crops = flat.reshape(n, hl, wp)
     if order == "row":
         origins = np.stack([op, ol], 1)  # (x0, y0)
     else:
