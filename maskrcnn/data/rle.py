@@ -78,10 +78,11 @@ def decode(rle: str, height: int, width: int, order: str = "row", **kw) -> np.nd
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     runs = parse_rle(rle, height, width, **kw)
-    flat = np.zeros(int(height) * int(width) + 1, dtype=np.int32)
-    np.add.at(flat, runs[:, 0], 1)
-    np.add.at(flat, runs[:, 0] + runs[:, 1], -1)
-    mask = np.cumsum(flat[:-1]) > 0
+    lengths = runs[:, 1]
+    # One index per foreground pixel (cost ~ object size, not image size).
+    idx = np.arange(int(lengths.sum())) + np.repeat(runs[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+    mask = np.zeros(int(height) * int(width), dtype=bool)
+    mask[idx] = True
     if order == "row":
         return mask.reshape(height, width)
     return mask.reshape(width, height).T
