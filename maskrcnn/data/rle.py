@@ -231,7 +231,7 @@ def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row
 
     Runs are split where they wrap from one image line to the next, each object's extent is found
     from its runs, and all crops are filled at once (one index per foreground pixel, no loop).
-    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop at (0, 0)
+    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop near (0, 0)
     (readers decide whether that is an error).
 
     Returns:
