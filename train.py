@@ -4,7 +4,13 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N train.py CONFIG.yaml`` (``
 RANK/WORLD_SIZE/LOCAL_RANK; each process drives one GPU; only rank 0 writes files).
 """
 import argparse
+import os
 import sys
+
+# Sleep, not spin, when an OpenMP thread waits: on a shared CPU machine spinning threads fight
+# other processes and a 2-thread run can be several times slower than a 1-thread one. Must be
+# set before torch loads its OpenMP runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from maskrcnn.config import ConfigError, load_config
 from maskrcnn.engine.launch import main_train

@@ -2,7 +2,7 @@
 
 Geometric transforms move crops and their origins; they never build full-image masks per
 instance. After every geometric transform boxes are the tight boxes of the transformed masks and
-instances whose mask became empty are removed (``masks_to_instances``).
+instances whose mask became empty are removed.
 
 Randomness comes only from the ``torch.Generator`` passed to each call, so a pipeline is
 deterministic given its seed (the dataset seeds it from ``(seed, epoch, image index)``).
@@ -27,27 +27,15 @@ from maskrcnn.structures import Instances, MaskList, Sample
 
 
 # ------------------------------------------------------------------------- helpers
-def masks_to_instances(masks: MaskList, labels: Tensor, keep_empty: bool = False) -> Tuple[Instances, Tensor]:
-    """Ground-truth ``Instances`` from bool masks: boxes = tight boxes; empty masks removed.
-
-    Returns:
-        (Instances, keep (Tensor[N] bool)): the instances and which input masks were kept.
-    """
-    areas = masks.crops.flatten(1).sum(1) if len(masks) else torch.zeros(0, dtype=torch.long)
-    keep = torch.ones(len(masks), dtype=torch.bool) if keep_empty else areas > 0
-    m = masks[keep] if not bool(keep.all()) else masks
-    lab = labels[keep]
-    return Instances(m.image_size, m.tight_boxes(), lab, None, m), keep
-
-
-def _rebuild(sample: Sample, image: Tensor, masks: Optional[MaskList], labels: Tensor) -> Sample:
-    size = (int(image.shape[-2]), int(image.shape[-1]))
-    if masks is None:
-        inst = Instances(size, torch.zeros((0, 4)), labels[:0], None, None)
-    else:
-        inst, _ = masks_to_instances(masks, labels)
-        if len(inst.masks):
-            inst = inst.replace(masks=inst.masks.compact(pad=1))
+def _rebuild(sample: Sample, image: Tensor, masks: MaskList, labels: Tensor, compact: bool = True) -> Sample:
+    """A sample with ``image`` and the non-empty ``masks`` (re-cropped when ``compact``), boxes = tight boxes."""
+    if len(masks):
+        keep = masks.crops.flatten(1).any(1)
+        if not bool(keep.all()):
+            masks, labels = masks[keep], labels[keep]
+        if compact and len(masks):
+            masks = masks.compact(pad=1)
+    inst = Instances(masks.image_size, masks.tight_boxes(), labels, None, masks)
     return Sample(image, inst, sample.image_id, dict(sample.meta))
 
 
@@ -60,7 +48,7 @@ def _randint(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (), generator=g))
 
 
-def _clip_to_image(masks: MaskList) -> MaskList:
+def clip_to_image(masks: MaskList) -> MaskList:
     """Zero crop pixels that fall outside the image (the MaskList invariant)."""
     n, h, w = masks.crops.shape
     if n == 0:
@@ -84,7 +72,7 @@ def hflip(sample: Sample) -> Sample:
     m = inst.masks
     w = m.crops.shape[2]
     origins = torch.stack([W - m.origins[:, 0] - w, m.origins[:, 1]], 1)
-    return _rebuild(sample, image, MaskList(m.crops.flip(-1), origins, (H, W)), inst.labels)
+    return _rebuild(sample, image, MaskList(m.crops.flip(-1), origins, (H, W)), inst.labels, compact=False)
 
 
 def vflip(sample: Sample) -> Sample:
@@ -98,7 +86,7 @@ def vflip(sample: Sample) -> Sample:
     m = inst.masks
     h = m.crops.shape[1]
     origins = torch.stack([m.origins[:, 0], H - m.origins[:, 1] - h], 1)
-    return _rebuild(sample, image, MaskList(m.crops.flip(-2), origins, (H, W)), inst.labels)
+    return _rebuild(sample, image, MaskList(m.crops.flip(-2), origins, (H, W)), inst.labels, compact=False)
 
 
 def rot90(sample: Sample, k: int = 1) -> Sample:
@@ -121,7 +109,7 @@ def rot90(sample: Sample, k: int = 1) -> Sample:
         w = m.crops.shape[2]
         origins = torch.stack([m.origins[:, 1], W - m.origins[:, 0] - w], 1)
         masks = MaskList(torch.rot90(m.crops, 1, dims=(1, 2)), origins, (W, H))
-        out = _rebuild(out, image, masks, inst.labels)
+        out = _rebuild(out, image, masks, inst.labels, compact=False)
     return out
 
 
@@ -144,7 +132,7 @@ def crop(sample: Sample, x0: int, y0: int, width: int, height: int, min_area: in
         return Sample(image, Instances((height, width), boxes[keep], inst.labels[keep]), sample.image_id, dict(sample.meta))
     m = inst.masks
     before = m.crops.flatten(1).sum(1)
-    moved = _clip_to_image(MaskList(m.crops, m.origins - torch.tensor([x0, y0]), (height, width)))
+    moved = clip_to_image(MaskList(m.crops, m.origins - torch.tensor([x0, y0]), (height, width)))
     after = moved.crops.flatten(1).sum(1)
     keep = (after > 0) & ((after >= min_area) | (after == before))
     return _rebuild(sample, image, moved[keep], inst.labels[keep])
@@ -203,7 +191,7 @@ def affine(sample: Sample, angle_deg: float, scale: float) -> Sample:
     pg = to_input(qg) - o[:, None, None, :]  # input point relative to each crop's origin
     cgrid = torch.stack([pg[..., 0] / w * 2 - 1, pg[..., 1] / h * 2 - 1], -1).float()
     res = F.grid_sample(m.crops[:, None].float(), cgrid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    masks = _clip_to_image(MaskList(res[:, 0] >= 0.5, lo, (Ho, Wo)))
+    masks = clip_to_image(MaskList(res[:, 0] >= 0.5, lo, (Ho, Wo)))
     return _rebuild(sample, image, masks, inst.labels)
 
 
@@ -357,7 +345,7 @@ def paste_instances(target: Sample, source: Sample, index: Tensor, dx: int, dy: 
 
         src_img = convert_channels(src_img, int(target.image.shape[0]))
     pasted = MaskList(si.masks.crops[index], si.masks.origins[index] + torch.tensor([dx, dy]), (H, W))
-    pasted = _clip_to_image(pasted)
+    pasted = clip_to_image(pasted)
     # Union of pasted masks: one image-sized bool map (not one per instance).
     n, h, w = pasted.crops.shape
     nz = pasted.crops.nonzero()

@@ -108,13 +108,9 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ checks
-def nonfinite_parameters(model: nn.Module) -> List[str]:
-    """Names of parameters and floating buffers holding NaN or inf."""
-    bad = []
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad.append(name)
-    return bad
+def nonfinite_tensors(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """Names of floating tensors of ``state_dict`` holding NaN or inf."""
+    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -150,7 +146,7 @@ class RunDirectory:
 
     def save(self, state: Dict[str, Any], name: str, mark_last: bool = True) -> str:
         """Write ``state`` to ``name`` atomically; point ``last_checkpoint`` at it; prune old ones."""
-        bad = nonfinite_parameters_from_state(state.get("model", {}))
+        bad = nonfinite_tensors(state.get("model", {}))
         if bad:
             raise FloatingPointError(
                 f"refusing to write {name}: non-finite values in {', '.join(bad[:5])}"
@@ -170,10 +166,6 @@ class RunDirectory:
         for n in periodic[: max(len(periodic) - self.keep, 0)]:
             if n != keep_name:
                 os.remove(self.path(n))
-
-
-def nonfinite_parameters_from_state(state_dict: Dict[str, torch.Tensor]) -> List[str]:
-    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 # --------------------------------------------------------------------------- inference

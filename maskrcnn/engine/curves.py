@@ -134,7 +134,7 @@ class _Panel:
         self.box = box
         self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
         x0, y0, x1, y1 = box
-        self.plot = (x0 + 80, y0 + 36, x1 - 20, y1 - 52)
+        self.plot = (x0 + 80, y0 + 36, x1 - 190, y1 - 52)  # the legend sits right of the plot
         self.font = _font(14)
         self.small = _font(12)
 
@@ -180,13 +180,10 @@ class _Panel:
         ImageDraw.Draw(lab).text((2, 1), self.ylabel, fill="black", font=self.font)
         lab = lab.rotate(90, expand=True)
         self.image.paste(lab, (self.box[0] + 4, int((py0 + py1) / 2 - lw / 2)))
-        legend, all_pts = [], []
+        legend = []
         for i, (name, (xs, ys)) in enumerate(series.items()):
             color = _COLORS[i % len(_COLORS)]
             pts = [(fx(x), fy(y)) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not log_y)]
-            # Points along each segment too, so the legend avoids lines, not only vertices.
-            all_pts += [(a[0] + (b[0] - a[0]) * f / 8, a[1] + (b[1] - a[1]) * f / 8) for a, b in zip(pts, pts[1:]) for f in range(8)]
-            all_pts += pts[-1:]
             if len(pts) > 1:
                 d.line(pts, fill=color, width=2, joint="curve")
             if markers or len(pts) == 1:
@@ -196,13 +193,8 @@ class _Panel:
                 legend.append((name, color))
         if legend:
             w = max(int(d.textlength(n, font=self.small)) for n, _ in legend) + 34
-            h = 18 * len(legend) + 8
-            # The corner that hides the fewest points.
-            corners = [(px1 - w - 8, py0 + 8), (px1 - w - 8, py1 - h - 8), (px0 + 8, py0 + 8), (px0 + 8, py1 - h - 8)]
-            lx, ly = min(
-                corners, key=lambda c: sum(c[0] <= x <= c[0] + w and c[1] <= y <= c[1] + h for x, y in all_pts)
-            )
-            d.rectangle((lx, ly, lx + w, ly + h), fill="white", outline=(160, 160, 160))
+            lx, ly = px1 + 12, py0
+            d.rectangle((lx, ly, lx + w, ly + 18 * len(legend) + 8), fill="white", outline=(160, 160, 160))
             for i, (name, color) in enumerate(legend):
                 yy = ly + 13 + 18 * i
                 d.line((lx + 6, yy, lx + 24, yy), fill=color, width=3)
@@ -215,9 +207,10 @@ def draw_curves(records: Iterable[Dict], path: str, max_iter: Optional[int] = No
     train = [r for r in records if "loss" in r]
     val = [r for r in records if any(k.startswith("val/") for k in r)]
     loss_keys = ["loss"] + sorted({k for r in train for k in r if k.startswith("loss_")})
-    val_keys = sorted({k for r in val for k in r if k.startswith("val/") and isinstance(r[k], (int, float))})
-    # The headline score first; a crowd of per-class lines would hide it.
-    val_keys = sorted(val_keys, key=lambda k: (k != "val/mAP", k))[:8]
+    # The headline score, two thresholds and the per-class scores; all ten thresholds would crowd it.
+    present = {k for r in val for k in r if isinstance(r[k], (int, float))}
+    val_keys = [k for k in ("val/mAP", "val/mAP@0.50", "val/mAP@0.75") if k in present]
+    val_keys += sorted(k for k in present if k.startswith("val/mAP/"))[:7]
     xmax = max([max_iter or 0] + [r["iteration"] for r in records])
 
     def series(rows, keys):

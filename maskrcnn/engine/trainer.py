@@ -57,7 +57,7 @@ def check_train_config(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the key for values the trainer cannot run with."""
     check_solver_config(cfg.solver)
     t = cfg.train
-    for key in ("checkpoint_period", "eval_period", "log_period", "max_eval_images", "keep_checkpoints"):
+    for key in ("checkpoint_period", "eval_period", "log_period", "max_eval_images", "keep_checkpoints", "num_threads"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     if t.checkpoint_period == 0:
@@ -172,6 +172,8 @@ class Trainer:
         self.run_dir = RunDirectory(cfg.train.output_dir, keep=cfg.train.keep_checkpoints)
         self.metrics = MetricsLog(cfg.train.output_dir)
 
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed + self.rank)
         if model is None:
             from maskrcnn.model import build_model

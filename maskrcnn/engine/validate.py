@@ -5,9 +5,9 @@ post-processes its predictions to final binary masks (small: crops of bool), the
 gathered on rank 0, which scores them with the Kaggle metric, and the scores are broadcast so
 that every rank agrees on the best checkpoint.
 
-Scoring is ``maskrcnn.evaluation.kaggle.KaggleEvaluator``. Post-processing is isolated in
-``postprocess_for_submission``: it uses ``maskrcnn.inference.postprocess.postprocess`` when that
-is importable and otherwise a small interim version below, to be deleted once it lands on main.
+Post-processing is ``maskrcnn.inference.postprocess.postprocess`` (thresholds from ``cfg.test``,
+image class, overlap removal), scoring ``maskrcnn.evaluation.kaggle.KaggleEvaluator``: the same
+code the submission and ``evaluate.py`` use.
 """
 from __future__ import annotations
 
@@ -88,69 +88,10 @@ def _to_float(pred: Instances) -> Instances:
 
 # ------------------------------------------------------------------- post-processing
 def postprocess_for_submission(pred: Instances, test_cfg: TestConfig) -> Instances:
-    """Final binary, non-overlapping instances, exactly as the submission will make them."""
-    try:
-        from maskrcnn.inference.postprocess import postprocess
-    except ImportError:
-        postprocess = _interim_postprocess
+    """Final binary, non-overlapping instances, exactly as the submission makes them."""
+    from maskrcnn.inference.postprocess import postprocess
+
     return postprocess(pred, test_cfg)
-
-
-def _per_class(values: Sequence, labels: torch.Tensor, name: str):
-    v = torch.as_tensor(list(values), dtype=torch.float32)
-    if len(v) == 1:
-        return v.expand(labels.shape[0])
-    if int(labels.max(initial=-1)) >= len(v):
-        raise ValueError(f"test.{name} has {len(v)} values but a prediction has label {int(labels.max())}")
-    return v[labels]
-
-
-def _interim_postprocess(pred: Instances, test_cfg: TestConfig) -> Instances:
-    """Interim stand-in for ``maskrcnn.inference.postprocess.postprocess`` (inference team).
-
-    Per-class score threshold, per-class mask threshold, overlap removal (each pixel goes to the
-    highest-scoring mask covering it; a mask that keeps less than ``overlap_min_keep`` of its
-    pixels is dropped), then per-class minimum area.
-    """
-    if len(pred) == 0 or pred.masks is None:
-        return Instances.empty(pred.image_size, with_scores=True, with_masks=True)
-    labels = pred.labels
-    keep = pred.scores >= _per_class(test_cfg.score_thresh, labels, "score_thresh")
-    pred = pred[keep.nonzero().flatten()]
-    if len(pred) == 0:
-        return Instances.empty(pred.image_size, with_scores=True, with_masks=True)
-    mthr = _per_class(test_cfg.mask_thresh, pred.labels, "mask_thresh")
-    crops = pred.masks.crops
-    binary = crops >= mthr[:, None, None] if crops.is_floating_point() else crops
-    masks = MaskList(binary, pred.masks.origins, pred.masks.image_size)
-    if test_cfg.remove_overlaps:
-        masks, kept_frac = _remove_overlaps(masks, pred.scores)
-        ok = kept_frac >= test_cfg.overlap_min_keep
-    else:
-        ok = torch.ones(len(pred), dtype=torch.bool)
-    ok &= masks.areas() >= _per_class(test_cfg.min_area, pred.labels, "min_area").clamp(min=1)
-    idx = ok.nonzero().flatten()
-    out = pred[idx]
-    return out.replace(masks=masks[idx], boxes=masks[idx].tight_boxes())
-
-
-def _remove_overlaps(masks: MaskList, scores: torch.Tensor) -> Tuple[MaskList, torch.Tensor]:
-    """Give each pixel to the highest-scoring mask covering it (vectorised over all crops)."""
-    n, h, w = masks.crops.shape
-    H, W = masks.image_size
-    order = torch.argsort(scores, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(n)  # 0 = best
-    ys = masks.origins[:, 1, None, None] + torch.arange(h)[None, :, None]
-    xs = masks.origins[:, 0, None, None] + torch.arange(w)[None, None, :]
-    inside = masks.crops & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
-    flat = (ys.clamp(0, H - 1) * W + xs.clamp(0, W - 1)).expand(n, h, w)
-    owner = torch.full((H * W,), n, dtype=torch.long)
-    owner.scatter_reduce_(0, flat[inside], rank[:, None, None].expand(n, h, w)[inside], reduce="amin")
-    won = inside & (owner[flat] == rank[:, None, None])
-    before = inside.flatten(1).sum(1)
-    frac = won.flatten(1).sum(1).float() / before.clamp(min=1).float()
-    return MaskList(won, masks.origins, masks.image_size), frac
 
 
 # --------------------------------------------------------------------------- scoring

@@ -50,7 +50,7 @@ from maskrcnn.evaluation.cache import PredictionCache, atomic_json, settings_key
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
 from maskrcnn.structures import Instances, MaskList
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump when the cache's file layout changes
 TABLE_COLUMNS = ("Variant", "Backbone", "Iterations", "Ensemble", "Normalization", "Color aug", "TTA", "mAP")
 _TOP_KEYS = ("config", "output_dir", "split", "max_images", "device", "defaults", "variants")
 _VARIANT_KEYS = ("name", "weights", "tta", "merge_iou", "min_views", "set", "test", "thresholds", "columns")

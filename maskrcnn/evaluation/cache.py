@@ -8,6 +8,8 @@ Layout of a cache directory::
 
 Soft mask crops are stored as uint8 (``round(p * 255)``), a quarter of float32; thresholds are
 then applied to ``q / 255`` (values within 1/510 of a threshold may fall on the other side).
+Each mask is stored at the size of its nonzero part, in one flat buffer per image, so a single
+large box does not pad all ~1000 masks of an image on disk.
 Files are written atomically, so an interrupted run resumes where it stopped.
 
 The directory name is a hash of the prediction-relevant settings (``settings_key``), so a
@@ -79,27 +81,51 @@ def _file_name(image_id: str) -> str:
     return "id-" + hashlib.sha1(image_id.encode()).hexdigest()[:20] + ".pt"
 
 
+def _rect_select(n: int, h: int, w: int, y0: torch.Tensor, x0: torch.Tensor, hh: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:
+    """bool[n, h, w]: for each mask, its rectangle ``[y0, y0 + hh) x [x0, x0 + ww)``."""
+    ys = torch.arange(h)[None, :] - y0[:, None]
+    xs = torch.arange(w)[None, :] - x0[:, None]
+    return ((ys >= 0) & (ys < hh[:, None]))[:, :, None] & ((xs >= 0) & (xs < ww[:, None]))[:, None, :]
+
+
 def pack_instances(inst: Instances) -> dict:
-    """Plain tensors on CPU; soft crops quantised to uint8."""
+    """Plain CPU tensors; each mask stored at its own size (its nonzero part), all in one flat
+    buffer, so one large box does not pad every mask on disk. Soft values are quantised to uint8."""
     inst = inst.to("cpu")
     m = inst.masks
     if m is None:
         raise ValueError("cached predictions need masks")
     soft = m.is_soft
-    crops = (m.crops.float().clamp(0, 1) * 255).round().to(torch.uint8) if soft else m.crops.clone()
+    crops = (m.crops.float().clamp(0, 1) * 255).round().to(torch.uint8) if soft else m.crops
+    n, h, w = crops.shape
+    q = MaskList(crops, m.origins, m.image_size)
+    local = q.tight_boxes().long() - m.origins.repeat(1, 2)  # tight boxes inside each crop
+    empty = (local[:, 2] <= local[:, 0]) | (local[:, 3] <= local[:, 1])
+    local[empty] = 0
+    hh, ww = local[:, 3] - local[:, 1], local[:, 2] - local[:, 0]
+    flat = crops[_rect_select(n, h, w, local[:, 1], local[:, 0], hh, ww)] if n else crops.reshape(-1)
     return {
         "image_size": list(inst.image_size),
         "boxes": inst.boxes.float().clone(),
         "labels": inst.labels.clone(),
         "scores": (inst.scores if inst.scores is not None else torch.ones(len(inst))).float().clone(),
-        "origins": m.origins.clone(),
-        "crops": crops,
+        "origins": (m.origins + local[:, :2]).clone(),
+        "sizes": torch.stack([hh, ww], dim=1),
+        "flat": flat.clone(),
         "soft": soft,
     }
 
 
 def unpack_instances(d: dict) -> Instances:
-    crops = d["crops"].float() / 255.0 if d["soft"] else d["crops"]
+    sizes, flat = d["sizes"], d["flat"]
+    n = int(sizes.shape[0])
+    h = max(1, int(sizes[:, 0].max())) if n else 1
+    w = max(1, int(sizes[:, 1].max())) if n else 1
+    crops = torch.zeros((n, h, w), dtype=flat.dtype)
+    if n:
+        zero = torch.zeros(n, dtype=torch.long)
+        crops[_rect_select(n, h, w, zero, zero, sizes[:, 0], sizes[:, 1])] = flat
+    crops = crops.float() / 255.0 if d["soft"] else crops
     size = tuple(d["image_size"])
     return Instances(size, d["boxes"], d["labels"], d["scores"], MaskList(crops, d["origins"], size))
 

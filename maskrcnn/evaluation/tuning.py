@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -51,12 +51,19 @@ THRESHOLD_KEYS = ("score_thresh", "mask_thresh", "min_area")
 
 @dataclass
 class TuneItem:
-    """One validation image: raw predictions (soft masks) and ground truth."""
+    """One validation image: raw predictions (soft masks) and ground truth.
+
+    ``pred`` may be a function that loads the predictions (from the cache): soft masks of ~1000
+    instances per image are large, so the sweep holds one image's at a time.
+    """
 
     image_id: str
-    pred: Instances
+    pred: Union[Instances, Callable[[], Instances]]
     gt: MaskList
     class_name: Optional[str] = None  # ground-truth class of the image, for reports only
+
+    def get_pred(self) -> Instances:
+        return self.pred if isinstance(self.pred, Instances) else self.pred()
 
 
 def _value_for(values: Sequence, c: int):
@@ -71,9 +78,10 @@ def image_class(inst: Instances, score_thresh: Sequence[float]) -> int:
         return -1
     labels = inst.labels.cpu().numpy()
     scores = inst.scores.double().cpu().numpy()
-    thr = np.array([_value_for(score_thresh, int(l)) for l in np.unique(labels)])
-    thr_of = dict(zip(np.unique(labels).tolist(), thr.tolist()))
-    passing = scores >= np.array([thr_of[int(l)] for l in labels])
+    values = np.asarray(list(score_thresh), dtype=np.float32).astype(np.float64)  # as postprocess compares
+    if values.size > 1 and labels.max() >= values.size:
+        raise ValueError(f"score_thresh has {values.size} values (one per class), but class {labels.max()} was predicted")
+    passing = scores >= (values[0] if values.size == 1 else values[labels])
     if passing.any():
         labels, scores = labels[passing], scores[passing]
     nc = int(labels.max()) + 1
@@ -125,7 +133,8 @@ class _Prepared:
 
 
 def prepare_image(item: TuneItem, mask_thresh: float, remove_overlaps: bool, min_keep: float) -> _Prepared:
-    inst = item.pred
+    """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT."""
+    inst = item.get_pred()
     order = torch.sort(inst.scores, descending=True, stable=True).indices
     masks = inst.masks[order].threshold(mask_thresh)
     scores = inst.scores[order].double().cpu().numpy()
@@ -162,7 +171,8 @@ def sweep_group(prepared: List[_Prepared], score_grid: Sequence[float], area_gri
     passes = 100 * e_inter[None, :] > THRESHOLDS_PCT[:, None] * e_union[None, :]
     for si, s in enumerate(score_grid):
         for ai, a in enumerate(area_grid):
-            keep = alive & (scores >= s) & (areas >= max(int(a), 1))
+            # Compare in float32 as postprocess does (scores are float32; so is its threshold).
+            keep = alive & (scores >= float(np.float32(s))) & (areas >= max(int(a), 1))
             num_pred = np.bincount(img_of_pred[keep], minlength=n_img)
             e = keep[e_pred]
             sel = np.flatnonzero(e)[greedy_match(e_pred[e], e_gt[e], e_inter[e], e_union[e])]
@@ -189,20 +199,29 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     """Best (score, mask threshold, min area) per class on ``items`` (see the module doc)."""
     nc = max(1, len(class_names))
     names = list(class_names) or ["all"]
-    groups = [image_class(it.pred, base.score_thresh) for it in items]
-    # Images with no prediction score the same whatever the thresholds; they stay in the means.
-    empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
     mask_grid = sorted(set(float(m) for m in mask_grid) | {float(_value_for(base.mask_thresh, c)) for c in range(nc)})
     score_grid = sorted(set(float(s) for s in score_grid) | {float(_value_for(base.score_thresh, c)) for c in range(nc)})
     area_grid = sorted(set(int(a) for a in area_grid) | {int(_value_for(base.min_area, c)) for c in range(nc)})
+    # One pass over the images (one image's soft masks in memory at a time): its class, and for
+    # each mask threshold its resolved masks' scores, areas and candidate pairs.
+    groups, prepared = [], [[None] * len(items) for _ in mask_grid]
+    for k, it in enumerate(items):
+        loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
+        g = image_class(loaded.pred, base.score_thresh)
+        if g >= nc:
+            raise ValueError(f"image {it.image_id}: predicted class {g} but only {nc} class names were given")
+        groups.append(g)
+        if g >= 0:
+            for mi, mt in enumerate(mask_grid):
+                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep)
+    # Images with no prediction score the same whatever the thresholds; they stay in the means.
+    empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
     results = {c: np.zeros((len(mask_grid), len(score_grid), len(area_grid))) for c in range(nc)}
-    for mi, mt in enumerate(mask_grid):
-        prepared = [prepare_image(it, mt, base.remove_overlaps, base.overlap_min_keep) if g >= 0 else None
-                    for it, g in zip(items, groups)]
-        for c in range(nc):
-            idx = [k for k, g in enumerate(groups) if g == c]
-            if idx:
-                results[c][mi] = sweep_group([prepared[k] for k in idx], score_grid, area_grid) * len(idx)
+    for c in range(nc):
+        idx = [k for k, g in enumerate(groups) if g == c]
+        if idx:
+            for mi in range(len(mask_grid)):
+                results[c][mi] = sweep_group([prepared[mi][k] for k in idx], score_grid, area_grid) * len(idx)
     chosen = {k: [] for k in THRESHOLD_KEYS}
     per_class, total_best, total_base = {}, 0.0, 0.0
     for c in range(nc):
@@ -243,7 +262,7 @@ def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig) -> Optional[flo
         return None
     ev = KaggleEvaluator()
     for it in items:
-        ev.add(it.image_id, postprocess(it.pred, test_cfg), it.gt, it.class_name)
+        ev.add(it.image_id, postprocess(it.get_pred(), test_cfg), it.gt, it.class_name)
     return ev.summary()["mAP"]
 
 
@@ -312,7 +331,7 @@ def add_tune_arguments(p) -> None:
 
 
 def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
-    """Cached raw predictions joined with their ground truth from a label CSV."""
+    """Cached raw predictions (loaded lazily) joined with their ground truth from a label CSV."""
     from maskrcnn.evaluation.cache import PredictionCache
     from maskrcnn.evaluation.submission import label_masks, read_labels
 
@@ -323,10 +342,14 @@ def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[Tun
         if image_id not in labels:
             raise ValueError(f"{labels_path}: no ground truth for cached image {image_id!r}")
         img = labels[image_id]
-        pred = cache.get(image_id)
-        if tuple(pred.image_size) != (img.height, img.width):
-            raise ValueError(f"image {image_id}: cached predictions are {pred.image_size}, labels say {(img.height, img.width)}")
-        items.append(TuneItem(image_id, pred, label_masks(img, order, source=labels_path), img.cell_type))
+
+        def load(image_id=image_id, size=(img.height, img.width)):
+            pred = cache.get(image_id)
+            if tuple(pred.image_size) != size:
+                raise ValueError(f"image {image_id}: cached predictions are {pred.image_size}, labels say {size}")
+            return pred
+
+        items.append(TuneItem(image_id, load, label_masks(img, order, source=labels_path), img.cell_type))
     return items
 
 

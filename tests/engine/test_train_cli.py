@@ -8,6 +8,8 @@ import train as train_cli
 from maskrcnn.engine.checkpoint import load_checkpoint, load_model
 from maskrcnn.engine.curves import read_metrics
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 TINY = """
 model:
   backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
@@ -74,3 +76,26 @@ def test_train_cli_config_errors(run, capsys):
     assert "solver.optimizer" in capsys.readouterr().err
     assert train_cli.main([str(cfg), "--set", "solver.bogus=1"]) == 2
     assert "solver.bogus" in capsys.readouterr().err
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    """``torchrun --nproc_per_node=2 train.py``: the env:// set-up, gloo on CPU, rank 0 alone writes."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "train.py"), str(cfg), "--no-progress",
+           "--set", f"train.output_dir={out}", "solver.max_iter=2", "solver.steps=[1]", "train.eval_period=2",
+           "train.num_threads=1"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done: 2 iterations") == 1  # rank 0 alone reports
+    ck = load_checkpoint(str(out / "model_final.pth"))
+    assert ck["world_size"] == 2 and ck["iteration"] == 2
+    records = read_metrics(str(out / "metrics.jsonl"))
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2]
+    assert [r["val/num_images"] for r in records if "val/mAP" in r] == [2]
