@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which maskrcnn._C links against)
+
 _C = None
 _load_error = None
 _warned = False
