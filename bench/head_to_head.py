@@ -165,6 +165,7 @@ def main(argv=None):
     p.add_argument("--speed-steps", type=int, default=10)
     p.add_argument("--models", default="ours,torchvision")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--infer-size", type=int, nargs=2, default=(520, 704), metavar=("H", "W"))
     p.add_argument("--set", nargs="*", default=[], dest="overrides")
     args = p.parse_args(argv)
 
@@ -192,8 +193,9 @@ def main(argv=None):
     val_ds = build_dataset(cfg.data, split="val", reader=reader)
     batch = [train_ds[i] for i in range(cfg.data.batch_size)]
     # A 520x704 inference image (the Sartorius size) cut from a validation image, padded if small.
+    ih, iw = args.infer_size
     img = val_ds[0].image
-    img = F.pad(img, (0, max(0, 704 - img.shape[-1]), 0, max(0, 520 - img.shape[-2])))[:, :520, :704]
+    img = F.pad(img, (0, max(0, iw - img.shape[-1]), 0, max(0, ih - img.shape[-2])))[:, :ih, :iw]
     print(f"device {results['device']}, torch {torch.__version__}; train {len(train_ds)} / val {len(val_ds)} images", flush=True)
 
     # ---------------------------------------------------------------- speed
@@ -214,7 +216,7 @@ def main(argv=None):
             "infer_s_per_image": t_inf, "infer_img_per_s": 1.0 / t_inf, "infer_detections": dets, "peak_mem_gib": peak,
         }
         print(f"[speed] {name}: train {1 / t_train:.2f} it/s (batch {cfg.data.batch_size}), "
-              f"inference {1 / t_inf:.2f} img/s at 520x704 with {dets} detections", flush=True)
+              f"inference {1 / t_inf:.2f} img/s at {ih}x{iw} with {dets} detections", flush=True)
         save()
     if len(names) == 2:
         a, b = (results["models"][n] for n in names)
