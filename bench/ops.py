@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-import maskrcnn.ops as ops
-from maskrcnn.ops import _ext
-from maskrcnn.structures import MaskList
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+import maskrcnn.ops as ops  # noqa: E402
+from maskrcnn.ops import _ext  # noqa: E402
+from maskrcnn.structures import MaskList  # noqa: E402
 
 LEVELS = [  # (name, feature size, stride, box side range in image pixels: FPN level assignment)
     ("P2", 200, 4, (16, 112)),

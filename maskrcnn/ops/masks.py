@@ -95,11 +95,37 @@ def crop_mask_iou(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins
 
 
 def dense_to_crops(masks: Tensor):
-    """``(crops, origins)`` of dense masks ``Tensor[N, H, W]``, cropped to their tight boxes."""
-    from maskrcnn.structures import MaskList
+    """``(crops Tensor[N, h, w] bool, origins Tensor[N, 2] int64)`` of dense masks ``Tensor[N, H, W]``.
 
-    ml = MaskList.from_dense(masks != 0, pad=0)
-    return ml.crops, ml.origins
+    Each mask is cropped to its tight box (empty masks to a 0-size box at (0, 0)); all crops share
+    the largest box's size. Two passes over the dense masks, as bytes (a bool ``!= 0`` or
+    ``any`` would be several times slower at 800 x 520 x 704).
+    """
+    nz = masks if masks.dtype == torch.bool else masks != 0
+    n, H, W = nz.shape
+    dev = nz.device
+    if n == 0:
+        return torch.zeros((0, 1, 1), dtype=torch.bool, device=dev), torch.zeros((0, 2), dtype=torch.long, device=dev)
+    u8 = nz.view(torch.uint8)
+    rows = u8.amax(dim=2) > 0  # [N, H]
+    cols = u8.amax(dim=1) > 0  # [N, W]
+    ar_h = torch.arange(H, device=dev)
+    ar_w = torch.arange(W, device=dev)
+    y0 = torch.where(rows, ar_h, H).amin(dim=1)
+    y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, ar_w, W).amin(dim=1)
+    x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    empty = y1 <= 0
+    y0, x0 = y0.masked_fill(empty, 0), x0.masked_fill(empty, 0)
+    y1, x1 = y1.masked_fill(empty, 0), x1.masked_fill(empty, 0)
+    h = max(int((y1 - y0).max()), 1)
+    w = max(int((x1 - x0).max()), 1)
+    ys = y0[:, None] + torch.arange(h, device=dev)  # [N, h]; may run past the image bottom
+    xs = x0[:, None] + torch.arange(w, device=dev)
+    valid = (ys < H)[:, :, None] & (xs < W)[:, None, :]
+    idx = torch.arange(n, device=dev)[:, None, None]
+    crops = nz[idx, ys.clamp(max=H - 1)[:, :, None], xs.clamp(max=W - 1)[:, None, :]] & valid
+    return crops, torch.stack([x0, y0], dim=1)
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:
