@@ -155,7 +155,7 @@ def bench_cpu(args):
     row("mask_iou 800x800 dense in (vs dense product)", t_ours_dense, t_dense)
     row("crop_mask_iou 800x800 crops (vs dense product)", t_ours_crop, t_dense)
     row("crop_mask_iou 800x800 crops (vs crop twin)", t_ours_crop, t_twin_crop)
-    order = torch.sort(torch.rand(800, generator=g), descending=True).indices
+    order = torch.randperm(len(ml.crops), generator=g)
     iou = ops.crop_mask_iou(ml.crops[order], ml.origins[order], ml.crops[order], ml.origins[order])
     t_ours = timeit(lambda: ops.greedy_suppress(iou, 0.3), args.repeat, "cpu")
     t_twin = timeit(lambda: ops.greedy_suppress_reference(iou, 0.3), args.twin_repeat, "cpu")
@@ -230,7 +230,7 @@ def bench_cuda(args):
     dd = dense.to(dev)
     t_dense = timeit(lambda: ops.mask_iou_dense_reference(dd, dd), args.repeat, dev)
     row("crop_mask_iou 800x800 CUDA (vs CUDA dense product)", t_gpu, t_dense, "")
-    order = torch.sort(torch.rand(800, generator=g), descending=True).indices.to(dev)
+    order = torch.randperm(len(crops), generator=g).to(dev)
     iou = ops.crop_mask_iou(crops[order], origins[order], crops[order], origins[order])
     t_gpu = timeit(lambda: ops.greedy_suppress(iou, 0.3), args.repeat, dev)
     t_cpu = timeit(lambda: ops.greedy_suppress(iou.cpu(), 0.3), args.repeat, "cpu")
