@@ -3,6 +3,16 @@
 Masks are either dense (``Tensor[N, H, W]`` bool) or crops (see ``maskrcnn.structures.MaskList``:
 ``crops[N, h, w]`` plus ``origins[N, 2]`` as ``(x0, y0)``). Only pairs whose crop windows overlap
 are compared, and only over the overlap: cost ~ (pairs that touch) x (cell area), never N x M x H x W.
+
+Semantics: a pixel is foreground where the crop is nonzero (soft crops count any value > 0; threshold
+them first). ``intersection[i, j]`` counts image pixels set in both ``a_i`` and ``b_j``; crops may
+start at negative origins or run past the image, where they hold zeros (MaskList's invariant).
+IoU = inter / (area_a + area_b - inter), and 0 when the union is empty (two empty masks).
+
+The compiled ``crop_mask_intersection`` reduces each mask to the tight box of its pixels first, so
+the padding of crops to a common size costs nothing: on the CPU it bit-packs each row of that box
+into 64-bit words and counts ``popcount(a_row & shifted b_row)`` over the overlapping rows; on CUDA
+a warp counts each pair from a compacted list of the pairs whose boxes overlap.
 """
 from __future__ import annotations
 
