@@ -119,7 +119,8 @@ def bench_cpu(args):
     header("twin")
     levels = LEVELS[::3] if args.quick else LEVELS
     sizes = (7,) if args.quick else (7, 14)
-    for name, size, stride, side_range in levels:
+    selected = set(args.ops.split(","))
+    for name, size, stride, side_range in levels if "roi_align" in selected else ():
         x = torch.randn(2, 256, size, size, generator=g)
         rois = level_rois(g, 512, side_range)
         for out in sizes:
@@ -143,10 +144,13 @@ def bench_cpu(args):
                     twin_times[0])
                 row(f"roi_align fwd+bwd {name} {size}x{size} -> {out}x{out} {fmt_name}",
                     timeit(bwd, args.repeat, "cpu"), twin_times[1])
-    boxes, scores = proposal_boxes(g)
-    t_ours = timeit(lambda: ops.nms(boxes, scores, 0.7), args.repeat, "cpu")
-    t_twin = timeit(lambda: ops.nms_reference(boxes, scores, 0.7), args.twin_repeat, "cpu")
-    row("nms 5000 boxes thr 0.7", t_ours, t_twin)
+    if "nms" in selected:
+        boxes, scores = proposal_boxes(g)
+        t_ours = timeit(lambda: ops.nms(boxes, scores, 0.7), args.repeat, "cpu")
+        t_twin = timeit(lambda: ops.nms_reference(boxes, scores, 0.7), args.twin_repeat, "cpu")
+        row("nms 5000 boxes thr 0.7", t_ours, t_twin)
+    if "mask" not in selected:
+        return
     dense, ml = cell_masks(g)
     t_dense = timeit(lambda: ops.mask_iou_dense_reference(dense, dense), 1, "cpu")
     t_ours_dense = timeit(lambda: ops.mask_iou(dense, dense), args.repeat, "cpu")
@@ -258,6 +262,7 @@ def main():
     p.add_argument("--twin-repeat", type=int, default=1, help="timed calls of the slow twins (median)")
     p.add_argument("--quick", action="store_true", help="P2 and P5 at 7x7 only (CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ops", default="roi_align,nms,mask", help="CPU: comma-separated subset of roi_align,nms,mask")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
