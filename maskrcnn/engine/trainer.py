@@ -208,7 +208,6 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.best_iteration: Optional[int] = None
         self.last_val: Dict[str, float] = {}
-        self._ddp: Optional[nn.Module] = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
@@ -331,11 +330,7 @@ class Trainer:
                 model = nn.parallel.DistributedDataParallel(
                     self.model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters
                 )
-            self._ddp = model
-            try:
-                self._loop(model)
-            finally:
-                self._ddp = None
+            self._loop(model)
             if self.is_main:
                 self._draw()
         return {
