@@ -61,7 +61,8 @@ class MultiLevelRoIPooler(nn.Module):
         """``features``: the pooled levels ``Tensor[B, C, H_l, W_l]``; ``boxes``: per image ``Tensor[R_i, 4]``.
 
         Returns:
-            Tensor[sum R_i, C, S, S], in the order of the concatenated boxes.
+            Tensor[sum R_i, C, S, S] (float32 for reduced-precision features), in the order of the
+            concatenated boxes.
         """
         feats = features[: len(self.strides)]
         dev = feats[0].device
@@ -72,12 +73,15 @@ class MultiLevelRoIPooler(nn.Module):
         C = feats[0].shape[1]
         S = self.output_size
         levels = assign_fpn_levels(all_boxes, self.min_level, self.max_level, self.canonical_size, self.canonical_level)
-        out = feats[0].new_zeros((K, C, S, S))
+        # Pool in float32 under autocast (as torchvision does): RoI coordinates in bfloat16 would
+        # be rounded to 4 px at x = 700.
+        dtype = torch.float32 if feats[0].dtype in (torch.float16, torch.bfloat16) else feats[0].dtype
+        out = feats[0].new_zeros((K, C, S, S), dtype=dtype)
         for lvl, (f, stride) in enumerate(zip(feats, self.strides)):  # loop over levels, not RoIs
             idx = torch.nonzero(levels == lvl).squeeze(1)
             if idx.numel() == 0:
                 continue
-            pooled = roi_align(f, rois[idx], S, 1.0 / stride, self.sampling_ratio, aligned=True)
+            pooled = roi_align(f.to(dtype), rois[idx].to(dtype), S, 1.0 / stride, self.sampling_ratio, aligned=True)
             out = out.index_copy(0, idx, pooled.to(out.dtype))
         return out
 
