@@ -131,6 +131,9 @@ def box_losses(cls_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, propo
     The box loss is summed over foreground RoIs and divided by K (detectron2's normalisation).
     """
     num_classes = box_deltas.shape[1] // 4
+    if gt_classes.numel() == 0:  # no RoIs at all (no proposals and no GT): zero, not NaN
+        zero = cls_logits.sum() * 0.0 + box_deltas.sum() * 0.0
+        return {"loss_cls": zero, "loss_box": zero}
     loss_cls = F.cross_entropy(cls_logits.float(), gt_classes, reduction="mean")
     fg = torch.nonzero(gt_classes < num_classes).squeeze(1)
     cls = gt_classes[fg]

@@ -44,6 +44,19 @@ def test_image_without_objects(model):
     assert out.scores is not None and out.masks is not None and len(out.masks) == len(out)
 
 
+def test_no_proposals_gives_empty_outputs(model):
+    image, _ = disks_sample(64, 64)
+    model.eval()
+    saved = model.rpn.post_nms_topk
+    model.rpn.post_nms_topk = (saved[0], 0)  # as when every proposal is dropped (e.g. non-finite)
+    try:
+        with torch.no_grad():
+            (out,) = model([image])
+    finally:
+        model.rpn.post_nms_topk = saved
+    assert len(out) == 0 and out.masks.crops.shape[0] == 0 and out.image_size == (64, 64)
+
+
 def test_overfits_one_image():
     torch.manual_seed(0)
     model = build_model(tiny_model_config())
