@@ -186,6 +186,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0: off
     accum_steps: int = 1
     amp: str = ""  # "" | bf16 | fp16
+    no_decay_norm_bias: bool = True  # no weight decay on biases and norm-layer parameters
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_eval_images: int = 0  # 0: the whole validation split
+    keep_checkpoints: int = 2  # periodic model_<iter>.pth files kept (0: all); best/final always kept
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
+    num_threads: int = 0  # CPU threads for torch ops (0: torch's default); 1 is fastest on a busy machine
 
 
 # ---------------------------------------------------------------------- inference
@@ -211,6 +215,10 @@ class TestConfig:
     remove_overlaps: bool = True
     overlap_min_keep: float = 0.5  # drop a mask that lost more than half its pixels to overlaps
     fill_holes: bool = False
+    # The image's cell type is its most frequent predicted class (Sartorius images hold one type):
+    # relabel = give every instance that class (and its thresholds) | filter = drop the other classes
+    # | none = each instance keeps its own class.
+    image_class: str = "relabel"
 
 
 @dataclass(frozen=True)

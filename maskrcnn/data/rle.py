@@ -6,7 +6,8 @@ row-major (``order="row"``: Sartorius; decode with ``reshape(height, width)``) o
 """
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -162,3 +163,125 @@ def decode_many(rles, height: int, width: int, order: str = "row", *, source: Op
     for k, r in enumerate(rles):
         masks[k] = decode(r, height, width, order, source=source, row=None if rows is None else rows[k])
     return masks
+
+
+def _text(rle) -> str:
+    if rle is None or (isinstance(rle, float) and np.isnan(rle)):
+        return ""
+    return str(rle)
+
+
+def parse_rle_batch(rles: Sequence[str], height: int, width: int, *, source: Optional[str] = None,
+                    rows: Optional[Sequence[int]] = None, strict: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """Parse and validate many RLE strings of one image at once.
+
+    Returns:
+        (runs int64[K, 2], owner int64[K]): 0-indexed ``(start, length)`` runs and the index (into
+        ``rles``) of the string each run belongs to; runs of a string stay in their order.
+
+    Raises:
+        RLEError: as ``parse_rle``, naming ``source`` and the row (``rows[k]`` if given, else ``k``).
+    """
+    n = len(rles)
+    texts = [_text(r) for r in rles]
+    row_of = (lambda k: k) if rows is None else (lambda k: rows[k])
+
+    def slow():  # exact per-row validation, only to name the first bad row
+        for k, t in enumerate(texts):
+            parse_rle(t, height, width, source=source, row=row_of(k), strict=strict)
+        raise AssertionError("unreachable: the fast parser failed but no row is malformed")
+
+    if n == 0:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # One C-level parse of all rows joined by a -1 sentinel (a valid RLE holds no negative number).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            nums = np.fromstring(" -1 ".join(texts), dtype=np.int64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            slow()
+    sentinel = nums == -1
+    if int(sentinel.sum()) != n - 1 or (nums < -1).any():
+        slow()
+    owner = np.cumsum(sentinel)[~sentinel]
+    nums = nums[~sentinel]
+    counts = np.bincount(owner, minlength=n)
+    odd = np.flatnonzero(counts % 2)
+    if odd.size:
+        k = int(odd[0])
+        raise RLEError(f"{_where(source, row_of(k))}RLE has an odd number of values ({counts[k]}); it must be start/length pairs")
+    runs = nums.reshape(-1, 2)
+    owner = owner[0::2]
+    starts, lengths = runs[:, 0], runs[:, 1]
+    n_pixels = int(height) * int(width)
+    ends = starts - 1 + lengths
+    bad = (starts < 1) | (lengths < 1) | (ends > n_pixels)
+    if strict and runs.shape[0] > 1:
+        same = owner[1:] == owner[:-1]
+        bad[1:] |= same & (starts[1:] - 1 < ends[:-1])
+    if bad.any():
+        slow()
+    return np.stack([starts - 1, lengths], axis=1), owner
+
+
+def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row", pad: int = 1, *,
+                 source: Optional[str] = None, rows: Optional[Sequence[int]] = None, strict: bool = True):
+    """Decode many RLE strings of one image straight into a bool ``MaskList`` (crops, no full-image masks).
+
+    Runs are split where they wrap from one image line to the next, each object's extent is found
+    from its runs, and all crops are filled at once with a difference array and a cumulative sum.
+    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop at (0, 0)
+    (readers decide whether that is an error).
+
+    Returns:
+        MaskList: ``crops (Tensor[N, h, w] bool)``, ``origins (Tensor[N, 2])``, ``image_size (height, width)``.
+    """
+    from maskrcnn.structures import MaskList
+
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    H, W = int(height), int(width)
+    n = len(rles)
+    if n == 0:
+        return MaskList.empty((H, W))
+    runs, owner = parse_rle_batch(rles, H, W, source=source, rows=rows, strict=strict)
+    L = W if order == "row" else H  # pixels per line (a line is a row, or a column for "col")
+    s = runs[:, 0]
+    e = s + runs[:, 1]  # exclusive
+    line0 = s // L
+    nseg = (e - 1) // L - line0 + 1
+    seg_run = np.repeat(np.arange(s.size), nseg)
+    first = np.cumsum(nseg) - nseg
+    seg_line = line0[seg_run] + (np.arange(seg_run.size) - first[seg_run])
+    base = seg_line * L
+    seg_a = np.maximum(s[seg_run], base) - base  # position in the line, inclusive
+    seg_b = np.minimum(e[seg_run], base + L) - base  # exclusive
+    seg_owner = owner[seg_run]
+    # Per-object extent in (line, position); objects without runs get an empty crop at 0.
+    big = np.iinfo(np.int64).max
+    lmin = np.full(n, big)
+    lmax = np.full(n, -1)
+    pmin = np.full(n, big)
+    pmax = np.full(n, -1)
+    np.minimum.at(lmin, seg_owner, seg_line)
+    np.maximum.at(lmax, seg_owner, seg_line)
+    np.minimum.at(pmin, seg_owner, seg_a)
+    np.maximum.at(pmax, seg_owner, seg_b - 1)
+    empty = lmax < 0
+    lmin[empty], lmax[empty], pmin[empty], pmax[empty] = 0, 0, 0, 0
+    ol = lmin - pad
+    op = pmin - pad
+    hl = int((lmax - lmin).max()) + 1 + 2 * pad
+    wp = int((pmax - pmin).max()) + 1 + 2 * pad
+    # Difference array over [n, hl, wp + 1]: +1 where a segment starts, -1 just past its end.
+    row_base = (seg_owner * hl + (seg_line - ol[seg_owner])) * (wp + 1)
+    size = n * hl * (wp + 1)
+    diff = np.bincount(row_base + (seg_a - op[seg_owner]), minlength=size) \
+        - np.bincount(row_base + (seg_b - op[seg_owner]), minlength=size)
+    crops = np.cumsum(diff.reshape(n, hl, wp + 1), axis=2)[:, :, :wp] > 0
+    if order == "row":
+        origins = np.stack([op, ol], 1)  # (x0, y0)
+    else:
+        crops = crops.transpose(0, 2, 1)
+        origins = np.stack([ol, op], 1)
+    return MaskList(torch.from_numpy(np.ascontiguousarray(crops)), torch.from_numpy(origins.astype(np.int64)), (H, W))

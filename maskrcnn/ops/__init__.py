@@ -12,7 +12,7 @@ from maskrcnn.ops.masks import (
     mask_iou_dense_reference,
     mask_nms,
 )
-from maskrcnn.ops.nms import batched_nms, greedy_suppress, nms, nms_reference
+from maskrcnn.ops.nms import batched_nms, greedy_suppress, greedy_suppress_reference, nms, nms_reference
 from maskrcnn.ops.roi_align import RoIAlign, roi_align, roi_align_reference
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "crop_mask_nms",
     "get_ext",
     "greedy_suppress",
+    "greedy_suppress_reference",
     "has_cuda_ops",
     "mask_iou",
     "mask_iou_dense_reference",

@@ -65,6 +65,10 @@ def crop_mask_intersection_reference(
     return out
 
 
+def _as_bytes(crops: Tensor) -> Tensor:
+    return crops if crops.dtype in (torch.bool, torch.uint8) else crops != 0
+
+
 def crop_mask_iou(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins: Tensor) -> Tensor:
     """IoU ``Tensor[N, M]`` (float32) of binary crop masks ``a`` (N) and ``b`` (M) of one image.
 
@@ -76,14 +80,12 @@ def crop_mask_iou(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins
     if a_crops.dim() != 3 or b_crops.dim() != 3:
         raise ValueError(f"crop_mask_iou: crops must be [N, h, w], got {tuple(a_crops.shape)} and {tuple(b_crops.shape)}")
     ext = get_ext()
-    use_ext = ext is not None and (not a_crops.is_cuda or getattr(ext, "with_cuda", lambda: False)())
+    use_ext = ext is not None and (not a_crops.is_cuda or ext.with_cuda())
     a_origins = a_origins.long()
     b_origins = b_origins.long()
     if use_ext and a_crops.shape[0] and b_crops.shape[0]:
-        inter = ext.crop_mask_intersection(
-            (a_crops != 0).to(torch.uint8).contiguous(), a_origins.contiguous(),
-            (b_crops != 0).to(torch.uint8).contiguous(), b_origins.contiguous(),
-        )
+        # The kernels read bool/uint8 bytes and count any nonzero byte as foreground.
+        inter = ext.crop_mask_intersection(_as_bytes(a_crops), a_origins, _as_bytes(b_crops), b_origins)
     else:
         inter = crop_mask_intersection_reference(a_crops, a_origins, b_crops, b_origins)
     area_a = (a_crops != 0).flatten(1).sum(1)

@@ -2,6 +2,12 @@
 
 ``nms`` keeps, in order of decreasing score, each box whose IoU with every box kept before it is
 ``<= iou_threshold``. Ties in score keep the lower index first (a stable sort), on every device.
+IoU is ``inter / union`` computed as in ``maskrcnn.structures.box_iou`` (0 when the union is
+empty) in float32 (float64 for float64 boxes), and compared with the threshold cast to that
+dtype; the compiled kernels round every operation alike, so boxes at the threshold are decided
+as the twin decides them. Same kept set and order as torchvision.ops.nms (checked by
+``tools/compare_twins_torchvision.py``), except that torchvision's order among equal scores is
+unspecified.
 """
 from __future__ import annotations
 
@@ -12,14 +18,8 @@ from maskrcnn.ops._ext import get_ext
 from maskrcnn.structures import box_iou
 
 
-def greedy_suppress(iou_sorted: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS on a precomputed IoU matrix of items already sorted by decreasing score.
-
-    Args:
-        iou_sorted (Tensor[N, N]): IoU between items ``i`` and ``j`` in score order.
-    Returns:
-        Tensor[K] int64: positions (in the sorted order) of the kept items, increasing.
-    """
+def greedy_suppress_reference(iou_sorted: Tensor, iou_threshold: float) -> Tensor:
+    """Pure-PyTorch :func:`greedy_suppress`: the fallback and test oracle."""
     n = iou_sorted.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=iou_sorted.device)
@@ -35,6 +35,25 @@ def greedy_suppress(iou_sorted: Tensor, iou_threshold: float) -> Tensor:
     return torch.as_tensor(keep, dtype=torch.long, device=iou_sorted.device)
 
 
+def greedy_suppress(iou_sorted: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS on a precomputed IoU matrix of items already sorted by decreasing score.
+
+    Item ``j`` is suppressed when an earlier kept item ``i < j`` has ``iou_sorted[i, j] >
+    iou_threshold`` (compared in the matrix's dtype); only the upper triangle is read.
+
+    Args:
+        iou_sorted (Tensor[N, N]): IoU between items ``i`` and ``j`` in score order.
+    Returns:
+        Tensor[K] int64: positions (in the sorted order) of the kept items, increasing.
+    """
+    if iou_sorted.dim() != 2 or iou_sorted.shape[0] != iou_sorted.shape[1]:
+        raise ValueError(f"greedy_suppress: iou must be a square [N, N] matrix, got {tuple(iou_sorted.shape)}")
+    ext = get_ext()
+    if ext is None or (iou_sorted.is_cuda and not ext.with_cuda()):
+        return greedy_suppress_reference(iou_sorted, iou_threshold)
+    return ext.greedy_suppress(iou_sorted, float(iou_threshold))
+
+
 def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Pure-PyTorch NMS: the fallback and test oracle. Returns kept indices by decreasing score."""
     _check(boxes, scores)
@@ -42,7 +61,7 @@ def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes[order].float() if boxes.dtype in (torch.float16, torch.bfloat16) else boxes[order]
-    keep = greedy_suppress(box_iou(b, b), iou_threshold)
+    keep = greedy_suppress_reference(box_iou(b, b), iou_threshold)
     return order[keep]
 
 
@@ -61,7 +80,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     _check(boxes, scores)
     ext = get_ext()
-    if ext is None or (boxes.is_cuda and not getattr(ext, "with_cuda", lambda: False)()):
+    if ext is None or (boxes.is_cuda and not ext.with_cuda()):
         return nms_reference(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)

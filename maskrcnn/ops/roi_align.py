@@ -11,6 +11,23 @@ For RoI ``k`` with batch index ``b`` and box ``(x1, y1, x2, y2)`` in input-image
   ``sampling_ratio <= 0``, adaptive per RoI), likewise ``gw``.
 - A sample with ``y < -1`` or ``y > H`` (or ``x``) is 0; otherwise its coordinates are clamped to
   ``[0, H - 1]`` before interpolation, so samples within one pixel of the edge repeat the border.
+- A box of zero or negative size with ``aligned=True`` and ``sampling_ratio <= 0`` has an empty
+  grid and gives 0 (torchvision divides by ``max(gh * gw, 1)``).
+
+Precision: float64 inputs are computed in float64; float32, float16 and bfloat16 in float32
+(coordinates and accumulation), with the output cast back. ``rois`` are converted to float32
+for half types (a 800-pixel coordinate has a resolution of 0.5 px in float16) and to the input's
+dtype otherwise.
+
+Memory format: the compiled kernels read NCHW and channels_last inputs natively (channels_last is
+the faster layout: a sample reads C contiguous values); a channels_last input gives a
+channels_last output and gradient. Other strides are made contiguous first. The twin accepts any
+layout and returns a contiguous output. On CUDA, a batch index outside ``[0, N)`` gives zeros
+(checking would cost a device sync); on the CPU it is an error.
+
+Verified against torchvision.ops.roi_align (forward and backward, float64 to 1e-14, aligned
+True/False, sampling_ratio 0/1/2, scales 1 to 1/8, boxes outside the image, empty and inverted)
+by ``tools/compare_twins_torchvision.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +36,7 @@ from typing import Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from maskrcnn.ops._ext import get_ext
 
@@ -150,6 +168,11 @@ def _check_inputs(input: Tensor, rois: Tensor) -> None:
         raise ValueError(f"roi_align: rois on {rois.device} but input on {input.device}")
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    # The compiled kernels' rule for reading NHWC natively (same test in csrc/roi_align).
+    return x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 class _RoIAlignFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
@@ -157,19 +180,21 @@ class _RoIAlignFunction(torch.autograd.Function):
         ctx.save_for_backward(rois)
         ctx.params = (output_size, spatial_scale, sampling_ratio, aligned)
         ctx.input_shape = input.shape
+        ctx.channels_last = _is_channels_last(input)
         return ext.roi_align_forward(
             input, rois, float(spatial_scale), output_size[0], output_size[1], int(sampling_ratio), bool(aligned)
         )
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_output):
         (rois,) = ctx.saved_tensors
         output_size, spatial_scale, sampling_ratio, aligned = ctx.params
         n, c, h, w = ctx.input_shape
         ext = get_ext()
         grad_input = ext.roi_align_backward(
-            grad_output.contiguous(), rois, float(spatial_scale), output_size[0], output_size[1],
-            n, c, h, w, int(sampling_ratio), bool(aligned),
+            grad_output, rois, float(spatial_scale), output_size[0], output_size[1],
+            n, c, h, w, int(sampling_ratio), bool(aligned), ctx.channels_last,
         )
         return grad_input, None, None, None, None, None
 
@@ -185,11 +210,15 @@ def roi_align(
     """RoIAlign of ``rois (Tensor[K, 5])`` on ``input (Tensor[N, C, H, W])`` -> ``Tensor[K, C, ph, pw]``.
 
     Float32, float16, bfloat16 and float64. Uses the compiled kernel when built (CPU or CUDA),
-    else :func:`roi_align_reference`. See the module docstring for the exact semantics.
+    else :func:`roi_align_reference`. See the module docstring for the exact semantics, precision
+    and memory formats (a channels_last input gives a channels_last output when compiled).
     """
     output_size = _pair(output_size)
     _check_inputs(input, rois)
-    rois = rois.to(input.dtype) if rois.dtype != input.dtype else rois
+    if input.dtype in (torch.float16, torch.bfloat16):
+        rois = rois.float()
+    elif rois.dtype != input.dtype:
+        rois = rois.to(input.dtype)
     ext = get_ext()
     if ext is None or (input.is_cuda and not getattr(ext, "with_cuda", lambda: False)()):
         return roi_align_reference(input, rois, output_size, spatial_scale, sampling_ratio, aligned)

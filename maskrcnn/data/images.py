@@ -1,0 +1,162 @@
+"""Reading and writing image files: PNG and TIFF, 8 and 16 bit, grayscale, RGB and RGBA.
+
+Images leave this module as ``Tensor[C, H, W]`` float32 in [0, 1] (C = 1 or 3), the layout every
+reader yields (``maskrcnn.structures.Sample``). Writers are atomic (temp file + ``os.replace``).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """An image file that exists but cannot be decoded or has an unsupported layout."""
+
+
+def _to_array(im: Image.Image, where: str) -> np.ndarray:
+    """Pixel values of a PIL image as float32 ``[H, W, C]`` in [0, 1]."""
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im, dtype=np.float32)[:, :, None]
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
+        mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            im = im.convert("RGB")
+        a = np.asarray(im)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if mode in ("LA",):
+            a = a[:, :, :1]  # drop alpha: it is not part of the signal
+        elif a.shape[2] == 4:
+            a = a[:, :, :3]
+        return a.astype(np.float32) / 255.0
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        if mode == "I":  # 32-bit int storage of what is normally 16-bit data
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise ImageReadError(
+                    f"{where}: 32-bit integer image with values in [{a.min()}, {a.max()}]; only 16-bit ranges are supported"
+                )
+        return (a.astype(np.float32) / 65535.0)[:, :, None]
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise ImageReadError(f"{where}: float image with values outside [0, 1] (min {a.min()}, max {a.max()})")
+        return a[:, :, None]
+    raise ImageReadError(f"{where}: unsupported image mode {mode!r}")
+
+
+def _open(path_or_bytes, where: str) -> Image.Image:
+    try:
+        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) else path_or_bytes
+        im = Image.open(src)
+        im.load()  # decode now, so a truncated file fails here and names the file
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {where}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
+    return im
+
+
+def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
+    """Read a PNG/TIFF (8 or 16 bit; gray, gray+alpha, RGB, RGBA, palette) into ``Tensor[C, H, W]`` float32 in [0, 1].
+
+    Alpha is dropped (RGBA -> the first 3 channels). 16-bit data is divided by 65535.
+
+    Args:
+        path: the image file.
+        channels: None keeps the file's channels (1 or 3); 1 converts RGB to gray (an exact copy
+            when the three channels are equal, as in grayscale images stored as RGB; else the ITU-R
+            601 luma); 3 repeats a gray channel three times.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        ImageReadError: the file cannot be decoded or has an unsupported layout.
+    """
+    where = os.fspath(path)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"image file not found: {where}")
+    with _open(where, where) as im:
+        a = _to_array(im, where)
+    return _finish(a, channels, where)
+
+
+def decode_image_bytes(data: bytes, channels: Optional[int] = None, where: str = "<bytes>") -> torch.Tensor:
+    """``read_image`` for an encoded image held in memory (the cache stores PNG bytes)."""
+    with _open(bytes(data), where) as im:
+        a = _to_array(im, where)
+    return _finish(a, channels, where)
+
+
+def _finish(a: np.ndarray, channels: Optional[int], where: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    return convert_channels(t, channels, where)
+
+
+def convert_channels(image: torch.Tensor, channels: Optional[int], where: str = "image") -> torch.Tensor:
+    """Convert ``image (Tensor[C, H, W])`` to ``channels`` (None: unchanged; 1: gray; 3: RGB)."""
+    c = int(image.shape[0])
+    if channels is None or channels == c:
+        return image
+    if channels == 3 and c == 1:
+        return image.expand(3, -1, -1).contiguous()
+    if channels == 1 and c == 3:
+        if torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]):
+            return image[:1].clone()
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype)
+        return (image * w[:, None, None]).sum(0, keepdim=True).clamp_(0, 1)
+    raise ImageReadError(f"{where}: cannot convert an image with {c} channels to {channels}")
+
+
+def is_gray(image: torch.Tensor) -> bool:
+    """True for 1-channel images and for 3-channel images whose channels are equal."""
+    if image.shape[0] == 1:
+        return True
+    return bool(torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``Tensor[C, H, W]`` in [0, 1] -> ``uint8[H, W]`` (C = 1) or ``uint8[H, W, C]``, rounded."""
+    a = (image.detach().float().clamp(0, 1) * 255.0).round_().to(torch.uint8).cpu().numpy()
+    return a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
+
+
+def encode_png(array: np.ndarray, compress_level: int = 9, optimize: bool = False) -> bytes:
+    """PNG bytes of ``uint8[H, W]`` / ``uint8[H, W, 3|4]`` / ``uint16[H, W]``."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=compress_level, optimize=optimize)
+    return buf.getvalue()
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_image(path: PathLike, image: Union[torch.Tensor, np.ndarray]) -> None:
+    """Write an image as PNG, atomically.
+
+    ``image`` is ``Tensor[C, H, W]`` float in [0, 1] (written as 8 bit) or a ``uint8``/``uint16``
+    numpy array ``[H, W]`` / ``[H, W, C]`` written as it is.
+    """
+    if isinstance(image, torch.Tensor):
+        image = to_uint8(image)
+    write_bytes_atomic(path, encode_png(image, compress_level=6))

@@ -1,0 +1,541 @@
+"""The training loop: AMP, gradient accumulation and clipping, exact resume, DDP, validation.
+
+One *iteration* is one optimiser step over ``solver.accum_steps`` micro-batches of
+``data.batch_size`` images per process, so an iteration sees
+``batch_size * accum_steps * world_size`` images.
+
+Exact resume: a checkpoint holds the model, optimiser, LR schedule, grad scaler, the iteration,
+every rank's RNG states and the data position (epoch, batches consumed in it). The data loader
+(``maskrcnn.data.build_loader``) draws each epoch's order from ``(seed, epoch)`` and each
+sample's augmentation from ``(seed, epoch, index)``, and ``loader.set_epoch(epoch, start_batch)``
+starts part-way through an epoch, so ``--resume`` replays exactly the batches and random draws
+the uninterrupted run would have made (bitwise on CPU; on GPU up to the non-determinism of the
+kernels).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+from tqdm import tqdm
+
+from maskrcnn.config import Config, ConfigError, dump_config, to_dict
+from maskrcnn.engine import distributed as du
+from maskrcnn.engine.checkpoint import (
+    BEST,
+    FINAL,
+    RunDirectory,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    unwrap,
+)
+from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
+from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config
+from maskrcnn.engine.validate import run_validation
+
+logger = logging.getLogger("maskrcnn.engine")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; training stopped without writing a checkpoint."""
+
+
+def check_train_config(cfg: Config) -> None:
+    """Raise ``ConfigError`` naming the key for values the trainer cannot run with."""
+    check_solver_config(cfg.solver)
+    t = cfg.train
+    for key in ("checkpoint_period", "eval_period", "log_period", "max_eval_images", "keep_checkpoints", "num_threads"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
+    if t.checkpoint_period == 0:
+        raise ConfigError("train.checkpoint_period must be >= 1 (iterations between checkpoints)")
+    if not t.output_dir:
+        raise ConfigError("train.output_dir must name a folder for checkpoints and logs")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    nc = cfg.model.roi_heads.num_classes
+    for key in ("score_thresh", "mask_thresh", "min_area"):
+        n = len(getattr(cfg.test, key))
+        if n not in (1, nc):
+            raise ConfigError(
+                f"test.{key} has {n} values; give one per class (model.roi_heads.num_classes = {nc}) or one for all"
+            )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_context(device: torch.device, mode: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts for ``solver.amp`` (``""`` = full precision)."""
+    if not mode:
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError("solver.amp: bf16 is not supported on this GPU; use fp16")
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _build_loader(dataset: Dataset, cfg: Config, rank: int, world_size: int):
+    """The resumable training loader: batches of ``list[Sample]``, this rank's shard."""
+    from maskrcnn.data import build_loader
+
+    seed = cfg.train.seed
+    shard = None
+    if world_size > 1:  # pads by wrapping so that every rank gets as many batches
+        shard = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return build_loader(
+        dataset, cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, sampler=shard, seed=seed
+    )
+
+
+class _TqdmHandler(logging.Handler):
+    """Console log lines that do not break the progress bar."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _run_logging(output_dir: Optional[str], console: bool):
+    """Attach console and ``log.txt`` handlers to the engine's logger for one run (rank 0)."""
+    handlers: List[logging.Handler] = []
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+    if console:
+        handlers.append(_TqdmHandler())
+    if output_dir:
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "log.txt")))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(old_level)
+
+
+class Trainer:
+    """Trains one model from a ``Config``; ``Trainer(cfg).train()`` is the whole run.
+
+    Args:
+        cfg: the run's configuration (sections solver, train, data, model, test).
+        resume: continue from ``<output_dir>/last_checkpoint`` when it exists.
+        model: use this module instead of ``build_model(cfg.model)`` (tests use stand-ins).
+        train_dataset, val_dataset: instead of ``build_dataset(cfg.data, "train"/"val")``;
+            ``val_dataset=None`` with ``train.eval_period > 0`` builds the validation split.
+        device: defaults to ``train.device`` (``cuda:LOCAL_RANK`` under torchrun).
+        progress: show the tqdm bar on rank 0.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        resume: bool = False,
+        model: Optional[nn.Module] = None,
+        train_dataset: Optional[Dataset] = None,
+        val_dataset: Optional[Dataset] = None,
+        device: Optional[torch.device] = None,
+        progress: bool = True,
+    ):
+        check_train_config(cfg)
+        self.cfg = cfg
+        self.resume = resume
+        self.rank, self.world_size = du.get_rank(), du.get_world_size()
+        self.is_main = self.rank == 0
+        self.device = device if device is not None else du.resolve_device(cfg.train.device, du.get_local_rank())
+        self.progress = progress
+        self.run_dir = RunDirectory(cfg.train.output_dir, keep=cfg.train.keep_checkpoints)
+        self.metrics = MetricsLog(cfg.train.output_dir)
+
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.train.seed + self.rank)
+        if model is None:
+            from maskrcnn.model import build_model
+
+            model = build_model(cfg.model)
+        self.model = model.to(self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, cfg.solver)
+        self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
+        self.autocast = amp_context(self.device, cfg.solver.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.solver.amp == "fp16" else None
+
+        if train_dataset is None or (val_dataset is None and cfg.train.eval_period > 0):
+            from maskrcnn.data import build_dataset, build_reader
+
+            reader = build_reader(cfg.data)  # one reader for both splits
+            if train_dataset is None:
+                train_dataset = build_dataset(cfg.data, split="train", augment=True, seed=cfg.train.seed, reader=reader)
+            if val_dataset is None and cfg.train.eval_period > 0:
+                val_dataset = build_dataset(cfg.data, split="val", reader=reader)
+        if len(train_dataset) == 0:
+            raise ValueError(f"the training split of data.format={cfg.data.format!r} (root {cfg.data.root!r}) is empty")
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset if val_dataset is not None and len(val_dataset) > 0 else None
+        if cfg.train.eval_period > 0 and self.val_dataset is None:
+            logger.warning("train.eval_period > 0 but the validation split is empty: no validation")
+        self.loader = _build_loader(train_dataset, cfg, self.rank, self.world_size)
+        self.iteration = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # batches of this epoch already consumed (per rank)
+        self.best_score: Optional[float] = None
+        self.best_iteration: Optional[int] = None
+        self.last_val: Dict[str, float] = {}
+        self._ddp: Optional[nn.Module] = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """The full checkpoint (collective: gathers every rank's RNG state; call on all ranks)."""
+        rng = du.all_gather_object(capture_rng_state())
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "config": to_dict(self.cfg),
+            "iteration": self.iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng,
+            "loader": {"epoch": self.epoch, "batch": self.batch_in_epoch, "batch_size": self.cfg.data.batch_size},
+            "best": {"score": self.best_score, "iteration": self.best_iteration},
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, ck: Dict[str, Any], path: str) -> None:
+        unwrap(self.model).load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.iteration = int(ck["iteration"])
+        best = ck.get("best") or {}
+        self.best_score, self.best_iteration = best.get("score"), best.get("iteration")
+        loader = ck.get("loader") or {}
+        self.epoch, self.batch_in_epoch = int(loader.get("epoch", 0)), int(loader.get("batch", 0))
+        old_world = int(ck.get("world_size", 1))
+        rng = ck.get("rng") or []
+        if old_world != self.world_size or loader.get("batch_size", self.cfg.data.batch_size) != self.cfg.data.batch_size:
+            # The per-rank position means something else now: keep the number of images seen.
+            seen = self.batch_in_epoch * int(loader.get("batch_size", self.cfg.data.batch_size)) * old_world
+            self.batch_in_epoch = seen // (self.cfg.data.batch_size * self.world_size)
+            logger.warning(
+                "%s was written by %d process(es) with batch size %s; resuming with %d x %d: the data "
+                "order and random draws will not replay the original run exactly",
+                path, old_world, loader.get("batch_size"), self.world_size, self.cfg.data.batch_size,
+            )
+        if self.rank < len(rng):
+            restore_rng_state(rng[self.rank])
+        else:
+            seed_everything(self.cfg.train.seed + self.rank + self.iteration)
+        if self.scheduler.last_epoch != self.iteration:
+            raise RuntimeError(f"{path}: scheduler is at step {self.scheduler.last_epoch} but iteration is {self.iteration}")
+
+    def _maybe_resume(self) -> None:
+        path = self.run_dir.latest() if self.resume else None
+        if self.resume and path is None:
+            if self.is_main:
+                logger.info("--resume: no checkpoint in %s; starting a new run", self.cfg.train.output_dir)
+        if path is not None:
+            ck = load_checkpoint(path)
+            self._warn_config_changes(ck.get("config") or {}, path)
+            self.load_state_dict(ck, path)
+            if self.is_main:
+                logger.info("resumed from %s at iteration %d (epoch %d, batch %d)", path, self.iteration, self.epoch, self.batch_in_epoch)
+                self.metrics.truncate_after(self.iteration)
+        elif self.is_main:
+            self.metrics.reset()
+
+    def _warn_config_changes(self, saved: Dict[str, Any], path: str) -> None:
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    out.update(flat(v, f"{prefix}{k}."))
+                else:
+                    out[f"{prefix}{k}"] = v
+            return out
+
+        old, new = flat(saved), flat(to_dict(self.cfg))
+        changed = sorted(k for k in new if k in old and old[k] != new[k])
+        if changed and self.is_main:
+            logger.warning("resuming %s with changed config keys: %s", path, ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed))
+
+    # ------------------------------------------------------------------- data
+    def _batches(self) -> Iterator[list]:
+        """Endless batches from the resumed position, advancing ``epoch``/``batch_in_epoch``."""
+        while True:
+            self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            # A DataLoader without its own generator draws its workers' base seed from the global
+            # torch generator when an iterator starts, and a resumed run starts one mid-epoch:
+            # keep any such draw off the global stream.
+            state = torch.get_rng_state()
+            it = iter(self.loader)
+            torch.set_rng_state(state)
+            produced = False
+            for batch in it:
+                produced = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not produced and self.batch_in_epoch == 0:
+                raise RuntimeError("the training loader produced no batch for a whole epoch")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------- train
+    def train(self) -> Dict[str, Any]:
+        """Run to ``solver.max_iter``; returns ``{"iteration", "best_score", "best_iteration", "last_val"}``."""
+        cfg = self.cfg
+        out_dir = cfg.train.output_dir
+        if self.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+        du.barrier()
+        with _run_logging(out_dir if self.is_main else None, console=self.is_main):
+            self._maybe_resume()
+            if self.is_main:
+                dump_config(cfg, os.path.join(out_dir, "config.yaml"))
+            model = self.model
+            if self.world_size > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                model = nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters
+                )
+            self._ddp = model
+            try:
+                self._loop(model)
+            finally:
+                self._ddp = None
+            if self.is_main:
+                self._draw()
+        return {
+            "iteration": self.iteration,
+            "best_score": self.best_score,
+            "best_iteration": self.best_iteration,
+            "last_val": dict(self.last_val),
+        }
+
+    def _loop(self, model: nn.Module) -> None:
+        cfg, s = self.cfg, self.cfg.solver
+        max_iter, accum = s.max_iter, s.accum_steps
+        imgs_per_iter = cfg.data.batch_size * accum * self.world_size
+        if self.iteration >= max_iter:
+            if self.is_main:
+                logger.info("already at iteration %d >= solver.max_iter %d: nothing to train", self.iteration, max_iter)
+            return
+        if self.is_main:
+            n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            logger.info(
+                "training %d iterations from %d on %s x%d (%d images/iter, %.2fM trainable params) -> %s",
+                max_iter - self.iteration, self.iteration, self.device, self.world_size, imgs_per_iter, n_params / 1e6,
+                cfg.train.output_dir,
+            )
+        bar = tqdm(total=max_iter, initial=self.iteration, disable=not (self.progress and self.is_main), dynamic_ncols=True, unit="it")
+        batches = self._batches()
+        window: Dict[str, List[float]] = defaultdict(list)
+        is_ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        try:
+            while self.iteration < max_iter:
+                t_start = time.perf_counter()
+                data_time = 0.0
+                self.optimizer.zero_grad(set_to_none=True)
+                components: Dict[str, float] = defaultdict(float)
+                for micro in range(accum):
+                    t_data = time.perf_counter()
+                    batch = next(batches)
+                    images = [smp.image.to(self.device, non_blocking=True) for smp in batch]
+                    targets = [smp.instances.to(self.device) for smp in batch]
+                    data_time += time.perf_counter() - t_data
+                    sync = model.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        with self.autocast():
+                            losses = model(images, targets)
+                        total = sum(v.float() for v in losses.values())
+                        # One device sync for all components (they are logged every iteration anyway).
+                        host = torch.stack([v.detach().float() for v in losses.values()] + [total.detach()]).tolist()
+                        values = dict(zip(losses.keys(), host[:-1]))
+                        self._check_finite(host[-1], values)
+                        scaled = total / accum
+                        if self.scaler is not None:
+                            scaled = self.scaler.scale(scaled)
+                        scaled.backward()
+                    for k, v in values.items():
+                        components[k] += v / accum
+                grad_norm = self._step()
+                with warnings.catch_warnings():
+                    # fp16: the scaler skips steps whose gradients overflowed, and torch then warns
+                    # that the scheduler stepped first; the schedule follows the iteration anyway.
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                    self.scheduler.step()
+                self.iteration += 1
+
+                components = dict(components)
+                components["loss"] = sum(components.values())
+                for k, v in components.items():
+                    window[k].append(v)
+                elapsed = time.perf_counter() - t_start
+                window["time"].append(elapsed)
+                window["data_time"].append(data_time)
+                if grad_norm is not None:
+                    window["grad_norm"].append(grad_norm)
+                bar.update(1)
+                if self.is_main and bar.disable is False:
+                    bar.set_postfix_str(
+                        " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in components.items())
+                        + f" lr={self.optimizer.param_groups[0]['lr']:.2e} img/s={imgs_per_iter / max(elapsed, 1e-9):.1f}",
+                        refresh=False,
+                    )
+                at_end = self.iteration == max_iter
+                if (cfg.train.log_period and self.iteration % cfg.train.log_period == 0) or at_end:
+                    self._log_train(window, imgs_per_iter)
+                    window = defaultdict(list)
+                if cfg.train.eval_period and (self.iteration % cfg.train.eval_period == 0 or at_end):
+                    self._validate()
+                if at_end:
+                    self._checkpoint(FINAL)
+                elif self.iteration % cfg.train.checkpoint_period == 0:
+                    self._checkpoint(self.run_dir.periodic_name(self.iteration))
+        finally:
+            bar.close()
+
+    def _check_finite(self, total: float, values: Dict[str, float]) -> None:
+        bad = not math.isfinite(total)
+        if du.any_true(bad):  # every rank stops together (a lone rank leaving would hang the others)
+            last = None
+            try:
+                last = self.run_dir.latest()
+            except FileNotFoundError:
+                pass
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {self.iteration + 1} (rank {self.rank}: loss={total:.4g}; {parts}). "
+                f"Training stopped without writing a checkpoint; the last good one is "
+                f"{last or 'none (no checkpoint was written yet)'}. Lower solver.lr, lengthen solver.warmup_iters, "
+                f"set solver.clip_grad_norm, or check the data; then --resume."
+            )
+
+    def _step(self) -> Optional[float]:
+        """Optimiser step with optional clipping and loss scaling; the pre-clip grad norm or None."""
+        clip = self.cfg.solver.clip_grad_norm
+        grad_norm = None
+        if self.scaler is not None:
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            if clip > 0:
+                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+            self.optimizer.step()
+        return grad_norm
+
+    # ---------------------------------------------------------------- logging
+    def _log_train(self, window: Dict[str, List[float]], imgs_per_iter: int) -> None:
+        means = {k: sum(v) / len(v) for k, v in window.items() if v}
+        means = du.reduce_mean(means)
+        if not self.is_main:
+            return
+        t = max(means.pop("time", 0.0), 1e-9)
+        record = {"iteration": self.iteration, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        record["loss"] = means.pop("loss")
+        record.update({k: means[k] for k in sorted(means) if k.startswith("loss_")})
+        record.update(
+            {
+                "time": t,
+                "data_time": means.get("data_time", 0.0),
+                "it_per_s": 1.0 / t,
+                "img_per_s": imgs_per_iter / t,
+            }
+        )
+        if "grad_norm" in means:
+            record["grad_norm"] = means["grad_norm"]
+        self.metrics.write(record)
+        if not self.progress:
+            comps = "  ".join(f"{k}: {record[k]:.4f}" for k in record if k.startswith("loss"))
+            logger.info(
+                "iter %d/%d  %s  lr: %.3g  %.2f it/s  %.1f img/s",
+                self.iteration, self.cfg.solver.max_iter, comps, record["lr"], record["it_per_s"], record["img_per_s"],
+            )
+
+    def _draw(self) -> None:
+        records = read_metrics(self.metrics.path)
+        draw_curves(records, os.path.join(self.cfg.train.output_dir, CURVES_FILE), self.cfg.solver.max_iter, title=self.cfg.train.output_dir)
+
+    # ------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        if self.val_dataset is None:
+            return
+        t0 = time.perf_counter()
+        scores = run_validation(
+            unwrap(self.model),
+            self.val_dataset,
+            self.cfg.test,
+            self.device,
+            batch_size=self.cfg.data.batch_size,
+            max_images=self.cfg.train.max_eval_images,
+            autocast=self.autocast,
+        )
+        self.last_val = scores
+        score = scores["val/mAP"]
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_score, self.best_iteration = score, self.iteration
+        if self.is_main:
+            self.metrics.write({"iteration": self.iteration, **scores, "val_time": time.perf_counter() - t0})
+            logger.info(
+                "iter %d: validation mAP %.4f on %d images (best %.4f at %d)",
+                self.iteration, score, scores.get("val/num_images", 0), self.best_score, self.best_iteration,
+            )
+            if improved:
+                self.run_dir.save(
+                    {
+                        "model": unwrap(self.model).state_dict(),
+                        "config": to_dict(self.cfg),
+                        "iteration": self.iteration,
+                        "score": score,
+                    },
+                    BEST,
+                    mark_last=False,
+                )
+            self._draw()
+
+    def _checkpoint(self, name: str) -> None:
+        state = self.state_dict()  # collective
+        if self.is_main:
+            path = self.run_dir.save(state, name)
+            logger.info("iter %d: saved %s", self.iteration, path)
+            self._draw()
+        du.barrier()
+
+
+def train(
+    cfg: Config,
+    resume: bool = False,
+    **kwargs,
+) -> Dict[str, Any]:
+    """Build a ``Trainer`` for ``cfg`` and run it (see ``Trainer`` for the keyword arguments)."""
+    return Trainer(cfg, resume=resume, **kwargs).train()

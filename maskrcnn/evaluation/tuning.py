@@ -1,0 +1,372 @@
+"""Per-class threshold tuning on cached validation predictions (``python evaluate.py tune``).
+
+Sweeps, for each class, the score threshold, the mask threshold and the minimum area, scoring
+with the Kaggle metric, and writes the best as YAML with ``TestConfig``'s keys (``score_thresh``,
+``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds``.
+
+How the sweep mirrors ``maskrcnn.inference.postprocess`` and stays fast:
+
+- Each image belongs to the class post-processing gives it under the starting ``TestConfig``
+  (most frequent label among instances passing their class's score threshold); with
+  ``image_class: relabel`` all its instances are judged by that class's thresholds, so classes
+  are tuned independently on their own images.
+- For each mask threshold, each image's masks are binarised and their overlaps resolved once
+  (each pixel to the best-scoring mask; a mask keeping less than ``overlap_min_keep`` of its
+  pixels is dropped, repeated until stable), then its candidate pairs (IoU > 0.5) with the
+  ground truth are computed once. A mask's fate in that process depends only on better-scoring
+  masks, so for a score threshold (a prefix of the score order) the result is exact as a
+  subset. The minimum area is applied as a filter on the resolved areas: approximate, since
+  post-processing would hand a dropped small mask's pixels to a worse-scoring neighbour.
+- Each (score threshold, min area) is then a subset of predictions: the one-to-one matching
+  runs on the surviving candidate pairs of all images of the class at once.
+After the sweep, the chosen thresholds are scored again through the real ``postprocess``
+(when it is importable) and that exact figure is reported too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import yaml
+
+from maskrcnn.config import TestConfig
+from maskrcnn.evaluation.kaggle import (
+    THRESHOLDS_PCT,
+    KaggleEvaluator,
+    candidate_pairs,
+    greedy_match,
+    precisions_from_counts,
+)
+from maskrcnn.structures import Instances, MaskList
+
+DEFAULT_SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 19))  # 0.05 .. 0.90
+DEFAULT_MASK_GRID = (0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
+DEFAULT_AREA_GRID = (0, 25, 50, 75, 100, 125, 150, 200)
+THRESHOLD_KEYS = ("score_thresh", "mask_thresh", "min_area")
+
+
+@dataclass
+class TuneItem:
+    """One validation image: raw predictions (soft masks) and ground truth.
+
+    ``pred`` may be a function that loads the predictions (from the cache): soft masks of ~1000
+    instances per image are large, so the sweep holds one image's at a time.
+    """
+
+    image_id: str
+    pred: Union[Instances, Callable[[], Instances]]
+    gt: MaskList
+    class_name: Optional[str] = None  # ground-truth class of the image, for reports only
+
+    def get_pred(self) -> Instances:
+        return self.pred if isinstance(self.pred, Instances) else self.pred()
+
+
+def _value_for(values: Sequence, c: int):
+    values = list(values)
+    return values[0] if len(values) == 1 else values[c]
+
+
+def image_class(inst: Instances, score_thresh: Sequence[float]) -> int:
+    """Class post-processing gives the image: most frequent label among instances passing their
+    class's score threshold (all instances when none pass); ties: larger summed score. -1 when empty."""
+    if len(inst) == 0:
+        return -1
+    labels = inst.labels.cpu().numpy()
+    scores = inst.scores.double().cpu().numpy()
+    values = np.asarray(list(score_thresh), dtype=np.float32).astype(np.float64)  # as postprocess compares
+    if values.size > 1 and labels.max() >= values.size:
+        raise ValueError(f"score_thresh has {values.size} values (one per class), but class {labels.max()} was predicted")
+    passing = scores >= (values[0] if values.size == 1 else values[labels])
+    if passing.any():
+        labels, scores = labels[passing], scores[passing]
+    nc = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=nc)
+    ssum = np.bincount(labels, weights=scores, minlength=nc)
+    ssum = np.where(counts == counts.max(), ssum, -1.0)
+    return int(ssum.argmax())
+
+
+def resolve_overlaps(masks: MaskList, min_keep: float) -> Tuple[MaskList, torch.Tensor]:
+    """Each pixel to the first (best-ranked) mask covering it; masks keeping < ``min_keep`` of their
+    pixels (or none) are dropped and the rest repainted, until stable. Returns (masks, alive[N])."""
+    n = len(masks)
+    H, W = masks.image_size
+    n_idx, iy, ix = torch.nonzero(masks.crops, as_tuple=True)
+    y = masks.origins[n_idx, 1] + iy
+    x = masks.origins[n_idx, 0] + ix
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    n_idx, iy, ix, flat = n_idx[inside], iy[inside], ix[inside], (y * W + x)[inside]
+    area = torch.bincount(n_idx, minlength=n)
+    alive = torch.ones(n, dtype=torch.bool)
+    while True:  # rounds over all masks at once; each round drops at least one mask
+        live_px = alive[n_idx]
+        owner = torch.full((H * W,), n, dtype=torch.int64)
+        owner.scatter_reduce_(0, flat[live_px], n_idx[live_px], reduce="amin")
+        won = live_px & (owner[flat] == n_idx)
+        kept = torch.bincount(n_idx[won], minlength=n)
+        ok = alive & (kept >= 1) & (kept.double() >= min_keep * area.double())
+        if torch.equal(ok, alive):
+            break
+        alive = ok
+    crops = torch.zeros_like(masks.crops, dtype=torch.bool)
+    crops[n_idx[won], iy[won], ix[won]] = True
+    return MaskList(crops, masks.origins, masks.image_size), alive
+
+
+@dataclass
+class _Prepared:
+    """Per image, for one mask threshold: predictions in score order and their candidate pairs."""
+
+    scores: np.ndarray  # float64[P] decreasing
+    areas: np.ndarray  # int64[P] pixels after overlap resolution
+    alive: np.ndarray  # bool[P]
+    pred_idx: np.ndarray
+    gt_idx: np.ndarray
+    inter: np.ndarray
+    union: np.ndarray
+    num_gt: int
+
+
+def prepare_image(item: TuneItem, mask_thresh: float, remove_overlaps: bool, min_keep: float) -> _Prepared:
+    """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT."""
+    inst = item.get_pred()
+    order = torch.sort(inst.scores, descending=True, stable=True).indices
+    masks = inst.masks[order].threshold(mask_thresh)
+    scores = inst.scores[order].double().cpu().numpy()
+    if remove_overlaps and len(masks):
+        masks, alive = resolve_overlaps(masks, min_keep)
+    else:
+        alive = masks.crops.flatten(1).any(1) if len(masks) else torch.zeros(0, dtype=torch.bool)
+    areas = masks.areas().long().cpu().numpy() if len(masks) else np.zeros(0, np.int64)
+    c = candidate_pairs(masks, item.gt)
+    return _Prepared(scores, areas, alive.cpu().numpy(), c.pred_idx, c.gt_idx, c.inter, c.union, len(item.gt))
+
+
+def sweep_group(prepared: List[_Prepared], score_grid: Sequence[float], area_grid: Sequence[int]) -> np.ndarray:
+    """Mean Kaggle score of the images in ``prepared`` for each (score threshold, min area): float64[S, A]."""
+    n_img = len(prepared)
+    out = np.zeros((len(score_grid), len(area_grid)))
+    if n_img == 0:
+        return out
+    counts = np.array([p.scores.size for p in prepared])
+    offs = np.concatenate([[0], np.cumsum(counts)])
+    scores = np.concatenate([p.scores for p in prepared]) if offs[-1] else np.zeros(0)
+    areas = np.concatenate([p.areas for p in prepared]) if offs[-1] else np.zeros(0, np.int64)
+    alive = np.concatenate([p.alive for p in prepared]) if offs[-1] else np.zeros(0, bool)
+    img_of_pred = np.repeat(np.arange(n_img), counts)
+    gcounts = np.array([p.num_gt for p in prepared])
+    goffs = np.concatenate([[0], np.cumsum(gcounts)])
+    ecounts = np.array([p.pred_idx.size for p in prepared])
+    e_img = np.repeat(np.arange(n_img), ecounts)
+    cat = lambda name: np.concatenate([getattr(p, name) for p in prepared]) if ecounts.sum() else np.zeros(0, np.int64)
+    e_pred = cat("pred_idx") + offs[e_img]
+    e_gt = cat("gt_idx") + goffs[e_img]
+    e_inter, e_union = cat("inter"), cat("union")
+    # Which thresholds each candidate pair passes, once: bool[10, E].
+    passes = 100 * e_inter[None, :] > THRESHOLDS_PCT[:, None] * e_union[None, :]
+    for si, s in enumerate(score_grid):
+        for ai, a in enumerate(area_grid):
+            # Compare in float32 as postprocess does (scores are float32; so is its threshold).
+            keep = alive & (scores >= float(np.float32(s))) & (areas >= max(int(a), 1))
+            num_pred = np.bincount(img_of_pred[keep], minlength=n_img)
+            e = keep[e_pred]
+            sel = np.flatnonzero(e)[greedy_match(e_pred[e], e_gt[e], e_inter[e], e_union[e])]
+            tp = np.stack([np.bincount(e_img[sel], weights=passes[t, sel], minlength=n_img)
+                           for t in range(len(THRESHOLDS_PCT))], axis=1)  # [n_img, 10]
+            prec = precisions_from_counts(tp, num_pred, gcounts)
+            out[si, ai] = prec.mean()
+    return out
+
+
+@dataclass
+class TuneResult:
+    thresholds: Dict[str, list]  # score_thresh, mask_thresh, min_area: one value per class
+    per_class: Dict[str, dict]  # class name -> {"mAP", "num_images", "score_thresh", ...}
+    sweep_mAP: float  # all images, with the chosen thresholds, as the sweep scores them
+    base_mAP: float  # all images with the starting TestConfig, as the sweep scores them
+    exact_mAP: Optional[float] = None  # through the real postprocess, when available
+    num_images: int = 0
+
+
+def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base: TestConfig = TestConfig(),
+                    score_grid: Sequence[float] = DEFAULT_SCORE_GRID, mask_grid: Sequence[float] = DEFAULT_MASK_GRID,
+                    area_grid: Sequence[int] = DEFAULT_AREA_GRID, verify: bool = True) -> TuneResult:
+    """Best (score, mask threshold, min area) per class on ``items`` (see the module doc)."""
+    nc = max(1, len(class_names))
+    names = list(class_names) or ["all"]
+    mask_grid = sorted(set(float(m) for m in mask_grid) | {float(_value_for(base.mask_thresh, c)) for c in range(nc)})
+    score_grid = sorted(set(float(s) for s in score_grid) | {float(_value_for(base.score_thresh, c)) for c in range(nc)})
+    area_grid = sorted(set(int(a) for a in area_grid) | {int(_value_for(base.min_area, c)) for c in range(nc)})
+    # One pass over the images (one image's soft masks in memory at a time): its class, and for
+    # each mask threshold its resolved masks' scores, areas and candidate pairs.
+    groups, prepared = [], [[None] * len(items) for _ in mask_grid]
+    for k, it in enumerate(items):
+        loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
+        g = image_class(loaded.pred, base.score_thresh)
+        if g >= nc:
+            raise ValueError(f"image {it.image_id}: predicted class {g} but only {nc} class names were given")
+        groups.append(g)
+        if g >= 0:
+            for mi, mt in enumerate(mask_grid):
+                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep)
+    # Images with no prediction score the same whatever the thresholds; they stay in the means.
+    empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
+    results = {c: np.zeros((len(mask_grid), len(score_grid), len(area_grid))) for c in range(nc)}
+    for c in range(nc):
+        idx = [k for k, g in enumerate(groups) if g == c]
+        if idx:
+            for mi in range(len(mask_grid)):
+                results[c][mi] = sweep_group([prepared[mi][k] for k in idx], score_grid, area_grid) * len(idx)
+    chosen = {k: [] for k in THRESHOLD_KEYS}
+    per_class, total_best, total_base = {}, 0.0, 0.0
+    for c in range(nc):
+        n_c = sum(1 for g in groups if g == c)
+        r = results[c]
+        base_ix = (mask_grid.index(float(_value_for(base.mask_thresh, c))),
+                   score_grid.index(float(_value_for(base.score_thresh, c))),
+                   area_grid.index(int(_value_for(base.min_area, c))))
+        if n_c == 0:
+            best = base_ix  # nothing to tune on: keep the starting values
+        else:
+            # First best in grid order (low mask threshold, low score, small area) for determinism.
+            best = np.unravel_index(int(np.argmax(r)), r.shape)
+        mt, st, ma = mask_grid[best[0]], score_grid[best[1]], area_grid[best[2]]
+        chosen["mask_thresh"].append(mt)
+        chosen["score_thresh"].append(st)
+        chosen["min_area"].append(ma)
+        total_best += r[best]
+        total_base += r[base_ix]
+        per_class[names[c] if c < len(names) else str(c)] = {
+            "num_images": n_c, "mAP": float(r[best] / n_c) if n_c else float("nan"),
+            "base_mAP": float(r[base_ix] / n_c) if n_c else float("nan"),
+            "score_thresh": st, "mask_thresh": mt, "min_area": ma,
+        }
+    empty_sum = sum(p for p, g in zip(empty_prec, groups) if g < 0)
+    n = max(len(items), 1)
+    res = TuneResult(chosen, per_class, (total_best + empty_sum) / n, (total_base + empty_sum) / n, None, len(items))
+    if verify:
+        res.exact_mAP = exact_score(items, dataclasses.replace(base, **{k: tuple(v) for k, v in chosen.items()}))
+    return res
+
+
+def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig) -> Optional[float]:
+    """mAP of ``items`` through the inference team's ``postprocess``; None when it is not importable."""
+    try:
+        from maskrcnn.inference.postprocess import postprocess
+    except ImportError:
+        return None
+    ev = KaggleEvaluator()
+    for it in items:
+        ev.add(it.image_id, postprocess(it.get_pred(), test_cfg), it.gt, it.class_name)
+    return ev.summary()["mAP"]
+
+
+# ------------------------------------------------------------------------------ YAML I/O
+def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], note: str = "") -> None:
+    """Write the chosen thresholds (TestConfig keys) atomically, with the figures as comments."""
+    lines = [f"# Tuned by `python evaluate.py tune` on {result.num_images} images. {note}".rstrip(),
+             f"# classes (in order): {', '.join(class_names) if class_names else 'all'}",
+             f"# sweep mAP {result.sweep_mAP:.4f} (starting thresholds: {result.base_mAP:.4f})"
+             + (f"; through postprocess: {result.exact_mAP:.4f}" if result.exact_mAP is not None else "")]
+    for name, pc in result.per_class.items():
+        lines.append(f"#   {name}: {pc['num_images']} images, mAP {pc['mAP']:.4f} (was {pc['base_mAP']:.4f})")
+    body = yaml.safe_dump({k: list(result.thresholds[k]) for k in THRESHOLD_KEYS}, sort_keys=False,
+                          default_flow_style=None)
+    text = "\n".join(lines) + "\n" + body
+    tmp = f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_thresholds(path: str) -> Dict[str, tuple]:
+    """``{score_thresh, mask_thresh, min_area}`` from a tuned YAML (top level or under ``test:``).
+
+    Raises ValueError naming the file for an unknown or missing key or a non-list value.
+    """
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if isinstance(data, dict) and "test" in data and isinstance(data["test"], dict):
+        data = data["test"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with keys {', '.join(THRESHOLD_KEYS)}")
+    unknown = sorted(set(data) - set(THRESHOLD_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(THRESHOLD_KEYS)}")
+    out = {}
+    for k in THRESHOLD_KEYS:
+        if k not in data:
+            continue
+        v = data[k]
+        v = [v] if isinstance(v, (int, float)) else v
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{path}: {k} must be a number or a non-empty list, got {v!r}")
+        out[k] = tuple(int(x) if k == "min_area" else float(x) for x in v)
+    return out
+
+
+def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
+    """``test_cfg`` with the thresholds of a tuned YAML file."""
+    return dataclasses.replace(test_cfg, **load_thresholds(path))
+
+
+# ---------------------------------------------------------------------------------- CLI
+def add_tune_arguments(p) -> None:
+    p.add_argument("--predictions", required=True, help="a prediction cache directory (written by `evaluate.py ablate`)")
+    p.add_argument("--labels", required=True, help="label CSV with the ground truth of the cached images")
+    p.add_argument("--out", required=True, help="YAML to write (score_thresh, mask_thresh, min_area per class)")
+    p.add_argument("--config", default=None, help="config whose test section is the starting point")
+    p.add_argument("--classes", nargs="*", default=None, help="class names in label order (default: the cache's)")
+    p.add_argument("--order", choices=("row", "col"), default="row")
+    p.add_argument("--score-grid", nargs="*", type=float, default=list(DEFAULT_SCORE_GRID))
+    p.add_argument("--mask-grid", nargs="*", type=float, default=list(DEFAULT_MASK_GRID))
+    p.add_argument("--area-grid", nargs="*", type=int, default=list(DEFAULT_AREA_GRID))
+    p.add_argument("--no-verify", action="store_true", help="skip the exact re-score through postprocess")
+
+
+def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
+    """Cached raw predictions (loaded lazily) joined with their ground truth from a label CSV."""
+    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.evaluation.submission import label_masks, read_labels
+
+    cache = PredictionCache.open(cache_dir)
+    labels = read_labels(labels_path)
+    items = []
+    for image_id in cache.image_ids():
+        if image_id not in labels:
+            raise ValueError(f"{labels_path}: no ground truth for cached image {image_id!r}")
+        img = labels[image_id]
+
+        def load(image_id=image_id, size=(img.height, img.width)):
+            pred = cache.get(image_id)
+            if tuple(pred.image_size) != size:
+                raise ValueError(f"image {image_id}: cached predictions are {pred.image_size}, labels say {size}")
+            return pred
+
+        items.append(TuneItem(image_id, load, label_masks(img, order, source=labels_path), img.cell_type))
+    return items
+
+
+def main_tune(args) -> int:
+    from maskrcnn.config import load_config
+    from maskrcnn.evaluation.cache import PredictionCache
+
+    base = load_config(args.config).test if args.config else TestConfig()
+    names = args.classes if args.classes else PredictionCache.open(args.predictions).class_names()
+    items = load_items(args.predictions, args.labels, args.order)
+    res = tune_thresholds(items, names, base, args.score_grid, args.mask_grid, args.area_grid, verify=not args.no_verify)
+    write_thresholds(res, args.out, names)
+    for name, pc in res.per_class.items():
+        print(f"class {name:<12} images {pc['num_images']:4d}  score {pc['score_thresh']:.2f}  mask {pc['mask_thresh']:.2f}  "
+              f"min_area {pc['min_area']:4d}  mAP {pc['mAP']:.4f} (start {pc['base_mAP']:.4f})")
+    if res.exact_mAP is not None:
+        print(f"through postprocess: mAP {res.exact_mAP:.4f}")
+    print(f"wrote {args.out}")
+    print(f"mAP {res.sweep_mAP:.4f}")
+    return 0

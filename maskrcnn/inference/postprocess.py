@@ -1,0 +1,210 @@
+"""Post-processing of raw (soft) predictions into a Kaggle-valid set of binary masks.
+
+``postprocess(instances, test_cfg)``, in this order:
+
+1. The image's class (Sartorius: its cell type) is the most frequent label among the instances
+   that pass their own class's score threshold (all instances when none pass); ties go to the
+   class with the larger summed score. ``test_cfg.image_class``: ``relabel`` (default) gives every
+   instance that class, so a cell whose type the classifier got wrong is kept and judged by the
+   image's thresholds; ``filter`` drops the instances of other classes; ``none`` skips this step.
+2. Per-class score threshold, then per-class mask threshold (``crop >= t``). Every threshold field
+   of ``TestConfig`` holds one value per class, or one value for all classes.
+3. Optional hole filling (``fill_holes``): background pixels of a crop that cannot reach the crop's
+   border through 4-connected background are set, by iterative dilation from the border.
+4. Overlap removal (``remove_overlaps``): each pixel goes to the best-scoring mask covering it
+   (masks are painted into one int32 label image of the image's size by a scatter with priority =
+   score rank, ``amin``); a mask that keeps less than ``overlap_min_keep`` of its pixels, or fewer
+   than its class's ``min_area`` pixels, is dropped, and the survivors are painted again so they
+   get back the pixels the dropped masks held. Rounds repeat until nothing is dropped (survivors
+   only gain pixels, so each round keeps what the last one accepted).
+   Without overlap removal, only ``min_area`` applies.
+5. Masks are re-cropped to their tight boxes; ``boxes`` become those tight boxes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from maskrcnn.config import TestConfig
+from maskrcnn.structures import Instances, MaskList
+
+IMAGE_CLASS_MODES = ("relabel", "filter", "none")
+
+
+def per_class(values: Sequence[float], labels: Tensor, name: str, dtype=torch.float32) -> Tensor:
+    """``Tensor[N]`` of ``values[labels]``, or ``values[0]`` for all when one value is given.
+
+    Raises ValueError naming the field when a label has no value.
+    """
+    vals = torch.as_tensor(list(values), dtype=dtype, device=labels.device)
+    if vals.numel() == 0:
+        raise ValueError(f"test.{name} is empty; give one value per class or one for all")
+    if vals.numel() == 1:
+        return vals.expand(labels.shape[0]).clone()
+    if labels.numel() and (int(labels.max()) >= vals.numel() or int(labels.min()) < 0):
+        bad = int(labels.max()) if int(labels.max()) >= vals.numel() else int(labels.min())
+        raise ValueError(f"test.{name} has {vals.numel()} values (one per class), but class {bad} was predicted")
+    return vals[labels]
+
+
+def majority_class(labels: Tensor, scores: Tensor, passing: Tensor) -> int:
+    """The most frequent label among ``passing`` instances (all when none pass); ties: larger score sum."""
+    if bool(passing.any()):
+        labels, scores = labels[passing], scores[passing]
+    nc = int(labels.max()) + 1
+    counts = torch.bincount(labels, minlength=nc)
+    ssum = torch.bincount(labels, weights=scores.double(), minlength=nc)
+    ssum = torch.where(counts == counts.max(), ssum, torch.full_like(ssum, -1.0))
+    return int(ssum.argmax())
+
+
+def fill_holes(crops: Tensor, check_every: int = 8) -> Tensor:
+    """Fill holes of binary crop masks ``Tensor[N, h, w]`` (bool): background not 4-connected to the border.
+
+    The area outside the crop counts as background connected to the border. Dilation rounds
+    run on all crops at once until the reachable background stops growing.
+    """
+    n, h, w = crops.shape
+    if n == 0:
+        return crops
+    fg = torch.zeros((n, h + 2, w + 2), dtype=torch.bool, device=crops.device)
+    fg[:, 1:-1, 1:-1] = crops
+    bg = ~fg
+    reach = torch.zeros_like(fg)
+    reach[:, 0, :] = True
+    reach[:, -1, :] = True
+    reach[:, :, 0] = True
+    reach[:, :, -1] = True
+    last = -1
+    for it in range(h * w + 1):  # dilation rounds (geodesic distance), each over all crops
+        grown = reach.clone()
+        grown[:, 1:, :] |= reach[:, :-1, :]
+        grown[:, :-1, :] |= reach[:, 1:, :]
+        grown[:, :, 1:] |= reach[:, :, :-1]
+        grown[:, :, :-1] |= reach[:, :, 1:]
+        reach = grown & bg
+        if it % check_every == 0:
+            cur = int(reach.sum())
+            if cur == last:
+                break
+            last = cur
+    return (fg | (bg & ~reach))[:, 1:-1, 1:-1]
+
+
+def foreground_pixels(masks: MaskList):
+    """The binary masks' pixels inside the image: ``(mask index, position in crops.flatten(), flat image index)``.
+
+    Positions are decoded arithmetically from one ``nonzero`` over the flattened crops, and lookups
+    use ``index_select``: both far cheaper on CPU than multi-dimensional advanced indexing.
+    """
+    H, W = masks.image_size
+    n, h, w = masks.crops.shape
+    pos = torch.nonzero(masks.crops.flatten(), as_tuple=True)[0]
+    n_idx = torch.div(pos, h * w, rounding_mode="floor")
+    rem = pos - n_idx * (h * w)
+    iy = torch.div(rem, w, rounding_mode="floor")
+    y = masks.origins[:, 1].index_select(0, n_idx) + iy
+    x = masks.origins[:, 0].index_select(0, n_idx) + (rem - iy * w)
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    if not bool(inside.all()):
+        n_idx, pos, y, x = n_idx[inside], pos[inside], y[inside], x[inside]
+    return n_idx, pos, y * W + x
+
+
+def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled: bool = True):
+    """Give each pixel to the best-ranked mask covering it; drop masks left too small.
+
+    Args:
+        masks: binary masks, ranked by position (0 = best score).
+        min_keep: a mask must keep at least this fraction of its pixels.
+        min_area (Tensor[N]): a mask must keep at least this many pixels (and at least 1).
+        enabled: False skips the ownership step (only ``min_area`` applies).
+    Returns:
+        (MaskList of the same layout with only owned pixels set, Tensor[N] bool of surviving masks).
+    """
+    n = len(masks)
+    H, W = masks.image_size
+    dev = masks.device
+    n_idx, pos, flat = foreground_pixels(masks)
+    rank = n_idx.int()
+    area = torch.bincount(n_idx, minlength=n)
+    need = min_area.to(area.device).long().clamp(min=1)
+    alive = torch.ones(n, dtype=torch.bool, device=dev)
+    won = torch.ones(n_idx.shape[0], dtype=torch.bool, device=dev)
+    while True:  # rounds drop at least one mask each; usually 1-3 rounds
+        if enabled:
+            live_px = alive.index_select(0, n_idx)
+            # Pixels of dropped masks go to a spare slot past the image.
+            target = torch.where(live_px, flat, torch.full_like(flat, H * W))
+            owner = torch.full((H * W + 1,), n, dtype=torch.int32, device=dev)
+            owner.scatter_reduce_(0, target, rank, reduce="amin")
+            won = live_px & (owner.index_select(0, flat) == rank)
+        kept = torch.bincount(n_idx, weights=won.to(torch.float32), minlength=n).long() if won.numel() else \
+            torch.zeros(n, dtype=torch.long, device=dev)
+        ok = alive & (kept >= need) & (kept.double() >= min_keep * area.double())
+        if torch.equal(ok, alive):
+            break
+        alive = ok
+        if not enabled:
+            break
+    won = won & alive.index_select(0, n_idx)
+    crops = torch.zeros(masks.crops.numel(), dtype=torch.bool, device=dev)
+    crops.index_fill_(0, pos[won], True)
+    return MaskList(crops.view(masks.crops.shape), masks.origins, masks.image_size), alive
+
+
+def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
+    """Raw predictions (soft or binary masks) -> final binary, non-overlapping masks for one image.
+
+    Args:
+        instances: with ``scores``, ``labels`` and ``masks`` (soft float or bool ``MaskList``).
+        test_cfg: ``score_thresh``, ``mask_thresh``, ``min_area`` (one per class or one for all),
+            ``image_class``, ``fill_holes``, ``remove_overlaps``, ``overlap_min_keep``.
+    Returns:
+        Instances with bool masks cropped to their tight boxes, ``boxes`` = those tight boxes,
+        sorted by decreasing score. See the module docstring for the order of the steps.
+    """
+    if instances.scores is None or instances.masks is None:
+        raise ValueError("postprocess needs instances with scores and masks")
+    if test_cfg.image_class not in IMAGE_CLASS_MODES:
+        raise ValueError(f"test.image_class must be one of {IMAGE_CLASS_MODES}, got {test_cfg.image_class!r}")
+    size = instances.image_size
+    dev = instances.boxes.device
+    if len(instances) == 0:
+        return Instances.empty(size, device=dev, with_scores=True, with_masks=True)
+    order = torch.sort(instances.scores, descending=True, stable=True).indices
+    inst = instances[order]
+    labels = inst.labels
+    scores = inst.scores
+    if test_cfg.image_class != "none":
+        passing = scores >= per_class(test_cfg.score_thresh, labels, "score_thresh").to(scores.dtype)
+        c = majority_class(labels, scores, passing)
+        if test_cfg.image_class == "relabel":
+            labels = torch.full_like(labels, c)
+        else:
+            keep = labels == c
+            inst, labels, scores = inst[keep], labels[keep], scores[keep]
+    keep = scores >= per_class(test_cfg.score_thresh, labels, "score_thresh").to(scores.dtype)
+    inst, labels, scores = inst[keep], labels[keep], scores[keep]
+    if len(inst) == 0:
+        return Instances.empty(size, device=dev, with_scores=True, with_masks=True)
+
+    m = inst.masks
+    if m.is_soft:
+        thr = per_class(test_cfg.mask_thresh, labels, "mask_thresh").to(m.crops.dtype)
+        crops = m.crops >= thr[:, None, None]
+    else:
+        crops = m.crops
+    if test_cfg.fill_holes:
+        crops = fill_holes(crops)
+    binary = MaskList(crops, m.origins, size)
+    min_area = per_class(test_cfg.min_area, labels, "min_area", dtype=torch.long)
+    binary, alive = remove_overlaps(binary, float(test_cfg.overlap_min_keep), min_area,
+                                    enabled=bool(test_cfg.remove_overlaps))
+    idx = torch.nonzero(alive, as_tuple=True)[0]
+    if idx.numel() == 0:
+        return Instances.empty(size, device=dev, with_scores=True, with_masks=True)
+    final = binary[idx].compact(pad=0)
+    return Instances(size, final.tight_boxes().to(inst.boxes.dtype), labels[idx], scores[idx], final)

@@ -1,0 +1,208 @@
+"""Predictor: one or more models x test-time views -> merged soft predictions for one image.
+
+Every (model, view) pair is one "view" of the merge (``maskrcnn.inference.merge``), so TTA and
+ensembles of checkpoints (different backbones or configs allowed: each model normalises and
+resizes its input itself) share one code path.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, to_dict
+from maskrcnn.inference.merge import merge_instances
+from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.tta import View, parse_tta
+from maskrcnn.structures import Instances, MaskList
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``"auto"``/None -> cuda when available, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Predictor:
+    """Runs ``models`` on every TTA view of an image and merges the predictions at mask level.
+
+    Args:
+        models: one model or a sequence (model API: eval-mode ``model(list[Tensor[C, H, W]])`` ->
+            ``list[Instances]`` with scores and soft masks in the input image's pixels).
+        tta: view specs (``maskrcnn.inference.tta``), e.g. ``("hflip", "rot90", "scale=1.25")``;
+            the identity view is always included.
+        merge_iou: mask IoU above which instances of two views are the same object.
+        min_views: keep merged objects seen in at least this many of the ``len(models) * len(views)`` views.
+        device: where the models run and the merge happens ("auto": cuda when available).
+        mask_threshold: binarises soft masks for matching views (the merged masks stay soft).
+        batch_size: views of one image run through a model together (more memory, faster on GPU).
+        output_device: where ``predict_raw`` returns its Instances.
+
+    ``last_timing`` holds the seconds of the last call: ``{"model": .., "merge": ..}``.
+    """
+
+    def __init__(
+        self,
+        models: Union[nn.Module, Sequence[nn.Module]],
+        tta: Union[str, Sequence[str]] = (),
+        merge_iou: float = 0.5,
+        min_views: int = 1,
+        device: Union[str, torch.device, None] = "auto",
+        mask_threshold: float = 0.5,
+        batch_size: int = 1,
+        output_device: Union[str, torch.device] = "cpu",
+    ):
+        if isinstance(models, nn.Module):
+            models = [models]
+        if len(models) == 0:
+            raise ValueError("Predictor needs at least one model")
+        self.device = resolve_device(device)
+        self.models = [m.to(self.device).eval() for m in models]
+        self.views: List[View] = parse_tta(tta)
+        self.num_views = len(self.models) * len(self.views)
+        if not 1 <= int(min_views) <= self.num_views:
+            raise ValueError(
+                f"min_views={min_views} must be between 1 and the number of views ({len(self.models)} model(s) x "
+                f"{len(self.views)} TTA view(s) = {self.num_views})"
+            )
+        self.merge_iou = float(merge_iou)
+        self.min_views = int(min_views)
+        self.mask_threshold = float(mask_threshold)
+        self.batch_size = max(1, int(batch_size))
+        self.output_device = torch.device(output_device)
+        self.last_timing: Dict[str, float] = {}
+
+    @torch.no_grad()
+    def predict_views(self, image: Tensor) -> List[Instances]:
+        """Predictions of every (model, view), each mapped back to ``image``'s pixels.
+
+        Args:
+            image (Tensor[C, H, W]): float in [0, 1].
+        Returns:
+            list of ``len(models) * len(views)`` Instances (model-major), soft masks, on ``self.device``.
+        """
+        if image.dim() != 3:
+            raise ValueError(f"predict: image must be [C, H, W], got shape {tuple(image.shape)}")
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        image = image.to(self.device, torch.float32)
+        out: List[Instances] = []
+        for model in self.models:
+            for s in range(0, len(self.views), self.batch_size):
+                views = self.views[s:s + self.batch_size]
+                preds = model([v.apply_image(image) for v in views])
+                for v, p in zip(views, preds):
+                    out.append(v.invert(_as_soft(p), size))
+        return out
+
+    @torch.no_grad()
+    def predict_raw(self, image: Tensor) -> Instances:
+        """Merged soft predictions for ``image (Tensor[C, H, W])`` (float in [0, 1]).
+
+        Returns:
+            Instances in the image's pixels with ``scores`` (fused: mean over views, a missing view
+            counting 0), ``labels``, ``boxes`` and soft ``masks``; one view is returned unmerged.
+        """
+        t0 = time.perf_counter()
+        views = self.predict_views(image)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        merged = merge_instances(views, self.merge_iou, self.min_views, self.mask_threshold, self.num_views)
+        merged = merged.to(self.output_device)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        self.last_timing = {"model": t1 - t0, "merge": t2 - t1}
+        return merged
+
+    def predict(self, image: Tensor, test_cfg: TestConfig) -> Instances:
+        """``postprocess(predict_raw(image), test_cfg)``: final bool masks, no overlaps."""
+        return postprocess(self.predict_raw(image), test_cfg)
+
+
+def _as_soft(inst: Instances) -> Instances:
+    if inst.scores is None or inst.masks is None:
+        raise ValueError("model output lacks scores or masks; is the model in eval mode?")
+    if inst.masks.is_soft:
+        return inst
+    m = inst.masks
+    return inst.replace(masks=MaskList(m.crops.float(), m.origins, m.image_size))
+
+
+# ------------------------------------------------------------------ checkpoints, thresholds
+def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None) -> Tuple[nn.Module, Config]:
+    """A model in eval mode and its Config from a checkpoint.
+
+    ``path`` is either an engine checkpoint (``{"model": state_dict, "config": dict, ...}``, loaded by
+    ``maskrcnn.engine.checkpoint.load_model``) or a bare state dict, which needs ``config`` (a YAML
+    file). ``config`` also replaces a checkpoint's own config. Backbone weight files named in a
+    config are never read (the checkpoint holds every weight; Kaggle kernels run offline).
+    """
+    from maskrcnn.engine.checkpoint import load_model as load_engine_checkpoint
+    from maskrcnn.model import build_model
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, or a pickle of arbitrary objects
+        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "config" in ck and not config:
+        return load_engine_checkpoint(path, device)
+    if isinstance(ck, dict) and isinstance(ck.get("model"), dict):
+        state = ck["model"]
+    elif isinstance(ck, dict) and ck and all(isinstance(v, Tensor) for v in ck.values()):
+        state = ck
+    else:
+        raise ValueError(f"{path}: neither a checkpoint with a 'model' entry nor a state dict")
+    if not config:
+        raise ValueError(f"{path} is a bare state dict without a config: pass --config CONFIG.yaml")
+    cfg = load_config(config)
+    model = build_model(cfg.model, load_weights=False, verbose=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: the weights do not fit the model built from {config}: missing {list(missing)[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    return model.to(device).eval(), cfg
+
+
+def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
+    """``test_cfg`` with the fields of a thresholds YAML file (evaluation's tuning output) replaced.
+
+    The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
+    top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
+    """
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"thresholds file not found: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of test settings, got {type(data).__name__}")
+    section = data["test"] if "test" in data else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
+    return override_test_config(test_cfg, section, source=path)
+
+
+def override_test_config(test_cfg: TestConfig, values: dict, source: str = "overrides") -> TestConfig:
+    """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file."""
+    merged = dict(to_dict(test_cfg))
+    merged.update(values)
+    try:
+        return from_dict({"test": merged}).test
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None

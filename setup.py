@@ -1,0 +1,65 @@
+"""Builds the compiled ops ``maskrcnn._C`` from ``csrc/``.
+
+    python setup.py build_ext --inplace                 # CPU build with a CPU torch
+    TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace   # CUDA build (CUDA torch + nvcc)
+
+A CUDA build happens when torch was built with CUDA and nvcc is found (``CUDA_HOME``), or when
+``FORCE_CUDA=1`` (it then needs a CUDA torch to link against). ``TORCH_CUDA_ARCH_LIST`` picks the
+GPU architectures (torch's default otherwise: the visible GPU's). ninja is used when installed.
+``tools/check_cuda_syntax.sh`` compiles the .cu files with ``nvcc -c`` against a CPU torch's
+headers, for machines without a CUDA torch.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_extension():
+    csrc = os.path.join(ROOT, "csrc")
+    sources = sorted(glob.glob(os.path.join(csrc, "ops.cpp")) + glob.glob(os.path.join(csrc, "*", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join(csrc, "*", "*.cu")))
+    force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
+    with_cuda = force_cuda or (torch.version.cuda is not None and CUDA_HOME is not None)
+    # C++20: recent torch headers use C++20 features. No fused multiply-add: NMS decides like the twin.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is header code that runs serially unless OpenMP is on in this build.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
+    macros = []
+    extension = CppExtension
+    extra = {"cxx": cxx}
+    if with_cuda:
+        extension = CUDAExtension
+        sources += cuda_sources
+        macros.append(("WITH_CUDA", None))
+        cuda_major = int((torch.version.cuda or "12").split(".")[0])
+        extra["nvcc"] = ["-O3", "-std=c++20" if cuda_major >= 12 else "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    rel = [os.path.relpath(s, ROOT) for s in sources]
+    return extension(
+        "maskrcnn._C",
+        rel,
+        include_dirs=[csrc],
+        define_macros=macros,
+        extra_compile_args=extra,
+        extra_link_args=link,
+    )
+
+
+setup(
+    name="maskrcnn-cells",
+    version="0.1.0",
+    description="A dependency-light PyTorch Mask R-CNN for microscopy cell instance segmentation",
+    packages=find_packages(include=["maskrcnn", "maskrcnn.*"]),
+    python_requires=">=3.9",
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

@@ -1,0 +1,204 @@
+import pytest
+import torch
+
+from maskrcnn.config import AugmentConfig
+from maskrcnn.data import transforms as T
+from maskrcnn.structures import Instances, MaskList, Sample
+
+H, W = 12, 16
+
+
+def _l_shape():
+    m = torch.zeros(H, W, dtype=torch.bool)
+    m[2:9, 3] = True  # vertical bar
+    m[8, 3:8] = True  # foot
+    return m
+
+
+def _sample(dense: torch.Tensor, labels=None, image=None) -> Sample:
+    """A sample whose masks are ``dense [N, H, W]`` and whose image encodes pixel positions."""
+    n, h, w = dense.shape
+    if image is None:
+        image = (torch.arange(h * w, dtype=torch.float32).reshape(1, h, w) / (h * w))
+    ml = MaskList.from_dense(dense)
+    labels = torch.arange(n) if labels is None else labels
+    return Sample(image, Instances((h, w), ml.tight_boxes(), labels, None, ml), "t", {})
+
+
+def _two_masks():
+    a = torch.zeros(H, W, dtype=torch.bool)
+    a[0:3, 0:4] = True  # touches the top-left corner
+    return torch.stack([_l_shape(), a])
+
+
+def _check_consistent(s: Sample):
+    inst = s.instances
+    assert tuple(s.image.shape[-2:]) == inst.image_size
+    assert torch.equal(inst.boxes, inst.masks.tight_boxes())
+    assert bool((inst.masks.areas() > 0).all())
+
+
+def test_hflip_of_l_shape_equals_flipped_dense():
+    s = _sample(_two_masks())
+    out = T.hflip(s)
+    _check_consistent(out)
+    assert torch.equal(out.instances.masks.to_dense(), _two_masks().flip(-1))
+    assert torch.equal(out.image, s.image.flip(-1))
+    assert out.instances.boxes[0].tolist() == [W - 8, 2, W - 3, 9]
+
+
+def test_vflip_of_l_shape_equals_flipped_dense():
+    out = T.vflip(_sample(_two_masks()))
+    _check_consistent(out)
+    assert torch.equal(out.instances.masks.to_dense(), _two_masks().flip(-2))
+
+
+def test_rot90_matches_torch_rot90_and_four_turns_are_identity():
+    s = _sample(_two_masks())
+    for k in range(1, 4):
+        out = T.rot90(s, k)
+        _check_consistent(out)
+        assert out.instances.image_size == ((W, H) if k % 2 else (H, W))
+        assert torch.equal(out.instances.masks.to_dense(), torch.rot90(_two_masks(), k, dims=(1, 2)))
+        assert torch.equal(out.image, torch.rot90(s.image, k, dims=(1, 2)))
+    back = T.rot90(T.rot90(T.rot90(T.rot90(s, 1), 1), 1), 1)
+    assert torch.equal(back.image, s.image)
+    assert torch.equal(back.instances.masks.to_dense(), _two_masks())
+    assert torch.equal(back.instances.boxes, s.instances.boxes)
+
+
+def test_crop_keeps_exactly_the_window_pixels_and_drops_small_remnants():
+    dense = _two_masks()
+    s = _sample(dense)
+    # Window x in [2, 10), y in [1, 9): the L keeps rows 2..8 of column 3 and the foot up to x=7;
+    # the corner box keeps x in [2, 4), y in [1, 3) = 4 pixels.
+    out = T.crop(s, 2, 1, 8, 8, min_area=0)
+    _check_consistent(out)
+    assert torch.equal(out.instances.masks.to_dense(), dense[:, 1:9, 2:10])
+    assert torch.equal(out.image, s.image[:, 1:9, 2:10])
+    dropped = T.crop(s, 2, 1, 8, 8, min_area=5)  # the 4-pixel remnant of the box goes
+    assert dropped.instances.labels.tolist() == [0]
+    assert torch.equal(dropped.instances.masks.to_dense()[0], dense[0, 1:9, 2:10])
+    # An uncut object smaller than min_area stays.
+    tiny = torch.zeros(1, H, W, dtype=torch.bool)
+    tiny[0, 5, 5] = True
+    kept = T.crop(_sample(tiny), 4, 4, 4, 4, min_area=5)
+    assert len(kept.instances) == 1
+    with pytest.raises(ValueError, match="not inside"):
+        T.crop(s, 10, 0, 8, 8)
+
+
+def test_affine_identity_and_quarter_turn_match_exact_transforms():
+    sq = torch.zeros(2, 14, 14, dtype=torch.bool)
+    sq[0, 2:9, 3] = True
+    sq[0, 8, 3:8] = True
+    sq[1, 10:13, 9:12] = True
+    s = _sample(sq)
+    same = T.affine(s, 0.0, 1.0)
+    _check_consistent(same)
+    assert torch.equal(same.instances.masks.to_dense(), sq)
+    assert torch.allclose(same.image, s.image, atol=1e-6)
+    turned = T.affine(s, 90.0, 1.0)
+    _check_consistent(turned)
+    assert torch.equal(turned.instances.masks.to_dense(), torch.rot90(sq, 1, dims=(1, 2)))
+    assert torch.allclose(turned.image, torch.rot90(s.image, 1, dims=(1, 2)), atol=1e-5)
+
+
+def test_affine_scale_two_doubles_a_square():
+    m = torch.zeros(1, H, W, dtype=torch.bool)
+    m[0, 4:8, 6:10] = True
+    out = T.affine(_sample(m), 0.0, 2.0)
+    _check_consistent(out)
+    assert out.instances.image_size == (2 * H, 2 * W)
+    expect = torch.zeros(2 * H, 2 * W, dtype=torch.bool)
+    expect[8:16, 12:20] = True
+    assert torch.equal(out.instances.masks.to_dense()[0], expect)
+
+
+def test_affine_rotation_keeps_areas_and_drops_objects_rotated_out():
+    big = torch.zeros(2, 40, 40, dtype=torch.bool)
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    big[0] = (yy - 20) ** 2 + (xx - 20) ** 2 < 36  # a disc at the centre
+    big[1, 0:2, 0:2] = True  # a corner speck: a 30 degree turn moves it outside the image
+    out = T.affine(_sample(big), 30.0, 1.0)
+    _check_consistent(out)
+    assert out.instances.labels.tolist() == [0]
+    area = float(out.instances.masks.areas()[0])
+    assert abs(area - float(big[0].sum())) <= 6
+
+
+def test_photometric_blur_noise_leave_instances_and_stay_in_range():
+    s = _sample(_two_masks())
+    g = torch.Generator().manual_seed(0)
+    for t in (T.Photometric(0.2, 0.5, 0.5), T.Blur(), T.Noise(0.1)):
+        out = t(s, g)
+        assert out.instances is s.instances
+        assert float(out.image.min()) >= 0 and float(out.image.max()) <= 1
+        assert out.image.shape == s.image.shape
+    flat = torch.full((1, 9, 9), 0.4)
+    assert torch.allclose(T.gaussian_blur(flat, 1.0), flat, atol=1e-6)
+    assert torch.allclose(T.photometric(flat, 0.1, 1.0, 1.0), flat + 0.1)
+
+
+def test_compose_is_deterministic_given_the_generator_and_boxes_stay_tight():
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rot90=0.5, rotate_degrees=20, rotate_prob=0.7, scale_range=(0.8, 1.3),
+                        crop_size=(10, 10), min_area=2, brightness=0.1, contrast=0.2, gamma=0.2, blur_prob=0.5,
+                        noise_std=0.05)
+    pipe = T.build_transforms(cfg)
+    assert len(pipe) == 8
+    s = _sample(_two_masks())
+    outs = []
+    for seed in range(6):
+        a = pipe(s, torch.Generator().manual_seed(seed))
+        b = pipe(s, torch.Generator().manual_seed(seed))
+        assert torch.equal(a.image, b.image)
+        assert torch.equal(a.instances.masks.to_dense(), b.instances.masks.to_dense())
+        if len(a.instances):
+            _check_consistent(a)
+        outs.append(round(float(a.image.sum()), 4))
+    assert len(set(outs)) > 1  # the seed changes the outcome
+
+
+def test_copy_paste_moves_pixels_and_occludes_targets():
+    dense = torch.zeros(1, H, W, dtype=torch.bool)
+    dense[0, 2:6, 2:6] = True
+    target = _sample(dense, image=torch.zeros(1, H, W))
+    src_mask = torch.zeros(1, H, W, dtype=torch.bool)
+    src_mask[0, 0:2, 0:3] = True
+    source = _sample(src_mask, labels=torch.tensor([5]), image=torch.ones(1, H, W))
+    out = T.paste_instances(target, source, torch.tensor([0]), dx=4, dy=4, min_area=0)
+    _check_consistent(out)
+    d = out.instances.masks.to_dense()
+    assert out.instances.labels.tolist() == [0, 5]
+    pasted = torch.zeros(H, W, dtype=torch.bool)
+    pasted[4:6, 4:7] = True
+    assert torch.equal(d[1], pasted)
+    assert torch.equal(d[0], dense[0] & ~pasted)  # the target lost the covered pixels
+    assert torch.equal(out.image[0] > 0.5, pasted)
+    # An occluded remnant below min_area is dropped.
+    gone = T.paste_instances(target, source, torch.tensor([0]), dx=2, dy=2, min_area=15)
+    assert gone.instances.labels.tolist() == [5]
+
+
+def test_copy_paste_batch_transform_is_deterministic_and_consistent():
+    cp = T.build_batch_transform(AugmentConfig(copy_paste_prob=1.0))
+    assert cp is not None and T.build_batch_transform(AugmentConfig()) is None
+    a = _sample(_two_masks())
+    m = torch.zeros(1, H, W, dtype=torch.bool)
+    m[0, 5:9, 9:13] = True
+    b = _sample(m, labels=torch.tensor([1]))
+    r1 = cp([a, b], torch.Generator().manual_seed(3))
+    r2 = cp([a, b], torch.Generator().manual_seed(3))
+    for x, y in zip(r1, r2):
+        assert torch.equal(x.image, y.image)
+        _check_consistent(x)
+    assert sum(len(x.instances) for x in r1) > len(a.instances) + len(b.instances) - 1
+
+
+def test_transforms_handle_images_without_objects():
+    s = Sample(torch.rand(1, H, W), Instances.empty((H, W), with_masks=True), "e", {})
+    g = torch.Generator().manual_seed(0)
+    for t in (T.HFlip(), T.VFlip(), T.Rot90(), T.Affine(10, (0.9, 1.1)), T.RandomCrop((8, 8))):
+        out = t(s, g)
+        assert len(out.instances) == 0
+        assert tuple(out.image.shape[-2:]) == out.instances.image_size

@@ -1,0 +1,158 @@
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from maskrcnn.config import ConfigError
+from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.engine.curves import read_metrics
+from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, check_train_config
+from tests.engine.standins import TinyDataset, tiny_config
+from tests.engine.standins import TinyModel as _TinyModel
+
+torch.set_num_threads(1)
+
+
+def TinyModel(**faults):
+    torch.manual_seed(7)  # the same initial weights in every run (a built model is seeded by the caller)
+    return _TinyModel(**faults)
+
+
+def _run(cfg, model, resume=False):
+    torch.rand(int(torch.randint(1, 9, ()).item()))  # the trainer must not depend on the caller's RNG state
+    return Trainer(
+        cfg,
+        resume=resume,
+        model=model,
+        train_dataset=TinyDataset(5, augment=True),
+        val_dataset=TinyDataset(3, seed=1),
+        progress=False,
+    ).train()
+
+
+def _losses(path):
+    return [(r["iteration"], r["loss_mask"], r["loss_cls"], r["lr"]) for r in read_metrics(path) if "loss" in r]
+
+
+@pytest.mark.parametrize("solver", [{}, {"accum_steps": 2, "optimizer": "adamw", "lr": 0.01, "clip_grad_norm": 1.0}])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, solver):
+    ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
+    ref = _run(tiny_config(ref_dir, **solver), TinyModel())
+    accum = solver.get("accum_steps", 1)
+    # Crash during iteration 5: after the checkpoint at 4, mid-epoch (5 images, batches of 2).
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _run(tiny_config(run_dir, **solver), TinyModel(fail_at=4 * accum + 1))
+    assert open(os.path.join(run_dir, "last_checkpoint")).read().strip() == "model_0000004.pth"
+    assert not os.path.exists(os.path.join(run_dir, "model_final.pth"))
+    out = _run(tiny_config(run_dir, **solver), TinyModel(), resume=True)
+
+    a = load_checkpoint(os.path.join(ref_dir, "model_final.pth"))
+    b = load_checkpoint(os.path.join(run_dir, "model_final.pth"))
+    assert a["iteration"] == b["iteration"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+    assert a["loader"] == b["loader"]
+    # The metrics file reads as one run: the crashed run's records are replaced, none doubled.
+    assert _losses(os.path.join(ref_dir, "metrics.jsonl")) == _losses(os.path.join(run_dir, "metrics.jsonl"))
+    assert [r["iteration"] for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "loss" in r] == list(range(1, 7))
+    assert out["best_iteration"] == ref["best_iteration"] and out["best_score"] == ref["best_score"]
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    _run(cfg, TinyModel())
+    before = load_checkpoint(str(tmp_path / "model_final.pth"))["model"]
+    model = TinyModel()
+    out = _run(cfg, model, resume=True)
+    assert out["iteration"] == 6 and model.calls == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    with pytest.raises(NonFiniteLossError) as e:
+        _run(cfg, TinyModel(nan_at=3))
+    msg = str(e.value)
+    assert "iteration 3" in msg and "loss_mask=nan" in msg and "loss_cls=" in msg
+    assert "model_0000002.pth" in msg
+    names = os.listdir(tmp_path)
+    assert "model_0000002.pth" in names and "model_final.pth" not in names
+    assert not [n for n in names if n.startswith(".")]  # no temp files left
+    ck = load_checkpoint(str(tmp_path / "model_0000002.pth"))
+    assert ck["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_metrics_and_curves_files(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    out = _run(cfg, TinyModel())
+    records = read_metrics(str(tmp_path / "metrics.jsonl"))
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val/mAP" in r]
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4, 5, 6]
+    for r in train:
+        assert {"lr", "loss_mask", "loss_cls", "it_per_s", "img_per_s", "time", "data_time"} <= set(r)
+        assert r["loss"] == pytest.approx(r["loss_mask"] + r["loss_cls"])
+    assert train[0]["lr"] < train[2]["lr"]  # warmup
+    assert [r["iteration"] for r in val] == [3, 6]
+    assert all(0.0 <= r["val/mAP"] <= 1.0 and r["val/num_images"] == 3 for r in val)
+    assert out["last_val"]["val/mAP"] == val[-1]["val/mAP"]
+    best = load_checkpoint(str(tmp_path / "model_best.pth"))
+    assert best["iteration"] == out["best_iteration"] and best["score"] == max(r["val/mAP"] for r in val)
+    img = Image.open(tmp_path / "curves.png").convert("RGB")
+    assert img.size[0] >= 800
+    colors = {c for _, c in img.getcolors(maxcolors=1 << 20)}
+    assert (31, 119, 180) in colors and (255, 127, 14) in colors  # first two series' lines are drawn
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "log.txt").stat().st_size > 0
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cpu(tmp_path, amp):
+    cfg = tiny_config(str(tmp_path), amp=amp, max_iter=3, steps=[2])
+    _run(cfg, TinyModel())
+    ck = load_checkpoint(str(tmp_path / "model_final.pth"))
+    if amp == "fp16":
+        assert ck["scaler"] is not None and ck["scaler"]["scale"] > 0
+    else:
+        assert ck["scaler"] is None
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("solver.optimizer=lamb", ["solver.optimizer", "lamb"]),
+        ("solver.steps=[3,9]", ["solver.steps", "9"]),
+        ("solver.accum_steps=0", ["solver.accum_steps"]),
+        ("train.checkpoint_period=0", ["train.checkpoint_period"]),
+        ("train.eval_period=-1", ["train.eval_period"]),
+        ("data.batch_size=0", ["data.batch_size"]),
+    ],
+)
+def test_bad_config_values(tmp_path, override, words):
+    from maskrcnn.config import load_config
+
+    base = tiny_config(str(tmp_path))
+    from maskrcnn.config import to_dict
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(to_dict(base)))
+    cfg = load_config(str(p), [override])
+    with pytest.raises(ConfigError) as e:
+        check_train_config(cfg)
+    for w in words:
+        assert w in str(e.value)
+    with pytest.raises(ConfigError):
+        Trainer(cfg, model=TinyModel(), train_dataset=TinyDataset(2), val_dataset=TinyDataset(1), progress=False)
+
+
+def test_unknown_config_key_is_an_error():
+    from maskrcnn.config import load_config
+
+    with pytest.raises(ConfigError, match="solver.warmup_iter"):
+        load_config(None, ["solver.warmup_iter=5"])

@@ -1,0 +1,70 @@
+"""A stub obeying the model API for inference tests, until (and besides) the real model.
+
+``IdStubModel`` reads objects from the image itself: pixel value ``k / 255`` (k >= 1) belongs to
+object ``k``. So it "detects" exactly the objects drawn into whatever view of the image it is
+given, and its predictions, mapped back, must equal the drawn objects.
+"""
+import torch
+from torch import nn
+
+from maskrcnn.structures import Instances, MaskList
+
+
+def object_score(ids: torch.Tensor) -> torch.Tensor:
+    """Deterministic, distinct scores for object ids."""
+    return 0.3 + 0.69 * ((ids * 37) % 101).float() / 100.0
+
+
+class IdStubModel(nn.Module):
+    def __init__(self, num_classes: int = 3, soft_value: float = 0.9):
+        super().__init__()
+        self.num_classes = num_classes
+        self.soft_value = soft_value
+        self.dummy = nn.Parameter(torch.zeros(1))  # so that .to(device) and state_dict work
+
+    def forward(self, images, targets=None):
+        out = []
+        for im in images:  # a loop over images
+            ids = (im[0] * 255).round().long()
+            H, W = ids.shape
+            k = int(ids.max())
+            if k == 0:
+                out.append(Instances(
+                    (H, W), torch.zeros((0, 4)), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                    MaskList(torch.zeros((0, 1, 1)), torch.zeros((0, 2), dtype=torch.long), (H, W))))
+                continue
+            present = torch.unique(ids)
+            present = present[present > 0]
+            dense = ids[None] == present[:, None, None]
+            ml = MaskList.from_dense(dense.float() * self.soft_value, pad=1)
+            out.append(Instances((H, W), ml.tight_boxes(), present % self.num_classes, object_score(present), ml))
+        return out
+
+
+def draw_objects(masks: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """An image ``[C, H, W]`` with object ``k`` (masks[k - 1], non-overlapping bool) drawn as value k/255."""
+    ids = torch.zeros(masks.shape[1:], dtype=torch.float32)
+    for k in range(masks.shape[0]):  # test set-up only
+        ids[masks[k]] = (k + 1) / 255.0
+    return ids[None].repeat(channels, 1, 1)
+
+
+def random_blobs(n: int, H: int, W: int, seed: int = 0, rmin: int = 2, rmax: int = 6) -> torch.Tensor:
+    """``n`` non-overlapping, asymmetric blobs ``bool[n, H, W]`` (a disc with a notch), possibly fewer."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    taken = torch.zeros((H, W), dtype=torch.bool)
+    out = []
+    for _ in range(n * 4):  # test set-up only
+        if len(out) == n:
+            break
+        r = int(torch.randint(rmin, rmax + 1, (1,), generator=g))
+        cy = int(torch.randint(0, H, (1,), generator=g))
+        cx = int(torch.randint(0, W, (1,), generator=g))
+        m = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & ~((yy < cy) & (xx > cx))  # notch: not symmetric
+        m |= (yy == cy) & (xx >= cx) & (xx <= cx + r + 2)  # a tail to the right
+        if m.sum() < 3 or (m & taken).any():
+            continue
+        out.append(m)
+        taken |= m
+    return torch.stack(out) if out else torch.zeros((0, H, W), dtype=torch.bool)

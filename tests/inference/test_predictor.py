@@ -1,0 +1,173 @@
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from maskrcnn.config import ConfigError, TestConfig as Cfg
+from maskrcnn.data.rle import decode
+from maskrcnn.inference.predictor import Predictor, apply_thresholds, load_model
+from maskrcnn.inference.run import main, predict_images, timing_summary
+from tests.inference.stub_model import IdStubModel, draw_objects, object_score, random_blobs
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # subprocesses on busy shared CPUs
+
+
+def test_predict_raw_with_tta_and_an_ensemble_finds_every_object_once():
+    blobs = random_blobs(10, 33, 45, seed=7)
+    image = draw_objects(blobs)
+    pred = Predictor([IdStubModel(), IdStubModel()], tta="d4", min_views=16, device="cpu")
+    assert pred.num_views == 16
+    raw = pred.predict_raw(image)
+    assert len(raw) == blobs.shape[0]
+    order = torch.sort(object_score(torch.arange(1, blobs.shape[0] + 1)), descending=True, stable=True).indices
+    assert torch.allclose(raw.scores, object_score(order + 1))  # every view agrees: fused = the score
+    assert torch.equal(raw.masks.to_dense() > 0.5, blobs[order])
+    assert set(pred.last_timing) == {"model", "merge"}
+    # a view that cannot see an object: min_views above the number of views is refused
+    with pytest.raises(ValueError, match="number of views"):
+        Predictor(IdStubModel(), tta="hflip", min_views=3)
+
+
+def test_one_view_is_the_model_output():
+    blobs = random_blobs(5, 20, 24, seed=2)
+    image = draw_objects(blobs)
+    raw = Predictor(IdStubModel(), device="cpu").predict_raw(image)
+    direct = IdStubModel()([image])[0]
+    assert torch.equal(raw.masks.crops, direct.masks.crops) and torch.equal(raw.scores, direct.scores)
+
+
+def _write_images(folder, specs):
+    """specs: name -> (bool masks, writer kind)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (masks, kind) in specs.items():
+        ids = (draw_objects(masks)[0] * 255).round().numpy().astype(np.uint8)
+        if kind == "png8":
+            Image.fromarray(ids).save(folder / f"{name}.png")
+        elif kind == "tif16":
+            Image.fromarray(ids.astype(np.uint16) * 257).save(folder / f"{name}.tif")
+        elif kind == "rgb":
+            Image.fromarray(np.stack([ids] * 3, -1)).save(folder / f"{name}.png")
+
+
+def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path):
+    specs = {
+        "img_a": (random_blobs(12, 40, 52, seed=1), "png8"),
+        "img_b": (random_blobs(6, 36, 30, seed=2), "tif16"),
+        "img_c": (random_blobs(4, 28, 28, seed=3), "rgb"),
+        "img_empty": (torch.zeros((0, 24, 20), dtype=torch.bool), "png8"),
+    }
+    _write_images(tmp_path / "images", specs)
+    paths = sorted(str(p) for p in (tmp_path / "images").iterdir())
+    pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose", min_views=2, device="cpu")
+    out = tmp_path / "submission.csv"
+    timings = predict_images(pred, paths, Cfg(score_thresh=(0.0,), image_class="none"), str(out), progress=False)
+    assert len(timings) == 4 and "merge" in timing_summary(timings)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == set(specs)
+    for name, (masks, _) in specs.items():
+        rles = [r["predicted"] for r in rows if r["id"] == name]
+        if masks.shape[0] == 0:
+            assert rles == [""]
+            continue
+        got = torch.from_numpy(np.stack([decode(r, *masks.shape[1:]) for r in rles]))
+        # each drawn object comes back exactly once, pixel for pixel
+        match = (got[:, None] == masks[None]).flatten(2).all(2)
+        assert match.sum(0).tolist() == [1] * masks.shape[0] and len(rles) == masks.shape[0]
+
+
+def test_thresholds_file_overrides_test_fields(tmp_path):
+    base = Cfg()
+    p = tmp_path / "tuned.yaml"
+    p.write_text(yaml.safe_dump({"test": {"score_thresh": [0.15, 0.35, 0.55], "min_area": [75, 150, 75]},
+                                 "tuning": {"mAP": 0.31}}))
+    cfg = apply_thresholds(base, str(p))
+    assert cfg.score_thresh == (0.15, 0.35, 0.55) and cfg.min_area == (75, 150, 75)
+    assert cfg.mask_thresh == base.mask_thresh
+    p.write_text(yaml.safe_dump({"mask_thresh": 0.45}))
+    assert apply_thresholds(base, str(p)).mask_thresh == (0.45,)
+    p.write_text(yaml.safe_dump({"score_treshold": 0.45}))
+    with pytest.raises(ConfigError, match="score_treshold"):
+        apply_thresholds(base, str(p))
+    p.write_text(yaml.safe_dump({"min_area": "big"}))
+    with pytest.raises(ConfigError, match="min_area"):
+        apply_thresholds(base, str(p))
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_model(str(tmp_path / "nope.pth"))
+    torch.save({"w": torch.zeros(2)}, tmp_path / "bare.pth")
+    with pytest.raises(ValueError, match="bare state dict without a config: pass --config"):
+        load_model(str(tmp_path / "bare.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="junk.pth: not a readable checkpoint"):
+        load_model(str(tmp_path / "junk.pth"))
+    (tmp_path / "cfg.yaml").write_text(TINY_MODEL)
+    with pytest.raises(ValueError, match="do not fit the model .*missing"):
+        load_model(str(tmp_path / "bare.pth"), config=str(tmp_path / "cfg.yaml"))
+
+
+TINY_MODEL = """
+model:
+  backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
+  fpn: {out_channels: 32, norm: gn}
+  rpn: {pre_nms_topk_test: 100, post_nms_topk_test: 60}
+  roi_heads: {num_classes: 3, box_fc_dim: 32, detections_per_image: 50, score_thresh: 0.0}
+  mask_head: {num_convs: 1, conv_dim: 32, norm: gn}
+  input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
+test: {score_thresh: [0.0]}
+"""
+
+
+def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path):
+    from maskrcnn.config import load_config, to_dict
+    from maskrcnn.evaluation.submission import write_labels
+    from maskrcnn.model import build_model
+    from maskrcnn.structures import MaskList
+
+    (tmp_path / "tiny.yaml").write_text(TINY_MODEL)
+    cfg = load_config(str(tmp_path / "tiny.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, load_weights=False, verbose=False)
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 0}, tmp_path / "tiny.pth")
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    specs = {"x": (random_blobs(5, 64, 64, seed=1), "png8"), "y": (random_blobs(3, 48, 64, seed=2), "tif16")}
+    _write_images(tmp_path / "images", specs)
+    write_labels(str(tmp_path / "labels.csv"), [(k, MaskList.from_dense(m), None) for k, (m, _) in specs.items()])
+    (tmp_path / "tuned.yaml").write_text("test:\n  score_thresh: [0.0]\n  min_area: [2]\n")
+
+    def predict(weights, *extra):
+        out = tmp_path / f"sub_{len(extra)}.csv"
+        res = subprocess.run(
+            [sys.executable, os.path.join(REPO, "predict.py"), "--weights", *weights, "--images",
+             str(tmp_path / "images"), "--out", str(out), "--device", "cpu", "--no-progress", *extra],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env=ENV,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "postprocess" in res.stdout and "median" in res.stdout
+        return out
+
+    # an ensemble of a checkpoint and a bare state dict (with --config), with TTA and tuned thresholds
+    out = predict([str(tmp_path / "tiny.pth"), str(tmp_path / "bare.pth")], "--config", str(tmp_path / "tiny.yaml"),
+                  "--tta", "hflip,rot90", "--thresholds", str(tmp_path / "tuned.yaml"))
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["id"] for r in rows} == {"x", "y"}
+    res = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "score", "--submission", str(out),
+                          "--labels", str(tmp_path / "labels.csv")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, env=ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1].startswith("mAP ")
+    # bad input: a folder without images is a clear error
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="none: no images"):
+        main(["--weights", str(tmp_path / "tiny.pth"), "--images", str(tmp_path / "none"), "--out",
+              str(tmp_path / "z.csv"), "--device", "cpu"])

@@ -1,0 +1,52 @@
+import pytest
+
+from maskrcnn.config import ConfigError, dump_config, from_dict, load_config, to_dict
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("solver:\n  lr: 0.1\n  max_iter: 50\nmodel:\n  roi_heads:\n    num_classes: 3\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nsolver:\n  lr: 0.05\n")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["solver.max_iter=7", "model.anchors.sizes=[4, 8, 16, 32, 64]"])
+    assert cfg.solver.lr == 0.05  # child wins over base
+    assert cfg.solver.max_iter == 7  # override wins over both
+    assert cfg.model.roi_heads.num_classes == 3  # inherited untouched
+    assert cfg.model.anchors.sizes == (4.0, 8.0, 16.0, 32.0, 64.0)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    (tmp_path / "c.yaml").write_text("solver:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "c.yaml"))
+    assert "solver.learning_rate" in str(e.value) and "max_iter" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("solver.max_iter=ten", "solver.max_iter: expected an integer"),
+        ("train.seed=1.5", "train.seed: expected an integer"),
+        ("data.class_agnostic=3", "expected true or false"),
+        ("solver.betas=[0.9]", "expected 2 values"),
+        ("nonsense", "must look like key.path=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_circular_base_and_missing_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(str(tmp_path / "a.yaml"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["solver.lr=0.003", "test.score_thresh=[0.2, 0.3, 0.4]"])
+    path = tmp_path / "cfg.yaml"
+    dump_config(cfg, str(path))
+    assert load_config(str(path)) == cfg
+    assert from_dict(to_dict(cfg)) == cfg
