@@ -245,3 +245,39 @@ def test_own_checkpoint_round_trip(tmp_path):
     assert rep.scheme == "ours" and rep.missing == [] and rep.unused == []
     for k, v in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[k], v)
+
+
+def test_torchvision_detection_heads_move_background_last(tmp_path):
+    """torchvision's maskrcnn_resnet50_fpn names (recent versions), with background as class 0."""
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    K1, fc, fpn = 3, 64, 32  # 2 classes + background
+    sd = {f"backbone.body.{k}": v for k, v in torchvision_resnet18().items()}
+    for i, c in enumerate((32, 64, 128, 256)):
+        sd[f"backbone.fpn.inner_blocks.{i}.0.weight"], sd[f"backbone.fpn.inner_blocks.{i}.0.bias"] = r(fpn, c, 1, 1), r(fpn)
+        sd[f"backbone.fpn.layer_blocks.{i}.0.weight"], sd[f"backbone.fpn.layer_blocks.{i}.0.bias"] = r(fpn, fpn, 3, 3), r(fpn)
+    sd["rpn.head.conv.0.0.weight"], sd["rpn.head.conv.0.0.bias"] = r(fpn, fpn, 3, 3), r(fpn)
+    sd["rpn.head.cls_logits.weight"], sd["rpn.head.cls_logits.bias"] = r(3, fpn, 1, 1), r(3)
+    sd["rpn.head.bbox_pred.weight"], sd["rpn.head.bbox_pred.bias"] = r(12, fpn, 1, 1), r(12)
+    sd["roi_heads.box_head.fc6.weight"], sd["roi_heads.box_head.fc6.bias"] = r(fc, fpn * 49), r(fc)
+    sd["roi_heads.box_head.fc7.weight"], sd["roi_heads.box_head.fc7.bias"] = r(fc, fc), r(fc)
+    sd["roi_heads.box_predictor.cls_score.weight"], sd["roi_heads.box_predictor.cls_score.bias"] = r(K1, fc), r(K1)
+    sd["roi_heads.box_predictor.bbox_pred.weight"], sd["roi_heads.box_predictor.bbox_pred.bias"] = r(4 * K1, fc), r(4 * K1)
+    sd["roi_heads.mask_head.0.0.weight"], sd["roi_heads.mask_head.0.0.bias"] = r(32, fpn, 3, 3), r(32)
+    sd["roi_heads.mask_predictor.conv5_mask.weight"], sd["roi_heads.mask_predictor.conv5_mask.bias"] = r(32, 32, 2, 2), r(32)
+    sd["roi_heads.mask_predictor.mask_fcn_logits.weight"] = r(K1, 32, 1, 1)
+    sd["roi_heads.mask_predictor.mask_fcn_logits.bias"] = r(K1)
+    path = str(tmp_path / "tv_maskrcnn.pth")
+    torch.save(sd, path)
+    model = build_model(tiny_model_config(*IMAGENET, "model.backbone.norm=frozen_bn", "model.fpn.norm=''"),
+                        load_weights=False)
+    rep = import_weights(model, path, verbose=False)
+    assert rep.scheme == "torchvision_detection" and rep.missing == [] and rep.skipped == {}
+    s = model.state_dict()
+    w = sd["roi_heads.box_predictor.cls_score.weight"]
+    torch.testing.assert_close(s["roi_heads.box_predictor.cls_score.weight"], torch.cat([w[1:], w[:1]]))
+    torch.testing.assert_close(s["roi_heads.box_predictor.bbox_pred.bias"], sd["roi_heads.box_predictor.bbox_pred.bias"][4:])
+    torch.testing.assert_close(s["roi_heads.mask_head.predictor.bias"], sd["roi_heads.mask_predictor.mask_fcn_logits.bias"][1:])
+    torch.testing.assert_close(s["rpn.head.conv.weight"], sd["rpn.head.conv.0.0.weight"])
+    torch.testing.assert_close(s["fpn.output.2.bias"], sd["backbone.fpn.layer_blocks.2.0.bias"])
+    torch.testing.assert_close(s["roi_heads.mask_head.convs.0.weight"], sd["roi_heads.mask_head.0.0.weight"])
