@@ -294,7 +294,7 @@ def main(argv=None):
         only.discard("tv")
         print(f"torchvision's maskrcnn_resnet50_fpn has a ResNet-50: not compared with {args.backbone}")
     if "twins" in only and not cuda:
-        probe = subprocess.run([sys.executable, "-c", "from maskrcnn.ops import get_ext; print(get_ext() is not None)"],
+        probe = subprocess.run([sys.executable, "-c", "import torch; from maskrcnn.ops import get_ext; print(get_ext() is not None)"],
                                capture_output=True, text=True, cwd=ROOT)
         if probe.stdout.strip() != "True":
             only.discard("twins")
@@ -339,7 +339,11 @@ def main(argv=None):
             if ours and o and "error" not in ours and "error" not in o:
                 ratio = _median(o["times"]) / _median(ours["times"])
                 mem = o["peak_mb"] / max(ours["peak_mb"], 1e-9)
-                print(f"ratio {mode}: ours is {ratio:.2f}x the speed of {other}; {other} peak memory / ours = {mem:.2f}")
+                cpu = ""
+                if not cuda:  # on a shared machine the process' CPU time is the steadier measure
+                    cpu = f" (by CPU time {_median(o['cpu_times']) / _median(ours['cpu_times']):.2f}x)"
+                print(f"ratio {mode}: ours is {ratio:.2f}x the speed of {other}{cpu}; "
+                      f"{other} peak memory / ours = {mem:.2f}")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:

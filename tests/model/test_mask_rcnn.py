@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskrcnn.model import build_model
-from maskrcnn.structures import Instances, MaskList
+from maskrcnn.structures import Instances
 from tests.model.helpers import disks_sample, tiny_model_config
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
@@ -119,9 +119,7 @@ def test_grayscale_is_repeated_for_rgb_models():
 
 
 def test_predict_thresholds_masks(model):
-    model.train()
     image, _ = disks_sample(64, 64)
-    soft = None
     model.eval()
     with torch.no_grad():
         soft = model([image])[0]
