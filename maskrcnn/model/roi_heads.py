@@ -335,6 +335,7 @@ class RoIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 1000,
         proposal_append_gt: bool = True,
+        mask_inference_chunk: int = 256,
     ):
         super().__init__()
         self.box_pooler = box_pooler
@@ -353,6 +354,7 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
         self.proposal_append_gt = proposal_append_gt
+        self.mask_inference_chunk = max(1, int(mask_inference_chunk))
 
     def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
         """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index."""
@@ -421,7 +423,16 @@ class RoIHeads(nn.Module):
                              self.nms_thresh, self.detections_per_image)
         boxes = [d[0] for d in dets]
         labels = torch.cat([d[2] for d in dets])
-        mask_logits = self.mask_head(self.mask_pooler(features, boxes))
-        probs = mask_probabilities(mask_logits, labels)
         counts = [b.shape[0] for b in boxes]
+        # In chunks of detections: 1,000 masks at 28 x 28 with 256 channels are 800 MB per layer.
+        image_idx = torch.repeat_interleave(torch.arange(len(boxes), device=labels.device),
+                                            torch.tensor(counts, device=labels.device))
+        all_boxes = torch.cat(boxes)
+        probs = []
+        for s in range(0, max(all_boxes.shape[0], 1), self.mask_inference_chunk):
+            sl = slice(s, s + self.mask_inference_chunk)
+            chunk_boxes = [all_boxes[sl][image_idx[sl] == i] for i in range(len(boxes))]  # loop over images
+            mask_logits = self.mask_head(self.mask_pooler(features, chunk_boxes))
+            probs.append(mask_probabilities(mask_logits, labels[sl]))
+        probs = torch.cat(probs)
         return [(d[0], d[1], d[2], p) for d, p in zip(dets, torch.split(probs, counts))]

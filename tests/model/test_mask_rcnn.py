@@ -94,6 +94,10 @@ def test_eval_outputs_caps_soft_masks_and_original_coordinates():
     assert (x0 >= out.boxes[:, 0].floor() - 1).all() and (y0 >= out.boxes[:, 1].floor() - 1).all()
     assert out.labels.dtype == torch.long and (out.labels < 2).all()
     assert (out.scores[:-1] >= out.scores[1:]).all()
+    model.roi_heads.mask_inference_chunk = 2  # masks computed 2 detections at a time: same result
+    with torch.no_grad():
+        chunked = model([image, image.flip(-1)])[0]  # two images: chunks span both
+    torch.testing.assert_close(chunked.masks.crops, out.masks.crops)
 
 
 def test_postprocess_maps_back_to_original_pixels(model):
