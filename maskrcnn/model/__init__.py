@@ -98,7 +98,7 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
         size_divisibility=inp.size_divisibility, channels_last=False, mask_threshold=m.mask_threshold,
     )
-    if b.norm == "frozen_bn" and not b.weights:
+    if b.norm == "frozen_bn" and not b.weights and load_weights:  # (restoring a checkpoint: no warning)
         warnings.warn(
             "model.backbone.norm is frozen_bn but no weights are given: the backbone has no trainable "
             "normalisation and is likely to diverge; use norm gn (or bn) to train from scratch",

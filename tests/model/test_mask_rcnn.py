@@ -71,7 +71,7 @@ def test_overfits_one_image():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
     assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
 
 
