@@ -122,7 +122,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fill-holes", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--compare-cpu", action="store_true", help="check the device's merge/postprocess against the CPU's")
     args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     views = parse_tta(args.tta)
     H, W = args.height, args.width
@@ -131,6 +135,7 @@ def main():
           f"torch threads {torch.get_num_threads()}")
     print(f"{args.cells} cells/view on {H}x{W}, {len(views)} views ({args.tta}), crops {args.crop}x{args.crop}")
     stages = {k: [] for k in ("invert", "merge", "postprocess", "encode", "total")}
+    cpu = {k: [] for k in stages}  # process CPU seconds: on a busy shared machine wall time inflates
     for r in range(args.repeats):  # a loop over synthetic images
         preds = []
         for k, v in enumerate(views):
@@ -139,28 +144,42 @@ def main():
             fwd = v.apply_masks(inst.masks)  # the prediction as the model would make it, in the view's grid
             preds.append(Instances(fwd.image_size, v.apply_boxes(inst.boxes, (H, W)), inst.labels, inst.scores, fwd))
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         back = [v.invert(pr, (H, W)) for v, pr in zip(views, preds)]
         sync(device)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         merged = merge_instances(back, 0.5, max(1, len(views) // 2), 0.5, len(views))
         sync(device)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         final = postprocess(merged, cfg)
         sync(device)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         rles = encode_crops(final.masks.crops, final.masks.origins, final.image_size)
-        t4 = time.perf_counter()
-        for key, val in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+        t4, c4 = time.perf_counter(), time.process_time()
+        for key, val, cv in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0),
+                                (c1 - c0, c2 - c1, c3 - c2, c4 - c3, c4 - c0)):
             stages[key].append(val)
+            cpu[key].append(cv)
         print(f"  image {r}: {sum(len(b) for b in back)} view instances -> {len(merged)} merged -> "
               f"{len(final)} final ({len(rles)} RLE rows); merged crops {tuple(merged.masks.crops.shape)}")
-    print("seconds per image:")
-    print(f"  {'stage':<12}{'mean':>9}{'median':>9}{'max':>9}")
+    print("seconds per image (wall: mean / median / max; process CPU: mean):")
+    print(f"  {'stage':<12}{'mean':>9}{'median':>9}{'max':>9}{'cpu':>9}")
     for key, vals in stages.items():
-        print(f"  {key:<12}{statistics.fmean(vals):9.3f}{statistics.median(vals):9.3f}{max(vals):9.3f}")
+        print(f"  {key:<12}{statistics.fmean(vals):9.3f}{statistics.median(vals):9.3f}{max(vals):9.3f}"
+              f"{statistics.fmean(cpu[key]):9.3f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
           + (f", peak CUDA {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device.type == "cuda" else ""))
+
+    if args.compare_cpu and device.type != "cpu":
+        ref_merged = merge_instances([b.to("cpu") for b in back], 0.5, max(1, len(views) // 2), 0.5, len(views))
+        ref_final = postprocess(ref_merged, cfg)
+        same_n = len(ref_merged) == len(merged) and len(ref_final) == len(final)
+        score_diff = (ref_merged.scores - merged.scores.cpu()).abs().max().item() if same_n else float("nan")
+        pix_ref = ref_final.masks.to_dense().sum(0)
+        pix_dev = final.masks.to("cpu").to_dense().sum(0)
+        print(f"{device} vs cpu: merged {len(merged)} / {len(ref_merged)}, final {len(final)} / {len(ref_final)}, "
+              f"max score diff {score_diff:.2e}, final pixels differing {int((pix_ref != pix_dev).sum())} "
+              f"of {int(pix_ref.sum())}, max coverage {int(pix_dev.max())} (1 = no overlaps)")
 
     # Side by side: vectorised vs per-instance loops, on the last image.
     allv = Instances.cat(back)

@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-import maskrcnn.ops as ops
-from maskrcnn.ops import _ext
-from maskrcnn.structures import MaskList
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+import maskrcnn.ops as ops  # noqa: E402
+from maskrcnn.ops import _ext  # noqa: E402
+from maskrcnn.structures import MaskList  # noqa: E402
 
 LEVELS = [  # (name, feature size, stride, box side range in image pixels: FPN level assignment)
     ("P2", 200, 4, (16, 112)),
@@ -115,33 +119,38 @@ def bench_cpu(args):
     header("twin")
     levels = LEVELS[::3] if args.quick else LEVELS
     sizes = (7,) if args.quick else (7, 14)
-    for name, size, stride, side_range in levels:
+    selected = set(args.ops.split(","))
+    for name, size, stride, side_range in levels if "roi_align" in selected else ():
         x = torch.randn(2, 256, size, size, generator=g)
         rois = level_rois(g, 512, side_range)
         for out in sizes:
+            twin_times = None  # the twin's time does not depend on the layout: measured once
             for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
                 xf = x.to(memory_format=fmt)
-                fwd = lambda: ops.roi_align(xf, rois, out, 1 / stride, 2, True)  # noqa: E731
-                t_ours = timeit(fwd, args.repeat, "cpu")
-                with twins():
-                    t_twin = timeit(fwd, args.twin_repeat, "cpu")
-                row(f"roi_align fwd {name} {size}x{size} -> {out}x{out} {fmt_name}", t_ours, t_twin)
                 xg = xf.detach().clone().requires_grad_(True)
-                y = ops.roi_align(xg, rois, out, 1 / stride, 2, True)
-                gout = torch.randn_like(y)
+                gout = torch.randn(512, 256, out, out, generator=g)
+
+                def fwd():
+                    return ops.roi_align(xf, rois, out, 1 / stride, 2, True)
 
                 def bwd():
                     xg.grad = None
                     ops.roi_align(xg, rois, out, 1 / stride, 2, True).backward(gout)
 
-                t_ours = timeit(bwd, args.repeat, "cpu")
-                with twins():
-                    t_twin = timeit(bwd, args.twin_repeat, "cpu")
-                row(f"roi_align fwd+bwd {name} {size}x{size} -> {out}x{out} {fmt_name}", t_ours, t_twin)
-    boxes, scores = proposal_boxes(g)
-    t_ours = timeit(lambda: ops.nms(boxes, scores, 0.7), args.repeat, "cpu")
-    t_twin = timeit(lambda: ops.nms_reference(boxes, scores, 0.7), args.twin_repeat, "cpu")
-    row("nms 5000 boxes thr 0.7", t_ours, t_twin)
+                if twin_times is None:
+                    with twins():
+                        twin_times = (timeit(fwd, args.twin_repeat, "cpu"), timeit(bwd, args.twin_repeat, "cpu"))
+                row(f"roi_align fwd {name} {size}x{size} -> {out}x{out} {fmt_name}", timeit(fwd, args.repeat, "cpu"),
+                    twin_times[0])
+                row(f"roi_align fwd+bwd {name} {size}x{size} -> {out}x{out} {fmt_name}",
+                    timeit(bwd, args.repeat, "cpu"), twin_times[1])
+    if "nms" in selected:
+        boxes, scores = proposal_boxes(g)
+        t_ours = timeit(lambda: ops.nms(boxes, scores, 0.7), args.repeat, "cpu")
+        t_twin = timeit(lambda: ops.nms_reference(boxes, scores, 0.7), args.twin_repeat, "cpu")
+        row("nms 5000 boxes thr 0.7", t_ours, t_twin)
+    if "mask" not in selected:
+        return
     dense, ml = cell_masks(g)
     t_dense = timeit(lambda: ops.mask_iou_dense_reference(dense, dense), 1, "cpu")
     t_ours_dense = timeit(lambda: ops.mask_iou(dense, dense), args.repeat, "cpu")
@@ -151,7 +160,7 @@ def bench_cpu(args):
     row("mask_iou 800x800 dense in (vs dense product)", t_ours_dense, t_dense)
     row("crop_mask_iou 800x800 crops (vs dense product)", t_ours_crop, t_dense)
     row("crop_mask_iou 800x800 crops (vs crop twin)", t_ours_crop, t_twin_crop)
-    order = torch.sort(torch.rand(800, generator=g), descending=True).indices
+    order = torch.randperm(len(ml.crops), generator=g)
     iou = ops.crop_mask_iou(ml.crops[order], ml.origins[order], ml.crops[order], ml.origins[order])
     t_ours = timeit(lambda: ops.greedy_suppress(iou, 0.3), args.repeat, "cpu")
     t_twin = timeit(lambda: ops.greedy_suppress_reference(iou, 0.3), args.twin_repeat, "cpu")
@@ -179,6 +188,7 @@ def bench_cuda(args):
         t_tv = timeit(tv_fn, args.repeat, dev)
         row(name, t_ours, t_tv, f" {diff:.2e} |")
 
+    half_errors = []
     for name, size, stride, side_range in LEVELS:
         x = torch.randn(2, 256, size, size, generator=g).to(dev)
         rois = level_rois(g, 512, side_range).to(dev)
@@ -190,6 +200,13 @@ def bench_cuda(args):
                     ours = lambda: ops.roi_align(xf, r, out, 1 / stride, 2, True)  # noqa: E731
                     tv = (lambda: torchvision.ops.roi_align(xf, r, out, 1 / stride, 2, True)) if torchvision else None
                     diff = (ours().float() - tv().float()).abs().max().item() if tv else float("nan")
+                    if dtype == torch.float16 and tv:
+                        # Compare each with its own float32 result: torchvision computes the sample
+                        # coordinates in half precision (rois must share the input's dtype); ours in float32.
+                        ref = ops.roi_align(x.to(memory_format=fmt), r.float(), out, 1 / stride, 2, True)
+                        tv_ref = torchvision.ops.roi_align(x.to(memory_format=fmt), r.float(), out, 1 / stride, 2, True)
+                        half_errors.append(((ours().float() - ref).abs().max().item(),
+                                            (tv().float() - tv_ref).abs().max().item()))
                     label = f"roi_align fwd {name} ->{out}x{out} {fmt_name} {str(dtype)[6:]}"
                     compare(label, ours, tv, diff)
                     xg = xf.detach().clone().requires_grad_(True)
@@ -209,6 +226,11 @@ def bench_cuda(args):
                         tv_bwd()
                         diff = (ga - xg.grad.float()).abs().max().item()
                     compare(label.replace("fwd", "fwd+bwd"), ours_bwd, tv_bwd if tv else None, diff)
+    if half_errors:
+        ours_err = max(e[0] for e in half_errors)
+        tv_err = max(e[1] for e in half_errors)
+        print(f"float16 forward, max abs error against the same op in float32: ours {ours_err:.2e}, "
+              f"torchvision {tv_err:.2e}; the 'max abs diff' column compares the two float16 results")
     for n in (1000, 5000, 20000):
         boxes, scores = proposal_boxes(g, n)
         boxes, scores = boxes.to(dev), scores.to(dev)
@@ -226,7 +248,7 @@ def bench_cuda(args):
     dd = dense.to(dev)
     t_dense = timeit(lambda: ops.mask_iou_dense_reference(dd, dd), args.repeat, dev)
     row("crop_mask_iou 800x800 CUDA (vs CUDA dense product)", t_gpu, t_dense, "")
-    order = torch.sort(torch.rand(800, generator=g), descending=True).indices.to(dev)
+    order = torch.randperm(len(crops), generator=g).to(dev)
     iou = ops.crop_mask_iou(crops[order], origins[order], crops[order], origins[order])
     t_gpu = timeit(lambda: ops.greedy_suppress(iou, 0.3), args.repeat, dev)
     t_cpu = timeit(lambda: ops.greedy_suppress(iou.cpu(), 0.3), args.repeat, "cpu")
@@ -239,7 +261,11 @@ def main():
     p.add_argument("--repeat", type=int, default=5, help="timed calls of our ops (median)")
     p.add_argument("--twin-repeat", type=int, default=1, help="timed calls of the slow twins (median)")
     p.add_argument("--quick", action="store_true", help="P2 and P5 at 7x7 only (CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--ops", default="roi_align,nms,mask", help="CPU: comma-separated subset of roi_align,nms,mask")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
     (bench_cuda if args.device == "cuda" else bench_cpu)(args)
 

@@ -144,7 +144,7 @@ class MaskList:
         n, H, W = masks.shape
         if n == 0:
             return MaskList.empty((H, W), device=masks.device, dtype=masks.dtype)
-        nz = masks != 0
+        nz = masks if masks.dtype == torch.bool else masks != 0  # `bool != 0` would widen to int64
         rows = nz.any(dim=2)  # [N, H]
         cols = nz.any(dim=1)  # [N, W]
         ar_h = torch.arange(H, device=masks.device)
@@ -200,7 +200,7 @@ class MaskList:
         n, h, w = self.crops.shape
         if n == 0:
             return torch.zeros((0, 4), dtype=torch.float32, device=self.device)
-        nz = self.crops != 0
+        nz = self.crops if self.crops.dtype == torch.bool else self.crops != 0
         rows = nz.any(dim=2)
         cols = nz.any(dim=1)
         ar_h = torch.arange(h, device=self.device)

@@ -18,6 +18,9 @@
 namespace maskrcnn {
 namespace {
 
+// Below this many bytes (packing) or pair tests, one thread is faster than waking the pool.
+constexpr int64_t kMinParallelWork = 1 << 22;
+
 inline int popcount64(uint64_t v) {
   // Portable (no -mpopcnt needed); the compiler turns this into a few shifts and one multiply.
   v = v - ((v >> 1) & 0x5555555555555555ULL);
@@ -40,7 +43,8 @@ PackedMasks pack(const at::Tensor& crops, const at::Tensor& origins) {
   PackedMasks p;
   p.x0.assign(n, 0), p.y0.assign(n, 0), p.x1.assign(n, 0), p.y1.assign(n, 0);
   p.nw.assign(n, 0), p.offset.assign(n + 1, 0);
-  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = n * h * w < kMinParallelWork ? std::max<int64_t>(n, 1) : 16;
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const uint8_t* m = data + i * h * w;
       int64_t r0 = h, r1 = -1, c0 = w, c1 = -1;
@@ -65,7 +69,7 @@ PackedMasks pack(const at::Tensor& crops, const at::Tensor& origins) {
   });
   for (int64_t i = 0; i < n; ++i) p.offset[i + 1] = p.offset[i] + (p.y1[i] - p.y0[i]) * p.nw[i];
   p.words.assign(p.offset[n], 0);
-  at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       if (p.nw[i] == 0) continue;
       const int64_t r0 = p.y0[i] - org[2 * i + 1], c0 = p.x0[i] - org[2 * i];
@@ -129,7 +133,7 @@ at::Tensor crop_mask_intersection_cpu(const at::Tensor& a_crops, const at::Tenso
   const PackedMasks a = pack(a_crops.contiguous().view(at::kByte), a_origins.contiguous());
   const PackedMasks b = pack(b_crops.contiguous().view(at::kByte), b_origins.contiguous());
   int64_t* o = out.data_ptr<int64_t>();
-  at::parallel_for(0, N, 8, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, N, N * M < kMinParallelWork ? N : 8, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       if (a.nw[i] == 0) continue;
       for (int64_t j = 0; j < M; ++j) {

@@ -1,15 +1,23 @@
-// RoIAlign on the CPU: one pass per RoI, parallel over RoIs (forward) or channels (backward).
+// RoIAlign on the CPU.
 //
-// NCHW inputs loop channel by channel over a per-RoI table of the 4 bilinear taps of every
-// sample; channels_last inputs loop over samples with the channels innermost (contiguous and
-// vectorisable), and give channels_last outputs and gradients.
+// The bilinear taps of a RoI are separable: row taps depend on (ph, iy) and column taps on
+// (pw, ix). They are computed once per RoI into small tables, and every channel reuses them.
+//
+// NCHW: threads split the channels and loop over the RoIs inside, so the feature planes of one
+// channel (N x H x W) stay in cache while all RoIs read (forward) or scatter into (backward) them;
+// RoI-outer order would walk all C planes per RoI and miss the cache on nearly every tap. Rows
+// are interpolated as contiguous spans (see forward_nchw).
+// channels_last: a tap reads C contiguous values, so the channels are the inner (vectorised)
+// loop; the forward splits RoIs across threads, the backward splits channels (no two threads
+// add into the same element). channels_last inputs give channels_last outputs and gradients.
+// Reduced precision (half, bfloat16) computes and accumulates in float32.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "roi_align.h"
@@ -18,92 +26,124 @@
 namespace maskrcnn {
 namespace {
 
-constexpr int64_t kMinParallelWork = 1 << 15;  // multiply-adds below which one thread is faster
+constexpr int64_t kMinParallelWork = 1 << 15;  // taps below which one thread is faster than waking the pool
 
 template <typename acc_t>
-struct Tap4 {
-  int64_t pix[4];  // y * W + x of the four neighbours
-  acc_t w[4];
+struct AxisTap {
+  int64_t low, high;  // pixel row (or column) of the two neighbours
+  acc_t w_low, w_high;  // 0 for a sample outside the map
 };
 
-// Taps of every sample of RoI `g`, bin-major: bin (ph, pw) owns grid_h * grid_w consecutive samples.
+// The taps of all RoIs. RoI k's row taps are y[ybeg[k] + ph * grid_h + iy], likewise columns.
 template <typename acc_t>
-void precompute_taps(const RoIGeometry<acc_t>& g, int pooled_h, int pooled_w, int height, int width,
-                     std::vector<Tap4<acc_t>>& taps) {
-  taps.resize(static_cast<size_t>(pooled_h) * pooled_w * g.grid_h * g.grid_w);
-  size_t t = 0;
-  for (int ph = 0; ph < pooled_h; ++ph) {
-    for (int pw = 0; pw < pooled_w; ++pw) {
-      for (int iy = 0; iy < g.grid_h; ++iy) {
-        const auto ya = axis_weights(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), height);
-        for (int ix = 0; ix < g.grid_w; ++ix) {
-          const auto xa = axis_weights(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), width);
-          Tap4<acc_t>& tap = taps[t++];
-          const bool valid = ya.valid && xa.valid;
-          tap.pix[0] = static_cast<int64_t>(ya.low) * width + xa.low;
-          tap.pix[1] = static_cast<int64_t>(ya.low) * width + xa.high;
-          tap.pix[2] = static_cast<int64_t>(ya.high) * width + xa.low;
-          tap.pix[3] = static_cast<int64_t>(ya.high) * width + xa.high;
-          tap.w[0] = valid ? ya.w_low * xa.w_low : acc_t(0);
-          tap.w[1] = valid ? ya.w_low * xa.w_high : acc_t(0);
-          tap.w[2] = valid ? ya.w_high * xa.w_low : acc_t(0);
-          tap.w[3] = valid ? ya.w_high * xa.w_high : acc_t(0);
-        }
-      }
-    }
-  }
+struct TapTables {
+  std::vector<int64_t> batch, ybeg, xbeg;
+  std::vector<int> grid_h, grid_w;
+  std::vector<acc_t> inv_count;
+  std::vector<int64_t> xmin, xmax;  // columns touched by RoI k's valid taps, [xmin, xmax] (xmax < xmin: none)
+  std::vector<AxisTap<acc_t>> y, x;
+};
+
+template <typename acc_t>
+AxisTap<acc_t> make_tap(acc_t v, int size) {
+  const auto a = axis_weights(v, size);
+  return {a.low, a.high, a.valid ? a.w_low : acc_t(0), a.valid ? a.w_high : acc_t(0)};
 }
 
-template <typename scalar_t>
-void forward_kernel(const scalar_t* input, const at::opmath_type<scalar_t>* rois, int64_t K, int64_t N, int64_t C,
-                    int H, int W, int pooled_h, int pooled_w, at::opmath_type<scalar_t> scale, int sampling_ratio,
-                    bool aligned, bool nhwc, scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t bins = static_cast<int64_t>(pooled_h) * pooled_w;
-  // Small problems run on the calling thread: waking the pool costs more than they do.
-  const int64_t grain = std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, C * bins * 4));
-  at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
-    std::vector<Tap4<acc_t>> taps;
-    std::vector<acc_t> acc(nhwc ? C : 0);
+template <typename acc_t>
+TapTables<acc_t> build_tables(const acc_t* rois, int64_t K, int64_t N, int H, int W, int pooled_h, int pooled_w,
+                              acc_t scale, int sampling_ratio, bool aligned) {
+  TapTables<acc_t> t;
+  t.batch.resize(K), t.ybeg.resize(K + 1), t.xbeg.resize(K + 1), t.grid_h.resize(K), t.grid_w.resize(K);
+  t.inv_count.resize(K), t.xmin.resize(K), t.xmax.resize(K);
+  std::vector<RoIGeometry<acc_t>> geo(K);
+  t.ybeg[0] = t.xbeg[0] = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    geo[k] = roi_geometry(rois + k * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
+    TORCH_CHECK(geo[k].batch >= 0 && geo[k].batch < N, "roi_align: rois[", k, ", 0] = ", rois[k * 5],
+                " is not a batch index in [0, ", N, ")");
+    t.batch[k] = geo[k].batch;
+    t.grid_h[k] = geo[k].grid_h, t.grid_w[k] = geo[k].grid_w;
+    t.inv_count[k] = acc_t(1) / geo[k].count;
+    t.ybeg[k + 1] = t.ybeg[k] + static_cast<int64_t>(pooled_h) * geo[k].grid_h;
+    t.xbeg[k + 1] = t.xbeg[k] + static_cast<int64_t>(pooled_w) * geo[k].grid_w;
+  }
+  t.y.resize(t.ybeg[K]), t.x.resize(t.xbeg[K]);
+  at::parallel_for(0, K, 64, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
-      const auto g = roi_geometry(rois + k * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
-      TORCH_CHECK(g.batch >= 0 && g.batch < N, "roi_align: rois[", k, ", 0] = ", rois[k * 5],
-                  " is not a batch index in [0, ", N, ")");
-      precompute_taps(g, pooled_h, pooled_w, H, W, taps);
-      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
-      const acc_t inv_count = acc_t(1) / g.count;
-      if (!nhwc) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* plane = input + (g.batch * C + c) * H * W;
-          scalar_t* o = out + (k * C + c) * bins;
-          const Tap4<acc_t>* tap = taps.data();
-          for (int64_t b = 0; b < bins; ++b) {
-            acc_t sum = 0;
-            for (int64_t s = 0; s < per_bin; ++s, ++tap) {
-              sum += tap->w[0] * static_cast<acc_t>(plane[tap->pix[0]]) +
-                     tap->w[1] * static_cast<acc_t>(plane[tap->pix[1]]) +
-                     tap->w[2] * static_cast<acc_t>(plane[tap->pix[2]]) +
-                     tap->w[3] * static_cast<acc_t>(plane[tap->pix[3]]);
-            }
-            o[b] = static_cast<scalar_t>(sum * inv_count);
-          }
+      const auto& g = geo[k];
+      AxisTap<acc_t>* ty = t.y.data() + t.ybeg[k];
+      for (int ph = 0; ph < pooled_h; ++ph)
+        for (int iy = 0; iy < g.grid_h; ++iy) *ty++ = make_tap(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), H);
+      AxisTap<acc_t>* tx = t.x.data() + t.xbeg[k];
+      int64_t lo = W, hi = -1;
+      for (int pw = 0; pw < pooled_w; ++pw) {
+        for (int ix = 0; ix < g.grid_w; ++ix, ++tx) {
+          *tx = make_tap(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), W);
+          if (tx->w_low != acc_t(0) || tx->w_high != acc_t(0)) lo = std::min(lo, tx->low), hi = std::max(hi, tx->high);
         }
-      } else {
-        const scalar_t* image = input + g.batch * H * W * C;
-        const Tap4<acc_t>* tap = taps.data();
-        for (int64_t b = 0; b < bins; ++b) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          acc_t* a = acc.data();
-          for (int64_t s = 0; s < per_bin; ++s, ++tap) {
-            for (int q = 0; q < 4; ++q) {
-              const acc_t w = tap->w[q];
-              if (w == acc_t(0)) continue;
-              const scalar_t* px = image + tap->pix[q] * C;
-              for (int64_t c = 0; c < C; ++c) a[c] += w * static_cast<acc_t>(px[c]);
-            }
+      }
+      t.xmin[k] = lo, t.xmax[k] = hi;
+    }
+  });
+  return t;
+}
+
+template <typename acc_t>
+int64_t total_taps(const TapTables<acc_t>& t, int pooled_h, int pooled_w) {
+  int64_t n = 0;
+  for (size_t k = 0; k < t.grid_h.size(); ++k) n += static_cast<int64_t>(t.grid_h[k]) * t.grid_w[k];
+  return n * pooled_h * pooled_w * 4;
+}
+
+// ------------------------------------------------------------------------------------- NCHW
+// Separable in two passes per (channel, RoI), over the RoI's column span [xmin, xmax]:
+// forward: rows[iy][j] = bilinear mix of the two taps' rows (contiguous, vectorised), then each
+// bin gathers its column taps from that small buffer; backward is the transpose: column taps
+// scatter into a small per-bin-row buffer, which is then added to the two tap rows of the
+// gradient plane (contiguous). Both avoid per-tap gathers and read-modify-write chains on the
+// plane (neighbouring samples share pixels).
+template <typename scalar_t, typename acc_t>
+void forward_nchw(const scalar_t* input, const TapTables<acc_t>& t, int64_t K, int64_t C, int H, int W,
+                  int pooled_h, int pooled_w, int64_t grain, scalar_t* out) {
+  const int64_t bins = static_cast<int64_t>(pooled_h) * pooled_w;
+  int max_gh = 0;
+  for (int64_t k = 0; k < K; ++k) max_gh = std::max(max_gh, t.grid_h[k]);
+  at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
+    std::vector<acc_t> rows(static_cast<size_t>(std::max(max_gh, 1)) * W);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = 0; k < K; ++k) {
+        scalar_t* o = out + (k * C + c) * bins;
+        const int64_t x0 = t.xmin[k], span = t.xmax[k] - t.xmin[k] + 1;
+        if (span <= 0) {  // no valid column tap: every bin is 0
+          std::fill(o, o + bins, static_cast<scalar_t>(0));
+          continue;
+        }
+        const scalar_t* plane = input + (t.batch[k] * C + c) * H * W;
+        const int gh = t.grid_h[k], gw = t.grid_w[k];
+        const acc_t inv = t.inv_count[k];
+        for (int ph = 0; ph < pooled_h; ++ph) {
+          const AxisTap<acc_t>* ty = t.y.data() + t.ybeg[k] + ph * gh;
+          for (int iy = 0; iy < gh; ++iy) {
+            acc_t* r = rows.data() + static_cast<int64_t>(iy) * W;
+            const scalar_t* rl = plane + ty[iy].low * W + x0;
+            const scalar_t* rh = plane + ty[iy].high * W + x0;
+            const acc_t wl = ty[iy].w_low, wh = ty[iy].w_high;
+            for (int64_t j = 0; j < span; ++j) r[j] = wl * static_cast<acc_t>(rl[j]) + wh * static_cast<acc_t>(rh[j]);
           }
-          scalar_t* o = out + (k * bins + b) * C;  // channels_last output: [K, ph, pw, C]
-          for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(a[c] * inv_count);
+          for (int pw = 0; pw < pooled_w; ++pw) {
+            const AxisTap<acc_t>* tx = t.x.data() + t.xbeg[k] + pw * gw;
+            acc_t sum = 0;
+            for (int iy = 0; iy < gh; ++iy) {
+              const acc_t* r = rows.data() + static_cast<int64_t>(iy) * W - x0;
+              for (int ix = 0; ix < gw; ++ix) {
+                // An invalid tap has zero weights at column 0, which may lie outside the span.
+                if (tx[ix].w_low == acc_t(0) && tx[ix].w_high == acc_t(0)) continue;
+                sum += tx[ix].w_low * r[tx[ix].low] + tx[ix].w_high * r[tx[ix].high];
+              }
+            }
+            o[ph * pooled_w + pw] = static_cast<scalar_t>(sum * inv);
+          }
         }
       }
     }
@@ -111,55 +151,121 @@ void forward_kernel(const scalar_t* input, const at::opmath_type<scalar_t>* rois
 }
 
 template <typename scalar_t, typename acc_t>
-void backward_kernel(const scalar_t* grad, const acc_t* rois, int64_t K, int64_t N, int64_t C, int H, int W,
-                     int pooled_h, int pooled_w, acc_t scale, int sampling_ratio, bool aligned, bool nhwc,
-                     acc_t* grad_input) {
+void backward_nchw(const scalar_t* grad, const TapTables<acc_t>& t, int64_t K, int64_t C, int H, int W,
+                   int pooled_h, int pooled_w, int64_t grain, acc_t* grad_input) {
   const int64_t bins = static_cast<int64_t>(pooled_h) * pooled_w;
-  for (int64_t k = 0; k < K; ++k) {  // validate up front: errors must not depend on thread timing
-    const int64_t b = static_cast<int64_t>(rois[k * 5]);
-    TORCH_CHECK(b >= 0 && b < N, "roi_align backward: rois[", k, ", 0] = ", rois[k * 5],
-                " is not a batch index in [0, ", N, ")");
-  }
-  // Each thread owns a range of channels, so the scatter-adds never collide. Small problems
-  // run on the calling thread.
-  const bool small = K * C * bins * 4 < kMinParallelWork;
-  const int64_t grain = small ? std::max<int64_t>(C, 1) : std::max<int64_t>(1, C / std::max(1, at::get_num_threads()));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
-    std::vector<Tap4<acc_t>> taps;
-    for (int64_t k = 0; k < K; ++k) {
-      const auto g = roi_geometry(rois + k * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
-      precompute_taps(g, pooled_h, pooled_w, H, W, taps);
-      const int64_t per_bin = static_cast<int64_t>(g.grid_h) * g.grid_w;
-      const acc_t inv_count = acc_t(1) / g.count;
-      if (!nhwc) {
-        for (int64_t c = c0; c < c1; ++c) {
-          acc_t* plane = grad_input + (g.batch * C + c) * H * W;
-          const scalar_t* go = grad + (k * C + c) * bins;
-          const Tap4<acc_t>* tap = taps.data();
-          for (int64_t b = 0; b < bins; ++b) {
-            const acc_t v = static_cast<acc_t>(go[b]) * inv_count;
-            for (int64_t s = 0; s < per_bin; ++s, ++tap) {
-              for (int q = 0; q < 4; ++q) plane[tap->pix[q]] += tap->w[q] * v;
+    std::vector<acc_t> cols(static_cast<size_t>(W));
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t x0 = t.xmin[k], span = t.xmax[k] - t.xmin[k] + 1;
+        if (span <= 0) continue;
+        acc_t* plane = grad_input + (t.batch[k] * C + c) * H * W;
+        const int gh = t.grid_h[k], gw = t.grid_w[k];
+        const scalar_t* go = grad + (k * C + c) * bins;
+        const acc_t inv = t.inv_count[k];
+        for (int ph = 0; ph < pooled_h; ++ph) {
+          // cols[j]: gradient reaching column x0 + j from bin row ph, before the row weights.
+          acc_t* u = cols.data() - x0;
+          std::fill(cols.begin(), cols.begin() + span, acc_t(0));
+          for (int pw = 0; pw < pooled_w; ++pw) {
+            const AxisTap<acc_t>* tx = t.x.data() + t.xbeg[k] + pw * gw;
+            const acc_t v = static_cast<acc_t>(go[ph * pooled_w + pw]) * inv;
+            for (int ix = 0; ix < gw; ++ix) {
+              if (tx[ix].w_low == acc_t(0) && tx[ix].w_high == acc_t(0)) continue;
+              u[tx[ix].low] += tx[ix].w_low * v;
+              u[tx[ix].high] += tx[ix].w_high * v;
             }
           }
+          const AxisTap<acc_t>* ty = t.y.data() + t.ybeg[k] + ph * gh;
+          for (int iy = 0; iy < gh; ++iy) {
+            const acc_t wl = ty[iy].w_low, wh = ty[iy].w_high;
+            if (wl == acc_t(0) && wh == acc_t(0)) continue;
+            acc_t* rl = plane + ty[iy].low * W + x0;
+            acc_t* rh = plane + ty[iy].high * W + x0;
+            for (int64_t j = 0; j < span; ++j) rl[j] += wl * cols[j];
+            for (int64_t j = 0; j < span; ++j) rh[j] += wh * cols[j];
+          }
         }
-      } else {
-        acc_t* image = grad_input + g.batch * H * W * C;
-        const Tap4<acc_t>* tap = taps.data();
-        for (int64_t b = 0; b < bins; ++b) {
-          const scalar_t* go = grad + (k * bins + b) * C;
-          for (int64_t s = 0; s < per_bin; ++s, ++tap) {
-            for (int q = 0; q < 4; ++q) {
-              const acc_t w = tap->w[q] * inv_count;
-              if (w == acc_t(0)) continue;
-              acc_t* px = image + tap->pix[q] * C;
-              for (int64_t c = c0; c < c1; ++c) px[c] += w * static_cast<acc_t>(go[c]);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------ channels_last
+template <typename scalar_t, typename acc_t>
+void forward_nhwc(const scalar_t* input, const TapTables<acc_t>& t, int64_t K, int64_t C, int H, int W,
+                  int pooled_h, int pooled_w, int64_t grain, scalar_t* out) {
+  at::parallel_for(0, K, grain, [&](int64_t k0, int64_t k1) {
+    std::vector<acc_t> acc(C);
+    for (int64_t k = k0; k < k1; ++k) {
+      const scalar_t* image = input + t.batch[k] * H * W * C;
+      const int gh = t.grid_h[k], gw = t.grid_w[k];
+      for (int ph = 0; ph < pooled_h; ++ph) {
+        const AxisTap<acc_t>* ty = t.y.data() + t.ybeg[k] + ph * gh;
+        for (int pw = 0; pw < pooled_w; ++pw) {
+          const AxisTap<acc_t>* tx = t.x.data() + t.xbeg[k] + pw * gw;
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          acc_t* a = acc.data();
+          for (int iy = 0; iy < gh; ++iy) {
+            for (int ix = 0; ix < gw; ++ix) {
+              const int64_t ys[2] = {ty[iy].low, ty[iy].high};
+              const int64_t xs[2] = {tx[ix].low, tx[ix].high};
+              const acc_t wy[2] = {ty[iy].w_low, ty[iy].w_high};
+              const acc_t wx[2] = {tx[ix].w_low, tx[ix].w_high};
+              for (int q = 0; q < 4; ++q) {
+                const acc_t w = wy[q >> 1] * wx[q & 1];
+                if (w == acc_t(0)) continue;
+                const scalar_t* px = image + (ys[q >> 1] * W + xs[q & 1]) * C;
+                for (int64_t c = 0; c < C; ++c) a[c] += w * static_cast<acc_t>(px[c]);
+              }
+            }
+          }
+          scalar_t* o = out + ((k * pooled_h + ph) * pooled_w + pw) * C;  // [K, ph, pw, C]
+          const acc_t inv = t.inv_count[k];
+          for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(a[c] * inv);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_nhwc(const scalar_t* grad, const TapTables<acc_t>& t, int64_t K, int64_t C, int H, int W,
+                   int pooled_h, int pooled_w, int64_t grain, acc_t* grad_input) {
+  at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t* image = grad_input + t.batch[k] * H * W * C;
+      const int gh = t.grid_h[k], gw = t.grid_w[k];
+      for (int ph = 0; ph < pooled_h; ++ph) {
+        const AxisTap<acc_t>* ty = t.y.data() + t.ybeg[k] + ph * gh;
+        for (int pw = 0; pw < pooled_w; ++pw) {
+          const AxisTap<acc_t>* tx = t.x.data() + t.xbeg[k] + pw * gw;
+          const scalar_t* go = grad + ((k * pooled_h + ph) * pooled_w + pw) * C;
+          for (int iy = 0; iy < gh; ++iy) {
+            for (int ix = 0; ix < gw; ++ix) {
+              const int64_t ys[2] = {ty[iy].low, ty[iy].high};
+              const int64_t xs[2] = {tx[ix].low, tx[ix].high};
+              const acc_t wy[2] = {ty[iy].w_low, ty[iy].w_high};
+              const acc_t wx[2] = {tx[ix].w_low, tx[ix].w_high};
+              for (int q = 0; q < 4; ++q) {
+                const acc_t w = wy[q >> 1] * wx[q & 1] * t.inv_count[k];
+                if (w == acc_t(0)) continue;
+                acc_t* px = image + (ys[q >> 1] * W + xs[q & 1]) * C;
+                for (int64_t c = c0; c < c1; ++c) px[c] += w * static_cast<acc_t>(go[c]);
+              }
             }
           }
         }
       }
     }
   });
+}
+
+// Channels per thread chunk: all of them (one thread) for small problems.
+int64_t channel_grain(int64_t C, int64_t work) {
+  if (work < kMinParallelWork) return std::max<int64_t>(C, 1);
+  return std::max<int64_t>(1, C / std::max(1, at::get_num_threads()));
 }
 
 void check_args(const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
@@ -187,10 +293,20 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor r = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), K, N, C, static_cast<int>(H),
-                             static_cast<int>(W), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
-                             static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned, nhwc,
-                             out.data_ptr<scalar_t>());
+    const auto tables = build_tables<acc_t>(r.data_ptr<acc_t>(), K, N, static_cast<int>(H), static_cast<int>(W),
+                                            static_cast<int>(pooled_h), static_cast<int>(pooled_w),
+                                            static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned);
+    const int64_t work = total_taps(tables, static_cast<int>(pooled_h), static_cast<int>(pooled_w)) * C;
+    if (nhwc) {
+      const int64_t grain = work < kMinParallelWork ? K : 1;
+      forward_nhwc<scalar_t, acc_t>(x.data_ptr<scalar_t>(), tables, K, C, static_cast<int>(H), static_cast<int>(W),
+                                    static_cast<int>(pooled_h), static_cast<int>(pooled_w), grain,
+                                    out.data_ptr<scalar_t>());
+    } else {
+      forward_nchw<scalar_t, acc_t>(x.data_ptr<scalar_t>(), tables, K, C, static_cast<int>(H), static_cast<int>(W),
+                                    static_cast<int>(pooled_h), static_cast<int>(pooled_w), channel_grain(C, work),
+                                    out.data_ptr<scalar_t>());
+    }
   });
   return out;
 }
@@ -216,12 +332,23 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     const at::Tensor r = rois.to(acc_type).contiguous();
+    const auto tables = build_tables<acc_t>(r.data_ptr<acc_t>(), K, batch, static_cast<int>(height),
+                                            static_cast<int>(width), static_cast<int>(pooled_h),
+                                            static_cast<int>(pooled_w), static_cast<acc_t>(spatial_scale),
+                                            static_cast<int>(sampling_ratio), aligned);
+    const int64_t grain =
+        channel_grain(channels, total_taps(tables, static_cast<int>(pooled_h), static_cast<int>(pooled_w)) * channels);
     // Reduced precision accumulates in a float buffer, converted once at the end.
     at::Tensor buf = grad.scalar_type() == acc_type ? grad_input : grad_input.to(acc_type);
-    backward_kernel<scalar_t, acc_t>(go.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), K, batch, channels,
-                                     static_cast<int>(height), static_cast<int>(width), static_cast<int>(pooled_h),
-                                     static_cast<int>(pooled_w), static_cast<acc_t>(spatial_scale),
-                                     static_cast<int>(sampling_ratio), aligned, nhwc, buf.data_ptr<acc_t>());
+    if (nhwc) {
+      backward_nhwc<scalar_t, acc_t>(go.data_ptr<scalar_t>(), tables, K, channels, static_cast<int>(height),
+                                     static_cast<int>(width), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
+                                     grain, buf.data_ptr<acc_t>());
+    } else {
+      backward_nchw<scalar_t, acc_t>(go.data_ptr<scalar_t>(), tables, K, channels, static_cast<int>(height),
+                                     static_cast<int>(width), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
+                                     grain, buf.data_ptr<acc_t>());
+    }
     if (!buf.is_same(grad_input)) grad_input.copy_(buf);
   });
   return grad_input;

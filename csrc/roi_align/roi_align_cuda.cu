@@ -15,6 +15,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <limits>
+
 #include "roi_align.h"
 #include "roi_align_common.h"
 
@@ -22,6 +24,12 @@ namespace maskrcnn {
 namespace {
 
 constexpr int kThreads = 256;
+
+inline bool fits_int(int64_t a, int64_t b, int64_t c) {
+  // Half of INT_MAX, so that the grid-stride step cannot overflow either.
+  constexpr int64_t kMax = std::numeric_limits<int>::max() / 2;
+  return a < kMax && b < kMax && c < kMax;
+}
 
 inline int64_t blocks_for(int64_t n) {
   return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 22);  // grid-stride beyond this
@@ -47,13 +55,14 @@ __device__ acc_t bin_value(const scalar_t* base, int64_t pix_stride, const RoIGe
   return sum / g.count;
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois, int64_t total,
-                               int64_t N, int64_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
+// index_t: int when every index fits, since 64-bit division (the index decomposition) is slow.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois, index_t total,
+                               int64_t N, index_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
                                int sampling_ratio, bool aligned, bool nhwc, scalar_t* __restrict__ out) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t c, k;
+  for (index_t idx = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    index_t c, k;
     int ph, pw;
     if (nhwc) {  // out is [K, ph, pw, C]
       c = idx % C;
@@ -66,23 +75,24 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
       c = (idx / pooled_w / pooled_h) % C;
       k = idx / pooled_w / pooled_h / C;
     }
-    const auto g = roi_geometry(rois + k * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
+    const auto g = roi_geometry(rois + static_cast<int64_t>(k) * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
     acc_t v = 0;
     if (g.batch >= 0 && g.batch < N) {  // an invalid batch index gives zeros (checking would cost a sync)
-      const scalar_t* base = nhwc ? input + g.batch * H * W * C + c : input + (g.batch * C + c) * H * W;
-      v = bin_value<scalar_t, acc_t>(base, nhwc ? C : 1, g, ph, pw, H, W);
+      const scalar_t* base = nhwc ? input + g.batch * H * W * static_cast<int64_t>(C) + c
+                                  : input + (g.batch * C + c) * static_cast<int64_t>(H) * W;
+      v = bin_value<scalar_t, acc_t>(base, nhwc ? static_cast<int64_t>(C) : 1, g, ph, pw, H, W);
     }
     out[idx] = static_cast<scalar_t>(v);
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois, int64_t total,
-                                int64_t N, int64_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois, index_t total,
+                                int64_t N, index_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
                                 int sampling_ratio, bool aligned, bool nhwc, acc_t* __restrict__ grad_input) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t c, k;
+  for (index_t idx = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    index_t c, k;
     int ph, pw;
     if (nhwc) {
       c = idx % C;
@@ -95,11 +105,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* 
       c = (idx / pooled_w / pooled_h) % C;
       k = idx / pooled_w / pooled_h / C;
     }
-    const auto g = roi_geometry(rois + k * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
+    const auto g = roi_geometry(rois + static_cast<int64_t>(k) * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
     if (g.batch < 0 || g.batch >= N) continue;
     const acc_t v = static_cast<acc_t>(grad[idx]) / g.count;
-    const int64_t stride = nhwc ? C : 1;
-    acc_t* base = nhwc ? grad_input + g.batch * H * W * C + c : grad_input + (g.batch * C + c) * H * W;
+    const int64_t stride = nhwc ? static_cast<int64_t>(C) : 1;
+    acc_t* base = nhwc ? grad_input + g.batch * H * W * static_cast<int64_t>(C) + c
+                       : grad_input + (g.batch * C + c) * static_cast<int64_t>(H) * W;
     for (int iy = 0; iy < g.grid_h; ++iy) {
       const auto ya = axis_weights(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), H);
       if (!ya.valid) continue;
@@ -145,11 +156,16 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor r = rois.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const int64_t total = out.numel();
-    forward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), total, N, C, static_cast<int>(H), static_cast<int>(W),
-        static_cast<int>(pooled_h), static_cast<int>(pooled_w), static_cast<acc_t>(spatial_scale),
-        static_cast<int>(sampling_ratio), aligned, nhwc, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), static_cast<index_t>(total), N, static_cast<index_t>(C),
+          static_cast<int>(H), static_cast<int>(W), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
+          static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned, nhwc,
+          out.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (fits_int(total, K * 5, x.numel())) launch(int(0)); else launch(int64_t(0));
   });
   return out;
 }
@@ -182,11 +198,16 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     const at::Tensor r = rois.to(acc_type).contiguous();
     at::Tensor buf = grad.scalar_type() == acc_type ? grad_input : grad_input.to(acc_type);
     const int64_t total = go.numel();
-    backward_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        go.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), total, batch, channels, static_cast<int>(height),
-        static_cast<int>(width), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
-        static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned, nhwc, buf.data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    auto launch = [&](auto index_zero) {
+      using index_t = decltype(index_zero);
+      backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          go.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), static_cast<index_t>(total), batch,
+          static_cast<index_t>(channels), static_cast<int>(height), static_cast<int>(width),
+          static_cast<int>(pooled_h), static_cast<int>(pooled_w), static_cast<acc_t>(spatial_scale),
+          static_cast<int>(sampling_ratio), aligned, nhwc, buf.data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (fits_int(total, K * 5, buf.numel())) launch(int(0)); else launch(int64_t(0));
     if (!buf.is_same(grad_input)) grad_input.copy_(buf);
   });
   return grad_input;

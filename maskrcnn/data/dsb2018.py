@@ -15,7 +15,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from maskrcnn.data.images import ImageReadError, _open, is_gray, read_image
+from maskrcnn.data.images import is_gray, open_image, read_image
 from maskrcnn.structures import Instances, MaskList, Sample
 
 DSB_CLASSES = ("nucleus",)
@@ -30,7 +30,7 @@ def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
 
     Raises:
         DSB2018FormatError: a mask whose size differs from ``image_size = (H, W)``.
-        ImageReadError / FileNotFoundError: an unreadable or missing mask file.
+        maskrcnn.data.images.ImageReadError / FileNotFoundError: an unreadable or missing mask file.
 
     Empty mask files are skipped with a warning naming them.
     """
@@ -41,7 +41,7 @@ def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
     for p in paths:  # one decode per file: the files are the format
         if not os.path.isfile(p):
             raise FileNotFoundError(f"mask file not found: {p}")
-        with _open(p, p) as im:
+        with open_image(p, p) as im:
             if im.size != (W, H):
                 raise DSB2018FormatError(f"{p}: mask is {im.size[0]}x{im.size[1]} (WxH) but its image is {W}x{H}")
             if im.mode not in ("L", "1", "P", "I;16", "I"):
@@ -143,4 +143,4 @@ class DSB2018Dataset:
         return Sample(image, inst, image_id, meta)
 
 
-__all__ = ["DSB2018Dataset", "DSB2018FormatError", "read_mask_crops", "DSB_CLASSES", "ImageReadError"]
+__all__ = ["DSB2018Dataset", "DSB2018FormatError", "read_mask_crops", "DSB_CLASSES"]

@@ -55,7 +55,8 @@ def _to_array(im: Image.Image, where: str) -> np.ndarray:
     raise ImageReadError(f"{where}: unsupported image mode {mode!r}")
 
 
-def _open(path_or_bytes, where: str) -> Image.Image:
+def open_image(path_or_bytes, where: str) -> Image.Image:
+    """Open and decode an image file (or bytes) with Pillow; errors name ``where``."""
     try:
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) else path_or_bytes
         im = Image.open(src)
@@ -85,14 +86,14 @@ def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
     where = os.fspath(path)
     if not os.path.isfile(where):
         raise FileNotFoundError(f"image file not found: {where}")
-    with _open(where, where) as im:
+    with open_image(where, where) as im:
         a = _to_array(im, where)
     return _finish(a, channels, where)
 
 
 def decode_image_bytes(data: bytes, channels: Optional[int] = None, where: str = "<bytes>") -> torch.Tensor:
     """``read_image`` for an encoded image held in memory (the cache stores PNG bytes)."""
-    with _open(bytes(data), where) as im:
+    with open_image(bytes(data), where) as im:
         a = _to_array(im, where)
     return _finish(a, channels, where)
 

@@ -12,7 +12,6 @@ earlier epochs, so ``loader.set_epoch(e, start_batch=b)`` resumes exactly where 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import struct
 from typing import List, Optional, Sequence

@@ -78,10 +78,11 @@ def decode(rle: str, height: int, width: int, order: str = "row", **kw) -> np.nd
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     runs = parse_rle(rle, height, width, **kw)
-    flat = np.zeros(int(height) * int(width) + 1, dtype=np.int32)
-    np.add.at(flat, runs[:, 0], 1)
-    np.add.at(flat, runs[:, 0] + runs[:, 1], -1)
-    mask = np.cumsum(flat[:-1]) > 0
+    lengths = runs[:, 1]
+    # One index per foreground pixel (cost ~ object size, not image size).
+    idx = np.arange(int(lengths.sum())) + np.repeat(runs[:, 0] - (np.cumsum(lengths) - lengths), lengths)
+    mask = np.zeros(int(height) * int(width), dtype=bool)
+    mask[idx] = True
     if order == "row":
         return mask.reshape(height, width)
     return mask.reshape(width, height).T
@@ -183,7 +184,7 @@ def parse_rle_batch(rles: Sequence[str], height: int, width: int, *, source: Opt
         RLEError: as ``parse_rle``, naming ``source`` and the row (``rows[k]`` if given, else ``k``).
     """
     n = len(rles)
-    texts = [_text(r) for r in rles]
+    texts = [r if isinstance(r, str) else _text(r) for r in rles]
     row_of = (lambda k: k) if rows is None else (lambda k: rows[k])
 
     def slow():  # exact per-row validation, only to name the first bad row
@@ -229,8 +230,8 @@ def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row
     """Decode many RLE strings of one image straight into a bool ``MaskList`` (crops, no full-image masks).
 
     Runs are split where they wrap from one image line to the next, each object's extent is found
-    from its runs, and all crops are filled at once with a difference array and a cumulative sum.
-    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop at (0, 0)
+    from its runs, and all crops are filled at once (one index per foreground pixel, no loop).
+    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop near (0, 0)
     (readers decide whether that is an error).
 
     Returns:
@@ -273,12 +274,15 @@ def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row
     op = pmin - pad
     hl = int((lmax - lmin).max()) + 1 + 2 * pad
     wp = int((pmax - pmin).max()) + 1 + 2 * pad
-    # Difference array over [n, hl, wp + 1]: +1 where a segment starts, -1 just past its end.
-    row_base = (seg_owner * hl + (seg_line - ol[seg_owner])) * (wp + 1)
-    size = n * hl * (wp + 1)
-    diff = np.bincount(row_base + (seg_a - op[seg_owner]), minlength=size) \
-        - np.bincount(row_base + (seg_b - op[seg_owner]), minlength=size)
-    crops = np.cumsum(diff.reshape(n, hl, wp + 1), axis=2)[:, :, :wp] > 0
+    # Set every foreground pixel directly: segment k covers flat crop indices
+    # [start_k, start_k + len_k); one repeat + arange enumerates them all (cost ~ object pixels).
+    lengths = seg_b - seg_a
+    start = (seg_owner * hl + (seg_line - ol[seg_owner])) * wp + (seg_a - op[seg_owner])
+    total = int(lengths.sum())
+    idx = np.arange(total) + np.repeat(start - (np.cumsum(lengths) - lengths), lengths)
+    flat = np.zeros(n * hl * wp, dtype=bool)
+    flat[idx] = True
+    crops = flat.reshape(n, hl, wp)
     if order == "row":
         origins = np.stack([op, ol], 1)  # (x0, y0)
     else:

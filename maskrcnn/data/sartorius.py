@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from maskrcnn.data.images import read_image
-from maskrcnn.data.rle import RLEError, decode_crops
+from maskrcnn.data.rle import decode_crops
 from maskrcnn.structures import Instances, Sample
 
 SARTORIUS_CLASSES = ("shsy5y", "astro", "cort")
@@ -205,5 +205,4 @@ class SartoriusUnlabeled:
         return Sample(image, Instances.empty((H, W), with_masks=True), self.image_ids[index], meta)
 
 
-__all__ = ["SartoriusDataset", "SartoriusUnlabeled", "SartoriusFormatError", "read_label_csv", "RLEError",
-           "SARTORIUS_CLASSES"]
+__all__ = ["SartoriusDataset", "SartoriusUnlabeled", "SartoriusFormatError", "read_label_csv", "SARTORIUS_CLASSES"]

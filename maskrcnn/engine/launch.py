@@ -14,7 +14,7 @@ logger = logging.getLogger("maskrcnn.engine")
 def main_train(cfg: Config, resume: bool = False, progress: bool = True) -> int:
     """Run ``cfg`` to the end in this process (joining torchrun's group when launched by it).
 
-    Returns a process exit code: 0 done, 2 a configuration error, 3 a non-finite loss.
+    Returns a process exit code: 0 done, 2 a configuration error or a missing file, 3 a non-finite loss.
     """
     rank = 0
     try:
@@ -26,6 +26,9 @@ def main_train(cfg: Config, resume: bool = False, progress: bool = True) -> int:
             du.cleanup()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # a data folder, annotation file or checkpoint named by the config
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)

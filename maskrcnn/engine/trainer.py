@@ -36,6 +36,7 @@ from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
     BEST,
     FINAL,
+    LAST_CHECKPOINT,
     RunDirectory,
     capture_rng_state,
     load_checkpoint,
@@ -207,7 +208,6 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.best_iteration: Optional[int] = None
         self.last_val: Dict[str, float] = {}
-        self._ddp: Optional[nn.Module] = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
@@ -269,6 +269,12 @@ class Trainer:
                 self.metrics.truncate_after(self.iteration)
         elif self.is_main:
             self.metrics.reset()
+            marker = self.run_dir.path(LAST_CHECKPOINT)
+            if os.path.exists(marker):
+                # A new run in an old run's folder: --resume after an early crash must not pick up
+                # the old run's checkpoint.
+                logger.warning("%s holds an earlier run's checkpoints; starting a new run (no --resume)", self.cfg.train.output_dir)
+                os.remove(marker)
 
     def _warn_config_changes(self, saved: Dict[str, Any], path: str) -> None:
         def flat(d, prefix=""):
@@ -324,11 +330,7 @@ class Trainer:
                 model = nn.parallel.DistributedDataParallel(
                     self.model, device_ids=ids, find_unused_parameters=cfg.train.find_unused_parameters
                 )
-            self._ddp = model
-            try:
-                self._loop(model)
-            finally:
-                self._ddp = None
+            self._loop(model)
             if self.is_main:
                 self._draw()
         return {
@@ -349,9 +351,10 @@ class Trainer:
         if self.is_main:
             n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             logger.info(
-                "training %d iterations from %d on %s x%d (%d images/iter, %.2fM trainable params) -> %s",
-                max_iter - self.iteration, self.iteration, self.device, self.world_size, imgs_per_iter, n_params / 1e6,
-                cfg.train.output_dir,
+                "training %d iterations from %d on %s (%d process(es), %d CPU threads each; %d images/iter, "
+                "%.2fM trainable params) -> %s",
+                max_iter - self.iteration, self.iteration, self.device, self.world_size, torch.get_num_threads(),
+                imgs_per_iter, n_params / 1e6, cfg.train.output_dir,
             )
         bar = tqdm(total=max_iter, initial=self.iteration, disable=not (self.progress and self.is_main), dynamic_ncols=True, unit="it")
         batches = self._batches()
@@ -384,6 +387,7 @@ class Trainer:
                         scaled.backward()
                     for k, v in values.items():
                         components[k] += v / accum
+                step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
                 grad_norm = self._step()
                 with warnings.catch_warnings():
                     # fp16: the scaler skips steps whose gradients overflowed, and torch then warns
@@ -399,13 +403,14 @@ class Trainer:
                 elapsed = time.perf_counter() - t_start
                 window["time"].append(elapsed)
                 window["data_time"].append(data_time)
+                window["lr"] = [step_lr]
                 if grad_norm is not None:
                     window["grad_norm"].append(grad_norm)
                 bar.update(1)
                 if self.is_main and bar.disable is False:
                     bar.set_postfix_str(
                         " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in components.items())
-                        + f" lr={self.optimizer.param_groups[0]['lr']:.2e} img/s={imgs_per_iter / max(elapsed, 1e-9):.1f}",
+                        + f" lr={step_lr:.2e} img/s={imgs_per_iter / max(elapsed, 1e-9):.1f}",
                         refresh=False,
                     )
                 at_end = self.iteration == max_iter
@@ -460,7 +465,7 @@ class Trainer:
         if not self.is_main:
             return
         t = max(means.pop("time", 0.0), 1e-9)
-        record = {"iteration": self.iteration, "epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        record = {"iteration": self.iteration, "epoch": self.epoch, "lr": means.pop("lr")}
         record["loss"] = means.pop("loss")
         record.update({k: means[k] for k in sorted(means) if k.startswith("loss_")})
         record.update(

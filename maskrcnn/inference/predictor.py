@@ -46,6 +46,8 @@ class Predictor:
         mask_threshold: binarises soft masks for matching views (the merged masks stay soft).
         batch_size: views of one image run through a model together (more memory, faster on GPU).
         output_device: where ``predict_raw`` returns its Instances.
+        amp: ``""`` (float32), ``"bf16"`` or ``"fp16"``: autocast the models' forward (GPU); their
+            outputs are cast back to float32 before the merge.
 
     ``last_timing`` holds the seconds of the last call: ``{"model": .., "merge": ..}``.
     """
@@ -60,6 +62,7 @@ class Predictor:
         mask_threshold: float = 0.5,
         batch_size: int = 1,
         output_device: Union[str, torch.device] = "cpu",
+        amp: str = "",
     ):
         if isinstance(models, nn.Module):
             models = [models]
@@ -79,6 +82,9 @@ class Predictor:
         self.mask_threshold = float(mask_threshold)
         self.batch_size = max(1, int(batch_size))
         self.output_device = torch.device(output_device)
+        if amp not in _AMP:
+            raise ValueError(f"amp must be one of {', '.join(repr(a) for a in _AMP)}, got {amp!r}")
+        self.amp = amp
         self.last_timing: Dict[str, float] = {}
 
     @torch.no_grad()
@@ -98,7 +104,8 @@ class Predictor:
         for model in self.models:
             for s in range(0, len(self.views), self.batch_size):
                 views = self.views[s:s + self.batch_size]
-                preds = model([v.apply_image(image) for v in views])
+                with torch.autocast(self.device.type, dtype=_AMP[self.amp], enabled=bool(self.amp)):
+                    preds = model([v.apply_image(image) for v in views])
                 for v, p in zip(views, preds):
                     out.append(v.invert(_as_soft(p), size))
         return out
@@ -127,13 +134,16 @@ class Predictor:
         return postprocess(self.predict_raw(image), test_cfg)
 
 
+_AMP = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _as_soft(inst: Instances) -> Instances:
+    """Model output with float32 boxes, scores and soft masks (bool masks become 0/1)."""
     if inst.scores is None or inst.masks is None:
         raise ValueError("model output lacks scores or masks; is the model in eval mode?")
-    if inst.masks.is_soft:
-        return inst
     m = inst.masks
-    return inst.replace(masks=MaskList(m.crops.float(), m.origins, m.image_size))
+    return Instances(inst.image_size, inst.boxes.float(), inst.labels, inst.scores.float(),
+                     MaskList(m.crops.float(), m.origins, m.image_size))
 
 
 # ------------------------------------------------------------------ checkpoints, thresholds

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (Sartorius: row)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=1, help="views per model call")
+    p.add_argument("--amp", choices=("", "bf16", "fp16"), default="", help="autocast the models (GPU)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -134,8 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cli["merge_iou"] = args.merge_iou
     if cli:
         test_cfg = override_test_config(test_cfg, cli, source="command line")
+    # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
-                          device=device, batch_size=args.batch_size)
+                          device=device, batch_size=args.batch_size, output_device=device, amp=args.amp)
     paths = list_images(args.images)
     if args.limit > 0:
         paths = paths[: args.limit]

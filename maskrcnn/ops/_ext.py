@@ -18,6 +18,8 @@ def _load():
         _load_error = "MASKRCNN_FORCE_FALLBACK is set"
         return
     try:
+        import torch  # noqa: F401  # loads libc10/libtorch, which _C links against without an rpath
+
         from maskrcnn import _C as ext  # noqa: F401
 
         _C = ext

@@ -7,6 +7,7 @@ from PIL import Image
 from maskrcnn.config import ConfigError
 from maskrcnn.engine.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
+from maskrcnn.engine.schedule import lr_factor
 from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, check_train_config
 from tests.engine.standins import TinyDataset, tiny_config
 from tests.engine.standins import TinyModel as _TinyModel
@@ -97,7 +98,9 @@ def test_metrics_and_curves_files(tmp_path):
     for r in train:
         assert {"lr", "loss_mask", "loss_cls", "it_per_s", "img_per_s", "time", "data_time"} <= set(r)
         assert r["loss"] == pytest.approx(r["loss_mask"] + r["loss_cls"])
-    assert train[0]["lr"] < train[2]["lr"]  # warmup
+    # The rate each step used: warmup over 2 iterations, then a 10x decay from iteration 4 on.
+    assert [r["lr"] for r in train] == pytest.approx([cfg.solver.lr * lr_factor(cfg.solver, i) for i in range(6)])
+    assert train[0]["lr"] < train[2]["lr"] and train[4]["lr"] == pytest.approx(0.01)
     assert [r["iteration"] for r in val] == [3, 6]
     assert all(0.0 <= r["val/mAP"] <= 1.0 and r["val/num_images"] == 3 for r in val)
     assert out["last_val"]["val/mAP"] == val[-1]["val/mAP"]
@@ -156,3 +159,15 @@ def test_unknown_config_key_is_an_error():
 
     with pytest.raises(ConfigError, match="solver.warmup_iter"):
         load_config(None, ["solver.warmup_iter=5"])
+
+
+def test_a_new_run_in_an_old_folder_forgets_the_old_checkpoint(tmp_path):
+    cfg = tiny_config(str(tmp_path))
+    _run(cfg, TinyModel())
+    assert (tmp_path / "last_checkpoint").exists()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _run(cfg, TinyModel(fail_at=1))  # a fresh run (no --resume) that dies before its first checkpoint
+    assert not (tmp_path / "last_checkpoint").exists()
+    model = TinyModel()
+    out = _run(cfg, model, resume=True)  # so --resume starts over instead of "resuming" the old run
+    assert out["iteration"] == 6 and model.calls == 6

@@ -171,3 +171,13 @@ def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_p
     with pytest.raises(ValueError, match="none: no images"):
         main(["--weights", str(tmp_path / "tiny.pth"), "--images", str(tmp_path / "none"), "--out",
               str(tmp_path / "z.csv"), "--device", "cpu"])
+
+
+def test_autocast_option_is_checked_and_outputs_stay_float32():
+    blobs = random_blobs(4, 20, 24, seed=4)
+    with pytest.raises(ValueError, match="amp must be one of"):
+        Predictor(IdStubModel(), amp="fp8")
+    raw = Predictor(IdStubModel(), tta="hflip", device="cpu", amp="bf16").predict_raw(draw_objects(blobs))
+    assert raw.masks.crops.dtype == torch.float32 and raw.scores.dtype == torch.float32
+    order = torch.sort(object_score(torch.arange(1, blobs.shape[0] + 1)), descending=True, stable=True).indices
+    assert torch.equal(raw.masks.to_dense() > 0.5, blobs[order])

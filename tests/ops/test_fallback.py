@@ -57,3 +57,13 @@ def test_missing_extension_warns_once():
     out = run_probe(prelude="sys.modules['maskrcnn._C'] = None")
     assert "EXT False" in out
     assert "WARNINGS 1" in out
+
+
+def test_extension_loads_when_imported_before_torch(ext):
+    # `import maskrcnn.ops` as a script's first import must still find the compiled module.
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MASKRCNN_FORCE_FALLBACK", None)
+    code = "import maskrcnn.ops as ops; print('EXT', ops.get_ext() is not None)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "EXT True" in proc.stdout, proc.stderr

@@ -66,3 +66,17 @@ def test_malformed_rle_names_file_and_row(bad, message):
 def test_unsorted_runs_allowed_when_not_strict():
     ml = rle.decode_crops(["5 2 1 2"], 4, 4, strict=False)
     assert ml.to_dense()[0].reshape(-1).nonzero()[:, 0].tolist() == [0, 1, 4, 5]
+
+
+@pytest.mark.parametrize("order", ["row", "col"])
+def test_encode_crops_equals_encode_and_decode_inverts_it(order):
+    rng = np.random.default_rng(5)
+    dense = rng.random((4, 9, 13)) < 0.3
+    dense[0, :, -1] = True  # runs joined across line ends
+    dense[1] = False
+    ml = rle.decode_crops([rle.encode(d, order) for d in dense], 9, 13, order)
+    assert rle.encode_crops(ml.crops, ml.origins, (9, 13), order) == [rle.encode(d, order) for d in dense]
+    assert rle.encode(dense[1]) == ""
+    for d in dense:
+        assert np.array_equal(rle.decode(rle.encode(d, order), 9, 13, order), d)
+    assert np.array_equal(rle.decode_many([rle.encode(d, order) for d in dense], 9, 13, order), dense)
