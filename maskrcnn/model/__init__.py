@@ -2,6 +2,8 @@
 to explicit constructor arguments (modules never see the config)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from maskrcnn.config import ConfigError, ModelConfig
@@ -96,6 +98,12 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
         size_divisibility=inp.size_divisibility, channels_last=False, mask_threshold=m.mask_threshold,
     )
+    if b.norm == "frozen_bn" and not b.weights and load_weights:  # (restoring a checkpoint: no warning)
+        warnings.warn(
+            "model.backbone.norm is frozen_bn but no weights are given: the backbone has no trainable "
+            "normalisation and is likely to diverge; use norm gn (or bn) to train from scratch",
+            RuntimeWarning, stacklevel=2,
+        )
     if load_weights and b.weights:
         from maskrcnn.model.weights import import_weights
 

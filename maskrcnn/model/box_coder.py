@@ -44,7 +44,7 @@ def decode_boxes(deltas: Tensor, reference: Tensor, weights: Sequence[float]) ->
     deltas = deltas.float()
     reference = reference.float()
     n = deltas.shape[0]
-    d = deltas.reshape(n, -1, 4)
+    d = deltas.reshape(n, deltas.shape[-1] // 4, 4)
     rw = (reference[:, 2] - reference[:, 0])[:, None]
     rh = (reference[:, 3] - reference[:, 1])[:, None]
     rx = reference[:, 0, None] + 0.5 * rw
@@ -54,4 +54,4 @@ def decode_boxes(deltas: Tensor, reference: Tensor, weights: Sequence[float]) ->
     w = torch.exp((d[..., 2] / ww).clamp(max=SCALE_CLAMP)) * rw
     h = torch.exp((d[..., 3] / wh).clamp(max=SCALE_CLAMP)) * rh
     boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-    return boxes.reshape(n, -1)
+    return boxes.reshape(n, deltas.shape[-1])

@@ -6,9 +6,25 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from maskrcnn.structures import box_iou
 
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
+
+
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU ``Tensor[N, M]`` of xyxy boxes ``a (Tensor[N, 4])`` and ``b (Tensor[M, 4])``, float32.
+
+    Same values as ``structures.box_iou`` with [N, M] temporaries only (no [N, M, 2] ones): the
+    matcher calls it on up to 800 GT x 90k anchors per image.
+    """
+    a = a.float()
+    b = b.float()
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    iw = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])
+    ih = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])
+    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
+    union = (area_a[:, None] + area_b[None, :]).sub_(inter)
+    return torch.where(union > 0, inter.div_(union.clamp(min=1e-12)), torch.zeros_like(inter))
 
 
 def match_boxes(
@@ -24,8 +40,9 @@ def match_boxes(
     Labels: ``FOREGROUND`` (1) where the best IoU is ``>= fg_iou_thresh``, ``BACKGROUND`` (0) where
     it is ``< bg_iou_thresh``, ``IGNORE`` (-1) in between. With ``allow_low_quality``, each GT's
     highest-IoU boxes (ties included, IoU > 0) are also foreground, so that every GT gets an anchor
-    (Ren et al. 2015). The G x A IoU matrix is computed in chunks of boxes to bound memory
-    (800 cells x 90k anchors would be 290 MB per intermediate).
+    (Ren et al. 2015). The G x A IoU matrix is computed once, in chunks of boxes that bound memory
+    (800 cells x 90k anchors would be 290 MB per intermediate); each chunk keeps, per GT, the
+    boxes that reach the chunk's maximum, and those reaching the global maximum win at the end.
 
     Returns:
         matched (Tensor[A] int64): index of the matched GT (0 when G == 0).
@@ -36,28 +53,29 @@ def match_boxes(
     dev = boxes.device
     if G == 0 or A == 0:
         return (torch.zeros(A, dtype=torch.long, device=dev), torch.full((A,), BACKGROUND, dtype=torch.int8, device=dev))
-    gt_boxes = gt_boxes.float()
-    boxes = boxes.float()
-    chunk = max(1, max_elements // max(G, 1))
+    chunk = max(1, max_elements // G)
     best_iou, matched = [], []
-    gt_best = torch.zeros(G, device=dev)
+    cand_gt, cand_box, cand_val = [], [], []
     for s in range(0, A, chunk):  # chunks of boxes bound memory; not a loop over instances
-        iou = box_iou(gt_boxes, boxes[s : s + chunk])  # [G, a]
+        iou = pairwise_iou(gt_boxes, boxes[s : s + chunk])  # [G, a]
         v, i = iou.max(dim=0)
         best_iou.append(v)
         matched.append(i)
-        gt_best = torch.maximum(gt_best, iou.max(dim=1).values)
+        if allow_low_quality:
+            chunk_best = iou.max(dim=1, keepdim=True).values  # [G, 1]
+            g, j = torch.nonzero(iou == chunk_best, as_tuple=True)
+            cand_gt.append(g)
+            cand_box.append(j + s)
+            cand_val.append(chunk_best[g, 0])
     best_iou = torch.cat(best_iou)
     matched = torch.cat(matched)
     labels = torch.full((A,), IGNORE, dtype=torch.int8, device=dev)
     labels[best_iou < bg_iou_thresh] = BACKGROUND
     labels[best_iou >= fg_iou_thresh] = FOREGROUND
     if allow_low_quality:
-        low = []
-        for s in range(0, A, chunk):
-            iou = box_iou(gt_boxes, boxes[s : s + chunk])
-            low.append(((iou == gt_best[:, None]) & (gt_best[:, None] > 0)).any(dim=0))
-        labels[torch.cat(low)] = FOREGROUND
+        g, j, val = torch.cat(cand_gt), torch.cat(cand_box), torch.cat(cand_val)
+        gt_best = torch.full((G,), -1.0, device=dev).scatter_reduce_(0, g, val, reduce="amax")
+        labels[j[(val == gt_best[g]) & (val > 0)]] = FOREGROUND
     return matched, labels
 
 

@@ -61,7 +61,8 @@ class MultiLevelRoIPooler(nn.Module):
         """``features``: the pooled levels ``Tensor[B, C, H_l, W_l]``; ``boxes``: per image ``Tensor[R_i, 4]``.
 
         Returns:
-            Tensor[sum R_i, C, S, S], in the order of the concatenated boxes.
+            Tensor[sum R_i, C, S, S] (float32 for reduced-precision features), in the order of the
+            concatenated boxes.
         """
         feats = features[: len(self.strides)]
         dev = feats[0].device
@@ -72,12 +73,15 @@ class MultiLevelRoIPooler(nn.Module):
         C = feats[0].shape[1]
         S = self.output_size
         levels = assign_fpn_levels(all_boxes, self.min_level, self.max_level, self.canonical_size, self.canonical_level)
-        out = feats[0].new_zeros((K, C, S, S))
+        # Pool in float32 under autocast (as torchvision does): RoI coordinates in bfloat16 would
+        # be rounded to 4 px at x = 700.
+        dtype = torch.float32 if feats[0].dtype in (torch.float16, torch.bfloat16) else feats[0].dtype
+        out = feats[0].new_zeros((K, C, S, S), dtype=dtype)
         for lvl, (f, stride) in enumerate(zip(feats, self.strides)):  # loop over levels, not RoIs
             idx = torch.nonzero(levels == lvl).squeeze(1)
             if idx.numel() == 0:
                 continue
-            pooled = roi_align(f, rois[idx], S, 1.0 / stride, self.sampling_ratio, aligned=True)
+            pooled = roi_align(f.to(dtype), rois[idx].to(dtype), S, 1.0 / stride, self.sampling_ratio, aligned=True)
             out = out.index_copy(0, idx, pooled.to(out.dtype))
         return out
 
@@ -127,6 +131,9 @@ def box_losses(cls_logits: Tensor, box_deltas: Tensor, gt_classes: Tensor, propo
     The box loss is summed over foreground RoIs and divided by K (detectron2's normalisation).
     """
     num_classes = box_deltas.shape[1] // 4
+    if gt_classes.numel() == 0:  # no RoIs at all (no proposals and no GT): zero, not NaN
+        zero = cls_logits.sum() * 0.0 + box_deltas.sum() * 0.0
+        return {"loss_cls": zero, "loss_box": zero}
     loss_cls = F.cross_entropy(cls_logits.float(), gt_classes, reduction="mean")
     fg = torch.nonzero(gt_classes < num_classes).squeeze(1)
     cls = gt_classes[fg]
@@ -328,6 +335,7 @@ class RoIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 1000,
         proposal_append_gt: bool = True,
+        mask_inference_chunk: int = 256,
     ):
         super().__init__()
         self.box_pooler = box_pooler
@@ -346,6 +354,7 @@ class RoIHeads(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
         self.proposal_append_gt = proposal_append_gt
+        self.mask_inference_chunk = max(1, int(mask_inference_chunk))
 
     def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
         """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index."""
@@ -414,7 +423,16 @@ class RoIHeads(nn.Module):
                              self.nms_thresh, self.detections_per_image)
         boxes = [d[0] for d in dets]
         labels = torch.cat([d[2] for d in dets])
-        mask_logits = self.mask_head(self.mask_pooler(features, boxes))
-        probs = mask_probabilities(mask_logits, labels)
         counts = [b.shape[0] for b in boxes]
+        # In chunks of detections: 1,000 masks at 28 x 28 with 256 channels are 800 MB per layer.
+        image_idx = torch.repeat_interleave(torch.arange(len(boxes), device=labels.device),
+                                            torch.tensor(counts, device=labels.device))
+        all_boxes = torch.cat(boxes)
+        probs = []
+        for s in range(0, max(all_boxes.shape[0], 1), self.mask_inference_chunk):
+            sl = slice(s, s + self.mask_inference_chunk)
+            chunk_boxes = [all_boxes[sl][image_idx[sl] == i] for i in range(len(boxes))]  # loop over images
+            mask_logits = self.mask_head(self.mask_pooler(features, chunk_boxes))
+            probs.append(mask_probabilities(mask_logits, labels[sl]))
+        probs = torch.cat(probs)
         return [(d[0], d[1], d[2], p) for d, p in zip(dets, torch.split(probs, counts))]

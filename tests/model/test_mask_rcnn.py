@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskrcnn.model import build_model
-from maskrcnn.structures import Instances, MaskList
+from maskrcnn.structures import Instances
 from tests.model.helpers import disks_sample, tiny_model_config
 
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"}
@@ -44,6 +44,19 @@ def test_image_without_objects(model):
     assert out.scores is not None and out.masks is not None and len(out.masks) == len(out)
 
 
+def test_no_proposals_gives_empty_outputs(model):
+    image, _ = disks_sample(64, 64)
+    model.eval()
+    saved = model.rpn.post_nms_topk
+    model.rpn.post_nms_topk = (saved[0], 0)  # as when every proposal is dropped (e.g. non-finite)
+    try:
+        with torch.no_grad():
+            (out,) = model([image])
+    finally:
+        model.rpn.post_nms_topk = saved
+    assert len(out) == 0 and out.masks.crops.shape[0] == 0 and out.image_size == (64, 64)
+
+
 def test_overfits_one_image():
     torch.manual_seed(0)
     model = build_model(tiny_model_config())
@@ -58,7 +71,7 @@ def test_overfits_one_image():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(loss.item())
     assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
 
 
@@ -81,6 +94,10 @@ def test_eval_outputs_caps_soft_masks_and_original_coordinates():
     assert (x0 >= out.boxes[:, 0].floor() - 1).all() and (y0 >= out.boxes[:, 1].floor() - 1).all()
     assert out.labels.dtype == torch.long and (out.labels < 2).all()
     assert (out.scores[:-1] >= out.scores[1:]).all()
+    model.roi_heads.mask_inference_chunk = 2  # masks computed 2 detections at a time: same result
+    with torch.no_grad():
+        chunked = model([image, image.flip(-1)])[0]  # two images: chunks span both
+    torch.testing.assert_close(chunked.masks.crops, out.masks.crops)
 
 
 def test_postprocess_maps_back_to_original_pixels(model):
@@ -106,9 +123,7 @@ def test_grayscale_is_repeated_for_rgb_models():
 
 
 def test_predict_thresholds_masks(model):
-    model.train()
     image, _ = disks_sample(64, 64)
-    soft = None
     model.eval()
     with torch.no_grad():
         soft = model([image])[0]
