@@ -165,6 +165,7 @@ def main(argv=None):
     p.add_argument("--speed-steps", type=int, default=10)
     p.add_argument("--models", default="ours,torchvision")
     p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--skip-speed", action="store_true", help="accuracy only (needs --iters)")
     p.add_argument("--infer-size", type=int, nargs=2, default=(520, 704), metavar=("H", "W"))
     p.add_argument("--set", nargs="*", default=[], dest="overrides")
     args = p.parse_args(argv)
@@ -199,7 +200,7 @@ def main(argv=None):
     print(f"device {results['device']}, torch {torch.__version__}; train {len(train_ds)} / val {len(val_ds)} images", flush=True)
 
     # ---------------------------------------------------------------- speed
-    for name in names:
+    for name in [] if args.skip_speed else names:
         torch.manual_seed(0)
         model = build(name, cfg, device)
         t_train = train_step_time(model, batch, device, cfg.solver.amp, args.speed_steps, 3)
@@ -218,7 +219,7 @@ def main(argv=None):
         print(f"[speed] {name}: train {1 / t_train:.2f} it/s (batch {cfg.data.batch_size}), "
               f"inference {1 / t_inf:.2f} img/s at {ih}x{iw} with {dets} detections", flush=True)
         save()
-    if len(names) == 2:
+    if len(names) == 2 and not args.skip_speed:
         a, b = (results["models"][n] for n in names)
         results["speed_ratio"] = {"train": a["train_it_per_s"] / b["train_it_per_s"],
                                   "inference": a["infer_img_per_s"] / b["infer_img_per_s"]}
@@ -251,7 +252,7 @@ def main(argv=None):
         out = trainer.train()
         wall = time.perf_counter() - t
         val = out["last_val"]
-        results["models"][name].update({
+        results["models"].setdefault(name, {}).update({
             "iters": iters, "train_wall_s": wall, "val_mAP": val.get("val/mAP"),
             "val": {k: v for k, v in val.items()},
         })
