@@ -131,12 +131,15 @@ def inference_time(model, image, device, amp: str, steps: int, warmup: int):
 
 
 def build(name, cfg, device, score_thresh=None):
-    if name == "ours":
+    """``ours``, ``ours-nchw`` (ours with ``model.channels_last`` off) or ``torchvision``."""
+    if name in ("ours", "ours-nchw"):
+        from dataclasses import replace
+
         mcfg = cfg.model
         if score_thresh is not None:
-            from dataclasses import replace
-
             mcfg = replace(mcfg, roi_heads=replace(mcfg.roi_heads, score_thresh=score_thresh))
+        if name == "ours-nchw":
+            mcfg = replace(mcfg, channels_last=False)
         model = build_model(mcfg)
     else:
         inp = cfg.model.input
@@ -146,8 +149,6 @@ def build(name, cfg, device, score_thresh=None):
             score_thresh=cfg.model.roi_heads.score_thresh if score_thresh is None else score_thresh,
             rpn_post_nms_test=cfg.model.rpn.post_nms_topk_test,
         )
-    if cfg.model.channels_last and name == "ours":
-        model = model.to(memory_format=torch.channels_last)
     return model.to(device)
 
 
@@ -163,7 +164,7 @@ def main(argv=None):
     p.add_argument("--train-seconds", type=float, default=0, help="size --iters so both trainings fit in this time")
     p.add_argument("--max-iters", type=int, default=3000)
     p.add_argument("--speed-steps", type=int, default=10)
-    p.add_argument("--models", default="ours,torchvision")
+    p.add_argument("--models", default="ours,torchvision", help="comma-separated: ours, ours-nchw, torchvision")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-speed", action="store_true", help="accuracy only (needs --iters)")
     p.add_argument("--infer-size", type=int, nargs=2, default=(520, 704), metavar=("H", "W"))
@@ -219,12 +220,16 @@ def main(argv=None):
         print(f"[speed] {name}: train {1 / t_train:.2f} it/s (batch {cfg.data.batch_size}), "
               f"inference {1 / t_inf:.2f} img/s at {ih}x{iw} with {dets} detections", flush=True)
         save()
-    if len(names) == 2 and not args.skip_speed:
-        a, b = (results["models"][n] for n in names)
-        results["speed_ratio"] = {"train": a["train_it_per_s"] / b["train_it_per_s"],
-                                  "inference": a["infer_img_per_s"] / b["infer_img_per_s"]}
-        print(f"[speed] {names[0]} / {names[1]}: training {results['speed_ratio']['train']:.2f}x, "
-              f"inference {results['speed_ratio']['inference']:.2f}x", flush=True)
+    if "torchvision" in names and not args.skip_speed:
+        b = results["models"]["torchvision"]
+        results["speed_ratio"] = {}
+        for n in names:
+            if n == "torchvision":
+                continue
+            a = results["models"][n]
+            r = {"train": a["train_it_per_s"] / b["train_it_per_s"], "inference": a["infer_img_per_s"] / b["infer_img_per_s"]}
+            results["speed_ratio"][n] = r
+            print(f"[speed] {n} / torchvision: training {r['train']:.2f}x, inference {r['inference']:.2f}x", flush=True)
         save()
     if args.skip_accuracy:
         return results
