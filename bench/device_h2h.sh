@@ -9,7 +9,7 @@
 #   bash bench/device_h2h.sh        # on the GPU machine; needs .devdata/dsb2018.npz (+ _folds.json)
 #
 # Env: OUT (logs, default output/device_h2h), BUDGET (seconds for the whole script, default 570),
-# PYTHON, DEVICE (cuda), SKIP_BUILD=1, EXTRA_SET (config overrides for every run), SPEED_STEPS,
+# PYTHON, DEVICE (cuda), SKIP_BUILD=1, HOST_CC/HOST_CXX, EXTRA_SET (config overrides for every run), SPEED_STEPS,
 # ITERS (fixed iterations instead of sizing them), INFER_SIZE ("520 704"), EVAL_RESERVE (s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,9 @@ $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 nproc
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  export CC=${CC:-/usr/bin/gcc} CXX=${CXX:-/usr/bin/g++} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  # The GPU image sets CC/CXX to /opt/gcc, whose builds crash on any C++ exception (tools/gpu_check.sh
+  # diagnoses it); the system compiler works. HOST_CC/HOST_CXX choose another.
+  export CC=${HOST_CC:-/usr/bin/gcc} CXX=${HOST_CXX:-/usr/bin/g++} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
   rm -rf build maskrcnn/_C*.so
   if ! FORCE_CUDA=1 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1

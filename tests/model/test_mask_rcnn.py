@@ -171,3 +171,27 @@ def test_bad_inputs_have_clear_errors(model):
         model([image[:, :20]], [gt])
     with pytest.raises(ValueError, match="masks"):
         model([image], [Instances(gt.image_size, gt.boxes, gt.labels)])
+
+
+def test_group_norm_batches_of_mixed_sizes_match_single_images():
+    # GroupNorm statistics cover the whole (padded) feature map: a small image batched with a large
+    # one must not be normalised by the large one's padding.
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config("model.roi_heads.score_thresh=0.0")).eval()
+    small, _ = disks_sample(48, 60)
+    large, _ = disks_sample(160, 200, disks=((40, 50, 12, 0), (120, 150, 20, 1)))
+    with torch.no_grad():
+        alone = [model([im])[0] for im in (small, large, small)]
+        batched = model([small, large, small])
+    for a, b in zip(alone, batched):
+        assert len(a) > 0 and a.image_size == b.image_size
+        torch.testing.assert_close(b.boxes, a.boxes)
+        torch.testing.assert_close(b.scores, a.scores)
+        torch.testing.assert_close(b.masks.crops, a.masks.crops)
+
+
+def test_frozen_bn_model_is_not_split_by_size():
+    torch.manual_seed(0)
+    gn = build_model(tiny_model_config())
+    bn = build_model(tiny_model_config("model.backbone.norm=frozen_bn", "model.fpn.norm=", "model.mask_head.norm="))
+    assert gn._padding_changes_features() and not bn._padding_changes_features()
