@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -190,8 +192,11 @@ def test_group_norm_batches_of_mixed_sizes_match_single_images():
         torch.testing.assert_close(b.masks.crops, a.masks.crops)
 
 
-def test_frozen_bn_model_is_not_split_by_size():
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_batchnorm_models_are_not_split_by_size(norm):
     torch.manual_seed(0)
     gn = build_model(tiny_model_config())
-    bn = build_model(tiny_model_config("model.backbone.norm=frozen_bn", "model.fpn.norm=", "model.mask_head.norm="))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # frozen_bn without weights warns that it cannot train
+        bn = build_model(tiny_model_config(f"model.backbone.norm={norm}", "model.fpn.norm=", "model.mask_head.norm="))
     assert gn._padding_changes_features() and not bn._padding_changes_features()
