@@ -16,7 +16,9 @@ Phases, each writing ``<out>/results.json`` as it ends (a cut-off run keeps what
    training crops) and inference time per 520x704 image with 1,000 detections (score threshold 0,
    mask pasting included), for both models, side by side;
 2. accuracy: ``--iters`` iterations each (or, with ``--train-seconds``, as many as both fit in
-   that much training time, measured from phase 1), then the Kaggle mAP on the validation fold.
+   that much training time, measured from phase 1), then the Kaggle mAP on the validation fold,
+   both models validated the same way: one image at a time, float32 (the model's checkpoint is
+   ``<out>/<model>/model_final.pth``).
 
     python bench/head_to_head.py --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json \
         --device cuda --train-seconds 240 --out output/h2h
@@ -38,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from maskrcnn.config import load_config  # noqa: E402
 from maskrcnn.data import build_dataset, build_reader  # noqa: E402
 from maskrcnn.engine.trainer import Trainer, amp_context  # noqa: E402
+from maskrcnn.engine.validate import run_validation  # noqa: E402
 from maskrcnn.model import build_model  # noqa: E402
 from maskrcnn.structures import Instances, MaskList  # noqa: E402
 
@@ -247,21 +250,28 @@ def main(argv=None):
     for name in names:
         run_cfg = load_config(args.config, base + list(args.overrides) + [
             f"solver.max_iter={iters}", f"solver.warmup_iters={warmup}", f"solver.steps=[{int(iters * 0.8)}]",
-            f"train.output_dir={os.path.join(args.out, name)}", f"train.eval_period={iters}",
+            f"train.output_dir={os.path.join(args.out, name)}", "train.eval_period=0",
             f"train.checkpoint_period={iters}", f"train.log_period={max(1, iters // 10)}",
         ])
         torch.manual_seed(run_cfg.train.seed)
         model = build(name, run_cfg, device)
         t = time.perf_counter()
         trainer = Trainer(run_cfg, model=model, train_dataset=train_ds, val_dataset=val_ds, device=device, progress=False)
-        out = trainer.train()
+        trainer.train()
         wall = time.perf_counter() - t
-        val = out["last_val"]
+        # One validation protocol for both: one image at a time, float32, our post-processing and
+        # the Kaggle metric (what evaluate.py does). The Trainer's own validation batches images
+        # and autocasts, which is not the same for a BatchNorm and a GroupNorm model.
+        t = time.perf_counter()
+        val = run_validation(model, val_ds, run_cfg.test, device, batch_size=1, autocast=None,
+                             max_images=run_cfg.train.max_eval_images)
+        val_wall = time.perf_counter() - t
         results["models"].setdefault(name, {}).update({
-            "iters": iters, "train_wall_s": wall, "val_mAP": val.get("val/mAP"),
+            "iters": iters, "train_wall_s": wall, "val_wall_s": val_wall, "val_mAP": val.get("val/mAP"),
+            "val_protocol": "one image at a time, float32",
             "val": {k: v for k, v in val.items()},
         })
-        print(f"[accuracy] {name}: {iters} iterations in {wall:.0f} s, Kaggle mAP on {len(val_ds)} validation images "
+        print(f"[accuracy] {name}: {iters} iterations in {wall:.0f} s, Kaggle mAP on {val.get('val/num_images')} validation images "
               f"= {val.get('val/mAP')}", flush=True)
         del model, trainer
         if device.type == "cuda":
