@@ -219,3 +219,44 @@ def test_cuda_matches_cpu_compiled():
         cpu = roi_align(xc, rois, 7, 0.25, 0, True)
         gpu = roi_align(xc.cuda(), rois.cuda(), 7, 0.25, 0, True)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("convert", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_cpu_nchw_through_nhwc_kernel(ext, monkeypatch, convert, sampling_ratio):
+    # An NCHW input runs either the NCHW kernel or (converted) the NHWC one: same numbers, and the
+    # output and gradient stay NCHW.
+    import importlib
+
+    ra = importlib.import_module("maskrcnn.ops.roi_align")  # the module (the package exports the function)
+    for name in ("CPU_NHWC_MIN_SAMPLES_PER_PIXEL", "CPU_NHWC_MIN_SAMPLES_PER_PIXEL_GRAD"):
+        monkeypatch.setattr(ra, name, 0.0 if convert else float("inf"))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 5, 13, 10, generator=g, dtype=torch.float64)
+    rois = random_rois(g, 25, 2, 13, 10, 0.5, torch.float64)
+    assert ra._cpu_convert_to_nhwc(x, rois, (3, 4), sampling_ratio) == convert
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ya = roi_align(a, rois, (3, 4), 0.5, sampling_ratio, True)
+    yb = roi_align_reference(b, rois, (3, 4), 0.5, sampling_ratio, True)
+    assert ya.is_contiguous()
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    gout = torch.randn(ya.shape, generator=g, dtype=torch.float64)
+    ya.backward(gout)
+    yb.backward(gout)
+    assert a.grad.is_contiguous()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_nhwc_conversion_only_when_it_pays():
+    from maskrcnn.ops.roi_align import _cpu_convert_to_nhwc
+
+    big = torch.zeros(2, 256, 200, 200)  # 80,000 pixels
+    few = torch.zeros(10, 5)
+    many = torch.zeros(512, 5)
+    assert not _cpu_convert_to_nhwc(big, few, (7, 7), 2)  # 1,960 samples
+    assert _cpu_convert_to_nhwc(big, many, (7, 7), 2)  # 100,352 samples
+    assert not _cpu_convert_to_nhwc(big, many, (7, 7), 2, needs_grad=True)  # the gradient's conversion too
+    assert _cpu_convert_to_nhwc(big, many, (14, 14), 2, needs_grad=True)  # 401,408 samples
+    assert not _cpu_convert_to_nhwc(big.to(memory_format=torch.channels_last), many, (7, 7), 2)  # already NHWC
+    assert not _cpu_convert_to_nhwc(torch.zeros(1, 1, 20, 20), many, (7, 7), 2)  # one channel: same layout
