@@ -121,3 +121,21 @@ def test_find_top_proposals_matches_per_image_per_level_loops():
         assert g.shape[0] == 100
         torch.testing.assert_close(g, w)
         assert (g[:, 2] <= wd).all() and (g[:, 3] <= h).all() and (g >= 0).all()
+
+
+def test_proposals_of_a_batch_equal_each_image_alone():
+    g = torch.Generator().manual_seed(11)
+    B, sizes = 3, [3000, 700, 180]
+    logits = [torch.randn(B, n, generator=g) for n in sizes]
+    deltas = [0.2 * torch.randn(B, n, 4, generator=g) for n in sizes]
+    anchors = []
+    for n, s in zip(sizes, (8, 16, 32)):
+        c = torch.rand(n, 2, generator=g) * 200
+        anchors.append(torch.cat([c - s / 2, c + s / 2], 1))
+    image_sizes = [(200, 200), (180, 150), (120, 200)]
+    batch = find_top_proposals(logits, deltas, anchors, image_sizes, 1000, 300, 0.7, 1.0)
+    for i in range(B):
+        alone = find_top_proposals([x[i : i + 1] for x in logits], [d[i : i + 1] for d in deltas], anchors,
+                                   image_sizes[i : i + 1], 1000, 300, 0.7, 1.0)[0]
+        assert 0 < len(alone) <= 300
+        assert torch.equal(batch[i], alone)
