@@ -298,12 +298,14 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _load_yaml(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
-    path = os.path.abspath(path)
-    if path in seen:
-        raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(seen)})")
+def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigError) -> Dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file gives ``{}``).
+
+    Raises ``missing`` ("<kind> file not found: <path>") for a missing file, and ConfigError naming
+    the file for invalid YAML or a top level that is not a mapping.
+    """
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise missing(f"{kind} file not found: {path}")
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
@@ -311,6 +313,14 @@ def _load_yaml(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_yaml(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(seen)})")
+    data = read_yaml_mapping(path)
     base = data.pop("base", None)
     if base:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
@@ -364,7 +374,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 
 def dump_config(cfg: Config, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    """Write the resolved config as YAML (atomically)."""
+    from maskrcnn.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

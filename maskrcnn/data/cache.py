@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from maskrcnn.data.images import convert_channels, decode_image_bytes, encode_png, is_gray, write_bytes_atomic
+from maskrcnn.data.images import convert_channels, decode_image_bytes, encode_png, is_gray
+from maskrcnn.fileio import atomic_write_bytes
 from maskrcnn.structures import Instances, MaskList, Sample
 
 CACHE_VERSION = 1
@@ -154,7 +155,7 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
     )
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    write_bytes_atomic(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return {"images": n, "instances": int(inst_off[-1]), "file_bytes": os.path.getsize(out),
             "image_bytes": int(offsets[-1]), "mask_bits": int(bits.size)}
 

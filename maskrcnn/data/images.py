@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from maskrcnn.fileio import atomic_write_bytes
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -138,20 +140,6 @@ def encode_png(array: np.ndarray, compress_level: int = 9, optimize: bool = Fals
     return buf.getvalue()
 
 
-def write_bytes_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_image(path: PathLike, image: Union[torch.Tensor, np.ndarray]) -> None:
     """Write an image as PNG, atomically.
 
@@ -160,4 +148,4 @@ def write_image(path: PathLike, image: Union[torch.Tensor, np.ndarray]) -> None:
     """
     if isinstance(image, torch.Tensor):
         image = to_uint8(image)
-    write_bytes_atomic(path, encode_png(image, compress_level=6))
+    atomic_write_bytes(path, encode_png(image, compress_level=6))

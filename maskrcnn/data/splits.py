@@ -18,6 +18,8 @@ import os
 from collections import Counter
 from typing import Dict, Sequence
 
+from maskrcnn.fileio import atomic_json
+
 SPLIT_VERSION = 1
 
 
@@ -77,11 +79,7 @@ def load_or_make_folds(path: str, image_ids: Sequence[str], strata_fn, num_folds
     if path:
         doc = {"version": SPLIT_VERSION, "num_folds": num_folds, "seed": seed, "folds": folds,
                "strata": dict(zip(image_ids, map(str, strata)))}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_json(doc, path)
     return folds
 
 

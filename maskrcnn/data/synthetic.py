@@ -277,7 +277,8 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
       end up empty are left out).
     - ``coco``: ``annotations.json`` (compressed RLE segmentations) + ``images/<id>.png``.
     """
-    from maskrcnn.data.images import encode_png, to_uint8, write_bytes_atomic, write_image
+    from maskrcnn.data.images import encode_png, to_uint8, write_image
+    from maskrcnn.fileio import atomic_write_bytes
     from maskrcnn.data.rle import encode_crops
 
     if layout not in ("sartorius", "dsb2018", "coco"):
@@ -298,14 +299,14 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
         w.writerow(["id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
                     "sample_id", "elapsed_timedelta"])
         w.writerows(rows)
-        write_bytes_atomic(os.path.join(out, "train.csv"), buf.getvalue().encode())
+        atomic_write_bytes(os.path.join(out, "train.csv"), buf.getvalue().encode())
     elif layout == "dsb2018":
         for i in range(len(dataset)):
             s = dataset.load(i)
             d = os.path.join(out, s.image_id)
             gray = to_uint8(s.image)
             rgba = np.stack([gray, gray, gray, np.full_like(gray, 255)], axis=2)
-            write_bytes_atomic(os.path.join(d, "images", f"{s.image_id}.png"), encode_png(rgba, 6))
+            atomic_write_bytes(os.path.join(d, "images", f"{s.image_id}.png"), encode_png(rgba, 6))
             os.makedirs(os.path.join(d, "masks"), exist_ok=True)
             dense = s.instances.masks.to_dense().numpy()
             # Later masks win overlapping pixels: label map by "last index that covers the pixel".
@@ -313,7 +314,7 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
             for k in range(dense.shape[0]):  # one file per nucleus is the format itself
                 m = idx == k
                 if m.any():
-                    write_bytes_atomic(os.path.join(d, "masks", f"m{k:04d}.png"),
+                    atomic_write_bytes(os.path.join(d, "masks", f"m{k:04d}.png"),
                                        encode_png(m.astype(np.uint8) * 255, 6))
     else:
         from pycocotools import mask as mask_utils
@@ -336,7 +337,7 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
                                  "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
                                  "area": float(dense[k].sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
         doc = {"images": images, "annotations": anns, "categories": cats}
-        write_bytes_atomic(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
+        atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

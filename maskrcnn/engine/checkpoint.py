@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskrcnn.fileio import atomic_open, atomic_write_text
+
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL = "model_final.pth"
 BEST = "model_best.pth"
@@ -35,39 +37,13 @@ _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 
 # --------------------------------------------------------------------------- atomic writes
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through a temp file in the same folder and ``os.replace``.
+    """``torch.save(obj, path)`` through a temp file in the same folder, fsync and ``os.replace``.
 
     A reader never sees a partial file: on any failure (disk full, a pickling error, an
     interrupt) the temp file is removed and ``path`` keeps its old content, if any.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont
 
-from maskrcnn.engine.checkpoint import atomic_write_text
+from maskrcnn.fileio import atomic_open, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -231,13 +231,5 @@ def draw_curves(records: Iterable[Dict], path: str, max_iter: Optional[int] = No
         loss_series, xmax, log_y, markers=False
     )
     _Panel(img, (0, mid, width, height), "Validation", "iteration", "score").render(series(val, val_keys), xmax, False, markers=True)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.png")
-    try:
-        img.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG")

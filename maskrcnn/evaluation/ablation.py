@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import yaml
 
-from maskrcnn.config import Config, ConfigError, TestConfig, load_config, to_dict
-from maskrcnn.evaluation.cache import PredictionCache, atomic_json, settings_key, weights_fingerprint
+from maskrcnn.config import Config, ConfigError, TestConfig, load_config, read_yaml_mapping, to_dict
+from maskrcnn.evaluation.cache import PredictionCache, settings_key, weights_fingerprint
+from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
 from maskrcnn.structures import Instances, MaskList
 
@@ -96,15 +96,7 @@ def load_ablation_spec(path: str) -> AblationSpec:
     Raises ConfigError naming the file, the variant and the key for unknown keys, missing
     ``config``/``variants``/``weights``, duplicate names or values of the wrong type.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"ablation file not found: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = read_yaml_mapping(path, "ablation")
     unknown = sorted(set(data) - set(_TOP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_TOP_KEYS)}")
@@ -313,13 +305,6 @@ def format_tables(rows: List[Dict[str, str]], class_names: Sequence[str]) -> Tup
     return "\n".join(md) + "\n", buf.getvalue()
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------- the run
 @dataclass
 class _GT:
@@ -397,8 +382,8 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
                 seen.append(name)
     per_class_cols = [c for c in class_names if c in seen] + [c for c in seen if c not in class_names]
     md, text_csv = format_tables(rows, per_class_cols)
-    _atomic_text(os.path.join(spec.output_dir, "ablation.md"), md)
-    _atomic_text(os.path.join(spec.output_dir, "ablation.csv"), text_csv)
+    atomic_write_text(os.path.join(spec.output_dir, "ablation.md"), md)
+    atomic_write_text(os.path.join(spec.output_dir, "ablation.csv"), text_csv)
     atomic_json({"spec": dataclasses.asdict(spec), "labels": labels_path, "results": results},
                 os.path.join(spec.output_dir, "results.json"))
     log(md)

@@ -22,11 +22,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 
+from maskrcnn.fileio import atomic_json, atomic_open
 from maskrcnn.structures import Instances, MaskList
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]{1,120}$")
@@ -44,35 +44,9 @@ def weights_fingerprint(path: str) -> dict:
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _atomic_bytes_writer(path: str):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    return fd, tmp
-
-
-def atomic_json(obj, path: str) -> None:
-    fd, tmp = _atomic_bytes_writer(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_torch_save(obj, path: str) -> None:
-    fd, tmp = _atomic_bytes_writer(path)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _file_name(image_id: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from maskrcnn.data.rle import ORDERS, RLEError, encode_crops, parse_rle
+from maskrcnn.fileio import atomic_open
 from maskrcnn.structures import MaskList
 
 SUBMISSION_HEADER = ("id", "predicted")
@@ -382,20 +382,11 @@ def masks_to_rows(image_id: str, masks: MaskList, order: str = "row") -> List[Tu
 
 
 def _atomic_write_rows(path: str, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(header)
-            for r in rows:
-                w.writerow(r)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        for r in rows:
+            w.writerow(r)
 
 
 def write_submission(rows: Iterable, path: str) -> None:

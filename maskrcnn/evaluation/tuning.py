@@ -25,7 +25,6 @@ After the sweep, the chosen thresholds are scored again through the real ``postp
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,6 +33,7 @@ import torch
 import yaml
 
 from maskrcnn.config import TestConfig
+from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import (
     THRESHOLDS_PCT,
     KaggleEvaluator,
@@ -277,12 +277,7 @@ def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], 
         lines.append(f"#   {name}: {pc['num_images']} images, mAP {pc['mAP']:.4f} (was {pc['base_mAP']:.4f})")
     body = yaml.safe_dump({k: list(result.thresholds[k]) for k in THRESHOLD_KEYS}, sort_keys=False,
                           default_flow_style=None)
-    text = "\n".join(lines) + "\n" + body
-    tmp = f"{path}.tmp{os.getpid()}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + "\n" + body)
 
 
 def load_thresholds(path: str) -> Dict[str, tuple]:

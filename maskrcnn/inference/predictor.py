@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, to_dict
+from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, read_yaml_mapping, to_dict
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
@@ -191,17 +191,7 @@ def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
     The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
     top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
     """
-    import yaml
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"thresholds file not found: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of test settings, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
     section = data["test"] if "test" in data else data
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
