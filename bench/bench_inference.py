@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn.config import TestConfig  # noqa: E402
 from maskrcnn.data.rle import encode_crops  # noqa: E402
-from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, merge_instances  # noqa: E402
+from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances  # noqa: E402
 from maskrcnn.inference.postprocess import foreground_pixels, postprocess  # noqa: E402
 from maskrcnn.inference.tta import parse_tta  # noqa: E402
 from maskrcnn.ops import get_ext  # noqa: E402
@@ -61,24 +61,6 @@ def synthetic_view(n, H, W, crop, rmin, rmax, seed, view_seed, device, drop=0.05
     ml = MaskList(soft.to(device), torch.stack([ox, oy], 1).to(device), (H, W))
     labels = torch.zeros(m, dtype=torch.long, device=device)
     return Instances((H, W), ml.tight_boxes(), labels, score.to(device), ml)
-
-
-def naive_greedy(n, src, dst, w):
-    nbr = {}
-    for s, d, x in zip(src.tolist(), dst.tolist(), w.tolist()):
-        nbr.setdefault(d, []).append((s, x))
-    seed_of = list(range(n))
-    is_seed = [False] * n
-    for k in range(n):
-        best = None
-        for s, x in nbr.get(k, ()):
-            if is_seed[s] and (best is None or x > best[0]):
-                best = (x, s)
-        if best is None:
-            is_seed[k] = True
-        else:
-            seed_of[k] = best[1]
-    return seed_of
 
 
 def naive_paint(masks: MaskList):
@@ -200,9 +182,9 @@ def main():
     fast = greedy_clusters(n, i, j, w)
     sync(device)
     t1 = time.perf_counter()
-    slow = naive_greedy(n, i.cpu(), j.cpu(), w.cpu())
+    slow = greedy_clusters_reference(n, i.cpu(), j.cpu(), w.cpu())
     t2 = time.perf_counter()
-    assert fast.tolist() == slow, "vectorised clustering disagrees with the sequential loop"
+    assert torch.equal(fast.cpu(), slow), "vectorised clustering disagrees with the sequential loop"
     print(f"greedy clustering of {n} instances, {i.numel()} edges: vectorised {1e3 * (t1 - t0):.1f} ms, "
           f"sequential loop {1e3 * (t2 - t1):.1f} ms, ratio {(t2 - t1) / max(t1 - t0, 1e-9):.1f}x")
     masks = merged.masks.threshold(0.5)

@@ -206,6 +206,23 @@ def cross_view_edges(masks: MaskList, view_ids: Tensor, iou_threshold: float,
     return _edges_from_pairs(binary, areas, view_ids, iou_threshold)
 
 
+def greedy_clusters_reference(n: int, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
+    """The sequential rule of :func:`greedy_clusters` as the obvious loop over items (slow; the
+    oracle for tests and the baseline of ``bench/bench_inference.py``). Same arguments and result."""
+    nbr = {}
+    for s, d, x in zip(src.tolist(), dst.tolist(), weight.tolist()):
+        nbr.setdefault(d, []).append((s, x))
+    seed_of = list(range(n))
+    is_seed = [False] * n
+    for k in range(n):
+        seeds = [(x, -s) for s, x in nbr.get(k, []) if is_seed[s]]
+        if seeds:
+            seed_of[k] = -max(seeds)[1]  # highest weight; ties: the better-ranked (smaller) seed
+        else:
+            is_seed[k] = True
+    return torch.tensor(seed_of, dtype=torch.long)
+
+
 def greedy_clusters(n: int, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
     """Greedy (NMS-like) clustering of ``n`` ranked items on a sparse graph.
 

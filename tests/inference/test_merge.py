@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maskrcnn.inference.merge import greedy_clusters, merge_instances
+from maskrcnn.inference.merge import greedy_clusters, greedy_clusters_reference, merge_instances
 from maskrcnn.structures import Instances, MaskList
 from tests.inference.stub_model import random_blobs
 
@@ -11,22 +11,6 @@ def _instances(dense_soft, scores, labels=None):
     n = dense_soft.shape[0]
     labels = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels)
     return Instances(tuple(dense_soft.shape[1:]), ml.tight_boxes(), labels, torch.as_tensor(scores, dtype=torch.float32), ml)
-
-
-def _sequential_greedy(n, src, dst, w):
-    """The obvious loop: the reference for the vectorised rounds."""
-    nbr = {}
-    for s, d, x in zip(src.tolist(), dst.tolist(), w.tolist()):
-        nbr.setdefault(d, []).append((s, x))
-    seed_of = list(range(n))
-    is_seed = [False] * n
-    for k in range(n):
-        seeds = [(x, -s) for s, x in nbr.get(k, []) if is_seed[s]]
-        if seeds:
-            seed_of[k] = -max(seeds)[1]
-        else:
-            is_seed[k] = True
-    return torch.tensor(seed_of)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -42,7 +26,7 @@ def test_greedy_clusters_match_the_sequential_rule(seed):
     w = torch.rand(src.shape[0], generator=g)
     if seed == 0:
         w = (w * 3).round() / 3  # ties in the weights go to the better-ranked seed
-    assert torch.equal(greedy_clusters(n, src, dst, w), _sequential_greedy(n, src, dst, w))
+    assert torch.equal(greedy_clusters(n, src, dst, w), greedy_clusters_reference(n, src, dst, w))
 
 
 def _soft_blobs(n=15, seed=0, H=48, W=64):
