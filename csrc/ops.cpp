@@ -9,6 +9,15 @@
 namespace maskrcnn {
 namespace {
 
+// Shape and type checks shared by the CPU and CUDA kernels (each checks its own device).
+void check_roi_args(const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must be [K, 5] (batch_index, x1, y1, x2, y2), got ",
+              rois.sizes());
+  TORCH_CHECK(rois.is_floating_point(), "roi_align: rois must be floating point, got ", rois.scalar_type());
+  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got (", pooled_h, ", ",
+              pooled_w, ")");
+}
+
 [[noreturn]] void no_cuda(const char* op) {
   TORCH_CHECK(false, op, ": got CUDA tensors, but maskrcnn._C was built without CUDA "
                          "(rebuild with a CUDA-enabled torch, or FORCE_CUDA=1)");
@@ -18,6 +27,8 @@ at::Tensor roi_align_forward(const at::Tensor& input, const at::Tensor& rois, do
                              int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   TORCH_CHECK(input.device() == rois.device(), "roi_align: input on ", input.device(), " but rois on ",
               rois.device());
+  TORCH_CHECK(input.dim() == 4, "roi_align: input must be [N, C, H, W], got ", input.sizes());
+  check_roi_args(rois, pooled_h, pooled_w);
   if (input.is_cuda()) {
 #ifdef WITH_CUDA
     return roi_align_forward_cuda(input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
@@ -33,6 +44,11 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, do
                               int64_t sampling_ratio, bool aligned, bool channels_last) {
   TORCH_CHECK(grad.device() == rois.device(), "roi_align backward: grad on ", grad.device(), " but rois on ",
               rois.device());
+  check_roi_args(rois, pooled_h, pooled_w);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == pooled_h && grad.size(3) == pooled_w,
+              "roi_align backward: grad must be [", rois.size(0), ", ", channels, ", ", pooled_h, ", ", pooled_w,
+              "], got ", grad.sizes());
   if (grad.is_cuda()) {
 #ifdef WITH_CUDA
     return roi_align_backward_cuda(grad, rois, spatial_scale, pooled_h, pooled_w, batch, channels, height, width,

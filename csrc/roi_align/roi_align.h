@@ -4,6 +4,9 @@
 
 namespace maskrcnn {
 
+// Device entry points, called through csrc/ops.cpp, which checks shapes and types first; each of
+// these checks only that its tensors are on its device.
+
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned);
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,

@@ -268,21 +268,11 @@ int64_t channel_grain(int64_t C, int64_t work) {
   return std::max<int64_t>(1, C / std::max(1, at::get_num_threads()));
 }
 
-void check_args(const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must be [K, 5] (batch_index, x1, y1, x2, y2), got ",
-              rois.sizes());
-  TORCH_CHECK(rois.is_floating_point(), "roi_align: rois must be floating point, got ", rois.scalar_type());
-  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got (", pooled_h, ", ",
-              pooled_w, ")");
-}
-
 }  // namespace
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   TORCH_CHECK(input.device().is_cpu() && rois.device().is_cpu(), "roi_align_forward_cpu: tensors must be on the CPU");
-  TORCH_CHECK(input.dim() == 4, "roi_align: input must be [N, C, H, W], got ", input.sizes());
-  check_args(rois, pooled_h, pooled_w);
   const int64_t K = rois.size(0), N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const bool nhwc = C > 1 && input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -316,12 +306,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
                                   bool channels_last) {
   TORCH_CHECK(grad.device().is_cpu() && rois.device().is_cpu(), "roi_align_backward_cpu: tensors must be on the CPU");
-  check_args(rois, pooled_h, pooled_w);
   const int64_t K = rois.size(0);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == K && grad.size(1) == channels && grad.size(2) == pooled_h &&
-                  grad.size(3) == pooled_w,
-              "roi_align backward: grad must be [", K, ", ", channels, ", ", pooled_h, ", ", pooled_w, "], got ",
-              grad.sizes());
   const bool nhwc = channels_last && channels > 1;
   const auto fmt = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   // at::zeros ignores a memory format in the options; empty + zero_ keeps it.

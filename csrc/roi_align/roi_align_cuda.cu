@@ -127,22 +127,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* 
   }
 }
 
-void check_args(const at::Tensor& rois, int64_t pooled_h, int64_t pooled_w) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must be [K, 5] (batch_index, x1, y1, x2, y2), got ",
-              rois.sizes());
-  TORCH_CHECK(rois.is_floating_point(), "roi_align: rois must be floating point, got ", rois.scalar_type());
-  TORCH_CHECK(pooled_h > 0 && pooled_w > 0, "roi_align: output size must be positive, got (", pooled_h, ", ",
-              pooled_w, ")");
-}
-
 }  // namespace
 
 at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   TORCH_CHECK(input.is_cuda() && rois.is_cuda(), "roi_align_forward_cuda: tensors must be on a CUDA device");
-  TORCH_CHECK(input.device() == rois.device(), "roi_align: input on ", input.device(), " but rois on ", rois.device());
-  TORCH_CHECK(input.dim() == 4, "roi_align: input must be [N, C, H, W], got ", input.sizes());
-  check_args(rois, pooled_h, pooled_w);
   c10::cuda::CUDAGuard guard(input.device());
   const int64_t K = rois.size(0), N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const bool nhwc = C > 1 && input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
@@ -175,14 +164,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
                                    bool channels_last) {
   TORCH_CHECK(grad.is_cuda() && rois.is_cuda(), "roi_align_backward_cuda: tensors must be on a CUDA device");
-  TORCH_CHECK(grad.device() == rois.device(), "roi_align backward: grad on ", grad.device(), " but rois on ",
-              rois.device());
-  check_args(rois, pooled_h, pooled_w);
   const int64_t K = rois.size(0);
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == K && grad.size(1) == channels && grad.size(2) == pooled_h &&
-                  grad.size(3) == pooled_w,
-              "roi_align backward: grad must be [", K, ", ", channels, ", ", pooled_h, ", ", pooled_w, "], got ",
-              grad.sizes());
   c10::cuda::CUDAGuard guard(grad.device());
   at::globalContext().alertNotDeterministic("maskrcnn roi_align_backward_cuda");
   const bool nhwc = channels_last && channels > 1;
