@@ -50,8 +50,8 @@ def test_two_gloo_processes(tmp_path):
                 p.kill()
             pytest.fail("the two-process run did not finish in 240 s (a collective hung?)")
 
-    ref = [torch.load(tmp_path / f"ref_rank{r}.pth") for r in (0, 1)]
-    resumed = [torch.load(tmp_path / f"crash_rank{r}.pth") for r in (0, 1)]
+    ref = [torch.load(tmp_path / f"ref_rank{r}.pth", weights_only=True) for r in (0, 1)]
+    resumed = [torch.load(tmp_path / f"crash_rank{r}.pth", weights_only=True) for r in (0, 1)]
     for k in ref[0]:
         assert torch.equal(ref[0][k], ref[1][k]), f"ranks differ in {k}"
         assert torch.equal(ref[0][k], resumed[0][k]), f"resumed run differs in {k}"
