@@ -211,8 +211,8 @@ class RunDirectory:
         if not os.path.isfile(path):
             return None
         try:
-            best_iteration = int(torch.load(path, map_location="cpu", weights_only=True).get("iteration", -1))
-        except Exception:
+            best_iteration = int(load_checkpoint(path).get("iteration", -1))
+        except (RuntimeError, TypeError, ValueError):
             return None  # unreadable: left as it is; the run overwrites it at its first improvement
         if best_iteration <= iteration:
             return None
