@@ -19,7 +19,12 @@ from maskrcnn.engine.launch import main_train
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last_checkpoint")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from <output_dir>/last_checkpoint")
+    start.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an output_dir that holds an earlier run's checkpoints (removes them)",
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.01")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     args = parser.parse_args(argv)
@@ -28,7 +33,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    return main_train(cfg, resume=args.resume, progress=not args.no_progress)
+    return main_train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

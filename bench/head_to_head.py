@@ -256,7 +256,8 @@ def main(argv=None):
         torch.manual_seed(run_cfg.train.seed)
         model = build(name, run_cfg, device)
         t = time.perf_counter()
-        trainer = Trainer(run_cfg, model=model, train_dataset=train_ds, val_dataset=val_ds, device=device, progress=False)
+        trainer = Trainer(run_cfg, model=model, train_dataset=train_ds, val_dataset=val_ds, device=device, progress=False,
+                          overwrite=True)  # a rerun with the same --out replaces its runs
         trainer.train()
         wall = time.perf_counter() - t
         # One validation protocol for both: one image at a time, float32, our post-processing and

@@ -20,11 +20,12 @@ def TinyModel(**faults):
     return _TinyModel(**faults)
 
 
-def _run(cfg, model, resume=False):
+def _run(cfg, model, resume=False, overwrite=False):
     torch.rand(int(torch.randint(1, 9, ()).item()))  # the trainer must not depend on the caller's RNG state
     return Trainer(
         cfg,
         resume=resume,
+        overwrite=overwrite,
         model=model,
         train_dataset=TinyDataset(5, augment=True),
         val_dataset=TinyDataset(3, seed=1),
@@ -166,7 +167,7 @@ def test_a_new_run_in_an_old_folder_forgets_the_old_checkpoint(tmp_path):
     _run(cfg, TinyModel())
     assert (tmp_path / "last_checkpoint").exists()
     with pytest.raises(RuntimeError, match="injected failure"):
-        _run(cfg, TinyModel(fail_at=1))  # a fresh run (no --resume) that dies before its first checkpoint
+        _run(cfg, TinyModel(fail_at=1), overwrite=True)  # replaces the old run, dies before its first checkpoint
     assert not (tmp_path / "last_checkpoint").exists()
     model = TinyModel()
     out = _run(cfg, model, resume=True)  # so --resume starts over instead of "resuming" the old run
