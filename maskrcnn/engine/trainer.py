@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
 from maskrcnn.config import Config, ConfigError, dump_config, to_dict
+from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
     BEST,
@@ -168,7 +169,7 @@ class Trainer:
         self.resume = resume
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
         self.is_main = self.rank == 0
-        self.device = device if device is not None else du.resolve_device(cfg.train.device, du.get_local_rank())
+        self.device = device if device is not None else resolve_device(cfg.train.device, du.get_local_rank(), key="train.device")
         self.progress = progress
         self.run_dir = RunDirectory(cfg.train.output_dir, keep=cfg.train.keep_checkpoints)
         self.metrics = MetricsLog(cfg.train.output_dir)

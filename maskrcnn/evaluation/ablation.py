@@ -193,7 +193,8 @@ class Backend:
         return model.to(device).eval()
 
     def predictor(self, variant: Variant, test_cfg: TestConfig, device: str):
-        from maskrcnn.inference.predictor import Predictor, resolve_device
+        from maskrcnn.device import resolve_device
+        from maskrcnn.inference.predictor import Predictor
 
         dev = str(resolve_device(device))
         models = [self.load_model(w, dev, variant.set) for w in variant.weights]

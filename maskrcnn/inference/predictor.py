@@ -13,18 +13,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.device import resolve_device
 from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, read_yaml_mapping, to_dict
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
 from maskrcnn.structures import Instances, MaskList
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``"auto"``/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _sync(device: torch.device) -> None:
