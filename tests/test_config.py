@@ -50,3 +50,21 @@ def test_dump_and_reload_round_trip(tmp_path):
     dump_config(cfg, str(path))
     assert load_config(str(path)) == cfg
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_retired_keys_of_old_files_and_checkpoints_are_dropped(tmp_path):
+    import warnings
+
+    old = to_dict(load_config(None))
+    old["model"]["mask_head"]["mask_threshold"] = 0.5  # what every earlier checkpoint holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_dict(old) == load_config(None)
+    old["model"]["mask_head"]["mask_threshold"] = 0.3  # it never changed anything: dropped, with a note
+    with pytest.warns(UserWarning, match=r"model\.mask_head\.mask_threshold=0\.3 is ignored.*test\.mask_thresh"):
+        cfg = from_dict(old, source="old.pth")
+    assert cfg == load_config(None) and cfg.test.mask_thresh == (0.5,)
+    (tmp_path / "old.yaml").write_text("model:\n  mask_head:\n    mask_threshold: 0.5\n    num_convs: 2\n")
+    assert load_config(str(tmp_path / "old.yaml")).model.mask_head.num_convs == 2
+    with pytest.raises(ConfigError, match="mask_threshold"):  # a new setting of it is a mistake
+        load_config(None, ["model.mask_head.mask_threshold=0.3"])

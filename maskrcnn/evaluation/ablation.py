@@ -199,7 +199,7 @@ class Backend:
         dev = str(resolve_device(device))
         models = [self.load_model(w, dev, variant.set) for w in variant.weights]
         return Predictor(models, tta=tuple(variant.tta), merge_iou=test_cfg.merge_iou,
-                         min_views=test_cfg.tta_min_views, device=dev)
+                         min_views=test_cfg.tta_min_views, device=dev, mask_threshold=test_cfg.mask_thresh)
 
     def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
         from maskrcnn.inference.postprocess import postprocess
@@ -237,8 +237,12 @@ def data_settings(cfg: Config, split: str, max_images: int) -> dict:
 
 
 def prediction_settings(v: Variant, test_cfg: TestConfig, data: dict) -> dict:
-    """Everything that changes raw predictions; post-processing settings are left out on purpose."""
-    return {
+    """Everything that changes raw predictions; post-processing settings are left out on purpose.
+
+    ``test.mask_thresh`` counts only when views are merged (TTA or an ensemble), where it decides
+    which masks match; a single view's raw predictions do not depend on it.
+    """
+    settings = {
         "format": CACHE_FORMAT,
         "weights": [weights_fingerprint(w) for w in v.weights],
         "tta": list(v.tta),
@@ -247,6 +251,9 @@ def prediction_settings(v: Variant, test_cfg: TestConfig, data: dict) -> dict:
         "set": list(v.set),
         **data,
     }
+    if len(v.weights) > 1 or v.tta:
+        settings["merge_mask_thresh"] = list(test_cfg.mask_thresh)
+    return settings
 
 
 def class_name_of(sample, class_names: Sequence[str]) -> Optional[str]:

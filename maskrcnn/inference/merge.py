@@ -7,8 +7,10 @@ models with different backbones or configs merge like views.
 Algorithm (``merge_instances``):
 
 1. Instances of all views are pooled and ranked by score (ties: earlier view, then earlier index).
-   Instances whose mask is empty at ``mask_threshold`` are dropped (they cannot match anything).
-2. Edges: pairs from *different* views whose binary masks (``crop >= mask_threshold``) have
+   Each soft mask is binarised at its own class's mask threshold (``test.mask_thresh``: one value
+   per class, or one for all); instances whose binary mask is empty are dropped (they cannot match
+   anything).
+2. Edges: pairs from *different* views whose binary masks have
    IoU > ``iou_threshold``, from the intersections of all pairs that share a pixel (a sparse
    product of pixel-incidence matrices; equal to ``crop_mask_iou``; only the edge list is kept,
    never an N x N matrix).
@@ -31,7 +33,7 @@ Algorithm (``merge_instances``):
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -273,7 +275,7 @@ def merge_instances(
     views: Sequence[Instances],
     iou_threshold: float = 0.5,
     min_views: int = 1,
-    mask_threshold: float = 0.5,
+    mask_threshold: Union[float, Sequence[float]] = 0.5,
     num_views: Optional[int] = None,
     max_elements: int = 1 << 24,
 ) -> Instances:
@@ -284,7 +286,8 @@ def merge_instances(
             and soft (float) ``masks``; crop sizes may differ between views.
         iou_threshold: two instances of different views match when their binary masks' IoU is above it.
         min_views: keep a cluster seen in at least this many views.
-        mask_threshold: binarises soft masks for matching (the averaged masks stay soft).
+        mask_threshold: binarises soft masks for matching (the averaged masks stay soft): one value,
+            or one per class (``test.mask_thresh``), each instance at its own class's value.
         num_views: the divisor of the fused score (default ``len(views)``).
         max_elements: bound on the elements of the temporary ``[members, h, w]`` averaging chunk.
     Returns:
@@ -294,7 +297,7 @@ def merge_instances(
     Views are never concatenated into one padded crop tensor: pixels lists are built per view and
     soft masks are accumulated view by view, so memory is about the views' own crops.
     """
-    from maskrcnn.inference.postprocess import foreground_pixels
+    from maskrcnn.inference.postprocess import foreground_pixels, per_class
 
     if len(views) == 0:
         raise ValueError("merge_instances needs at least one view")
@@ -323,10 +326,16 @@ def merge_instances(
     out_dtype = next((v.masks.crops.dtype for v in views if v.masks.is_soft), torch.float32)
 
     # Foreground pixels of the binary masks, per view, renumbered globally (still sorted by mask).
+    thresholds = [mask_threshold] if isinstance(mask_threshold, (int, float)) else list(mask_threshold)
+    binary = []
+    for v in views:  # a loop over views
+        c = v.masks.crops
+        if v.masks.is_soft:
+            c = c >= per_class(thresholds, v.labels, "mask_thresh").to(c.dtype)[:, None, None]
+        binary.append(MaskList(c, v.masks.origins, size))
     px_n, px_flat = [], []
-    for k, v in enumerate(views):  # a loop over views
-        b = v.masks.crops >= mask_threshold if v.masks.is_soft else v.masks.crops
-        n_idx, _, flat = foreground_pixels(MaskList(b, v.masks.origins, size))
+    for k, b in enumerate(binary):  # a loop over views
+        n_idx, _, flat = foreground_pixels(b)
         px_n.append(n_idx + starts[k])
         px_flat.append(flat)
     n_idx = torch.cat(px_n)
@@ -334,7 +343,7 @@ def merge_instances(
     areas = torch.bincount(n_idx, minlength=n_all)
 
     # Rank by score; the stable sort keeps view order, then index order, for ties. Masks empty at
-    # mask_threshold cannot match anything and are dropped.
+    # their threshold cannot match anything and are dropped.
     order = torch.sort(scores_all, descending=True, stable=True).indices
     order = order[areas[order] > 0]
     n = int(order.numel())
@@ -347,8 +356,7 @@ def merge_instances(
     try:
         gi, gj, iou = _edges_from_pixels(n_idx, flat, n_all, H * W, areas, view_ids, iou_threshold)
     except _SPARSE_UNSUPPORTED:  # no sparse product here: box-pruned pairs on a pooled binary copy
-        pooled = MaskList.cat([MaskList(v.masks.crops >= mask_threshold if v.masks.is_soft else v.masks.crops,
-                                        v.masks.origins, size) for v in views])
+        pooled = MaskList.cat(binary)
         gi, gj, iou = _edges_from_pairs(pooled, areas, view_ids, iou_threshold)
     # Re-index the edges by rank, higher rank first.
     rank = torch.full((n_all,), -1, dtype=torch.long, device=dev)

@@ -37,7 +37,8 @@ class Predictor:
         merge_iou: mask IoU above which instances of two views are the same object.
         min_views: keep merged objects seen in at least this many of the ``len(models) * len(views)`` views.
         device: where the models run and the merge happens ("auto": cuda when available).
-        mask_threshold: binarises soft masks for matching views (the merged masks stay soft).
+        mask_threshold: binarises soft masks for matching views (the merged masks stay soft): one
+            value, or one per class (``test.mask_thresh``), each instance at its own class's value.
         batch_size: views of one image run through a model together (more memory, faster on GPU).
         output_device: where ``predict_raw`` returns its Instances.
         amp: ``""`` (float32), ``"bf16"`` or ``"fp16"``: autocast the models' forward (GPU); their
@@ -53,7 +54,7 @@ class Predictor:
         merge_iou: float = 0.5,
         min_views: int = 1,
         device: Union[str, torch.device, None] = "auto",
-        mask_threshold: float = 0.5,
+        mask_threshold: Union[float, Sequence[float]] = 0.5,
         batch_size: int = 1,
         output_device: Union[str, torch.device] = "cpu",
         amp: str = "",
@@ -73,7 +74,8 @@ class Predictor:
             )
         self.merge_iou = float(merge_iou)
         self.min_views = int(min_views)
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = (float(mask_threshold) if isinstance(mask_threshold, (int, float))
+                               else tuple(float(t) for t in mask_threshold))
         self.batch_size = max(1, int(batch_size))
         self.output_device = torch.device(output_device)
         if amp not in _AMP:

@@ -137,7 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         test_cfg = override_test_config(test_cfg, cli, source="command line")
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
-                          device=device, batch_size=args.batch_size, output_device=device, amp=args.amp)
+                          device=device, batch_size=args.batch_size, output_device=device, amp=args.amp,
+                          mask_threshold=test_cfg.mask_thresh)
     paths = list_images(args.images)
     if args.limit > 0:
         paths = paths[: args.limit]
