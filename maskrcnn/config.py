@@ -6,6 +6,8 @@
 - An unknown key is an error that lists the valid keys at that level; a value of the wrong type
   is an error naming the key. Keys that older versions wrote (``RETIRED_KEYS``) are dropped from
   files and saved checkpoint configs, with a warning when they held a non-default value.
+- ``apply_thresholds`` / ``override_test_config`` replace ``test`` fields (tuned thresholds,
+  command-line settings), checked like a config file.
 
 Modules never receive the whole config: builders (e.g. ``maskrcnn.model.build_model``) map the
 relevant section to explicit constructor arguments.
@@ -401,3 +403,30 @@ def dump_config(cfg: Config, path: str) -> None:
     from maskrcnn.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------- test settings
+def override_test_config(test_cfg: TestConfig, values: Dict[str, Any], source: str = "overrides") -> TestConfig:
+    """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file.
+
+    Raises ConfigError naming ``source`` and the key for an unknown field or a bad value.
+    """
+    merged = dict(to_dict(test_cfg))
+    merged.update(values)
+    try:
+        return _build(Config, {"test": merged}).test
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
+    """``test_cfg`` with the fields of a thresholds YAML file (``evaluate.py tune`` writes one).
+
+    The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
+    top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
+    """
+    data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
+    section = data["test"] if "test" in data else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
+    return override_test_config(test_cfg, section, source=path)

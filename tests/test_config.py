@@ -1,6 +1,8 @@
 import pytest
 
-from maskrcnn.config import ConfigError, dump_config, from_dict, load_config, to_dict
+import yaml
+
+from maskrcnn.config import ConfigError, TestConfig as _TestConfig, apply_thresholds, dump_config, from_dict, load_config, to_dict
 
 
 def test_base_inheritance_and_overrides(tmp_path):
@@ -68,3 +70,27 @@ def test_retired_keys_of_old_files_and_checkpoints_are_dropped(tmp_path):
     assert load_config(str(tmp_path / "old.yaml")).model.mask_head.num_convs == 2
     with pytest.raises(ConfigError, match="mask_threshold"):  # a new setting of it is a mistake
         load_config(None, ["model.mask_head.mask_threshold=0.3"])
+
+
+def test_thresholds_file_overrides_test_fields(tmp_path):
+    base = _TestConfig()
+    p = tmp_path / "tuned.yaml"
+    p.write_text(yaml.safe_dump({"test": {"score_thresh": [0.15, 0.35, 0.55], "min_area": [75, 150, 75]},
+                                 "tuning": {"mAP": 0.31}}))
+    cfg = apply_thresholds(base, str(p))
+    assert cfg.score_thresh == (0.15, 0.35, 0.55) and cfg.min_area == (75, 150, 75)
+    assert cfg.mask_thresh == base.mask_thresh
+    p.write_text(yaml.safe_dump({"mask_thresh": 0.45}))
+    assert apply_thresholds(base, str(p)).mask_thresh == (0.45,)
+    p.write_text(yaml.safe_dump({"score_treshold": 0.45}))
+    with pytest.raises(ConfigError, match="score_treshold"):
+        apply_thresholds(base, str(p))
+    p.write_text(yaml.safe_dump({"min_area": "big"}))
+    with pytest.raises(ConfigError, match="min_area"):
+        apply_thresholds(base, str(p))
+    p.write_text("score_thresh: [0.3]\nbogus: 1\n")  # a tuned file's top-level keys are TestConfig fields
+    with pytest.raises(ConfigError, match="bogus"):
+        apply_thresholds(base, str(p))
+    p.write_text("test:\n  score_thresh: 0.4\n  min_area: [10, 20]\n")
+    cfg = apply_thresholds(base, str(p))
+    assert (cfg.score_thresh, cfg.min_area, cfg.mask_thresh) == ((0.4,), (10, 20), base.mask_thresh)

@@ -44,7 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from maskrcnn.config import Config, ConfigError, TestConfig, load_config, read_yaml_mapping, to_dict
+from maskrcnn.config import (Config, ConfigError, TestConfig, apply_thresholds, load_config, override_test_config,
+                             read_yaml_mapping, to_dict)
 from maskrcnn.evaluation.cache import PredictionCache, settings_key, weights_fingerprint
 from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
@@ -209,24 +210,15 @@ class Backend:
 
 # ------------------------------------------------------------------------------- helpers
 def variant_test_config(base: TestConfig, v: Variant) -> TestConfig:
-    """The config's test section with the variant's merge settings, thresholds file and overrides."""
-    from maskrcnn.config import from_dict
-
-    values = dict(to_dict(base))
-    if v.thresholds:
-        from maskrcnn.evaluation.tuning import load_thresholds
-
-        values.update({k: list(x) for k, x in load_thresholds(v.thresholds).items()})
-    values.update(v.test)
+    """The config's test section with the variant's thresholds file, overrides and merge settings."""
+    test_cfg = apply_thresholds(base, v.thresholds) if v.thresholds else base
+    values = dict(v.test)
     if v.merge_iou is not None:
         values["merge_iou"] = v.merge_iou
     if v.min_views is not None:
         values["tta_min_views"] = v.min_views
     values["tta"] = list(v.tta)
-    try:
-        return from_dict({"test": values}).test
-    except ConfigError as e:
-        raise ConfigError(f"variant {v.name!r}: {e}") from None
+    return override_test_config(test_cfg, values, source=f"variant {v.name!r}")
 
 
 def data_settings(cfg: Config, split: str, max_images: int) -> dict:

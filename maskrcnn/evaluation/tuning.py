@@ -2,7 +2,8 @@
 
 Sweeps, for each class, the score threshold, the mask threshold and the minimum area, scoring
 with the Kaggle metric, and writes the best as YAML with ``TestConfig``'s keys (``score_thresh``,
-``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds``.
+``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds`` and an
+ablation variant's ``thresholds`` (both read it with ``maskrcnn.config.apply_thresholds``).
 
 How the sweep mirrors ``maskrcnn.inference.postprocess`` and stays fast:
 
@@ -278,37 +279,6 @@ def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], 
     body = yaml.safe_dump({k: list(result.thresholds[k]) for k in THRESHOLD_KEYS}, sort_keys=False,
                           default_flow_style=None)
     atomic_write_text(path, "\n".join(lines) + "\n" + body)
-
-
-def load_thresholds(path: str) -> Dict[str, tuple]:
-    """``{score_thresh, mask_thresh, min_area}`` from a tuned YAML (top level or under ``test:``).
-
-    Raises ValueError naming the file for an unknown or missing key or a non-list value.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if isinstance(data, dict) and "test" in data and isinstance(data["test"], dict):
-        data = data["test"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {', '.join(THRESHOLD_KEYS)}")
-    unknown = sorted(set(data) - set(THRESHOLD_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(THRESHOLD_KEYS)}")
-    out = {}
-    for k in THRESHOLD_KEYS:
-        if k not in data:
-            continue
-        v = data[k]
-        v = [v] if isinstance(v, (int, float)) else v
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{path}: {k} must be a number or a non-empty list, got {v!r}")
-        out[k] = tuple(int(x) if k == "min_area" else float(x) for x in v)
-    return out
-
-
-def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
-    """``test_cfg`` with the thresholds of a tuned YAML file."""
-    return dataclasses.replace(test_cfg, **load_thresholds(path))
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.device import resolve_device
-from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, read_yaml_mapping, to_dict
+from maskrcnn.config import Config, TestConfig, load_config
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
@@ -142,7 +142,7 @@ def _as_soft(inst: Instances) -> Instances:
                      MaskList(m.crops.float(), m.origins, m.image_size))
 
 
-# ------------------------------------------------------------------ checkpoints, thresholds
+# ------------------------------------------------------------------------- checkpoints
 def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None) -> Tuple[nn.Module, Config]:
     """A model in eval mode and its Config from a checkpoint.
 
@@ -179,26 +179,3 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
             f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
     return model.to(device).eval(), cfg
-
-
-def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
-    """``test_cfg`` with the fields of a thresholds YAML file (evaluation's tuning output) replaced.
-
-    The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
-    top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
-    """
-    data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
-    section = data["test"] if "test" in data else data
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
-    return override_test_config(test_cfg, section, source=path)
-
-
-def override_test_config(test_cfg: TestConfig, values: dict, source: str = "overrides") -> TestConfig:
-    """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file."""
-    merged = dict(to_dict(test_cfg))
-    merged.update(values)
-    try:
-        return from_dict({"test": merged}).test
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None

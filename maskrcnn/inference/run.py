@@ -12,11 +12,11 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from maskrcnn.config import TestConfig, parse_overrides
+from maskrcnn.config import TestConfig, apply_thresholds, override_test_config, parse_overrides
 from maskrcnn.data.images import read_image
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.device import resolve_device
-from maskrcnn.inference.predictor import Predictor, apply_thresholds, load_model, override_test_config
+from maskrcnn.inference.predictor import Predictor, load_model
 from maskrcnn.inference.submission import instances_to_rows, save_submission
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")

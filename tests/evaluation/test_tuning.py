@@ -7,7 +7,6 @@ from maskrcnn.evaluation.kaggle import image_score
 from maskrcnn.evaluation.tuning import (
     TuneItem,
     image_class,
-    load_thresholds,
     prepare_image,
     resolve_overlaps,
     sweep_group,
@@ -93,9 +92,9 @@ def test_tuning_finds_score_area_and_mask_thresholds(tmp_path):
     assert res.sweep_mAP == pytest.approx(1.0) and res.base_mAP == pytest.approx(0.5)
     path = str(tmp_path / "tuned.yaml")
     write_thresholds(res, path, ["a", "b"])
-    loaded = load_thresholds(path)
-    assert loaded["min_area"] == tuple(res.thresholds["min_area"])
-    assert loaded["score_thresh"] == tuple(res.thresholds["score_thresh"])
+    loaded = config.apply_thresholds(config.TestConfig(), path)
+    assert loaded.min_area == tuple(res.thresholds["min_area"])
+    assert loaded.score_thresh == tuple(res.thresholds["score_thresh"])
 
 
 def test_tuning_the_mask_threshold():
@@ -111,15 +110,6 @@ def test_tuning_the_mask_threshold():
                           area_grid=[0], verify=False)
     assert res.thresholds["mask_thresh"] == [0.5]
     assert res.sweep_mAP == pytest.approx(1.0) and res.base_mAP == pytest.approx(0.0)
-
-
-def test_load_thresholds_errors(tmp_path):
-    p = tmp_path / "t.yaml"
-    p.write_text("score_thresh: [0.3]\nbogus: 1\n")
-    with pytest.raises(ValueError, match="bogus"):
-        load_thresholds(str(p))
-    p.write_text("test:\n  score_thresh: 0.4\n  min_area: [10, 20]\n")
-    assert load_thresholds(str(p)) == {"score_thresh": (0.4,), "min_area": (10, 20)}
 
 
 def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
@@ -143,4 +133,4 @@ def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "mAP 1.0000"
-    assert load_thresholds(out)["score_thresh"] == (0.5,)
+    assert config.apply_thresholds(config.TestConfig(), out).score_thresh == (0.5,)

@@ -6,12 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
-from maskrcnn.inference.predictor import Predictor, apply_thresholds, load_model
+from maskrcnn.inference.predictor import Predictor, load_model
 from maskrcnn.inference.run import main, predict_images, timing_summary
 from tests.inference.stub_model import IdStubModel, draw_objects, object_score, random_blobs
 
@@ -81,24 +80,6 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
         # each drawn object comes back exactly once, pixel for pixel
         match = (got[:, None] == masks[None]).flatten(2).all(2)
         assert match.sum(0).tolist() == [1] * masks.shape[0] and len(rles) == masks.shape[0]
-
-
-def test_thresholds_file_overrides_test_fields(tmp_path):
-    base = Cfg()
-    p = tmp_path / "tuned.yaml"
-    p.write_text(yaml.safe_dump({"test": {"score_thresh": [0.15, 0.35, 0.55], "min_area": [75, 150, 75]},
-                                 "tuning": {"mAP": 0.31}}))
-    cfg = apply_thresholds(base, str(p))
-    assert cfg.score_thresh == (0.15, 0.35, 0.55) and cfg.min_area == (75, 150, 75)
-    assert cfg.mask_thresh == base.mask_thresh
-    p.write_text(yaml.safe_dump({"mask_thresh": 0.45}))
-    assert apply_thresholds(base, str(p)).mask_thresh == (0.45,)
-    p.write_text(yaml.safe_dump({"score_treshold": 0.45}))
-    with pytest.raises(ConfigError, match="score_treshold"):
-        apply_thresholds(base, str(p))
-    p.write_text(yaml.safe_dump({"min_area": "big"}))
-    with pytest.raises(ConfigError, match="min_area"):
-        apply_thresholds(base, str(p))
 
 
 def test_load_model_errors(tmp_path):
