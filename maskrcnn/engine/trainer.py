@@ -40,13 +40,13 @@ from maskrcnn.engine.checkpoint import (
     LAST_CHECKPOINT,
     RunDirectory,
     capture_rng_state,
-    load_checkpoint,
     restore_rng_state,
     unwrap,
 )
 from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
 from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config
 from maskrcnn.engine.validate import run_validation
+from maskrcnn.inference.checkpoint import load_checkpoint
 
 logger = logging.getLogger("maskrcnn.engine")
 

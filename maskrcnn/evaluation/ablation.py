@@ -30,8 +30,8 @@ Outputs (atomic): ``ablation.md`` and ``ablation.csv`` with columns
 Variant | Backbone | Iterations | Ensemble | Normalization | Color aug | TTA | mAP | <per class>,
 and ``results.json`` with each variant's summary and cache directory.
 
-All calls into the other teams' code (dataset, checkpoint loading, Predictor, postprocess) are
-in ``Backend``; tests pass a fake one.
+The calls into data and inference (dataset, checkpoint loading, Predictor, postprocess) are in
+``Backend``, so tests can pass a fake one.
 """
 from __future__ import annotations
 
@@ -158,9 +158,9 @@ def load_ablation_spec(path: str) -> AblationSpec:
                         variants, split, max_images, str(data.get("device", "auto")))
 
 
-# ---------------------------------------------------------- calls into the other teams' code
+# ------------------------------------------------------------- calls into data and inference
 class Backend:
-    """The few calls ablation makes into data, engine and inference code (tests fake this)."""
+    """The few calls ablation makes into data and inference code (tests fake this)."""
 
     def dataset(self, cfg: Config, split: str):
         from maskrcnn.data import build_dataset
@@ -170,28 +170,19 @@ class Backend:
     def checkpoint_info(self, path: str) -> Tuple[Optional[Config], Optional[int]]:
         """The run's Config and iteration saved in a checkpoint (None when absent)."""
         from maskrcnn.config import from_dict
+        from maskrcnn.inference.checkpoint import load_checkpoint
 
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = from_dict(ck["config"]) if isinstance(ck, dict) and "config" in ck else None
-        it = ck.get("iteration") if isinstance(ck, dict) else None
+        ck = load_checkpoint(path)
+        cfg = from_dict(ck["config"], source=path) if "config" in ck else None
+        it = ck.get("iteration")
         return cfg, (int(it) if it is not None else None)
 
     def load_model(self, path: str, device: str, overrides: Sequence[str] = ()):
-        """Model of a checkpoint (``{"model", "config", ...}``), with ``key=value`` overrides of its
-        saved config (e.g. the input normalisation); the backbone's own pretrained file is not read."""
-        from maskrcnn.config import _merge, from_dict, parse_overrides
-        from maskrcnn.model import build_model
+        """Model of a checkpoint with ``key=value`` overrides of its saved config (e.g. the input
+        normalisation); the backbone's own pretrained file is not read."""
+        from maskrcnn.inference.checkpoint import load_model
 
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-            raise ValueError(f"{path}: not a maskrcnn checkpoint (needs 'model' and 'config' entries)")
-        try:
-            cfg = from_dict(_merge(ck["config"], parse_overrides(overrides)))
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        model = build_model(cfg.model, load_weights=False, verbose=False)
-        model.load_state_dict(ck["model"], strict=True)
-        return model.to(device).eval()
+        return load_model(path, device, overrides=overrides)[0]
 
     def predictor(self, variant: Variant, test_cfg: TestConfig, device: str):
         from maskrcnn.device import resolve_device

@@ -1,7 +1,8 @@
 """Inference: TTA views, mask-level merging of views and models, post-processing, submission rows."""
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predictor import Predictor, load_model
+from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.predictor import Predictor
 from maskrcnn.inference.tta import View, parse_tta
 
 __all__ = ["Predictor", "View", "load_model", "merge_instances", "parse_tta", "postprocess"]

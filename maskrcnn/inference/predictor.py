@@ -6,15 +6,14 @@ resizes its input itself) share one code path.
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.config import TestConfig
 from maskrcnn.device import resolve_device
-from maskrcnn.config import Config, TestConfig, load_config
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
@@ -140,42 +139,3 @@ def _as_soft(inst: Instances) -> Instances:
     m = inst.masks
     return Instances(inst.image_size, inst.boxes.float(), inst.labels, inst.scores.float(),
                      MaskList(m.crops.float(), m.origins, m.image_size))
-
-
-# ------------------------------------------------------------------------- checkpoints
-def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None) -> Tuple[nn.Module, Config]:
-    """A model in eval mode and its Config from a checkpoint.
-
-    ``path`` is either an engine checkpoint (``{"model": state_dict, "config": dict, ...}``, loaded by
-    ``maskrcnn.engine.checkpoint.load_model``) or a bare state dict, which needs ``config`` (a YAML
-    file). ``config`` also replaces a checkpoint's own config. Backbone weight files named in a
-    config are never read (the checkpoint holds every weight; Kaggle kernels run offline).
-    """
-    from maskrcnn.engine.checkpoint import load_model as load_engine_checkpoint
-    from maskrcnn.model import build_model
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, or a pickle of arbitrary objects
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "config" in ck and not config:
-        return load_engine_checkpoint(path, device)
-    if isinstance(ck, dict) and isinstance(ck.get("model"), dict):
-        state = ck["model"]
-    elif isinstance(ck, dict) and ck and all(isinstance(v, Tensor) for v in ck.values()):
-        state = ck
-    else:
-        raise ValueError(f"{path}: neither a checkpoint with a 'model' entry nor a state dict")
-    if not config:
-        raise ValueError(f"{path} is a bare state dict without a config: pass --config CONFIG.yaml")
-    cfg = load_config(config)
-    model = build_model(cfg.model, load_weights=False, verbose=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: the weights do not fit the model built from {config}: missing {list(missing)[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    return model.to(device).eval(), cfg

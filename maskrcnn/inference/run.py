@@ -16,7 +16,8 @@ from maskrcnn.config import TestConfig, apply_thresholds, override_test_config, 
 from maskrcnn.data.images import read_image
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.device import resolve_device
-from maskrcnn.inference.predictor import Predictor, load_model
+from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.predictor import Predictor
 from maskrcnn.inference.submission import instances_to_rows, save_submission
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")

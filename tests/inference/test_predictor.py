@@ -10,9 +10,9 @@ from PIL import Image
 
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
-from maskrcnn.inference.predictor import Predictor, load_model
+from maskrcnn.inference.predictor import Predictor
 from maskrcnn.inference.run import main, predict_images, timing_summary
-from tests.inference.stub_model import IdStubModel, draw_objects, object_score, random_blobs
+from tests.inference.stub_model import TINY_MODEL, IdStubModel, draw_objects, object_score, random_blobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # subprocesses on busy shared CPUs
@@ -82,30 +82,6 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
         assert match.sum(0).tolist() == [1] * masks.shape[0] and len(rles) == masks.shape[0]
 
 
-def test_load_model_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_model(str(tmp_path / "nope.pth"))
-    torch.save({"w": torch.zeros(2)}, tmp_path / "bare.pth")
-    with pytest.raises(ValueError, match="bare state dict without a config: pass --config"):
-        load_model(str(tmp_path / "bare.pth"))
-    (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="junk.pth: not a readable checkpoint"):
-        load_model(str(tmp_path / "junk.pth"))
-    (tmp_path / "cfg.yaml").write_text(TINY_MODEL)
-    with pytest.raises(ValueError, match="do not fit the model .*missing"):
-        load_model(str(tmp_path / "bare.pth"), config=str(tmp_path / "cfg.yaml"))
-
-
-TINY_MODEL = """
-model:
-  backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
-  fpn: {out_channels: 32, norm: gn}
-  rpn: {pre_nms_topk_test: 100, post_nms_topk_test: 60}
-  roi_heads: {num_classes: 3, box_fc_dim: 32, detections_per_image: 50, score_thresh: 0.0}
-  mask_head: {num_convs: 1, conv_dim: 32, norm: gn}
-  input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
-test: {score_thresh: [0.0]}
-"""
 
 
 def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path):
