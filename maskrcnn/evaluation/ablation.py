@@ -186,12 +186,11 @@ class Backend:
 
     def predictor(self, variant: Variant, test_cfg: TestConfig, device: str):
         from maskrcnn.device import resolve_device
-        from maskrcnn.inference.predictor import Predictor
+        from maskrcnn.inference.predictor import build_predictor
 
         dev = str(resolve_device(device))
         models = [self.load_model(w, dev, variant.set) for w in variant.weights]
-        return Predictor(models, tta=tuple(variant.tta), merge_iou=test_cfg.merge_iou,
-                         min_views=test_cfg.tta_min_views, device=dev, mask_threshold=test_cfg.mask_thresh)
+        return build_predictor(models, test_cfg, device=dev)  # test_cfg.tta is the variant's
 
     def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
         from maskrcnn.inference.postprocess import postprocess

@@ -2,7 +2,7 @@
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.checkpoint import load_model
-from maskrcnn.inference.predictor import Predictor
+from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.tta import View, parse_tta
 
-__all__ = ["Predictor", "View", "load_model", "merge_instances", "parse_tta", "postprocess"]
+__all__ = ["Predictor", "View", "build_predictor", "load_model", "merge_instances", "parse_tta", "postprocess"]

@@ -132,6 +132,14 @@ class Predictor:
 _AMP = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def build_predictor(models: Union[nn.Module, Sequence[nn.Module]], test_cfg: TestConfig, **runtime) -> Predictor:
+    """The Predictor of ``test_cfg``: its ``tta`` views, ``merge_iou``, ``tta_min_views`` and
+    ``mask_thresh`` (matching threshold per class). ``runtime``: where and how it runs
+    (``device``, ``batch_size``, ``output_device``, ``amp``), which no config holds."""
+    return Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
+                     mask_threshold=test_cfg.mask_thresh, **runtime)
+
+
 def _as_soft(inst: Instances) -> Instances:
     """Model output with float32 boxes, scores and soft masks (bool masks become 0/1)."""
     if inst.scores is None or inst.masks is None:

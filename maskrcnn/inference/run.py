@@ -17,7 +17,7 @@ from maskrcnn.data.images import read_image
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.checkpoint import load_model
-from maskrcnn.inference.predictor import Predictor
+from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.submission import instances_to_rows, save_submission
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -137,9 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cli:
         test_cfg = override_test_config(test_cfg, cli, source="command line")
     # Merging and post-processing run where the models run; only encoding needs the CPU.
-    predictor = Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
-                          device=device, batch_size=args.batch_size, output_device=device, amp=args.amp,
-                          mask_threshold=test_cfg.mask_thresh)
+    predictor = build_predictor(models, test_cfg, device=device, batch_size=args.batch_size, output_device=device,
+                                amp=args.amp)
     paths = list_images(args.images)
     if args.limit > 0:
         paths = paths[: args.limit]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
-from maskrcnn.inference.predictor import Predictor
+from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.run import main, predict_images, timing_summary
 from tests.inference.stub_model import TINY_MODEL, IdStubModel, draw_objects, object_score, random_blobs
 
@@ -40,6 +40,13 @@ def test_one_view_is_the_model_output():
     raw = Predictor(IdStubModel(), device="cpu").predict_raw(image)
     direct = IdStubModel()([image])[0]
     assert torch.equal(raw.masks.crops, direct.masks.crops) and torch.equal(raw.scores, direct.scores)
+
+
+def test_build_predictor_takes_every_setting_from_the_test_config():
+    cfg = Cfg(tta=("hflip", "vflip"), merge_iou=0.6, tta_min_views=2, mask_thresh=(0.4, 0.5, 0.6))
+    pred = build_predictor([IdStubModel(), IdStubModel()], cfg, device="cpu", batch_size=3)
+    assert pred.num_views == 6 and [v.name for v in pred.views][1:] == ["hflip", "vflip"]
+    assert (pred.merge_iou, pred.min_views, pred.mask_threshold, pred.batch_size) == (0.6, 2, (0.4, 0.5, 0.6), 3)
 
 
 def _write_images(folder, specs):
