@@ -115,7 +115,7 @@ def test_tuning_the_mask_threshold():
 def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     import evaluate
     from maskrcnn.evaluation.cache import PredictionCache
-    from maskrcnn.evaluation.submission import write_labels
+    from maskrcnn.inference.submission import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "x"})
     gts = []
