@@ -66,13 +66,6 @@ class Candidates:
     num_pred: int
     num_gt: int
 
-    def subset_pred(self, keep: np.ndarray) -> "Candidates":
-        """Candidates among the predictions ``keep`` (bool[P]), renumbered 0..keep.sum()-1."""
-        new_index = np.cumsum(keep) - 1
-        e = keep[self.pred_idx]
-        return Candidates(new_index[self.pred_idx[e]], self.gt_idx[e], self.inter[e], self.union[e],
-                          int(keep.sum()), self.num_gt)
-
 
 def as_masklist(x: Union[MaskList, Instances], what: str = "masks") -> MaskList:
     if isinstance(x, MaskList):
@@ -207,11 +200,6 @@ def greedy_match(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, un
     return selected
 
 
-def true_positives(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """int64[10]: how many of the matched pairs (``inter``, ``union`` int64[K]) have IoU > t, per t."""
-    return (100 * inter[None, :] > THRESHOLDS_PCT[:, None] * union[None, :]).sum(axis=1)
-
-
 def precisions_from_counts(tp: np.ndarray, num_pred, num_gt) -> np.ndarray:
     """precision(t) = TP / (P + G - TP), broadcasting; 1 where P = G = 0 (see module doc)."""
     tp = np.asarray(tp)
@@ -219,11 +207,27 @@ def precisions_from_counts(tp: np.ndarray, num_pred, num_gt) -> np.ndarray:
     return np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
 
 
+def precisions_from_pairs(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, union: np.ndarray,
+                          num_pred, num_gt, pair_image: Optional[np.ndarray] = None) -> np.ndarray:
+    """float64[I, 10] precisions of I images from their candidate pairs (int64[E] each).
+
+    The pairs are matched one-to-one (``greedy_match``), TP(t) counts the matched pairs with
+    IoU > t per image, and ``precisions_from_counts`` gives the precisions. ``num_pred``,
+    ``num_gt`` (int[I]): objects per image; ``pair_image`` (int64[E]): the image of each pair
+    (default: all in image 0); node ids of different images must differ (offset them).
+    """
+    num_pred, num_gt = np.atleast_1d(num_pred), np.atleast_1d(num_gt)
+    sel = greedy_match(pred_idx, gt_idx, inter, union)
+    image = np.zeros(int(sel.sum()), dtype=np.int64) if pair_image is None else pair_image[sel]
+    passes = 100 * inter[sel][None, :] > THRESHOLDS_PCT[:, None] * union[sel][None, :]  # [10, S]
+    tp = np.stack([np.bincount(image, weights=passes[t], minlength=num_pred.size)
+                   for t in range(len(THRESHOLDS_PCT))], axis=1)  # [I, 10]
+    return precisions_from_counts(tp, num_pred, num_gt)
+
+
 def image_precisions_from_candidates(c: Candidates) -> np.ndarray:
     """float64[10] precisions of one image from its candidate pairs."""
-    sel = greedy_match(c.pred_idx, c.gt_idx, c.inter, c.union)
-    tp = true_positives(c.inter[sel], c.union[sel])
-    return precisions_from_counts(tp, c.num_pred, c.num_gt)
+    return precisions_from_pairs(c.pred_idx, c.gt_idx, c.inter, c.union, c.num_pred, c.num_gt)[0]
 
 
 def image_precisions(pred: Union[MaskList, Instances], gt: Union[MaskList, Instances],
@@ -284,15 +288,6 @@ class KaggleEvaluator:
         self._ids.add(image_id)
         self.results.append(ImageResult(str(image_id), class_name, prec, len(p), len(g)))
         return float(prec.mean())
-
-    def add_precisions(self, image_id: str, precisions: np.ndarray, num_pred: int, num_gt: int,
-                       class_name: Optional[str] = None) -> None:
-        """Record an image scored elsewhere (e.g. a tuning sweep)."""
-        if image_id in self._ids:
-            raise ValueError(f"image {image_id!r} was already added to the evaluator")
-        self._ids.add(image_id)
-        self.results.append(ImageResult(str(image_id), class_name, np.asarray(precisions, dtype=np.float64),
-                                        int(num_pred), int(num_gt)))
 
     def __len__(self) -> int:
         return len(self.results)

@@ -4,15 +4,8 @@ import torch
 
 from maskrcnn import config
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.evaluation.tuning import (
-    TuneItem,
-    image_class,
-    prepare_image,
-    resolve_overlaps,
-    sweep_group,
-    tune_thresholds,
-    write_thresholds,
-)
+from maskrcnn.evaluation.tuning import TuneItem, prepare_image, sweep_group, tune_thresholds, write_thresholds
+from maskrcnn.inference.postprocess import remove_overlaps
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
 
@@ -32,9 +25,9 @@ def test_overlap_resolution_of_a_score_prefix_is_the_prefix_of_the_resolution(se
     # The property the sweep relies on: a mask's fate depends only on better-ranked masks.
     rng = np.random.default_rng(seed)
     masks = dense(random_blobs(rng, 30, H, W, rmin=3, rmax=10))
-    full, alive = resolve_overlaps(masks, 0.5)
+    full, alive = remove_overlaps(masks, 0.5, torch.zeros(len(masks), dtype=torch.long))
     for k in (1, 7, 18, 29):
-        part, alive_k = resolve_overlaps(masks[torch.arange(k)], 0.5)
+        part, alive_k = remove_overlaps(masks[torch.arange(k)], 0.5, torch.zeros(k, dtype=torch.long))
         assert torch.equal(alive_k, alive[:k])
         assert torch.equal(part.crops, full.crops[:k])
 
@@ -57,17 +50,11 @@ def test_sweep_equals_scoring_each_subset_directly(seed):
             total = 0.0
             for it in items:
                 order = torch.sort(it.pred.scores, descending=True, stable=True).indices
-                resolved, alive = resolve_overlaps(it.pred.masks[order].threshold(0.5), 0.5)
+                binary = it.pred.masks[order].threshold(0.5)
+                resolved, alive = remove_overlaps(binary, 0.5, torch.zeros(len(binary), dtype=torch.long))
                 keep = alive & (it.pred.scores[order] >= s) & (resolved.areas() >= max(a, 1))
                 total += image_score(resolved[torch.nonzero(keep)[:, 0]], it.gt)
             assert got[si, ai] == pytest.approx(total / len(items), abs=1e-12)
-
-
-def test_image_class_follows_postprocess_rule():
-    inst = soft_instances(np.zeros((4, H, W), bool) | rect(H, W, 0, 4, 0, 4), [0.9, 0.2, 0.3, 0.25], labels=[0, 1, 1, 1])
-    assert image_class(inst, (0.5, 0.5)) == 0  # only class 0 passes its threshold
-    assert image_class(inst, (0.5, 0.1)) == 1  # now three of class 1 pass
-    assert image_class(inst[[]], (0.5,)) == -1
 
 
 def test_tuning_finds_score_area_and_mask_thresholds(tmp_path):
