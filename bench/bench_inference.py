@@ -166,12 +166,12 @@ def main():
     # Side by side: vectorised vs per-instance loops, on the last image.
     allv = Instances.cat(back)
     vid = torch.cat([torch.full((len(b),), k, device=device) for k, b in enumerate(back)])
-    binary = MaskList(allv.masks.crops >= 0.5, allv.masks.origins, allv.image_size)
+    binary = [MaskList(b.masks.crops >= 0.5, b.masks.origins, b.image_size) for b in back]
     t0 = time.perf_counter()
-    i, j, w = cross_view_edges(binary, vid, 0.5, method="sparse")
+    i, j, w, _ = cross_view_edges(binary, 0.5, method="sparse")
     sync(device)
     t1 = time.perf_counter()
-    i2, j2, w2 = cross_view_edges(binary, vid, 0.5, method="pairs")
+    i2, j2, w2, _ = cross_view_edges(binary, 0.5, method="pairs")
     sync(device)
     t2 = time.perf_counter()
     same = torch.equal(torch.sort(i * len(vid) + j).values, torch.sort(i2 * len(vid) + j2).values)

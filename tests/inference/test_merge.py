@@ -130,7 +130,8 @@ def test_cross_view_edges_equal_thresholded_crop_mask_iou():
     full = crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins)
     counts = []
     for t, method in ((0.2, "sparse"), (0.4, "sparse"), (0.6, "sparse"), (0.2, "pairs"), (0.4, "pairs"), (0.6, "pairs")):
-        i, j, iou = cross_view_edges(ml, vid, t, method=method)
+        i, j, iou, areas = cross_view_edges([ml[torch.nonzero(vid == k)[:, 0]] for k in range(4)], t, method=method)
+        assert torch.equal(areas, dense.flatten(1).sum(1))
         expect = (full > t) & (vid[:, None] != vid[None, :]) & torch.ones_like(full, dtype=torch.bool).triu(1)
         got = torch.zeros_like(expect)
         got[i, j] = True
