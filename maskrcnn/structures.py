@@ -227,15 +227,6 @@ class MaskList:
         crops = _gather_windows(self.crops, new_origins - self.origins, h, w)
         return MaskList(crops, new_origins, self.image_size)
 
-    def iou(self, other: "MaskList") -> Tensor:
-        """IoU matrix ``Tensor[N, M]`` between two lists of binary masks of the same image."""
-        from maskrcnn.ops import crop_mask_iou  # ops import structures lazily; avoid a cycle
-
-        if self.image_size != other.image_size:
-            raise ValueError(f"MaskList.iou: image sizes differ ({self.image_size} vs {other.image_size})")
-        a, b = self.threshold(), other.threshold()
-        return crop_mask_iou(a.crops, a.origins, b.crops, b.origins)
-
 
 def _gather_windows(src: Tensor, origins: Tensor, h: int, w: int) -> Tensor:
     """Windows ``[N, h, w]`` of ``src[N, S1, S2]`` starting at ``origins[:, (x, y)]``; zeros outside ``src``."""

@@ -53,6 +53,15 @@ def test_hand_case():
     assert crop_mask_intersection_reference(ac, ao, bc, bo).tolist() == [[4]]
 
 
+def test_iou_of_masklists_of_different_padding():
+    dense = torch.zeros((2, 8, 8), dtype=torch.bool)
+    dense[0, 0:4, 0:4] = True  # 16 px
+    dense[1, 2:6, 2:6] = True  # 16 px, 4 in common
+    a, b = MaskList.from_dense(dense), MaskList.from_dense(dense, pad=3)
+    iou = crop_mask_iou(a.crops, a.origins, b.crops, b.origins)
+    assert iou[0, 1].item() == pytest.approx(4 / 28) and iou[1, 0].item() == pytest.approx(4 / 28)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("pad_a,pad_b", [(0, 0), (2, 1)])
 def test_compiled_matches_dense_reference(ext, device, pad_a, pad_b):
