@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from maskrcnn.config import load_config, to_dict  # noqa: E402
 from maskrcnn.data.synthetic import main as write_synthetic  # noqa: E402
-from maskrcnn.inference.run import main as predict_main  # noqa: E402
+from maskrcnn.inference.predict_cli import main as predict_main  # noqa: E402
 from maskrcnn.model import build_model  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
 from maskrcnn.inference.predictor import Predictor, build_predictor
-from maskrcnn.inference.run import main, predict_images, timing_summary
+from maskrcnn.inference.predict_cli import main, predict_images, timing_summary, write_predictions
 from tests.inference.stub_model import TINY_MODEL, IdStubModel, draw_objects, object_score, random_blobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,7 +73,8 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
     paths = sorted(str(p) for p in (tmp_path / "images").iterdir())
     pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose", min_views=2, device="cpu")
     out = tmp_path / "submission.csv"
-    timings = predict_images(pred, paths, Cfg(score_thresh=(0.0,), image_class="none"), str(out), progress=False)
+    cfg = Cfg(score_thresh=(0.0,), image_class="none")
+    timings = write_predictions(predict_images(pred, paths, cfg, progress=False), str(out))
     assert len(timings) == 4 and "merge" in timing_summary(timings)
     with open(out) as f:
         rows = list(csv.DictReader(f))
