@@ -13,6 +13,12 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.solver.max_iter == 7  # override wins over both
     assert cfg.model.roi_heads.num_classes == 3  # inherited untouched
     assert cfg.model.anchors.sizes == (4.0, 8.0, 16.0, 32.0, 64.0)
+    # Nested sections merge key by key, at every depth.
+    (tmp_path / "base2.yaml").write_text("model:\n  backbone:\n    name: resnet50\n    freeze_at: 3\n  roi_heads:\n    num_classes: 3\n")
+    (tmp_path / "child2.yaml").write_text("base: base2.yaml\nmodel:\n  backbone:\n    name: resnet101\n")
+    cfg = load_config(str(tmp_path / "child2.yaml"), ["model.roi_heads.num_classes=5"])
+    assert cfg.model.backbone.name == "resnet101" and cfg.model.backbone.freeze_at == 3
+    assert cfg.model.roi_heads.num_classes == 5  # override wins over the base
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
@@ -20,6 +26,15 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(tmp_path / "c.yaml"))
     assert "solver.learning_rate" in str(e.value) and "max_iter" in str(e.value)
+    (tmp_path / "a.yaml").write_text("model:\n  backbone:\n    nam: resnet50\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "a.yaml"))
+    assert "model.backbone.nam" in str(e.value)
+    for valid in ("name", "norm", "freeze_at", "stride_in_1x1"):
+        assert valid in str(e.value)
+    (tmp_path / "b.yaml").write_text("model:\n  rpn:\n    pre_nms_topk_train: many\n")
+    with pytest.raises(ConfigError, match="model.rpn.pre_nms_topk_train"):  # a bad value in a file
+        load_config(str(tmp_path / "b.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -29,6 +44,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("train.seed=1.5", "train.seed: expected an integer"),
         ("data.class_agnostic=3", "expected true or false"),
         ("solver.betas=[0.9]", "expected 2 values"),
+        ("model.channels_last=3", "model.channels_last: expected true or false"),
         ("nonsense", "must look like key.path=value"),
     ],
 )

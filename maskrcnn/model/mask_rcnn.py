@@ -7,7 +7,7 @@ input images' pixel coordinates, with soft (probability) masks as a ``MaskList``
 
 Inside: resize (a scale factor, or min/max size), repeat 1 -> 3 channels if the model takes 3,
 normalise with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), pad to a multiple of
-``size_divisibility`` -> ResNet -> FPN -> RPN -> RoI heads -> detections mapped back to the
+``size_divisibility`` -> backbone -> FPN -> RPN -> RoI heads -> detections mapped back to the
 original pixels and masks pasted into crops of the original image.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.model.backbone import ResNet
+from maskrcnn.model.backbone import Backbone
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.roi_heads import RoIHeads, paste_masks
 from maskrcnn.model.rpn import RPN
@@ -39,7 +39,7 @@ class MaskRCNN(nn.Module):
 
     def __init__(
         self,
-        backbone: ResNet,
+        backbone: Backbone,
         fpn: FPN,
         rpn: RPN,
         roi_heads: RoIHeads,
