@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, List
+from typing import List
 
 import torch
 from torch import nn
@@ -159,7 +159,3 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> W
     """The warmup + multistep/cosine schedule; ``scheduler.step()`` once per optimiser step."""
     check_solver_config(cfg)
     return WarmupSchedule(optimizer, cfg)
-
-
-def current_lrs(optimizer: torch.optim.Optimizer) -> Iterable[float]:
-    return [g["lr"] for g in optimizer.param_groups]
