@@ -6,7 +6,7 @@
   Cells are small, so a crop costs a few hundred pixels where a full-image mask costs 366k.
 - ``Instances``: boxes, labels and optionally scores and masks of one image.
 
-Conventions (../shared/CONVENTIONS.md): boxes are ``x1, y1, x2, y2`` floats in absolute
+Conventions (docs/conventions.md): boxes are ``x1, y1, x2, y2`` floats in absolute
 pixels of the image they refer to, no ``+1``; pixel ``i`` covers ``[i, i + 1)``.
 """
 from __future__ import annotations
