@@ -8,28 +8,25 @@ predictions are mapped back (``View.invert``), merged, post-processed and encode
 Side by side, the vectorised pieces against the obvious per-instance loops they replace
 (sequential greedy clustering; painting masks one by one into the label image).
 
-    nice python bench/bench_inference.py --cells 1000 --tta d4 --repeats 3 [--device cuda]
+    nice python -m bench.bench_inference --cells 1000 --tta d4 --repeats 3 [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.config import TestConfig  # noqa: E402
-from maskrcnn.data.rle import encode_crops  # noqa: E402
-from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances  # noqa: E402
-from maskrcnn.inference.postprocess import foreground_pixels, postprocess  # noqa: E402
-from maskrcnn.inference.tta import parse_tta  # noqa: E402
-from maskrcnn.ops import get_ext  # noqa: E402
-from maskrcnn.structures import Instances, MaskList  # noqa: E402
+from maskrcnn.config import TestConfig
+from maskrcnn.data.rle import encode_crops
+from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances
+from maskrcnn.inference.postprocess import foreground_pixels, postprocess
+from maskrcnn.inference.tta import parse_tta
+from maskrcnn.ops import get_ext
+from maskrcnn.structures import Instances, MaskList
 
 
 def synthetic_view(n, H, W, crop, rmin, rmax, seed, view_seed, device, drop=0.05, fp=0.05, jitter=0.7):
