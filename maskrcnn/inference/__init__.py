@@ -1,4 +1,5 @@
-"""Inference: TTA views, mask-level merging of views and models, post-processing, submission rows."""
+"""Inference: loading checkpoints, TTA views, mask-level merging of views and models, post-processing,
+Kaggle CSV files (submissions and labels), and predict.py's command line (``predict_cli``)."""
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.checkpoint import load_model
