@@ -18,7 +18,7 @@ import sys
 def _score(args) -> int:
     from maskrcnn.data.rle import RLEError
     from maskrcnn.evaluation.score import format_report, score_files
-    from maskrcnn.evaluation.submission import SubmissionError
+    from maskrcnn.inference.submission import SubmissionError
 
     try:
         result = score_files(args.submission, args.labels, order=args.order)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from maskrcnn.config import load_config  # noqa: E402
-from maskrcnn.engine.checkpoint import load_checkpoint, load_model  # noqa: E402
+from maskrcnn.inference.checkpoint import load_checkpoint, load_model  # noqa: E402
 from maskrcnn.engine.curves import read_metrics  # noqa: E402
 from maskrcnn.engine.trainer import Trainer, seed_everything  # noqa: E402
 from maskrcnn.model import build_model  # noqa: E402

@@ -1,7 +1,7 @@
 """Sartorius Cell Instance Segmentation: ``train.csv`` + ``train/<id>.png``, and unlabeled images.
 
 ``train.csv`` has one row per object (``id, annotation, width, height, cell_type, ...``); the
-annotation is a row-major RLE (../shared/CONVENTIONS.md). Each image holds one cell type; classes
+annotation is a row-major RLE (docs/conventions.md). Each image holds one cell type; classes
 are ``shsy5y, astro, cort`` (or one class ``cell`` with ``class_agnostic``). ``train_semi_supervised/``
 holds unlabeled images whose cell type is the file name's prefix before ``[``.
 

@@ -1,6 +1,7 @@
-"""Checkpoints: atomic writes, RNG state, the run directory's files, and ``load_model``.
+"""Writing training checkpoints: atomic saves, RNG state and the run directory's files. Reading
+them (``load_checkpoint``, ``load_model``) is ``maskrcnn.inference.checkpoint``.
 
-A training checkpoint is one ``torch.save``'d dict (the cross-team format):
+A training checkpoint is one ``torch.save``'d dict:
 
     {"model": state_dict, "config": to_dict(cfg), "iteration": int,
      "optimizer": ..., "scheduler": ..., "scaler": ... | None,
@@ -23,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 
 from maskrcnn.engine.curves import CURVES_FILE, METRICS_FILE
 from maskrcnn.fileio import FolderLock, FolderLocked, atomic_open, atomic_write_text, describe_holder, orphan_temp_files
+from maskrcnn.inference.checkpoint import load_checkpoint
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL = "model_final.pth"
@@ -65,19 +67,6 @@ def atomic_save(obj: Any, path: str) -> None:
     """
     with atomic_open(path, "wb", fsync=True) as f:
         torch.save(obj, f)
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """The checkpoint dict at ``path`` on the CPU; clear errors for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise RuntimeError(f"{path}: not a maskrcnn checkpoint (expected a dict with a 'model' state_dict)")
-    return ck
 
 
 # ------------------------------------------------------------------------------ RNG state
@@ -262,32 +251,3 @@ class RunDirectory:
         for n in periodic[: max(len(periodic) - self.keep, 0)]:
             if n != keep_name:
                 os.remove(self.path(n))
-
-
-# --------------------------------------------------------------------------- inference
-def load_model(path: str, device: Any = "cpu") -> Tuple[nn.Module, Any]:
-    """Rebuild the model saved in checkpoint ``path`` and load its weights.
-
-    Args:
-        path: any checkpoint written by the trainer (periodic, final or best).
-        device: where to put the model (``"cpu"``, ``"cuda"``, a ``torch.device``).
-
-    Returns:
-        ``(model, cfg)``: the model in eval mode on ``device`` and the run's ``Config``.
-    """
-    from maskrcnn.config import from_dict
-    from maskrcnn.model import build_model
-
-    ck = load_checkpoint(path)
-    if "config" not in ck:
-        raise RuntimeError(f"{path}: checkpoint has no 'config'; it was not written by maskrcnn's trainer")
-    cfg = from_dict(ck["config"])
-    model = build_model(cfg.model, load_weights=False)  # the checkpoint holds every weight
-    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path}: weights do not fit the model its config builds "
-            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
-        )
-    return model.to(device).eval(), cfg

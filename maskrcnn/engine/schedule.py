@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, List
+from typing import List
 
 import torch
 from torch import nn
@@ -175,7 +175,3 @@ def set_schedule_position(scheduler: WarmupSchedule, iteration: int) -> List[flo
         group["lr"] = lr
     scheduler._last_lr = list(lrs)
     return lrs
-
-
-def current_lrs(optimizer: torch.optim.Optimizer) -> Iterable[float]:
-    return [g["lr"] for g in optimizer.param_groups]

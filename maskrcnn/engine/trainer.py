@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
 from maskrcnn.config import Config, ConfigError, dump_config, to_dict
+from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
     BEST,
@@ -42,7 +43,6 @@ from maskrcnn.engine.checkpoint import (
     RunDirectory,
     RunDirectoryError,
     capture_rng_state,
-    load_checkpoint,
     nonfinite_tensors,
     restore_rng_state,
     unwrap,
@@ -50,6 +50,7 @@ from maskrcnn.engine.checkpoint import (
 from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
 from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
 from maskrcnn.engine.validate import run_validation
+from maskrcnn.inference.checkpoint import load_checkpoint
 
 logger = logging.getLogger("maskrcnn.engine")
 
@@ -249,7 +250,7 @@ class Trainer:
         self.overwrite = overwrite
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
         self.is_main = self.rank == 0
-        self.device = device if device is not None else du.resolve_device(cfg.train.device, du.get_local_rank())
+        self.device = device if device is not None else resolve_device(cfg.train.device, du.get_local_rank(), key="train.device")
         self.progress = progress
         self.run_dir = RunDirectory(cfg.train.output_dir, keep=cfg.train.keep_checkpoints)
         self.metrics = MetricsLog(cfg.train.output_dir)
@@ -594,30 +595,8 @@ class Trainer:
         try:
             while self.iteration < max_iter:
                 t_start = time.perf_counter()
-                data_time = 0.0
                 self.optimizer.zero_grad(set_to_none=True)
-                components: Dict[str, float] = defaultdict(float)
-                for micro in range(accum):
-                    t_data = time.perf_counter()
-                    batch = next(batches)
-                    images = [smp.image.to(self.device, non_blocking=True) for smp in batch]
-                    targets = [smp.instances.to(self.device) for smp in batch]
-                    data_time += time.perf_counter() - t_data
-                    sync = model.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with self.autocast():
-                            losses = model(images, targets)
-                        total = sum(v.float() for v in losses.values())
-                        # One device sync for all components (they are logged every iteration anyway).
-                        host = torch.stack([v.detach().float() for v in losses.values()] + [total.detach()]).tolist()
-                        values = dict(zip(losses.keys(), host[:-1]))
-                        self._check_finite(host[-1], values)
-                        scaled = total / accum
-                        if self.scaler is not None:
-                            scaled = self.scaler.scale(scaled)
-                        scaled.backward()
-                    for k, v in values.items():
-                        components[k] += v / accum
+                components, data_time = self._forward_backward(model, batches, accum, is_ddp)
                 step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
                 grad_norm = self._step()
                 with warnings.catch_warnings():
@@ -627,7 +606,6 @@ class Trainer:
                     self.scheduler.step()
                 self.iteration += 1
 
-                components = dict(components)
                 components["loss"] = sum(components.values())
                 for k, v in components.items():
                     window[k].append(v)
@@ -656,6 +634,38 @@ class Trainer:
                     self._checkpoint(self.run_dir.periodic_name(self.iteration))
         finally:
             bar.close()
+
+    def _forward_backward(self, model: nn.Module, batches: Iterator[list], accum: int,
+                          is_ddp: bool) -> Tuple[Dict[str, float], float]:
+        """Losses and gradients of one optimiser step over ``accum`` micro-batches.
+
+        Returns the loss components averaged over the micro-batches, and the seconds spent
+        waiting for data.
+        """
+        data_time = 0.0
+        components: Dict[str, float] = defaultdict(float)
+        for micro in range(accum):
+            t_data = time.perf_counter()
+            batch = next(batches)
+            images = [smp.image.to(self.device, non_blocking=True) for smp in batch]
+            targets = [smp.instances.to(self.device) for smp in batch]
+            data_time += time.perf_counter() - t_data
+            sync = model.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    losses = model(images, targets)
+                total = sum(v.float() for v in losses.values())
+                # One device sync for all components (they are logged every iteration anyway).
+                host = torch.stack([v.detach().float() for v in losses.values()] + [total.detach()]).tolist()
+                values = dict(zip(losses.keys(), host[:-1]))
+                self._check_finite(host[-1], values)
+                scaled = total / accum
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
+            for k, v in values.items():
+                components[k] += v / accum
+        return dict(components), data_time
 
     def _check_finite(self, total: float, values: Dict[str, float]) -> None:
         bad = not math.isfinite(total)

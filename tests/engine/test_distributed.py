@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 
 

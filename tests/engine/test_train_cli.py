@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train as train_cli
-from maskrcnn.engine.checkpoint import load_checkpoint, load_model
+from maskrcnn.inference.checkpoint import load_checkpoint, load_model
 from maskrcnn.engine.curves import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from maskrcnn.config import ConfigError
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.schedule import lr_factor
 from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, check_train_config
