@@ -112,7 +112,7 @@ def make_scratch(root: str, parent: str, name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- running
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.M)
 _EXIT = re.compile(r"_pytest\.outcomes\.Exit: (.*?) !*$", re.M)
 
 
@@ -120,7 +120,7 @@ def run_pytest(repo: str, tests: Sequence[str], timeout: float, extra: Sequence[
     env = dict(os.environ, MASKRCNN_REQUIRE_EXT="1", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=repo)
     env.pop("MASKRCNN_FORCE_FALLBACK", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
            *extra, *tests]
     t0 = time.perf_counter()
     try:
