@@ -13,6 +13,7 @@ import torch
 
 import maskrcnn.ops as ops
 from maskrcnn.ops import _ext
+from tests.ops.conftest import DEVICES
 
 KERNELS = {"roi_align_forward", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection"}
 
@@ -67,33 +68,37 @@ def _ramp():
     return (4 * torch.arange(4.0)[:, None] + torch.arange(4.0)[None, :] + 1)[None, None]
 
 
-def test_roi_align_forward_and_backward_run_the_kernels(kernel_calls):
-    x = _ramp().repeat(1, 2, 1, 1).requires_grad_(True)
-    rois = torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]])
+@pytest.mark.parametrize("device", DEVICES)
+def test_roi_align_forward_and_backward_run_the_kernels(kernel_calls, device):
+    x = _ramp().repeat(1, 2, 1, 1).to(device).requires_grad_(True)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]], device=device)
     out = ops.roi_align(x, rois, 1, 1.0, 2, True)
     # Box [1, 3] aligned: samples at 1.0 and 2.0 per axis -> mean 4 * 1.5 + 1.5 + 1.
-    torch.testing.assert_close(out, torch.full((1, 2, 1, 1), 8.5))
+    torch.testing.assert_close(out.cpu(), torch.full((1, 2, 1, 1), 8.5))
     out.sum().backward()
     # Four samples at integer positions (1, 2) x (1, 2), each with weight 1/4.
     want = torch.zeros(1, 2, 4, 4)
     want[:, :, 1:3, 1:3] = 0.25
-    torch.testing.assert_close(x.grad, want)
+    torch.testing.assert_close(x.grad.cpu(), want)
     mod = ops.RoIAlign(1, 1.0, 2, True)
     torch.testing.assert_close(mod(x.detach(), rois), out.detach())
     assert kernel_calls["roi_align_forward"] == 2 and kernel_calls["roi_align_backward"] == 1
 
 
-def test_nms_and_batched_nms_run_the_kernel(kernel_calls):
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [1, 1, 10, 10.0]])
-    scores = torch.tensor([0.9, 0.8, 0.95, 0.7])
+@pytest.mark.parametrize("device", DEVICES)
+def test_nms_and_batched_nms_run_the_kernel(kernel_calls, device):
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [1, 1, 10, 10.0]], device=device)
+    scores = torch.tensor([0.9, 0.8, 0.95, 0.7], device=device)
     assert ops.nms(boxes, scores, 0.5).tolist() == [2, 0, 1]  # IoU(0, 1) = 0.5 is kept; IoU(0, 3) = 0.81
     assert kernel_calls["nms"] == 1
-    assert ops.batched_nms(boxes, scores, torch.tensor([0, 0, 0, 1]), 0.5).tolist() == [2, 0, 1, 3]
+    groups = torch.tensor([0, 0, 0, 1], device=device)
+    assert ops.batched_nms(boxes, scores, groups, 0.5).tolist() == [2, 0, 1, 3]
     assert kernel_calls["nms"] == 2
 
 
-def test_greedy_suppress_runs_the_kernel(kernel_calls):
-    iou = torch.tensor([[1.0, 0.6, 0.1], [0.6, 1.0, 0.7], [0.1, 0.7, 1.0]])
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_suppress_runs_the_kernel(kernel_calls, device):
+    iou = torch.tensor([[1.0, 0.6, 0.1], [0.6, 1.0, 0.7], [0.1, 0.7, 1.0]], device=device)
     assert ops.greedy_suppress(iou, 0.5).tolist() == [0, 2]  # 1 goes with 0; 2 only overlaps the removed 1
     assert kernel_calls["greedy_suppress"] == 1
 
@@ -106,20 +111,21 @@ def _masks():
     return m
 
 
-def test_mask_iou_and_crop_mask_iou_run_the_kernel(kernel_calls):
-    m = _masks()
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_iou_and_crop_mask_iou_run_the_kernel(kernel_calls, device):
+    m = _masks().to(device)
     want = torch.tensor([[1.0, 8 / 24, 0.0], [8 / 24, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    torch.testing.assert_close(ops.mask_iou(m, m), want)
+    torch.testing.assert_close(ops.mask_iou(m, m).cpu(), want)
     assert kernel_calls["crop_mask_intersection"] == 1
-    crops, origins = torch.zeros(1, 4, 4, dtype=torch.bool), torch.tensor([[1, 1]])
-    crops[0] = True
-    torch.testing.assert_close(ops.crop_mask_iou(crops, origins, crops, origins), torch.ones(1, 1))
+    crops, origins = torch.ones(1, 4, 4, dtype=torch.bool, device=device), torch.tensor([[1, 1]], device=device)
+    torch.testing.assert_close(ops.crop_mask_iou(crops, origins, crops, origins).cpu(), torch.ones(1, 1))
     assert kernel_calls["crop_mask_intersection"] == 2
 
 
-def test_mask_nms_and_crop_mask_nms_run_the_kernels(kernel_calls):
-    m = _masks()
-    scores = torch.tensor([0.5, 0.9, 0.7])
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_nms_and_crop_mask_nms_run_the_kernels(kernel_calls, device):
+    m = _masks().to(device)
+    scores = torch.tensor([0.5, 0.9, 0.7], device=device)
     assert ops.mask_nms(m, scores, 0.3).tolist() == [1, 2]  # IoU(0, 1) = 1/3 > 0.3
     assert ops.mask_nms(m, scores, 0.4).tolist() == [1, 2, 0]
     from maskrcnn.ops.masks import dense_to_crops
