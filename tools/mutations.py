@@ -226,7 +226,7 @@ MUTATIONS: List[Mutation] = [
         '    if order == "col":\n        origins = np.stack([op, ol], 1)')], RLE),
     M("rle_zero_indexed", "RLE starts read and written 0-indexed (round trip still exact off pixel 0)",
       [("maskrcnn/data/rle.py", "return np.stack([starts - 1, lengths], axis=1)\n", "return np.stack([starts, lengths], axis=1)\n"),
-       ("maskrcnn/data/rle.py", "return np.stack([starts - 1, lengths], axis=1), owner", "return np.stack([starts, lengths], axis=1), owner"),
+       ("maskrcnn/data/rle.py", "return np.stack([starts[ok] - 1, lengths[ok]], axis=1), owner[ok]", "return np.stack([starts[ok], lengths[ok]], axis=1), owner[ok]"),
        ("maskrcnn/data/rle.py", "runs = np.stack([starts + 1, stops - starts], axis=1)", "runs = np.stack([starts, stops - starts], axis=1)"),
        ("maskrcnn/data/rle.py", "runs = np.stack([gs + 1, ge - gs], axis=1)", "runs = np.stack([gs, ge - gs], axis=1)")], RLE),
     # ---------------------------------------------------------------------------- transforms
@@ -290,8 +290,8 @@ MUTATIONS: List[Mutation] = [
         "ssum = ssum")], POST),
     # ---------------------------------------------------------------------------- the metric
     M("metric_iou_ge", "a pair matches at IoU >= t (not >)",
-      [("maskrcnn/evaluation/kaggle.py", "(100 * inter[None, :] > THRESHOLDS_PCT[:, None] * union[None, :])",
-        "(100 * inter[None, :] >= THRESHOLDS_PCT[:, None] * union[None, :])")], KAGGLE),
+      [("maskrcnn/evaluation/kaggle.py", "passes = 100 * inter[sel][None, :] > THRESHOLDS_PCT[:, None] * union[sel][None, :]",
+        "passes = 100 * inter[sel][None, :] >= THRESHOLDS_PCT[:, None] * union[sel][None, :]")], KAGGLE),
     M("metric_candidates_ge", "candidate pairs at IoU >= 0.5 (not >)",
       [("maskrcnn/evaluation/kaggle.py", "keep = 2 * inter > union", "keep = 2 * inter >= union")], KAGGLE),
     M("metric_pooled", "the dataset score weights images by their object count (pooled-like) instead of a plain mean",

@@ -10,7 +10,7 @@ import inspect
 import pytest
 import torch
 
-from maskrcnn.config import ModelConfig
+from maskrcnn.config import ModelConfig, TestConfig
 from maskrcnn.model import build_model
 from maskrcnn.model.roi_heads import MultiLevelRoIPooler, RoIHeads
 from maskrcnn.model.rpn import RPN
@@ -31,7 +31,8 @@ def test_configured_defaults():
     assert (h.batch_size_per_image, h.positive_fraction) == (512, 0.25)
     assert (h.score_thresh, h.nms_thresh, h.smooth_l1_beta) == (0.05, 0.5, 0.0)
     assert h.proposal_append_gt is True and h.box_pooler_resolution == 7
-    assert (m.pooler_resolution, m.resolution, m.mask_threshold) == (14, 28, 0.5)
+    assert (m.pooler_resolution, m.resolution) == (14, 28)
+    assert TestConfig().mask_thresh == (0.5,)  # the one mask-threshold key
 
 
 def test_module_defaults_match_the_config():
@@ -62,7 +63,7 @@ def test_builder_hands_each_stage_its_own_values():
         "model.roi_heads.batch_size_per_image=80", "model.roi_heads.positive_fraction=0.3",
         "model.roi_heads.bbox_reg_weights=[9,8,4,3]", "model.roi_heads.score_thresh=0.07",
         "model.roi_heads.detections_per_image=77", "model.roi_heads.smooth_l1_beta=0.1",
-        "model.roi_heads.proposal_append_gt=false", "model.mask_head.mask_threshold=0.4",
+        "model.roi_heads.proposal_append_gt=false",
     )
     model = build_model(cfg)
     rpn, roi = model.rpn, model.roi_heads
@@ -72,7 +73,7 @@ def test_builder_hands_each_stage_its_own_values():
     assert (roi.nms_thresh, roi.fg_iou_thresh, roi.bg_iou_thresh) == (0.45, 0.55, 0.45)
     assert (roi.batch_size_per_image, roi.positive_fraction, roi.smooth_l1_beta) == (80, 0.3, 0.1)
     assert roi.box_weights == (9.0, 8.0, 4.0, 3.0) and roi.score_thresh == 0.07 and roi.detections_per_image == 77
-    assert roi.proposal_append_gt is False and model.mask_threshold == 0.4
+    assert roi.proposal_append_gt is False
 
 
 def test_default_model_uses_the_box_head_weights():
