@@ -24,8 +24,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from maskrcnn.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration file, key or value; the message names the key and what is wrong."""
 
 

@@ -24,6 +24,8 @@ import sys
 import uuid
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Union
 
+from maskrcnn.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: FolderLock falls back to the pid check
@@ -95,7 +97,7 @@ def orphan_temp_files(folder: PathLike, owned: Callable[[str], bool]) -> List[st
 
 
 # --------------------------------------------------------------------------------- locks
-class FolderLocked(RuntimeError):
+class FolderLocked(UserError, RuntimeError):
     """Another live process holds the lock; ``holder`` is what its lock file says (may be empty)."""
 
     def __init__(self, message: str, holder: Dict[str, Any]):

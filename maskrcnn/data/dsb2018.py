@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from maskrcnn.data.images import is_gray, open_image, read_image
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
 DSB_CLASSES = ("nucleus",)
 
 
-class DSB2018FormatError(ValueError):
+class DSB2018FormatError(UserError, ValueError):
     """A problem with a DSB2018 folder; the message names the file."""
 
 

@@ -7,17 +7,24 @@ The command line lives apart from the cache itself: it needs every reader (``bui
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from typing import Optional, Sequence
 
+from maskrcnn import cli
 from maskrcnn.config import DataConfig
 from maskrcnn.data.cache import IMAGE_CODECS, write_cache
 from maskrcnn.data.loader import build_reader
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Write a compact single-file cache (.npz) of a dataset.")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The exit code of ``python -m maskrcnn.data.make_cache argv`` (user errors: one ``error:`` line and 2)."""
+    return cli.run(_make_cache, argv)
+
+
+def _make_cache(argv: Sequence[str]) -> None:
+    p = cli.ArgumentParser(prog="python -m maskrcnn.data.make_cache",
+                           description="Write a compact single-file cache (.npz) of a dataset.")
     p.add_argument("--format", required=True, choices=["dsb2018", "sartorius", "coco", "synthetic", "cache"])
     p.add_argument("--root", default="", help="dataset folder (as data.root)")
     p.add_argument("--ann-file", default="", help="annotation file (as data.ann_file; coco, sartorius)")
@@ -33,4 +40,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,10 +12,12 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from maskrcnn.errors import UserError
+
 ORDERS = ("row", "col")
 
 
-class RLEError(ValueError):
+class RLEError(UserError, ValueError):
     """A malformed run-length encoding; the message names the source, row and value."""
 
 

@@ -20,13 +20,14 @@ import torch
 
 from maskrcnn.data.images import read_image
 from maskrcnn.data.rle import decode_crops
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, Sample
 
 SARTORIUS_CLASSES = ("shsy5y", "astro", "cort")
 REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
 
 
-class SartoriusFormatError(ValueError):
+class SartoriusFormatError(UserError, ValueError):
     """A problem in a Sartorius-style csv or its images; the message names the file and row."""
 
 

@@ -21,17 +21,18 @@ Command line: write a synthetic dataset in a real layout, so that readers are ex
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
+import sys
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrcnn import cli
 from maskrcnn.structures import Instances, MaskList, Sample
 
 CELL_TYPES = ("shsy5y", "astro", "cort")  # Sartorius' class order; synthetic shapes mimic each
@@ -348,8 +349,14 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
         atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Write a synthetic cell dataset in a real layout.")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The exit code of ``python -m maskrcnn.data.synthetic argv`` (user errors: one ``error:`` line and 2)."""
+    return cli.run(_write_synthetic, argv)
+
+
+def _write_synthetic(argv: Sequence[str]) -> None:
+    p = cli.ArgumentParser(prog="python -m maskrcnn.data.synthetic",
+                           description="Write a synthetic cell dataset in a real layout.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--layout", default="sartorius", choices=["sartorius", "dsb2018", "coco"])
@@ -364,4 +371,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from maskrcnn.engine.curves import CURVES_FILE, METRICS_FILE
+from maskrcnn.errors import UserError
 from maskrcnn.fileio import FolderLock, FolderLocked, atomic_open, atomic_write_text, describe_holder, orphan_temp_files
 from maskrcnn.inference.checkpoint import load_checkpoint
 
@@ -43,7 +44,7 @@ _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 _CHECKPOINT = re.compile(r"^model_.*\.pth$")  # periodic, final, best and superseded bests
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A training run refused at start, before it changed anything; the message is one line,
     ``what (where)``. The front end reports it without a traceback (exit code 2)."""
 

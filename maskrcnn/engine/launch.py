@@ -4,9 +4,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from maskrcnn.config import Config, ConfigError
+from maskrcnn.config import Config
 from maskrcnn.engine import distributed as du
-from maskrcnn.engine.checkpoint import RunError
 from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
 
 logger = logging.getLogger("maskrcnn.engine")
@@ -15,9 +14,9 @@ logger = logging.getLogger("maskrcnn.engine")
 def main_train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> int:
     """Run ``cfg`` to the end in this process (joining torchrun's group when launched by it).
 
-    Returns a process exit code: 0 done, 2 a configuration error, a missing file or a run refused
-    at start (``RunError``: the output folder is in use or holds an earlier run, a resume that
-    cannot be honoured), 3 a non-finite loss.
+    Returns a process exit code: 0 done, 3 a non-finite loss. The user's mistakes (a configuration
+    error, a missing file, a run refused at start: ``RunError``) propagate as ``UserError`` for
+    the front end's ``maskrcnn.cli.run`` to report (exit 2).
     """
     rank = 0
     try:
@@ -27,15 +26,6 @@ def main_train(cfg: Config, resume: bool = False, progress: bool = True, overwri
             summary = Trainer(cfg, resume=resume, device=device, progress=progress, overwrite=overwrite).train()
         finally:
             du.cleanup()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:  # a data folder, annotation file or checkpoint named by the config
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RunError as e:  # refused before anything changed: the folder is in use, a resume it cannot honour
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3

@@ -19,7 +19,8 @@ import sys
 import time
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from maskrcnn.config import TestConfig, apply_thresholds, override_test_config, parse_overrides
+from maskrcnn import cli
+from maskrcnn.config import ConfigError, TestConfig, apply_thresholds, override_test_config, parse_overrides
 from maskrcnn.data.images import read_image
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.checkpoint import load_model
@@ -118,7 +119,7 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 
 # ------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="predict.py",
         description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv.",
     )
@@ -149,7 +150,7 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     if args.set:
         over = parse_overrides(args.set)
         if set(over) - {"test"}:
-            raise SystemExit(f"--set only takes test.* keys, got {', '.join(sorted(set(over) - {'test'}))}")
+            raise ConfigError(f"--set only takes test.* keys, got {', '.join(sorted(set(over) - {'test'}))}")
         test_cfg = override_test_config(test_cfg, over.get("test", {}), source="--set")
     cli = {}
     if args.tta is not None:
@@ -162,6 +163,11 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The exit code of ``predict.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``)."""
+    return cli.run(_predict, argv)
+
+
+def _predict(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device, key="--device")
     models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))

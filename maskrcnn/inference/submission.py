@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from maskrcnn.data.rle import RLEError, decode_crops, encode_crops, parse_rle, parse_rle_batch
+from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open
 from maskrcnn.structures import Instances, MaskList
 
@@ -36,7 +37,7 @@ _LABEL_ALIASES = {"imageid": "id", "encodedpixels": "annotation"}
 _UNBOUNDED = 1 << 62  # image size when bounds are unknown: only pair syntax and order are checked
 
 
-class SubmissionError(ValueError):
+class SubmissionError(UserError, ValueError):
     """A malformed submission or label file; the message names the file and line."""
 
 

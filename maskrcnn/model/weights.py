@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.errors import UserError
+
 STEM = "backbone.stem.conv1.weight"
 TORCHVISION_STD = (58.395, 57.12, 57.375)  # ImageNet std x 255, RGB
 MSRA_STD = (1.0, 1.0, 1.0)
@@ -56,7 +58,7 @@ FAIR_STD_BGR = (57.375, 57.12, 58.395)
 CLASS_HEADS = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred", "roi_heads.mask_head.predictor")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that cannot be read or recognised; the message names the file."""
 
 

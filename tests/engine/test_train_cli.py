@@ -124,8 +124,10 @@ def test_train_cli_new_run_over_a_finished_run_is_refused(run, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--resume" in err and "--overwrite" in err and str(out) in err
     assert _files(out) == before
-    with pytest.raises(SystemExit):  # argparse: the two exclude each other
-        train_cli.main([str(cfg), "--resume", "--overwrite"])
+    capsys.readouterr()
+    assert train_cli.main([str(cfg), "--resume", "--overwrite"]) == 2  # argparse: the two exclude each other
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0] and "--help" in err[0]
 
 
 def test_train_cli_resume_with_a_larger_max_iter_on_the_real_model(run, tmp_path, capsys):
