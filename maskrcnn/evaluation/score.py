@@ -2,23 +2,23 @@
 
 Image ids and sizes come from the label file; an image missing from the submission counts as
 an image with no prediction; the submission is validated as Kaggle would (``maskrcnn.inference.submission``).
+Masks are scored as run lists (``maskrcnn.data.rle.RunMasks``): memory and time follow the
+objects' runs, so one image-sized object among a thousand small ones costs what it holds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional
 
-from maskrcnn.data.rle import runs_to_crops
+from maskrcnn.data.rle import RunMasks
 from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
 from maskrcnn.inference.submission import (
     find_overlaps,
     group_rows,
-    label_masks,
     parse_image_rows,
     read_labels,
     read_submission,
 )
-from maskrcnn.structures import MaskList
 
 
 @dataclass
@@ -49,17 +49,18 @@ def score_files(submission_path: str, labels_path: str, order: str = "row",
             errors.append(f"{submission_path}: line {img_rows[0].line}: image id {image_id!r} is not in the label file")
     ev = evaluator if evaluator is not None else KaggleEvaluator()
     missing = []
-    for image_id, img in labels.items():  # one image at a time bounds memory
-        gt = label_masks(img, labels_order, source=labels_path)
+    for image_id, img in labels.items():  # one image at a time; masks stay run lists (RunMasks)
+        gt = RunMasks.from_rles(img.rles, img.height, img.width, labels_order, source=labels_path, rows=img.lines,
+                                strict=False)  # label files may hold unsorted or overlapping runs
         img_rows = per_image_rows.get(image_id)
         if img_rows is None:
             missing.append(image_id)
-            pred = MaskList.empty((img.height, img.width))
+            pred = RunMasks.empty((img.height, img.width))
         else:
             parsed, errs = parse_image_rows(img_rows, img.height, img.width, f"{submission_path}: ")
             errors.extend(errs)
             errors.extend(f"{submission_path}: {m}" for m in find_overlaps(parsed))
-            pred = runs_to_crops(parsed.runs, parsed.owner, len(parsed.rows), img.height, img.width, order, pad=0)
+            pred = RunMasks(parsed.runs, parsed.owner, len(parsed.rows), img.height, img.width, order)
         ev.add(image_id, pred, gt, class_name=img.cell_type)
     return ScoreResult(ev.summary(), errors, ev.per_image(), len(rows), missing)
 

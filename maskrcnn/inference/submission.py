@@ -80,17 +80,14 @@ def csv_records(path: str) -> Iterator[Tuple[int, List[str]]]:
         raise SubmissionError(f"{path}: file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM some editors write
         reader = csv.reader(f)
-        while True:
-            try:
-                rec = next(reader)
-            except StopIteration:
-                return
-            except UnicodeDecodeError:
-                raise SubmissionError(f"not a UTF-8 text (CSV) file: undecodable bytes near line "
-                                      f"{reader.line_num + 1} ({path})") from None
-            except csv.Error as e:
-                raise SubmissionError(f"{path}: line {reader.line_num}: not a valid CSV record ({e})") from None
-            yield reader.line_num, rec
+        try:
+            for rec in reader:
+                yield reader.line_num, rec
+        except UnicodeDecodeError:
+            raise SubmissionError(f"not a UTF-8 text (CSV) file: undecodable bytes near line "
+                                  f"{reader.line_num + 1} ({path})") from None
+        except csv.Error as e:
+            raise SubmissionError(f"{path}: line {reader.line_num}: not a valid CSV record ({e})") from None
 
 
 # ------------------------------------------------------------------------------ reading
