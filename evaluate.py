@@ -48,12 +48,17 @@ def _ablate(args) -> int:
 
 def _tune(args) -> int:
     from maskrcnn.evaluation.tuning import main_tune
+    from maskrcnn.fileio import check_output_path
 
+    check_output_path(args.out, "--out")  # before the sweep
     return main_tune(args)
 
 
 def _labels(args) -> int:
     from maskrcnn.evaluation.ablation import write_split_labels
+    from maskrcnn.fileio import check_output_path
+
+    check_output_path(args.out, "--out")  # before reading the split
 
     n = write_split_labels(args.config, args.split, args.out, order=args.order, overrides=args.set)
     print(f"wrote {n} images to {args.out}")

@@ -195,6 +195,10 @@ def _viz(argv: Sequence[str]) -> None:
     p.add_argument("--thickness", type=cli.int_at_least(1), default=1)
     p.add_argument("--out", default="", help="output PNG (default: <image stem>_overlay.png)")
     args = p.parse_args(argv)
+    if args.out:
+        from maskrcnn.fileio import check_output_path
+
+        check_output_path(args.out, "--out")
     image = read_image(args.image)
     size = (int(image.shape[1]), int(image.shape[2]))
     image_id = args.id or os.path.splitext(os.path.basename(args.image))[0]

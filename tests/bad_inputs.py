@@ -176,6 +176,17 @@ def build_files(root: str) -> Files:
             '"categories": [{"id": 1, "name": "cell"}]}' % (H, W))
     f.image("coco_images/a.png", good)
     f.write("coco_truncated.json", '{"images": [{"id": 1, ')
+    f.write("coco_huge.json", '{"images": [{"id": 1, "file_name": "a.png", "height": %d, "width": %d}], '
+            '"annotations": [{"id": 7, "image_id": 1, "category_id": 1, "iscrowd": 0, '
+            '"segmentation": [[1, 1, 1e9, 10, 10, 10, 10, 1]], "bbox": [1, 1, 9, 9], "area": 81}], '
+            '"categories": [{"id": 1, "name": "cell"}]}' % (H, W))
+    f.write("sart_binary/train.csv", bytes(range(256)) * 8)
+    f.write("garbage.npz", np.random.default_rng(3).bytes(5000))
+    f.write("empty.yaml", "")
+    f.write("sub_empty.csv", "")
+    f.write("sub_odd.csv", "id,predicted\na,1 3 7\n")
+    os.makedirs(f.p("readonly"), exist_ok=True)
+    os.chmod(f.p("readonly"), 0o555)
     add_rgb_masks(f)
     return f
 
@@ -362,11 +373,17 @@ CASES: List[Case] = [
          lambda f, t: predict_args(f, t, weights=[f.p("other_arch.pth")]), ["other_arch.pth", "do not fit"]),
     Case("weights: NaN in a tensor", "predict", lambda f, t: predict_args(f, t, weights=[f.p("nan.pth")]),
          ["nan.pth", "non-finite", "roi_heads"], before_images=True),
+    Case("config: an empty file", "predict", lambda f, t: predict_args(f, t, "--config", f.p("empty.yaml")),
+         ["do not fit", "empty.yaml"], before_images=True),
     Case("config: binary file", "predict", lambda f, t: predict_args(f, t, "--config", f.p("thr_binary.yaml")),
          ["thr_binary.yaml"]),
     # ---------------------------------------------------------------- predict.py: settings
     Case("thresholds: missing file", "predict", lambda f, t: predict_args(f, t, "--thresholds", f.p("nope.yaml")),
          ["nope.yaml"], before_images=True),
+    Case("thresholds: a folder", "predict", lambda f, t: predict_args(f, t, "--thresholds", f.p("images")),
+         ["folder", "images"], before_images=True),
+    Case("thresholds: an empty file (no change)", "predict",
+         lambda f, t: predict_args(f, t, "--thresholds", f.p("empty.yaml")), check=lambda o, f, t: _predicted_ok(o, f, t)),
     Case("thresholds: 2 values for 3 classes", "predict", lambda f, t: predict_args(f, t, "--thresholds", f.p("thr_len.yaml")),
          ["score_thresh", "2 values", "3 classes"], before_images=True),
     Case("thresholds: score 1.5", "predict", lambda f, t: predict_args(f, t, "--thresholds", f.p("thr_range.yaml")),
@@ -422,6 +439,9 @@ CASES: List[Case] = [
          before_images=True),
     Case("--out under a file", "predict", lambda f, t: predict_args(f, t, out=os.path.join(f.p("labels.csv"), "sub.csv")),
          ["labels.csv"], before_images=True),
+    Case("--out in a read-only folder", "predict",
+         lambda f, t: predict_args(f, t, out=os.path.join(f.p("readonly"), "sub.csv")), ["not writable", "readonly"],
+         before_images=True, marks={"non_root": "1"}),
     Case("--out in a folder that does not exist", "predict",
          lambda f, t: predict_args(f, t, out=os.path.join(t, "new", "deeper", "sub.csv")), check=_out_folder_made),
     # ---------------------------------------------------------------- predict.py: images
@@ -453,6 +473,12 @@ CASES: List[Case] = [
     Case("score: submission missing", "evaluate", lambda f, t: score_args(f, t, sub="nope.csv"), ["nope.csv"]),
     Case("score: submission is a directory", "evaluate", lambda f, t: score_args(f, t, sub="sub_dir.csv"),
          ["folder", "sub_dir.csv"]),
+    Case("score: submission empty", "evaluate", lambda f, t: score_args(f, t, sub="sub_empty.csv"),
+         ["sub_empty.csv", "empty"]),
+    Case("score: submission cut mid-row", "evaluate", lambda f, t: score_args(f, t, sub="sub_odd.csv"),
+         check=_rejected("sub_odd.csv: line 2", "odd number")),
+    Case("score: labels given as the submission", "evaluate", lambda f, t: score_args(f, t, sub="labels.csv"),
+         ["labels.csv", "header"]),
     Case("score: submission of random bytes", "evaluate", lambda f, t: score_args(f, t, sub="sub_binary.csv"),
          ["sub_binary.csv"]),
     Case("score: submission with a NUL byte", "evaluate", lambda f, t: score_args(f, t, sub="sub_nul.csv"),
@@ -485,6 +511,11 @@ CASES: List[Case] = [
     Case("tune: predictions folder missing", "evaluate",
          lambda f, t: ["tune", "--predictions", f.p("nope"), "--labels", f.p("labels.csv"), "--out", os.path.join(t, "x.yaml")],
          ["nope"]),
+    Case("tune: --out is a directory", "evaluate",
+         lambda f, t: ["tune", "--predictions", f.p("nope"), "--labels", f.p("labels.csv"), "--out", f.p("images")],
+         ["directory", "images"]),
+    Case("labels: --out is a directory", "evaluate",
+         lambda f, t: ["labels", "--config", f.p("train.yaml"), "--out", f.p("images")], ["directory", "images"]),
     Case("ablate: spec missing", "evaluate", lambda f, t: ["ablate", f.p("nope.yaml")], ["nope.yaml"]),
     Case("ablate: spec is binary", "evaluate", lambda f, t: ["ablate", f.p("thr_binary.yaml")], ["thr_binary.yaml"]),
     Case("labels: config is binary", "evaluate",
@@ -511,6 +542,9 @@ CASES: List[Case] = [
     Case("viz: --gt folder with an RGB mask (blue)", "viz",
          lambda f, t: ["--image", f.p("images", "a.png"), "--gt", f.p("masks_rgb"), "--out", os.path.join(t, "o.png")],
          check=_viz_rgb_mask),
+    Case("viz: --pred of random bytes", "viz",
+         lambda f, t: ["--image", f.p("images", "a.png"), "--pred", f.p("sub_binary.csv"), "--out", os.path.join(t, "o.png")],
+         ["sub_binary.csv"]),
     Case("viz: --thickness 0", "viz",
          lambda f, t: ["--image", f.p("images", "a.png"), "--thickness", "0", "--out", os.path.join(t, "o.png")],
          ["--thickness", "0"]),
@@ -547,6 +581,16 @@ CASES: List[Case] = [
     Case("make_cache: COCO polygon with NaN", "make_cache",
          lambda f, t: ["--format", "coco", "--ann-file", f.p("coco_nan.json"), "--root", f.p("coco_images"),
                        "--out", os.path.join(t, "c.npz")], ["coco_nan.json", "annotation 7", "nan"]),
+    Case("train: config is a folder", "train", lambda f, t: [f.p("images")], ["folder", "images"]),
+    Case("train: Sartorius train.csv of random bytes", "train",
+         lambda f, t: [f.p("train.yaml"), "--set", "data.format=sartorius", f"data.root={f.p('sart_binary')}",
+                       f"train.output_dir={t}/run"], ["train.csv", "UTF-8"]),
+    Case("train: dataset cache of random bytes", "train",
+         lambda f, t: [f.p("train.yaml"), "--set", "data.format=cache", f"data.root={f.p('garbage.npz')}",
+                       f"train.output_dir={t}/run"], ["garbage.npz", "dataset cache"]),
+    Case("train: split file of random bytes", "train",
+         lambda f, t: [f.p("train.yaml"), "--set", f"data.split_file={f.p('garbage.npz')}", f"train.output_dir={t}/run"],
+         ["garbage.npz", "split file"]),
     Case("train: COCO json truncated", "train",
          lambda f, t: [f.p("train.yaml"), "--set", "data.format=coco", f"data.ann_file={f.p('coco_truncated.json')}",
                        f"data.root={f.p('coco_images')}", f"train.output_dir={t}/run"], ["coco_truncated.json"]),
@@ -556,6 +600,11 @@ CASES: List[Case] = [
     # ---------------------------------------------------------------- data tools
     Case("make_cache: --out is a directory", "make_cache",
          lambda f, t: ["--format", "synthetic", "--out", f.p("images")], ["images"]),
+    Case("make_cache: COCO polygon at x = 1e9", "make_cache",
+         lambda f, t: ["--format", "coco", "--ann-file", f.p("coco_huge.json"), "--root", f.p("coco_images"),
+                       "--out", os.path.join(t, "c.npz")], ["coco_huge.json", "annotation 7", "1000000000"]),
+    Case("synthetic: --out is a file", "synthetic", lambda f, t: ["--out", f.p("labels.csv"), "--num-images", "1"],
+         ["labels.csv"]),
     Case("synthetic: --num-images -1", "synthetic", lambda f, t: ["--out", os.path.join(t, "syn"), "--num-images", "-1"],
          ["--num-images", "-1"]),
     Case("synthetic: --height 0", "synthetic", lambda f, t: ["--out", os.path.join(t, "syn"), "--height", "0"],
@@ -569,6 +618,13 @@ def add_rgb_masks(f: Files) -> None:
     blue[5:15, 5:15, 2] = 1
     f.image("masks_rgb/blue.png", blue)
     f.image("masks_rgb/gray.png", (_rect(20, 30, 20, 30) * 255).astype(np.uint8))
+
+
+def skip_reason(case: Case) -> Optional[str]:
+    """Why ``case`` cannot run here (root ignores folder permissions), else None."""
+    if case.marks.get("non_root") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "runs as root: folder permissions do not apply"
+    return None
 
 
 def run_case(case: Case, f: Files, tmp: str) -> Outcome:
@@ -611,6 +667,9 @@ if __name__ == "__main__":  # print the table: case | tool | outcome now
                 continue
             tmp = os.path.join(root, f"case{k}")
             os.makedirs(tmp)
+            if skip_reason(case):
+                print(f"| {case.name} | {case.tool} | not run: {skip_reason(case)} | SKIP |", flush=True)
+                continue
             o = run_case(case, files, tmp)
             try:
                 judge(case, o, files, tmp)

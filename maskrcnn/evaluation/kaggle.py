@@ -158,7 +158,7 @@ def _run_candidate_pairs(pred: RunMasks, gt: RunMasks, max_elements: int = 1 << 
         return Candidates(empty, empty, empty, empty, P, G)
     inter = run_pair_intersections(pred, gt, ii, jj)
     union = pa[ii] + ga[jj] - inter
-    keep = 2 * inter > union
+    keep = 2 * inter > union  # IoU > 0.5, strictly, on exact pixel counts of the runs
     return Candidates(ii[keep], jj[keep], inter[keep], union[keep], P, G)
 
 

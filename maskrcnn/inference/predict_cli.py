@@ -42,7 +42,7 @@ from maskrcnn.errors import UserError
 from maskrcnn.fileio import check_output_path
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predictor import Predictor, build_predictor
+from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.submission import instances_to_rows, save_submission
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.structures import Instances
@@ -235,10 +235,8 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     image_ids(paths)
     early = resolve_test_config(args, TestConfig())
     views = parse_tta(early.tta)
-    if args.tta is not None and args.min_views is not None and args.min_views > len(args.weights) * len(views):
-        raise ConfigError(
-            f"test.tta_min_views (--min-views) is {args.min_views} but must be between 1 and the number of views "
-            f"({len(args.weights)} model(s) x {len(views)} TTA view(s) = {len(args.weights) * len(views)})")
+    if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
+        check_min_views(args.min_views, len(args.weights), len(views))
     resolve_device(args.device, key="--device")
     return paths
 

@@ -25,6 +25,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_min_views(min_views: int, num_models: int, num_views: int) -> None:
+    """ConfigError unless 1 <= ``min_views`` <= ``num_models * num_views`` (a merged object must be
+    seen in at least that many views: more than there are would keep nothing)."""
+    if not 1 <= int(min_views) <= num_models * num_views:
+        raise ConfigError(
+            f"test.tta_min_views (--min-views) is {min_views} but must be between 1 and the number of views "
+            f"({num_models} model(s) x {num_views} TTA view(s) = {num_models * num_views})"
+        )
+
+
 class Predictor:
     """Runs ``models`` on every TTA view of an image and merges the predictions at mask level.
 
@@ -66,11 +76,7 @@ class Predictor:
         self.models = [m.to(self.device).eval() for m in models]
         self.views: List[View] = parse_tta(tta)
         self.num_views = len(self.models) * len(self.views)
-        if not 1 <= int(min_views) <= self.num_views:
-            raise ConfigError(
-                f"test.tta_min_views (--min-views) is {min_views} but must be between 1 and the number of views "
-                f"({len(self.models)} model(s) x {len(self.views)} TTA view(s) = {self.num_views})"
-            )
+        check_min_views(min_views, len(self.models), len(self.views))
         self.merge_iou = float(merge_iou)
         self.min_views = int(min_views)
         self.mask_threshold = (float(mask_threshold) if isinstance(mask_threshold, (int, float))

@@ -223,7 +223,12 @@ def why_unreadable(path: str, exc: BaseException, kind: str = "weights file") ->
     if text is not None and "\0" not in text:
         guess = "a YAML config" if ":" in text and "," not in text.splitlines()[0] else "a CSV or text file"
         return f"a text file ({guess}?), not a {kind} ({path})"
-    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    message = str(exc)
+    if "Weights only load failed" in message:  # torch's long advice; its one useful line is the reason
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", message, re.S)
+        reason = found.group(1).strip().splitlines()[0][:120] if found else "not tensors and plain values"
+        return f"not a {kind}: torch.load(weights_only=True) refused it ({reason}); nothing in it was run ({path})"
+    first = (message.strip().splitlines() or [""])[0][:160]
     return f"not a {kind}: {type(exc).__name__}: {first} ({path})"
 
 

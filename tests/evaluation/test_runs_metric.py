@@ -30,3 +30,16 @@ def test_run_lists_give_the_pairs_and_scores_of_crops_and_of_the_dense_reference
         np.testing.assert_array_equal(np.sort(mixed.inter), np.sort(crops.inter))
         np.testing.assert_allclose(image_precisions(_runs(pred, h, w, order), _runs(gt, h, w, order)),
                                    reference_precisions(pred, gt), rtol=0, atol=1e-12)
+
+
+def test_iou_exactly_half_is_not_a_candidate_on_run_lists():
+    H, W = 6, 8
+    gt = np.zeros((1, H, W), dtype=bool)
+    gt[0, 1:3, 1:5] = True  # 8 pixels
+    half = np.zeros((1, H, W), dtype=bool)
+    half[0, [1, 1, 2, 2], [1, 4, 2, 3]] = True  # 4 pixels spanning gt's box: IoU 4 / 8 = 0.5 exactly
+    more = half.copy()
+    more[0, 1, 2] = True  # 5 pixels: IoU 5 / 8 > 0.5
+    assert len(candidate_pairs(_runs(half, H, W), _runs(gt, H, W)).pred_idx) == 0
+    c = candidate_pairs(_runs(more, H, W), _runs(gt, H, W))
+    assert (c.inter.tolist(), c.union.tolist()) == ([5], [8])
