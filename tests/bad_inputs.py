@@ -263,6 +263,25 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
     return Outcome(code, out.getvalue(), err.getvalue(), exc, reads[0])
 
 
+SCRIPTS = {"predict": ["predict.py"], "evaluate": ["evaluate.py"], "train": ["train.py"], "viz": ["-m", "maskrcnn.viz"],
+           "make_cache": ["-m", "maskrcnn.data.make_cache"], "synthetic": ["-m", "maskrcnn.data.synthetic"]}
+
+
+def attempt_subprocess(tool: str, argv: Sequence[str], timeout: float = 300) -> Outcome:
+    """Run ``tool`` as a user does (``python predict.py ...``) from the repository root; a traceback
+    on stderr counts as an escaped exception."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("MASKRCNN_DEBUG", None)
+    res = subprocess.run([sys.executable, *SCRIPTS[tool], *argv], cwd=repo, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    exc = RuntimeError(res.stderr.strip().splitlines()[-1]) if "Traceback (most recent call last)" in res.stderr else None
+    return Outcome(None if exc else res.returncode, res.stdout, res.stderr, exc)
+
+
 # --------------------------------------------------------------------------------- cases
 @dataclass
 class Case:
