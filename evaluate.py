@@ -1,11 +1,12 @@
 """Evaluation front end.
 
-    python evaluate.py score --submission S.csv --labels train.csv [--order row|col] [--allow-invalid]
+    python evaluate.py score --submission S.csv --labels train.csv [--order row|col] [--labels-order row|col] [--allow-invalid]
     python evaluate.py ablate ABLATION.yaml
     python evaluate.py tune CONFIG.yaml ... (see `python evaluate.py tune -h`)
     python evaluate.py labels --config CFG.yaml --split val --out labels.csv [--order row|col]
 
-`score` prints per-class scores (when the label file has cell_type) and, last, `mAP <value>`.
+`score` prints per-class scores (when the label file has cell_type) and, last, `mAP <value>`;
+a warning when the submission scores far better in the other pixel order (`try --order col`).
 It exits 1 when the submission would be rejected by Kaggle (overlapping masks, unsorted or
 non-positive pairs, malformed RLE, unknown ids), unless --allow-invalid.
 """
@@ -18,9 +19,9 @@ from maskrcnn import cli
 
 
 def _score(args) -> int:
-    from maskrcnn.evaluation.score import format_report, score_files
+    from maskrcnn.evaluation.score import format_report, order_hint, score_files
 
-    result = score_files(args.submission, args.labels, order=args.order)
+    result = score_files(args.submission, args.labels, order=args.order, labels_order=args.labels_order)
     if result.errors:
         shown = result.errors[: args.max_errors]
         for e in shown:
@@ -30,6 +31,9 @@ def _score(args) -> int:
         print(f"{len(result.errors)} problem(s): Kaggle would reject this submission", file=sys.stderr)
         if not args.allow_invalid:
             return 1
+    hint = order_hint(result, args.submission, args.labels, args.order, args.labels_order)
+    if hint:
+        print(f"warning: {hint}", file=sys.stderr)
     for line in format_report(result):
         print(line)
     return 0
@@ -44,12 +48,17 @@ def _ablate(args) -> int:
 
 def _tune(args) -> int:
     from maskrcnn.evaluation.tuning import main_tune
+    from maskrcnn.fileio import check_output_path
 
+    check_output_path(args.out, "--out")  # before the sweep
     return main_tune(args)
 
 
 def _labels(args) -> int:
     from maskrcnn.evaluation.ablation import write_split_labels
+    from maskrcnn.fileio import check_output_path
+
+    check_output_path(args.out, "--out")  # before reading the split
 
     n = write_split_labels(args.config, args.split, args.out, order=args.order, overrides=args.set)
     print(f"wrote {n} images to {args.out}")
@@ -63,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a submission CSV against a label CSV")
     s.add_argument("--submission", required=True)
     s.add_argument("--labels", required=True, help="id,annotation,width,height[,cell_type] (or DSB2018 ImageId,EncodedPixels,Height,Width)")
-    s.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (DSB2018 files: col)")
+    s.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order of the submission (DSB2018 files: col)")
+    s.add_argument("--labels-order", choices=("row", "col"), default=None,
+                   help="RLE pixel order of the label file (default: --order)")
     s.add_argument("--allow-invalid", action="store_true", help="report Kaggle's rejections but score anyway")
-    s.add_argument("--max-errors", type=int, default=50, help="print at most this many problems")
+    s.add_argument("--max-errors", type=cli.int_at_least(0), default=50, help="print at most this many problems")
     s.set_defaults(func=_score)
 
     a = sub.add_parser("ablate", help="run the variants of an ablation YAML and write the tables")

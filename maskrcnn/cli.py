@@ -81,6 +81,21 @@ def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[
     return 0 if code is None else int(code)
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (``--batch-size``, ``--limit``, ``--max-errors``...)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and appends ``(default: X)`` to options that have a real default."""
 

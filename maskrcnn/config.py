@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import typing
 import warnings
@@ -226,6 +227,9 @@ class TestConfig:
     # | none = each instance keeps its own class.
     image_class: str = "relabel"
 
+    def __post_init__(self):
+        check_test_values(self)
+
 
 @dataclass(frozen=True)
 class Config:
@@ -310,13 +314,20 @@ def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigErr
     Raises ``missing`` ("<kind> file not found: <path>") for a missing file, and ConfigError naming
     the file for invalid YAML or a top level that is not a mapping.
     """
+    if os.path.isdir(path):
+        raise ConfigError(f"{kind} file expected, got a folder ({path})")
     if not os.path.isfile(path):
         raise missing(f"{kind} file not found: {path}")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"not a text (YAML) file: {kind} files are YAML ({path})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            where = getattr(e, "problem_mark", None)
+            line = f" line {where.line + 1}" if where is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"not valid YAML: {what} ({path}{line})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
@@ -408,6 +419,49 @@ def dump_config(cfg: Config, path: str) -> None:
 
 
 # ------------------------------------------------------------------- test settings
+IMAGE_CLASS_MODES = ("relabel", "filter", "none")
+
+
+def check_test_values(t: TestConfig) -> None:
+    """Raise ConfigError naming the ``test.*`` key for a value no post-processing can use.
+
+    Score and mask thresholds are in [0, 1], ``merge_iou`` in (0, 1], ``min_area`` >= 0,
+    ``overlap_min_keep`` in [0, 1], ``tta_min_views`` >= 1, no NaN, no empty per-class list.
+    Called by ``TestConfig`` itself, so config files, ``--set``, thresholds files, checkpoints'
+    saved configs, ablation variants and tuning all get the same checks.
+    """
+    def bad(key, value, rule):
+        raise ConfigError(f"test.{key} must be {rule}, got {value!r}")
+
+    for key, low, high in (("score_thresh", 0.0, 1.0), ("mask_thresh", 0.0, 1.0), ("min_area", 0, math.inf)):
+        values = getattr(t, key)
+        if len(values) == 0:
+            raise ConfigError(f"test.{key} is empty; give one value per class or one for all")
+        for k, v in enumerate(values):
+            if not (isinstance(v, (int, float)) and low <= v <= high):  # NaN fails both comparisons
+                rule = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+                bad(f"{key}[{k}]" if len(values) > 1 else key, v, rule)
+    if not (0.0 < t.merge_iou <= 1.0):
+        bad("merge_iou", t.merge_iou, "in (0, 1] (the mask IoU above which two views' objects are one)")
+    if not (0.0 <= t.overlap_min_keep <= 1.0):
+        bad("overlap_min_keep", t.overlap_min_keep, "in [0, 1] (a fraction of the mask's pixels)")
+    if t.tta_min_views < 1:
+        bad("tta_min_views", t.tta_min_views, ">= 1")
+    if t.image_class not in IMAGE_CLASS_MODES:
+        bad("image_class", t.image_class, f"one of {', '.join(IMAGE_CLASS_MODES)}")
+
+
+def check_class_counts(t: TestConfig, num_classes: int, source: str = "") -> None:
+    """Raise ConfigError unless every per-class ``test.*`` list holds one value or ``num_classes``."""
+    for key in ("score_thresh", "mask_thresh", "min_area"):
+        n = len(getattr(t, key))
+        if n not in (1, num_classes):
+            raise ConfigError(
+                f"test.{key} has {n} values but the model has {num_classes} classes "
+                f"(model.roi_heads.num_classes); give one per class or one for all" + (f" ({source})" if source else "")
+            )
+
+
 def override_test_config(test_cfg: TestConfig, values: Dict[str, Any], source: str = "overrides") -> TestConfig:
     """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file.
 

@@ -6,23 +6,34 @@ from typing import Union
 
 import torch
 
+from maskrcnn.errors import UserError
+
+
+class DeviceError(UserError, ValueError, RuntimeError):
+    """A device setting that names no device of this machine."""
+
 
 def resolve_device(device: Union[str, torch.device, None] = "auto", local_rank: int = 0,
                    key: str = "device") -> torch.device:
     """``auto`` (or None) -> CUDA when available, else CPU; ``cuda`` -> ``cuda:local_rank`` (one GPU
     per process under torchrun); ``cpu`` and ``cuda:N`` as given.
 
-    Raises ValueError for any other value and RuntimeError for CUDA on a machine without it; both
-    messages name ``key`` and the value.
+    Raises DeviceError (a ValueError and a RuntimeError) for any other value, for CUDA on a machine
+    without it ("CUDA is not available: turn on the GPU accelerator or use --device auto", the
+    option or key being ``key``) and for a GPU index the machine does not have.
     """
     device = "auto" if device is None else str(device)
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"{key}: unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    index = device[5:] if device.startswith("cuda:") else None
+    if device not in ("auto", "cpu", "cuda") and not (index is not None and index.isdigit()):
+        raise DeviceError(f"unknown device {device!r}: choose auto, cpu, cuda or cuda:N ({key})")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{key} is {device!r} but CUDA is not available on this machine")
+            use = f"{key} auto" if key.startswith("-") else f"{key}=auto"
+            raise DeviceError(f"CUDA is not available: turn on the GPU accelerator or use {use}")
         if device == "cuda":
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        if int(index) >= torch.cuda.device_count():
+            raise DeviceError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s) ({key})")
     return torch.device(device)

@@ -14,3 +14,8 @@ derive from it, so a front end needs to know none of them.
 
 class UserError(Exception):
     """A mistake in the user's input; the message names it and where it is."""
+
+
+class InputError(UserError, ValueError):
+    """A malformed input file or value that no more specific error of its layer describes
+    (a dataset cache, a split file); the message names it."""

@@ -79,6 +79,32 @@ def atomic_json(obj: Any, path: PathLike) -> None:
         json.dump(obj, f, indent=1, sort_keys=True, default=str)
 
 
+class OutputPathError(UserError, ValueError):
+    """An output path that cannot be written: a folder, under a file, or in a read-only folder."""
+
+
+def check_output_path(path: PathLike, what: str = "output") -> None:
+    """Raise OutputPathError unless ``path`` can be written as a file by ``atomic_open``.
+
+    Run it before the expensive work, so a run does not end, after hours, on a path that was wrong
+    from the start: ``path`` must not be a folder, and its nearest existing ancestor folder must be
+    a writable folder (the missing ones below it are created at write time).
+    """
+    path = os.fspath(path)
+    if not path:
+        raise OutputPathError(f"{what}: an empty file name")
+    if os.path.isdir(path):
+        raise OutputPathError(f"{what} is a directory; give a file name inside it ({path})")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputPathError(f"{what}: {existing} is a file, not a folder ({path})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what}: the folder {existing} is not writable ({path})")
+
+
 def orphan_temp_files(folder: PathLike, owned: Callable[[str], bool]) -> List[str]:
     """Paths of ``atomic_open`` temp files in ``folder`` whose target name satisfies ``owned``.
 

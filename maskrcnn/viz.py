@@ -123,32 +123,56 @@ def save_grid(samples: Sequence[Sample], path: str, preds: Optional[Sequence] = 
 
 
 def _masks_from_csv(path: str, image_id: str, size, order: str, column: str) -> MaskList:
-    import csv
+    """Masks of ``image_id`` in a label or submission CSV (``id`` + ``annotation`` or ``predicted``).
 
+    Raises SubmissionError naming the file for an empty or binary file, a header without those
+    columns, an image id the file does not hold (viz would draw nothing and look fine), or a size
+    (label files: width, height) that differs from the image's.
+    """
     from maskrcnn.data.rle import decode_crops
+    from maskrcnn.inference.submission import SubmissionError, csv_records
 
-    rles, lines = [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        if "id" not in header or column not in header:
-            alt = "predicted" if column == "annotation" else "annotation"
-            if alt not in header:
-                raise ValueError(f"{path}: needs columns id and {column} (or {alt}); the header is {header}")
-            column = alt
-        ci, ca = header.index("id"), header.index(column)
-        for line, row in enumerate(reader, start=2):
-            if row and row[ci] == image_id and row[ca].strip():
-                rles.append(row[ca])
-                lines.append(line)
+    records = csv_records(path)
+    _, header = next(records, (1, None))
+    if header is None:
+        raise SubmissionError(f"empty file; expected a header with id and {column} ({path})")
+    names = [h.strip().lower() for h in header]
+    if "id" not in names or column not in names:
+        alt = "predicted" if column == "annotation" else "annotation"
+        if "id" not in names or alt not in names:
+            raise SubmissionError(f"needs the columns id and {column} (or {alt}); the header is {','.join(header)} ({path})")
+        column = alt
+    ci, ca = names.index("id"), names.index(column)
+    cw, ch = (names.index("width"), names.index("height")) if "width" in names and "height" in names else (None, None)
+    rles, lines, found, ids = [], [], False, []
+    for line, row in records:
+        if not row or len(row) <= max(ci, ca):
+            continue
+        if row[ci] != image_id:
+            if len(ids) < 3 and row[ci] not in ids:
+                ids.append(row[ci])
+            continue
+        found = True
+        if cw is not None and len(row) > max(cw, ch) and (row[ch].strip(), row[cw].strip()) != (str(size[0]), str(size[1])):
+            raise SubmissionError(f"line {line}: image {image_id!r} is {row[ch]}x{row[cw]} (HxW) here but the image "
+                                  f"is {size[0]}x{size[1]} ({path})")
+        if row[ca].strip():
+            rles.append(row[ca])
+            lines.append(line)
+    if not found:
+        raise SubmissionError(f"image id {image_id!r} is not in the file (ids there: {', '.join(map(repr, ids)) or 'none'}"
+                              f"{', ...' if len(ids) == 3 else ''}; pass --id) ({path})")
     return decode_crops(rles, size[0], size[1], order, source=path, rows=lines)
 
 
 def _load_masks(spec: str, image_id: str, size, order: str, column: str) -> MaskList:
     if os.path.isdir(spec):
         from maskrcnn.data.dsb2018 import read_mask_crops
+        from maskrcnn.errors import UserError
 
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(".png"))
+        if not files:
+            raise UserError(f"no mask PNGs in the folder ({spec})")
         return read_mask_crops(files, size)
     return _masks_from_csv(spec, image_id, size, order, column)
 
@@ -168,9 +192,13 @@ def _viz(argv: Sequence[str]) -> None:
     p.add_argument("--pred", default="", help="submission csv (id, predicted) or a folder of mask PNGs")
     p.add_argument("--id", default="", help="image id in the csv files (default: the image's file stem)")
     p.add_argument("--order", default="row", choices=["row", "col"], help="RLE pixel order")
-    p.add_argument("--thickness", type=int, default=1)
+    p.add_argument("--thickness", type=cli.int_at_least(1), default=1)
     p.add_argument("--out", default="", help="output PNG (default: <image stem>_overlay.png)")
     args = p.parse_args(argv)
+    if args.out:
+        from maskrcnn.fileio import check_output_path
+
+        check_output_path(args.out, "--out")
     image = read_image(args.image)
     size = (int(image.shape[1]), int(image.shape[2]))
     image_id = args.id or os.path.splitext(os.path.basename(args.image))[0]

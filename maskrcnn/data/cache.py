@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from maskrcnn.data.images import convert_channels, decode_image_bytes, encode_png, is_gray
+from maskrcnn.errors import InputError
 from maskrcnn.fileio import atomic_write_bytes
 from maskrcnn.structures import Instances, MaskList, Sample
 
@@ -185,9 +186,9 @@ class CacheDataset:
                 nbits = int(z["mask_nbits"][0])
                 self._bits = np.unpackbits(z["mask_bits"], count=nbits).astype(bool)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: not a readable dataset cache ({type(e).__name__}: {e})") from None
+            raise InputError(f"{path}: not a readable dataset cache ({type(e).__name__}: {e})") from None
         if self._info.get("version") != CACHE_VERSION:
-            raise ValueError(f"{path}: cache version {self._info.get('version')}, this code reads {CACHE_VERSION}")
+            raise InputError(f"{path}: cache version {self._info.get('version')}, this code reads {CACHE_VERSION}")
         areas = (self._boxes[:, 2] - self._boxes[:, 0]) * (self._boxes[:, 3] - self._boxes[:, 1])
         self._bit_offsets = np.zeros(areas.size + 1, dtype=np.int64)
         self._bit_offsets[1:] = np.cumsum(areas)
@@ -202,7 +203,7 @@ class CacheDataset:
         elif classes:
             missing = [c for c in cached if c not in classes]
             if missing:
-                raise ValueError(f"{path}: cached classes {missing} are not in data.classes {tuple(classes)}")
+                raise InputError(f"{path}: cached classes {missing} are not in data.classes {tuple(classes)}")
             self.class_names = tuple(classes)
             self._label_map = np.asarray([self.class_names.index(c) for c in cached], dtype=np.int64)
         else:

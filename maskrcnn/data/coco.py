@@ -210,6 +210,14 @@ class CocoDataset:
         maxs = np.full((len(anns), 2), -big)
         np.minimum.at(mins, owner_a[seg_of_pt], pts)
         np.maximum.at(maxs, owner_a[seg_of_pt], pts)
+        # NaN/inf or coordinates far off the image (a typo, 1e9) would rasterise into garbage or
+        # a crop of billions of pixels: refuse them, naming the annotation.
+        bad = ~(np.isfinite(mins).all(1) & np.isfinite(maxs).all(1) & (mins >= (-W, -H)).all(1) & (maxs <= (2 * W, 2 * H)).all(1))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise CocoFormatError(f"{self.ann_file}: annotation {anns[k].get('id')}: polygon coordinates must be finite "
+                                  f"and near the {W}x{H} image, got x in [{mins[k, 0]}, {maxs[k, 0]}], "
+                                  f"y in [{mins[k, 1]}, {maxs[k, 1]}]")
         # Crop origin: one pixel left of / above the polygon, never left of / above the image.
         origin = np.maximum(np.floor(mins).astype(np.int64) - 1, 0)
         ext = np.ceil(maxs).astype(np.int64) + 2 - origin

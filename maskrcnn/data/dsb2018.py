@@ -26,8 +26,22 @@ class DSB2018FormatError(UserError, ValueError):
     """A problem with a DSB2018 folder; the message names the file."""
 
 
+def _any_channel(im):
+    """A one-channel image that is nonzero where any colour channel of ``im`` is (alpha ignored).
+
+    Converting an RGB mask to luminance would lose a dim pure-blue object ((0, 0, 1) -> 0).
+    """
+    from PIL import Image
+
+    rgb = im if im.mode in ("RGB", "RGBA", "LA") else im.convert("RGBA" if "A" in im.mode else "RGB")
+    a = np.asarray(rgb)
+    colour = a[..., :1] if rgb.mode == "LA" else a[..., :3]
+    return Image.fromarray((colour.max(axis=2) > 0).astype(np.uint8) * 255, "L")
+
+
 def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
-    """Read binary mask PNGs (nonzero = object) of one image into a bool ``MaskList``.
+    """Read binary mask PNGs (nonzero = object; in a colour PNG, any nonzero colour channel) of one
+    image into a bool ``MaskList``.
 
     Raises:
         DSB2018FormatError: a mask whose size differs from ``image_size = (H, W)``.
@@ -46,7 +60,7 @@ def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
             if im.size != (W, H):
                 raise DSB2018FormatError(f"{p}: mask is {im.size[0]}x{im.size[1]} (WxH) but its image is {W}x{H}")
             if im.mode not in ("L", "1", "P", "I;16", "I"):
-                im = im.convert("L")
+                im = _any_channel(im)
             bbox = im.getbbox()
             if bbox is None:
                 empty.append(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -59,15 +60,31 @@ def _to_array(im: Image.Image, where: str) -> np.ndarray:
 
 
 def open_image(path_or_bytes, where: str) -> Image.Image:
-    """Open and decode an image file (or bytes) with Pillow; errors name ``where``."""
+    """Open and decode an image file (or bytes) with Pillow; errors name ``where``.
+
+    Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) applies: an image over twice the
+    limit is refused (ImageReadError naming the file and its size), one over the limit is read with
+    a warning that names the file (Pillow's own does not).
+    """
     try:
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) else path_or_bytes
-        im = Image.open(src)
-        im.load()  # decode now, so a truncated file fails here and names the file
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            im = Image.open(src)
+            im.load()  # decode now, so a truncated file fails here and names the file
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {where}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{where}: refused as a possible decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
+        if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isfile(path_or_bytes) and os.path.getsize(path_or_bytes) == 0:
+            raise ImageReadError(f"{where}: cannot decode image: the file is empty (0 bytes)") from None
+        raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    for w in caught:  # re-issue what was not the bomb warning unchanged; name the file in that one
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(f"{where}: {w.message}", Image.DecompressionBombWarning, stacklevel=2)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return im
 
 

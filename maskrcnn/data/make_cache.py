@@ -15,6 +15,7 @@ from maskrcnn import cli
 from maskrcnn.config import DataConfig
 from maskrcnn.data.cache import IMAGE_CODECS, write_cache
 from maskrcnn.data.loader import build_reader
+from maskrcnn.fileio import check_output_path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,6 +32,7 @@ def _make_cache(argv: Sequence[str]) -> None:
     p.add_argument("--out", required=True, help="output .npz file")
     p.add_argument("--image-codec", default="webp", choices=IMAGE_CODECS, help="lossless codec for 8-bit images")
     args = p.parse_args(argv)
+    check_output_path(args.out, "--out")  # before reading the whole dataset
     reader = build_reader(DataConfig(format=args.format, root=args.root, ann_file=args.ann_file))
     t = time.time()
     summary = write_cache(reader, args.out, image_codec=args.image_codec, progress=True)

@@ -48,7 +48,7 @@ def read_label_csv(path: str) -> Dict[str, dict]:
         raise FileNotFoundError(f"labels csv not found: {path}")
     images: Dict[str, dict] = {}
     with open(path, newline="") as f:
-        reader = csv.reader(f)
+        reader = _records(f, path)
         try:
             header = next(reader)
         except StopIteration:
@@ -84,6 +84,17 @@ def read_label_csv(path: str) -> Dict[str, dict]:
             rec["rles"].append(row[c_ann])
             rec["lines"].append(line)
     return images
+
+
+def _records(f, path: str):
+    """``csv.reader(f)``, with a binary file or a malformed record as SartoriusFormatError naming the line."""
+    reader = csv.reader(f)
+    try:
+        yield from reader
+    except UnicodeDecodeError:
+        raise SartoriusFormatError(f"{path}: not a UTF-8 text (CSV) file (undecodable bytes near row {reader.line_num + 1})") from None
+    except csv.Error as e:
+        raise SartoriusFormatError(f"{path}: row {reader.line_num}: not a valid CSV record ({e})") from None
 
 
 def _int(text: str, path: str, line: int, name: str) -> int:

@@ -18,6 +18,7 @@ import os
 from collections import Counter
 from typing import Dict, Sequence
 
+from maskrcnn.errors import InputError
 from maskrcnn.fileio import atomic_json
 
 SPLIT_VERSION = 1
@@ -55,7 +56,7 @@ def load_or_make_folds(path: str, image_ids: Sequence[str], strata_fn, num_folds
     (computing strata may mean reading every image).  An empty ``path`` makes the folds in memory.
 
     Raises:
-        ValueError: the file is unreadable, was made for another ``num_folds``, or lacks some of
+        InputError (a ValueError): the file is unreadable, was made for another ``num_folds``, or lacks some of
             the dataset's ids (the message names the file and a few of the ids).
     """
     if path and os.path.isfile(path):
@@ -64,14 +65,14 @@ def load_or_make_folds(path: str, image_ids: Sequence[str], strata_fn, num_folds
                 doc = json.load(f)
             folds = {str(k): int(v) for k, v in doc["folds"].items()}
             file_k = int(doc["num_folds"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"split file {path}: cannot read it ({type(e).__name__}: {e})") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"split file {path}: cannot read it ({type(e).__name__}: {e})") from None
         if file_k != num_folds:
-            raise ValueError(f"split file {path} holds {file_k} folds but the config asks for {num_folds}; "
+            raise InputError(f"split file {path} holds {file_k} folds but the config asks for {num_folds}; "
                              f"delete the file or set data.num_folds={file_k}")
         missing = [i for i in image_ids if i not in folds]
         if missing:
-            raise ValueError(f"split file {path} lacks {len(missing)} of the dataset's {len(image_ids)} images "
+            raise InputError(f"split file {path} lacks {len(missing)} of the dataset's {len(image_ids)} images "
                              f"(e.g. {missing[:3]}); it was made for another dataset: delete it or set another data.split_file")
         return {i: folds[i] for i in image_ids}
     strata = list(strata_fn())

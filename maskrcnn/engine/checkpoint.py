@@ -34,6 +34,7 @@ from maskrcnn.engine.curves import CURVES_FILE, METRICS_FILE
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import FolderLock, FolderLocked, atomic_open, atomic_write_text, describe_holder, orphan_temp_files
 from maskrcnn.inference.checkpoint import load_checkpoint
+from maskrcnn.model.weights import nonfinite_tensors  # noqa: F401 - the one home; the trainer imports it from here
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL = "model_final.pth"
@@ -95,9 +96,6 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ checks
-def nonfinite_tensors(state_dict: Dict[str, torch.Tensor]) -> List[str]:
-    """Names of floating tensors of ``state_dict`` holding NaN or inf."""
-    return [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from maskrcnn.config import Config, ConfigError, dump_config, to_dict
+from maskrcnn.config import Config, ConfigError, check_class_counts, dump_config, to_dict
 from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
@@ -74,13 +74,7 @@ def check_train_config(cfg: Config) -> None:
         raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
-    nc = cfg.model.roi_heads.num_classes
-    for key in ("score_thresh", "mask_thresh", "min_area"):
-        n = len(getattr(cfg.test, key))
-        if n not in (1, nc):
-            raise ConfigError(
-                f"test.{key} has {n} values; give one per class (model.roi_heads.num_classes = {nc}) or one for all"
-            )
+    check_class_counts(cfg.test, cfg.model.roi_heads.num_classes)
 
 
 # Config keys a resumed run may change; each applies from the resume point on (and is logged):

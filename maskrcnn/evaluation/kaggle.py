@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from maskrcnn.data.rle import RunMasks, run_pair_intersections
 from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 
@@ -69,25 +70,34 @@ class Candidates:
     num_gt: int
 
 
-def as_masklist(x: Union[MaskList, Instances], what: str = "masks") -> MaskList:
-    if isinstance(x, MaskList):
+Masks = Union[MaskList, RunMasks]
+
+
+def as_masklist(x: Union[MaskList, RunMasks, Instances], what: str = "masks") -> Masks:
+    """The masks of ``x``: a ``MaskList`` or ``RunMasks`` as it is, an ``Instances``' masks."""
+    if isinstance(x, (MaskList, RunMasks)):
         return x
     if isinstance(x, Instances):
         if x.masks is None:
             raise ValueError(f"{what}: Instances without masks cannot be scored by the mask metric")
         return x.masks
-    raise TypeError(f"{what}: expected MaskList or Instances, got {type(x).__name__}")
+    raise TypeError(f"{what}: expected MaskList, RunMasks or Instances, got {type(x).__name__}")
 
 
-def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -> Candidates:
+def candidate_pairs(pred: Masks, gt: Masks, mask_threshold: float = 0.5) -> Candidates:
     """All pairs with IoU > 0.5 between ``pred`` (N masks) and ``gt`` (M masks) of one image.
 
     IoU > 0.5 needs ``inter > max(area_p, area_g) / 2``, and ``inter`` is at most the area of the
     intersection of the two tight boxes; pairs are kept by that bound (an N x M box computation)
-    and only those get their pixels counted, inside the box intersection.
+    and only those get their pixels counted, inside the box intersection. Run lists
+    (``RunMasks``, what scoring CSV files uses) are counted from their runs, crops
+    (``MaskList``) inside the box intersection; the pairs and counts are the same.
     """
     if pred.image_size != gt.image_size:
         raise ValueError(f"prediction masks are for an image of size {pred.image_size}, ground truth for {gt.image_size}")
+    if isinstance(pred, RunMasks) or isinstance(gt, RunMasks):
+        as_runs = lambda m, t: m if isinstance(m, RunMasks) else RunMasks.from_masklist(m.threshold(t))
+        return _run_candidate_pairs(as_runs(pred, mask_threshold), as_runs(gt, 0.5))
     pred = pred.threshold(mask_threshold)
     gt = gt.threshold(0.5)
     P, G = len(pred), len(gt)
@@ -118,6 +128,38 @@ def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -
     keep = 2 * inter > union
     to_np = lambda t: t[keep].cpu().numpy().astype(np.int64)
     return Candidates(to_np(ii), to_np(jj), to_np(inter), to_np(union), P, G)
+
+
+def _run_candidate_pairs(pred: RunMasks, gt: RunMasks, max_elements: int = 1 << 20) -> Candidates:
+    """``candidate_pairs`` of run lists: the same box bound, pixels counted from the runs.
+
+    The N x M overlap test in x runs in blocks of predictions (at most ~``max_elements`` int32
+    pairs each), the rest only on the pairs that overlap in x, so memory stays bounded too."""
+    P, G = len(pred), len(gt)
+    empty = np.zeros(0, dtype=np.int64)
+    if P == 0 or G == 0:
+        return Candidates(empty, empty, empty, empty, P, G)
+    pa, ga = pred.areas(), gt.areas()
+    pb, gb = pred.tight_boxes(), gt.tight_boxes()
+    px0, px1, gx0, gx1 = (v.astype(np.int32) for v in (pb[:, 0], pb[:, 2], gb[:, 0], gb[:, 2]))  # sides <= 2^20
+    found_i, found_j = [], []
+    step = max(1, max_elements // G)
+    for s in range(0, P, step):  # blocks of predictions, each vectorised over all GT
+        ox = np.minimum(px1[s:s + step, None], gx1[None, :]) - np.maximum(px0[s:s + step, None], gx0[None, :])
+        ii, jj = np.nonzero(ox > 0)
+        found_i.append(ii + s)
+        found_j.append(jj)
+    ii, jj = np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64)
+    ox = np.minimum(pb[ii, 2], gb[jj, 2]) - np.maximum(pb[ii, 0], gb[jj, 0])
+    oy = np.minimum(pb[ii, 3], gb[jj, 3]) - np.maximum(pb[ii, 1], gb[jj, 1])
+    possible = 2 * ox * oy.clip(min=0) > np.maximum(pa[ii], ga[jj])
+    ii, jj = ii[possible], jj[possible]
+    if ii.size == 0:
+        return Candidates(empty, empty, empty, empty, P, G)
+    inter = run_pair_intersections(pred, gt, ii, jj)
+    union = pa[ii] + ga[jj] - inter
+    keep = 2 * inter > union  # IoU > 0.5, strictly, on exact pixel counts of the runs
+    return Candidates(ii[keep], jj[keep], inter[keep], union[keep], P, G)
 
 
 def greedy_match(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -186,14 +228,14 @@ def image_precisions_from_candidates(c: Candidates) -> np.ndarray:
     return precisions_from_pairs(c.pred_idx, c.gt_idx, c.inter, c.union, c.num_pred, c.num_gt)[0]
 
 
-def image_precisions(pred: Union[MaskList, Instances], gt: Union[MaskList, Instances],
+def image_precisions(pred: Union[Masks, Instances], gt: Union[Masks, Instances],
                      mask_threshold: float = 0.5) -> np.ndarray:
     """float64[10]: precision at each threshold 0.50:0.05:0.95 for one image (see module doc)."""
     c = candidate_pairs(as_masklist(pred, "pred"), as_masklist(gt, "gt"), mask_threshold)
     return image_precisions_from_candidates(c)
 
 
-def image_score(pred: Union[MaskList, Instances], gt: Union[MaskList, Instances], mask_threshold: float = 0.5) -> float:
+def image_score(pred: Union[Masks, Instances], gt: Union[Masks, Instances], mask_threshold: float = 0.5) -> float:
     """The Kaggle score of one image: mean precision over the ten IoU thresholds.
 
     Args:
@@ -228,7 +270,7 @@ class KaggleEvaluator:
         self.results: List[ImageResult] = []
         self._ids = set()
 
-    def add(self, image_id: str, pred: Union[MaskList, Instances], gt: Union[MaskList, Instances],
+    def add(self, image_id: str, pred: Union[Masks, Instances], gt: Union[Masks, Instances],
             class_name: Optional[str] = None) -> float:
         """Score one image and remember it; returns the image's score.
 

@@ -16,23 +16,60 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import Config, ConfigError, from_dict, load_config
+from maskrcnn.model.weights import WeightsError, nonfinite_tensors, why_unreadable
+
+
+class CheckpointError(WeightsError, RuntimeError):
+    """A checkpoint that cannot be read or used: not a checkpoint, NaN/inf weights, another
+    architecture than its config's. The message names the file (and the tensor)."""
 
 
 def _read(path: str) -> Any:
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint file expected, got a folder ({path})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, or a pickle of arbitrary objects
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except Exception as e:  # corrupt, truncated, a text file, or a pickle of arbitrary objects
+        raise CheckpointError(why_unreadable(path, e, "checkpoint (.pth written by train.py)")) from None
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """The checkpoint dict at ``path`` on the CPU; clear errors for a missing or unreadable file."""
     ck = _read(path)
     if not isinstance(ck, dict) or "model" not in ck:
-        raise RuntimeError(f"{path}: not a maskrcnn checkpoint (expected a dict with a 'model' state_dict)")
+        raise CheckpointError(f"not a maskrcnn checkpoint: expected a dict with a 'model' state dict ({path})")
     return ck
+
+
+def check_finite(state: Dict[str, Tensor], path: str) -> None:
+    """Refuse weights holding NaN or inf (``CheckpointError`` naming the first bad tensor): a model
+    with them predicts nothing or garbage, which would look like a valid, empty submission."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        kind = "NaN" if bool(torch.isnan(state[bad[0]]).any()) else "inf"
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"non-finite weights: {bad[0]} holds {kind}{more}; refusing to predict with them ({path})")
+
+
+def _check_fits(model: nn.Module, state: Dict[str, Tensor], path: str, source: str) -> None:
+    """``CheckpointError`` naming the first tensor that is missing, unexpected or of another shape."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        what = (f"{k} is {list(state[k].shape)} in the file but {list(own[k].shape)} in the model"
+                + (f" (+{len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+    elif missing:
+        what = f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"
+    else:
+        what = f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}"
+    raise CheckpointError(f"the weights do not fit the model built from {source}: {what} ({path})")
 
 
 def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None,
@@ -48,6 +85,9 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
         ``(model, cfg)``: the model in eval mode on ``device`` and its ``Config``. Backbone weight
         files named in the config are never read (the checkpoint holds every weight; Kaggle
         kernels run offline).
+    Raises:
+        CheckpointError: not a checkpoint, weights holding NaN/inf, or weights of another
+            architecture than the config's (each names the file, and the tensor where it applies).
     """
     from maskrcnn.model import build_model
 
@@ -57,7 +97,8 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
     elif isinstance(ck, dict) and ck and all(isinstance(v, Tensor) for v in ck.values()):
         state, saved = ck, None
     else:
-        raise ValueError(f"{path}: neither a checkpoint with a 'model' entry nor a state dict")
+        raise CheckpointError(f"neither a checkpoint with a 'model' entry nor a state dict of tensors ({path})")
+    check_finite(state, path)
     if config:
         cfg, source = load_config(config, overrides), config
     elif saved is not None:
@@ -66,12 +107,8 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     else:
-        raise ValueError(f"{path} is a bare state dict without a config: pass --config CONFIG.yaml")
+        raise CheckpointError(f"a bare state dict without a config: pass --config CONFIG.yaml ({path})")
     model = build_model(cfg.model, load_weights=False, verbose=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: the weights do not fit the model built from {source}: missing {list(missing)[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
+    _check_fits(model, state, path, source)
+    model.load_state_dict(state)
     return model.to(device).eval(), cfg

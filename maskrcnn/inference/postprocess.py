@@ -27,10 +27,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from maskrcnn.config import TestConfig
+from maskrcnn.config import IMAGE_CLASS_MODES, TestConfig
 from maskrcnn.structures import Instances, MaskList
-
-IMAGE_CLASS_MODES = ("relabel", "filter", "none")
 
 
 def per_class(values: Sequence[float], labels: Tensor, name: str, dtype=torch.float32) -> Tensor:

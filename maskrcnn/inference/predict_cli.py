@@ -7,6 +7,14 @@ Kaggle would, write atomically).
 ``main`` wires them to the arguments; ``resolve_test_config`` gathers the test settings from the
 checkpoint, a thresholds file and the command line.
 
+Everything that can be checked is checked before the first image is predicted
+(``check_arguments``: the output path, the image folder and ids, the test settings, TTA views and
+``--min-views``, the device; then each checkpoint: readable, finite, fitting its config, and the
+thresholds against its classes). An image that cannot be read does not stop the run: it gets an
+empty row (the submission still lists every id), a warning and a line in the end-of-run summary
+names it, and the exit code is 3 (``EXIT_SKIPPED``) instead of 0; ``--strict`` stops the run at
+that image instead (exit 2, nothing written).
+
 Works offline and without a compiler: the ops use the compiled extension when it imports and
 their pure-PyTorch twins otherwise (``maskrcnn.ops``).
 """
@@ -20,18 +28,33 @@ import time
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from maskrcnn import cli
-from maskrcnn.config import ConfigError, TestConfig, apply_thresholds, override_test_config, parse_overrides
-from maskrcnn.data.images import read_image
+from maskrcnn.config import (
+    ConfigError,
+    TestConfig,
+    apply_thresholds,
+    check_class_counts,
+    override_test_config,
+    parse_overrides,
+)
+from maskrcnn.data.images import ImageReadError, read_image
 from maskrcnn.device import resolve_device
+from maskrcnn.errors import UserError
+from maskrcnn.fileio import check_output_path
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predictor import Predictor, build_predictor
+from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.submission import instances_to_rows, save_submission
+from maskrcnn.inference.tta import parse_tta
 from maskrcnn.structures import Instances
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 STAGES = ("read", "model", "merge", "postprocess", "encode")
 Timing = Dict[str, float]
+EXIT_SKIPPED = 3  # the submission was written, but some images could not be read (empty rows)
+
+
+class ImageFolderError(UserError, ValueError):
+    """An image folder without images, or two files with one id; the message names the folder."""
 
 
 # ------------------------------------------------------------------------------ images
@@ -44,7 +67,7 @@ def list_images(folder: str, limit: int = 0) -> List[str]:
         if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f))
     )
     if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ImageFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return paths[:limit] if limit > 0 else paths
 
 
@@ -54,29 +77,43 @@ def image_id(path: str) -> str:
 
 
 def image_ids(paths: Sequence[str]) -> List[str]:
-    """The ids of ``paths``; ValueError when two files share one (``a.png`` and ``a.tif``)."""
+    """The ids of ``paths``; ImageFolderError when two files share one (``a.png`` and ``a.tif``)."""
     ids = [image_id(p) for p in paths]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise ValueError(f"several images share the id {sorted(dup)[0]!r} (file name without suffix)")
+    seen: Dict[str, str] = {}
+    for i, p in zip(ids, paths):
+        if i in seen:
+            raise ImageFolderError(f"several images share the id {i!r} (file name without suffix): "
+                                   f"{os.path.basename(seen[i])} and {os.path.basename(p)} ({os.path.dirname(p)})")
+        seen[i] = p
     return ids
 
 
 # --------------------------------------------------------------------------- predicting
 def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestConfig,
-                   progress: bool = True) -> Iterator[Tuple[str, Instances, Timing]]:
+                   progress: bool = True, strict: bool = False
+                   ) -> Iterator[Tuple[str, Optional[Instances], Timing]]:
     """Read, predict and post-process each image in turn.
 
     Yields:
         ``(image id, final Instances (bool masks, no overlaps), seconds per stage)`` per image, the
-        stages being ``read``, ``model``, ``merge``, ``postprocess`` and ``total``.
+        stages being ``read``, ``model``, ``merge``, ``postprocess`` and ``total``. An image that
+        cannot be read yields ``(image id, None, {"skipped": reason, "path": path})`` after a
+        warning naming it, unless ``strict``: then its error is raised.
     """
     from tqdm import tqdm
 
     ids = image_ids(paths)
     for path, iid in tqdm(list(zip(paths, ids)), desc="predict", unit="img", disable=not progress):
         t0 = time.perf_counter()
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except (ImageReadError, OSError) as e:
+            if strict:
+                raise
+            reason = cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
+            tqdm.write(f"warning: skipped, an empty row instead: {reason}", file=sys.stderr)
+            yield iid, None, {"skipped": reason, "path": path}
+            continue
         t1 = time.perf_counter()
         raw = predictor.predict_raw(image)
         t2 = time.perf_counter()
@@ -88,16 +125,23 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
 
 
 # ------------------------------------------------------------------------------ writing
-def write_predictions(results: Iterable[Tuple[str, Instances, Timing]], out_path: str,
+def write_predictions(results: Iterable[Tuple[str, Optional[Instances], Timing]], out_path: str,
                       order: str = "row") -> List[Timing]:
     """Encode each image's final masks as submission rows, validate them all and write ``out_path``
-    (atomically; nothing is written when Kaggle would reject the file).
+    (atomically; nothing is written when Kaggle would reject the file). An image without
+    Instances (``None``: it could not be read) gets one empty row.
 
     Returns:
-        the timings of ``results`` with ``encode`` added (and counted in ``total``).
+        the timings of ``results`` with ``encode`` added (and counted in ``total``); those of
+        skipped images hold ``skipped`` (the reason) and ``path`` instead.
     """
     rows, sizes, timings = [], {}, []
     for iid, final, timing in results:
+        if final is None:
+            rows.append((iid, ""))
+            sizes[iid] = (1, 1)  # an empty row fits any size
+            timings.append(timing)
+            continue
         t0 = time.perf_counter()
         rows.extend(instances_to_rows(iid, final, order))
         encode = time.perf_counter() - t0
@@ -107,8 +151,22 @@ def write_predictions(results: Iterable[Tuple[str, Instances, Timing]], out_path
     return timings
 
 
+def skipped_summary(timings: Sequence[Timing], out_path: str, limit: int = 10) -> Optional[str]:
+    """The end-of-run lines naming the images that could not be read (None when there are none)."""
+    skipped = [t for t in timings if "skipped" in t]
+    if not skipped:
+        return None
+    lines = [f"predict: {len(skipped)} image(s) could not be read; each has an empty row in {out_path} "
+             f"(exit code {EXIT_SKIPPED}; --strict stops at the first one instead):"]
+    lines += [f"  {os.path.basename(t['path'])}: {t['skipped']}" for t in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return "\n".join(lines)
+
+
 def timing_summary(timings: Sequence[Timing]) -> str:
     """Mean / median / max seconds per image for each stage, as a small table."""
+    timings = [t for t in timings if "skipped" not in t]
     lines = [f"timing over {len(timings)} image(s), seconds per image:",
              f"  {'stage':<12}{'mean':>9}{'median':>9}{'max':>9}"]
     for stage in STAGES + ("total",):
@@ -132,13 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
-    p.add_argument("--min-views", type=int, default=None, help="default: test.tta_min_views")
+    p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
     p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (Sartorius: row)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=1, help="views per model call")
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=1, help="views per model call")
     p.add_argument("--amp", choices=("", "bf16", "fp16"), default="", help="autocast the models (GPU)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--limit", type=cli.int_at_least(0), default=0, help="only the first N images (0: all)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at an image that cannot be read (default: an empty row, a warning, exit code 3)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -162,24 +222,50 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
 
 
+def check_arguments(args: argparse.Namespace) -> List[str]:
+    """What can be checked before any checkpoint is read or image predicted; returns the image paths.
+
+    The output path (``check_output_path``), the image folder and its ids, the test settings of
+    the command line and the thresholds file (ranges, on the default test settings: the
+    checkpoint's own are applied later), the TTA views and ``--min-views`` against the number of
+    views the command line asks for, and the device.
+    """
+    check_output_path(args.out, "--out")
+    paths = list_images(args.images, args.limit)
+    image_ids(paths)
+    early = resolve_test_config(args, TestConfig())
+    views = parse_tta(early.tta)
+    if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
+        check_min_views(args.min_views, len(args.weights), len(views))
+    resolve_device(args.device, key="--device")
+    return paths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``predict.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``)."""
+    """The exit code of ``predict.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``;
+    3 when the submission was written but some images could not be read)."""
     return cli.run(_predict, argv)
 
 
 def _predict(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    paths = check_arguments(args)
     device = resolve_device(args.device, key="--device")
     models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
     test_cfg = resolve_test_config(args, cfgs[0].test)
+    for w, c in zip(args.weights, cfgs):
+        check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
                                 output_device=device, amp=args.amp)
-    paths = list_images(args.images, args.limit)
     print(f"predict: {len(paths)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on {device}",
           file=sys.stderr)
-    results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress)
+    results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict)
     timings = write_predictions(results, args.out, args.order)
     print(timing_summary(timings))
     print(f"wrote {args.out}")
+    skipped = skipped_summary(timings, args.out)
+    if skipped:
+        print(skipped, file=sys.stderr)
+        return EXIT_SKIPPED
     return 0

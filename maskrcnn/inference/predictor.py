@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import TestConfig
+from maskrcnn.config import ConfigError, TestConfig
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
@@ -23,6 +23,16 @@ from maskrcnn.structures import Instances, MaskList
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def check_min_views(min_views: int, num_models: int, num_views: int) -> None:
+    """ConfigError unless 1 <= ``min_views`` <= ``num_models * num_views`` (a merged object must be
+    seen in at least that many views: more than there are would keep nothing)."""
+    if not 1 <= int(min_views) <= num_models * num_views:
+        raise ConfigError(
+            f"test.tta_min_views (--min-views) is {min_views} but must be between 1 and the number of views "
+            f"({num_models} model(s) x {num_views} TTA view(s) = {num_models * num_views})"
+        )
 
 
 class Predictor:
@@ -66,11 +76,7 @@ class Predictor:
         self.models = [m.to(self.device).eval() for m in models]
         self.views: List[View] = parse_tta(tta)
         self.num_views = len(self.models) * len(self.views)
-        if not 1 <= int(min_views) <= self.num_views:
-            raise ValueError(
-                f"min_views={min_views} must be between 1 and the number of views ({len(self.models)} model(s) x "
-                f"{len(self.views)} TTA view(s) = {self.num_views})"
-            )
+        check_min_views(min_views, len(self.models), len(self.views))
         self.merge_iou = float(merge_iou)
         self.min_views = int(min_views)
         self.mask_threshold = (float(mask_threshold) if isinstance(mask_threshold, (int, float))
@@ -78,7 +84,7 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.output_device = torch.device(output_device)
         if amp not in _AMP:
-            raise ValueError(f"amp must be one of {', '.join(repr(a) for a in _AMP)}, got {amp!r}")
+            raise ConfigError(f"amp must be one of {', '.join(repr(a) for a in _AMP)}, got {amp!r}")
         self.amp = amp
         self.last_timing: Dict[str, float] = {}
 

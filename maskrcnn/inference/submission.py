@@ -22,7 +22,7 @@ import csv
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -63,11 +63,31 @@ class LabelImage:
     lines: List[int] = field(default_factory=list)
 
 
-def _open_csv(path: str):
+# Largest image side a label file may declare: larger sizes are typos (and would overflow pixel
+# numbers); 2^20 px per side is beyond any microscope's single field of view.
+MAX_SIDE = 1 << 20
+
+
+def csv_records(path: str) -> Iterator[Tuple[int, List[str]]]:
+    """``(line number, fields)`` of each record of a CSV file (the header is line 1).
+
+    Raises SubmissionError naming the file for a folder, a missing file, bytes that are not UTF-8
+    text (a binary file) and a malformed record (a NUL byte, an unclosed quote), with its line.
+    """
+    if os.path.isdir(path):
+        raise SubmissionError(f"a CSV file expected, got a folder ({path})")
     if not os.path.isfile(path):
         raise SubmissionError(f"{path}: file not found")
-    f = open(path, newline="", encoding="utf-8-sig")  # utf-8-sig drops a BOM some editors write
-    return f, csv.reader(f)
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig drops a BOM some editors write
+        reader = csv.reader(f)
+        try:
+            for rec in reader:
+                yield reader.line_num, rec
+        except UnicodeDecodeError:
+            raise SubmissionError(f"not a UTF-8 text (CSV) file: undecodable bytes near line "
+                                  f"{reader.line_num + 1} ({path})") from None
+        except csv.Error as e:
+            raise SubmissionError(f"{path}: line {reader.line_num}: not a valid CSV record ({e})") from None
 
 
 # ------------------------------------------------------------------------------ reading
@@ -77,23 +97,22 @@ def read_submission(path: str) -> List[SubmissionRow]:
     Raises SubmissionError for a wrong header, a row without exactly two fields, or an empty id.
     RLE strings are not parsed here (``validate_submission_rows`` does that).
     """
-    f, reader = _open_csv(path)
-    with f:
-        header = next(reader, None)
-        if header is None:
-            raise SubmissionError(f"{path}: empty file; expected the header 'id,predicted'")
-        if tuple(h.strip().lower() for h in header) != SUBMISSION_HEADER:
-            raise SubmissionError(f"{path}: line 1: header is {','.join(header)!r}; expected 'id,predicted'")
-        rows = []
-        for line, rec in enumerate(reader, start=2):
-            if not rec:
-                continue  # a blank line
-            if len(rec) != 2:
-                raise SubmissionError(f"{path}: line {line}: expected 2 fields (id,predicted), got {len(rec)}: {rec!r}")
-            image_id = rec[0].strip()
-            if not image_id:
-                raise SubmissionError(f"{path}: line {line}: empty image id")
-            rows.append(SubmissionRow(image_id, rec[1].strip(), line))
+    records = csv_records(path)
+    _, header = next(records, (1, None))
+    if header is None:
+        raise SubmissionError(f"{path}: empty file; expected the header 'id,predicted'")
+    if tuple(h.strip().lower() for h in header) != SUBMISSION_HEADER:
+        raise SubmissionError(f"{path}: line 1: header is {','.join(header)!r}; expected 'id,predicted'")
+    rows = []
+    for line, rec in records:
+        if not rec:
+            continue  # a blank line
+        if len(rec) != 2:
+            raise SubmissionError(f"{path}: line {line}: expected 2 fields (id,predicted), got {len(rec)}: {rec!r}")
+        image_id = rec[0].strip()
+        if not image_id:
+            raise SubmissionError(f"{path}: line {line}: empty image id")
+        rows.append(SubmissionRow(image_id, rec[1].strip(), line))
     return rows
 
 
@@ -106,46 +125,47 @@ def read_labels(path: str) -> "OrderedDict[str, LabelImage]":
     for a missing column, a bad width/height, or sizes / cell types that differ between rows of
     one image.
     """
-    f, reader = _open_csv(path)
+    records = csv_records(path)
     images: "OrderedDict[str, LabelImage]" = OrderedDict()
-    with f:
-        header = next(reader, None)
-        if header is None:
-            raise SubmissionError(f"{path}: empty file; expected a header with id,annotation,width,height")
-        names = [h.strip().lower() for h in header]
-        names = [_LABEL_ALIASES.get(n, n) for n in names]
-        col = {n: k for k, n in enumerate(names)}
-        missing = [n for n in ("id", "annotation", "width", "height") if n not in col]
-        if missing:
-            raise SubmissionError(f"{path}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
-        i_id, i_ann, i_w, i_h = col["id"], col["annotation"], col["width"], col["height"]
-        i_ct = col.get("cell_type")
-        for line, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            if len(rec) < len(names):
-                raise SubmissionError(f"{path}: line {line}: expected {len(names)} fields, got {len(rec)}")
-            image_id = rec[i_id].strip()
-            try:
-                w, h = int(rec[i_w]), int(rec[i_h])
-            except ValueError:
-                raise SubmissionError(f"{path}: line {line}: width/height must be integers, got {rec[i_w]!r}/{rec[i_h]!r}") from None
-            if w < 1 or h < 1:
-                raise SubmissionError(f"{path}: line {line}: width/height must be positive, got {w}/{h}")
-            cell_type = rec[i_ct].strip() if i_ct is not None else None
-            img = images.get(image_id)
-            if img is None:
-                img = images[image_id] = LabelImage(image_id, h, w, cell_type or None)
-            elif (img.height, img.width) != (h, w):
-                raise SubmissionError(
-                    f"{path}: line {line}: image {image_id} is {h}x{w} here but {img.height}x{img.width} on line {img.lines[0] if img.lines else '?'}"
-                )
-            elif cell_type and img.cell_type and cell_type != img.cell_type:
-                raise SubmissionError(f"{path}: line {line}: image {image_id} has cell_type {cell_type!r} here but {img.cell_type!r} before")
-            ann = rec[i_ann].strip()
-            if ann:
-                img.rles.append(ann)
-                img.lines.append(line)
+    _, header = next(records, (1, None))
+    if header is None:
+        raise SubmissionError(f"{path}: empty file; expected a header with id,annotation,width,height")
+    names = [h.strip().lower() for h in header]
+    names = [_LABEL_ALIASES.get(n, n) for n in names]
+    col = {n: k for k, n in enumerate(names)}
+    missing = [n for n in ("id", "annotation", "width", "height") if n not in col]
+    if missing:
+        raise SubmissionError(f"{path}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
+    i_id, i_ann, i_w, i_h = col["id"], col["annotation"], col["width"], col["height"]
+    i_ct = col.get("cell_type")
+    for line, rec in records:
+        if not rec:
+            continue
+        if len(rec) < len(names):
+            raise SubmissionError(f"{path}: line {line}: expected {len(names)} fields, got {len(rec)}")
+        image_id = rec[i_id].strip()
+        try:
+            w, h = int(rec[i_w]), int(rec[i_h])
+        except ValueError:
+            raise SubmissionError(f"{path}: line {line}: width/height must be integers, got {rec[i_w]!r}/{rec[i_h]!r}") from None
+        if w < 1 or h < 1:
+            raise SubmissionError(f"{path}: line {line}: width/height must be positive, got {w}/{h}")
+        if w > MAX_SIDE or h > MAX_SIDE:
+            raise SubmissionError(f"{path}: line {line}: width/height {w}/{h} is too large (at most {MAX_SIDE} per side)")
+        cell_type = rec[i_ct].strip() if i_ct is not None else None
+        img = images.get(image_id)
+        if img is None:
+            img = images[image_id] = LabelImage(image_id, h, w, cell_type or None)
+        elif (img.height, img.width) != (h, w):
+            raise SubmissionError(
+                f"{path}: line {line}: image {image_id} is {h}x{w} here but {img.height}x{img.width} on line {img.lines[0] if img.lines else '?'}"
+            )
+        elif cell_type and img.cell_type and cell_type != img.cell_type:
+            raise SubmissionError(f"{path}: line {line}: image {image_id} has cell_type {cell_type!r} here but {img.cell_type!r} before")
+        ann = rec[i_ann].strip()
+        if ann:
+            img.rles.append(ann)
+            img.lines.append(line)
     return images
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskrcnn.config import ConfigError
 from maskrcnn.structures import Instances, MaskList
 
 STEPS = ("hflip", "vflip", "transpose")
@@ -255,7 +256,7 @@ def parse_view(spec: str) -> View:
     scale = 1.0
     text = spec.strip()
     if not text:
-        raise ValueError("empty TTA view spec")
+        raise ConfigError("empty TTA view spec (test.tta, --tta)")
     for part in text.split("+"):
         part = part.strip().lower()
         if part in _NAMED:
@@ -264,16 +265,16 @@ def parse_view(spec: str) -> View:
             try:
                 s = float(part.split("=", 1)[1])
             except ValueError:
-                raise ValueError(f"TTA view {spec!r}: scale must be a number, got {part!r}") from None
+                raise ConfigError(f"TTA view {spec!r}: scale must be a number, got {part!r} (test.tta, --tta)") from None
             if not (s > 0 and math.isfinite(s)):
-                raise ValueError(f"TTA view {spec!r}: scale must be positive, got {s}")
+                raise ConfigError(f"TTA view {spec!r}: scale must be a positive number, got {s} (test.tta, --tta)")
             scale *= s
         elif part in ("identity", "none", ""):
             continue
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown TTA transform {part!r} in {spec!r}; use {', '.join(_NAMED)}, scale=S, "
-                "compositions with '+', or d4"
+                "compositions with '+', or d4 (test.tta, --tta)"
             )
     return View(text, tuple(steps), scale)
 
@@ -281,7 +282,7 @@ def parse_view(spec: str) -> View:
 def parse_tta(spec: Union[str, Iterable[str], None]) -> List[View]:
     """Views for a TTA spec (comma-separated string or a sequence of items); view 0 is the identity.
 
-    Raises ValueError for an unknown transform, or for two items that are the same transform
+    Raises ConfigError (a ValueError) for an unknown transform, or for two items that are the same transform
     (e.g. ``rot180`` and ``hflip+vflip``): a duplicate would count one view twice in the merge.
     """
     if spec is None:
@@ -299,7 +300,7 @@ def parse_tta(spec: Union[str, Iterable[str], None]) -> List[View]:
         v = parse_view(item)
         k = v.key()
         if k in seen:
-            raise ValueError(f"TTA view {item!r} is the same transform as {seen[k]!r}; list each view once")
+            raise ConfigError(f"TTA view {item!r} is the same transform as {seen[k]!r}; list each view once (test.tta, --tta)")
         seen[k] = v.name
         views.append(v)
     return views

@@ -199,12 +199,50 @@ def load_weights_pickle(path: str) -> object:
     except WeightsError:
         raise
     except Exception as e:  # corrupt, truncated or not a pickle
-        raise WeightsError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from None
+        raise WeightsError(why_unreadable(path, e, "weights pickle")) from None
+
+
+def why_unreadable(path: str, exc: BaseException, kind: str = "weights file") -> str:
+    """One line saying why ``path`` is not a ``kind`` (``exc``: what the loader raised): an empty
+    file, a text file (a YAML config or a CSV passed as weights), a damaged zip archive (a
+    truncated ``.pth``), or the loader's first line."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        size, head = -1, b""
+    if size == 0:
+        return f"empty file (0 bytes), not a {kind} ({path})"
+    if head.startswith(b"PK\x03\x04"):
+        return f"damaged or truncated {kind}: its zip archive cannot be read ({path})"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\0" not in text:
+        guess = "a YAML config" if ":" in text and "," not in text.splitlines()[0] else "a CSV or text file"
+        return f"a text file ({guess}?), not a {kind} ({path})"
+    message = str(exc)
+    if "Weights only load failed" in message:  # torch's long advice; its one useful line is the reason
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", message, re.S)
+        reason = found.group(1).strip().splitlines()[0][:120] if found else "not tensors and plain values"
+        return f"not a {kind}: torch.load(weights_only=True) refused it ({reason}); nothing in it was run ({path})"
+    first = (message.strip().splitlines() or [""])[0][:160]
+    return f"not a {kind}: {type(exc).__name__}: {first} ({path})"
+
+
+def nonfinite_tensors(state: Dict[str, Tensor]) -> List[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or inf, in order."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
     """Tensors of a ``.pth``/``.pt`` (torch) or ``.pkl`` (pickled numpy) file, and its extra fields
-    (e.g. detectron2's ``__author__``)."""
+    (e.g. detectron2's ``__author__``). WeightsError names the file when it is missing, a folder,
+    not a weights file (``why_unreadable``), or holds NaN/inf."""
+    if os.path.isdir(path):
+        raise WeightsError(f"weights file expected, got a folder ({path})")
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path} (weights are read from local files only)")
     if path.endswith(".pkl"):
@@ -213,7 +251,7 @@ def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise WeightsError(f"{path}: cannot load with torch.load ({type(e).__name__}: {e})") from None
+            raise WeightsError(why_unreadable(path, e)) from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
     extras = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))}
@@ -229,6 +267,10 @@ def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
             tensors[k] = v
     if not tensors:
         raise WeightsError(f"{path}: no tensors or arrays found (keys: {list(data)[:8]})")
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise WeightsError(f"non-finite values (NaN or inf) in {bad[0]}" + (f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else "")
+                           + f" ({path})")
     return tensors, extras
 
 

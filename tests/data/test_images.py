@@ -76,3 +76,18 @@ def test_write_image_round_trip_and_no_temp_left(tmp_path):
     write_image(p, img)
     assert torch.equal(read_image(p), img)
     assert [f.name for f in p.parent.iterdir()] == ["out.png"]
+
+
+def test_decompression_bombs_name_their_file(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(path)
+    # 2,000 pixels: over a limit of 1,500 Pillow warns (we name the file), over twice it refuses.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    with pytest.warns(Image.DecompressionBombWarning, match="big.png"):
+        assert read_image(str(path)).shape == (1, 40, 50)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)
+    with pytest.raises(ImageReadError, match=r"big\.png: refused as a possible decompression bomb"):
+        read_image(str(path))
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty\.png: cannot decode image: the file is empty"):
+        read_image(str(tmp_path / "empty.png"))

@@ -1,0 +1,45 @@
+"""Scoring CSV files works on run lists (RunMasks): the same pairs and scores as crops."""
+import numpy as np
+import pytest
+
+from maskrcnn.data.rle import RunMasks, encode
+from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
+from tests.evaluation.shapes import dense, random_blobs
+from tests.evaluation.test_kaggle import reference_precisions
+
+
+def _runs(masks, H, W, order="row"):
+    return RunMasks.from_rles([encode(m, order) for m in masks], H, W, order)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_run_lists_give_the_pairs_and_scores_of_crops_and_of_the_dense_reference(seed):
+    rng = np.random.default_rng(seed)
+    h, w = 64, 80
+    gt = random_blobs(rng, int(rng.integers(0, 25)), h, w, overlap=bool(seed % 2), rmax=14)
+    keep = gt[rng.random(len(gt)) < 0.8]
+    shift = np.roll(keep, shift=(int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(1, 2))
+    extras = random_blobs(rng, int(rng.integers(0, 8)), h, w, rmin=1, rmax=30)
+    pred = np.concatenate([shift, extras]).astype(bool)[rng.permutation(len(shift) + len(extras))]
+    crops = candidate_pairs(dense(pred, (h, w)), dense(gt, (h, w)))
+    for order in ("row", "col"):
+        runs = candidate_pairs(_runs(pred, h, w, order), _runs(gt, h, w, "row"))
+        for field in ("pred_idx", "gt_idx", "inter", "union"):
+            np.testing.assert_array_equal(np.sort(getattr(runs, field)), np.sort(getattr(crops, field)))
+        mixed = candidate_pairs(dense(pred, (h, w)), _runs(gt, h, w, order))  # a MaskList against runs
+        np.testing.assert_array_equal(np.sort(mixed.inter), np.sort(crops.inter))
+        np.testing.assert_allclose(image_precisions(_runs(pred, h, w, order), _runs(gt, h, w, order)),
+                                   reference_precisions(pred, gt), rtol=0, atol=1e-12)
+
+
+def test_iou_exactly_half_is_not_a_candidate_on_run_lists():
+    H, W = 6, 8
+    gt = np.zeros((1, H, W), dtype=bool)
+    gt[0, 1:3, 1:5] = True  # 8 pixels
+    half = np.zeros((1, H, W), dtype=bool)
+    half[0, [1, 1, 2, 2], [1, 4, 2, 3]] = True  # 4 pixels spanning gt's box: IoU 4 / 8 = 0.5 exactly
+    more = half.copy()
+    more[0, 1, 2] = True  # 5 pixels: IoU 5 / 8 > 0.5
+    assert len(candidate_pairs(_runs(half, H, W), _runs(gt, H, W)).pred_idx) == 0
+    c = candidate_pairs(_runs(more, H, W), _runs(gt, H, W))
+    assert (c.inter.tolist(), c.union.tolist()) == ([5], [8])
