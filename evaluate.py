@@ -19,8 +19,9 @@ from maskrcnn import cli
 
 def _score(args) -> int:
     from maskrcnn.evaluation.score import format_report, score_files
+    from maskrcnn.inference.submission import order_for
 
-    result = score_files(args.submission, args.labels, order=args.order)
+    result = score_files(args.submission, args.labels, order=order_for([args.submission, args.labels], args.order))
     if result.errors:
         shown = result.errors[: args.max_errors]
         for e in shown:
@@ -35,10 +36,20 @@ def _score(args) -> int:
     return 0
 
 
+def _coco(args) -> int:
+    from maskrcnn.evaluation.coco import evaluate_coco_files, format_coco_report
+
+    summary = evaluate_coco_files(args.predictions, args.labels, iou_types=args.iou_types)
+    for line in format_coco_report(summary):
+        print(line)
+    return 0
+
+
 def _ablate(args) -> int:
     from maskrcnn.evaluation.ablation import run_ablation_file
 
-    run_ablation_file(args.spec, device=args.device, max_images=args.max_images)
+    run_ablation_file(args.spec, device=args.device, max_images=args.max_images,
+                      progress="lines" if args.no_progress else "bar")
     return 0
 
 
@@ -61,17 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a submission CSV against a label CSV")
-    s.add_argument("--submission", required=True)
+    s.add_argument("--submission", required=True, help="id,predicted (Sartorius) or ImageId,EncodedPixels (DSB2018)")
     s.add_argument("--labels", required=True, help="id,annotation,width,height[,cell_type] (or DSB2018 ImageId,EncodedPixels,Height,Width)")
-    s.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (DSB2018 files: col)")
+    s.add_argument("--order", choices=("auto", "row", "col"), default="auto",
+                   help="RLE pixel order; auto: col for DSB2018 headers (ImageId,EncodedPixels), row otherwise")
     s.add_argument("--allow-invalid", action="store_true", help="report Kaggle's rejections but score anyway")
     s.add_argument("--max-errors", type=int, default=50, help="print at most this many problems")
     s.set_defaults(func=_score)
+
+    c = sub.add_parser("coco", help="COCO mask and box AP of a COCO results json against a COCO json (pycocotools)")
+    c.add_argument("--predictions", required=True, metavar="RESULTS.json",
+                   help="COCO results: a list of {image_id, category_id, score, segmentation (RLE), bbox}, "
+                        "e.g. from predict.py --format coco --coco-gt COCO.json")
+    c.add_argument("--labels", required=True, metavar="COCO.json", help="COCO ground truth (images, annotations, categories)")
+    c.add_argument("--iou-types", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
+    c.set_defaults(func=_coco)
 
     a = sub.add_parser("ablate", help="run the variants of an ablation YAML and write the tables")
     a.add_argument("spec")
     a.add_argument("--device", default=None, help="override the spec's device (cpu, cuda)")
     a.add_argument("--max-images", type=int, default=None, help="override the spec's max_images")
+    a.add_argument("--no-progress", action="store_true", help="a line every 30 s instead of a progress bar")
     a.set_defaults(func=_ablate)
 
     from maskrcnn.evaluation.tuning import add_tune_arguments

@@ -21,30 +21,26 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from maskrcnn import cli
 from maskrcnn.config import ConfigError, TestConfig, apply_thresholds, override_test_config, parse_overrides
+from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
 from maskrcnn.data.images import read_image
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor
-from maskrcnn.inference.submission import instances_to_rows, save_submission
+from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+AMP_CHOICES = {"none": "", "bf16": "bf16", "fp16": "fp16"}  # --amp value -> Predictor's amp
 STAGES = ("read", "model", "merge", "postprocess", "encode")
 Timing = Dict[str, float]
 
 
 # ------------------------------------------------------------------------------ images
 def list_images(folder: str, limit: int = 0) -> List[str]:
-    """Image files directly in ``folder`` (by suffix), sorted by name; the first ``limit`` (0: all)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(
-        os.path.join(folder, f) for f in os.listdir(folder)
-        if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f))
-    )
-    if not paths:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    """Image files directly in ``folder`` (by suffix), or its DSB2018 ``<id>/images/<id>.png``
+    (``maskrcnn.data.image_folders``), sorted by name; the first ``limit`` (0: all)."""
+    paths = list_image_files(folder)
     return paths[:limit] if limit > 0 else paths
 
 
@@ -64,17 +60,17 @@ def image_ids(paths: Sequence[str]) -> List[str]:
 
 # --------------------------------------------------------------------------- predicting
 def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestConfig,
-                   progress: bool = True) -> Iterator[Tuple[str, Instances, Timing]]:
+                   progress: bool = True, every: float = 30.0) -> Iterator[Tuple[str, Instances, Timing]]:
     """Read, predict and post-process each image in turn.
+
+    ``progress``: a tqdm bar, or (False) a line with the ETA every ``every`` seconds (``maskrcnn.progress``).
 
     Yields:
         ``(image id, final Instances (bool masks, no overlaps), seconds per stage)`` per image, the
         stages being ``read``, ``model``, ``merge``, ``postprocess`` and ``total``.
     """
-    from tqdm import tqdm
-
     ids = image_ids(paths)
-    for path, iid in tqdm(list(zip(paths, ids)), desc="predict", unit="img", disable=not progress):
+    for path, iid in track(list(zip(paths, ids)), "predict", mode="bar" if progress else "lines", every=every):
         t0 = time.perf_counter()
         image = read_image(path)
         t1 = time.perf_counter()
@@ -89,21 +85,22 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
 
 # ------------------------------------------------------------------------------ writing
 def write_predictions(results: Iterable[Tuple[str, Instances, Timing]], out_path: str,
-                      order: str = "row") -> List[Timing]:
-    """Encode each image's final masks as submission rows, validate them all and write ``out_path``
-    (atomically; nothing is written when Kaggle would reject the file).
+                      order: str = "row", writer: Optional[Writer] = None) -> List[Timing]:
+    """Hand each image's final masks to ``writer`` (``maskrcnn.inference.outputs``; default: the
+    Kaggle CSV ``out_path`` in RLE ``order``, validated, written atomically; nothing is written
+    when Kaggle would reject the file), then let it finish.
 
     Returns:
-        the timings of ``results`` with ``encode`` added (and counted in ``total``).
+        the timings of ``results`` with ``encode`` (the writer's time) added (and counted in ``total``).
     """
-    rows, sizes, timings = [], {}, []
+    writer = writer if writer is not None else SubmissionWriter(out_path, order)
+    timings = []
     for iid, final, timing in results:
         t0 = time.perf_counter()
-        rows.extend(instances_to_rows(iid, final, order))
+        writer.add(iid, final)
         encode = time.perf_counter() - t0
-        sizes[iid] = tuple(final.image_size)
         timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
-    save_submission(rows, out_path, sizes)
+    writer.finish()
     return timings
 
 
@@ -121,11 +118,20 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="predict.py",
-        description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv.",
+        description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
+                    "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
     )
     p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
-    p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names)")
-    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names), or a DSB2018 "
+                   "folder of <id>/images/<id>.png")
+    p.add_argument("--format", choices=FORMATS, default="csv",
+                   help="csv: Kaggle submission id,predicted; dsb: DSB2018 submission ImageId,EncodedPixels "
+                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png")
+    p.add_argument("--out", default=None, help="file to write, a folder for --format labels "
+                   f"(default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels: {DEFAULT_OUT['labels']}/)")
+    p.add_argument("--coco-gt", default=None, metavar="COCO.json",
+                   help="--format coco: take image ids (by file name) and category ids from this COCO json "
+                        "(default: image ids 1..N in input order, category_id = class + 1)")
     p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
     p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4 "
                    "(default: test.tta of the first checkpoint's config)")
@@ -134,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
     p.add_argument("--min-views", type=int, default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (Sartorius: row)")
+    p.add_argument("--order", choices=("row", "col"), default=None,
+                   help="RLE pixel order of --format csv (default: row, as Sartorius; dsb is always col)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=1, help="views per model call")
-    p.add_argument("--amp", choices=("", "bf16", "fp16"), default="", help="autocast the models (GPU)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast the models (GPU)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="a line every 30 s (images done, rate, ETA) instead of a progress bar (logs, kernels)")
     return p
 
 
@@ -174,12 +182,15 @@ def _predict(argv: Sequence[str]) -> int:
     test_cfg = resolve_test_config(args, cfgs[0].test)
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
-                                output_device=device, amp=args.amp)
+                                output_device=device, amp=AMP_CHOICES[args.amp])
     paths = list_images(args.images, args.limit)
+    out = args.out or DEFAULT_OUT[args.format]
+    writer = build_writer(args.format, out, args.order, paths, image_ids(paths), coco_gt=args.coco_gt,
+                          class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
     print(f"predict: {len(paths)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on {device}",
           file=sys.stderr)
     results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress)
-    timings = write_predictions(results, args.out, args.order)
+    timings = write_predictions(results, out, writer=writer)
     print(timing_summary(timings))
-    print(f"wrote {args.out}")
+    print(f"wrote {writer.written}")
     return 0
