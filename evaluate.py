@@ -1,13 +1,27 @@
-"""Evaluation front end.
+"""Evaluation front end: score submissions, COCO AP, ablations, threshold tuning, label files.
 
-    python evaluate.py score --submission S.csv --labels train.csv [--order row|col] [--allow-invalid]
-    python evaluate.py ablate ABLATION.yaml
-    python evaluate.py tune CONFIG.yaml ... (see `python evaluate.py tune -h`)
-    python evaluate.py labels --config CFG.yaml --split val --out labels.csv [--order row|col]
+    python evaluate.py score --submission submission.csv --labels train.csv [--order auto|row|col] [--allow-invalid]
+    python evaluate.py coco --predictions results.json --labels coco.json [--iou-types segm bbox]
+    python evaluate.py ablate configs/ablation_example.yaml [--device cpu] [--max-images N]
+    python evaluate.py tune --predictions output/ablation_example/cache/<hash> --out tuned.yaml \
+        [--labels labels.csv] [--config CONFIG.yaml] [--classes A B C]
+    python evaluate.py labels --config configs/small.yaml --split val --out labels.csv [--order row|col]
 
 `score` prints per-class scores (when the label file has cell_type) and, last, `mAP <value>`.
 It exits 1 when the submission would be rejected by Kaggle (overlapping masks, unsorted or
-non-positive pairs, malformed RLE, unknown ids), unless --allow-invalid.
+non-positive pairs, malformed RLE, unknown ids), unless --allow-invalid. Both competitions'
+files are read: Sartorius `id,predicted` / `id,annotation,...` (row-major RLE) and DSB2018
+`ImageId,EncodedPixels[,Height,Width]` (column-major); `--order auto` follows the header.
+
+`coco` prints COCO mask (segm) and box AP of a COCO results json (`predict.py --format coco`,
+detectron2's `coco_instances_results.json`) at 1000 detections per image.
+
+`ablate` runs an ablation YAML (paths in it are relative to the file; see
+`maskrcnn/evaluation/ablation.py`): each variant's raw predictions are cached, scored with the
+Kaggle metric and tabulated (ablation.md, ablation.csv); it prints the `tune` command for a cache.
+
+`tune` sweeps score threshold, mask threshold and minimum area per class on a cache and writes
+`tuned.yaml` for `predict.py --thresholds`; class names and the label file come from the cache.
 """
 from __future__ import annotations
 
@@ -85,11 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="COCO results: a list of {image_id, category_id, score, segmentation (RLE), bbox}, "
                         "e.g. from predict.py --format coco --coco-gt COCO.json")
     c.add_argument("--labels", required=True, metavar="COCO.json", help="COCO ground truth (images, annotations, categories)")
-    c.add_argument("--iou-types", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"])
+    c.add_argument("--iou-types", nargs="+", choices=("segm", "bbox"), default=["segm", "bbox"],
+                   help="segm: mask AP; bbox: box AP")
     c.set_defaults(func=_coco)
 
     a = sub.add_parser("ablate", help="run the variants of an ablation YAML and write the tables")
-    a.add_argument("spec")
+    a.add_argument("spec", metavar="ABLATION.yaml", help="config, output_dir, variants (e.g. configs/ablation_example.yaml)")
     a.add_argument("--device", default=None, help="override the spec's device (cpu, cuda)")
     a.add_argument("--max-images", type=int, default=None, help="override the spec's max_images")
     a.add_argument("--no-progress", action="store_true", help="a line every 30 s instead of a progress bar")
@@ -102,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_tune)
 
     lb = sub.add_parser("labels", help="write the ground truth of a dataset split as a label CSV")
-    lb.add_argument("--config", required=True)
-    lb.add_argument("--split", default="val", choices=("train", "val", "all"))
-    lb.add_argument("--out", required=True)
-    lb.add_argument("--order", choices=("row", "col"), default="row")
+    lb.add_argument("--config", required=True, help="YAML config: its data section names the dataset and split")
+    lb.add_argument("--split", default="val", choices=("train", "val", "all"), help="the fold, as training splits it")
+    lb.add_argument("--out", required=True, help="label CSV to write (id,annotation,width,height,cell_type)")
+    lb.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order")
     lb.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     lb.set_defaults(func=_labels)
     return p

@@ -237,7 +237,8 @@ def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], 
 
 # ---------------------------------------------------------------------------------- CLI
 def add_tune_arguments(p) -> None:
-    p.add_argument("--predictions", required=True, help="a prediction cache directory (written by `evaluate.py ablate`)")
+    p.add_argument("--predictions", required=True, metavar="CACHE_DIR",
+                   help="a prediction cache directory (evaluate.py ablate prints it: <output_dir>/cache/<hash>)")
     p.add_argument("--labels", default=None, help="label CSV with the ground truth of the cached images "
                    "(default: the one `evaluate.py ablate` wrote for this cache)")
     p.add_argument("--out", required=True, help="YAML to write (score_thresh, mask_thresh, min_area per class)")
@@ -245,10 +246,10 @@ def add_tune_arguments(p) -> None:
                    "(default: the test defaults)")
     p.add_argument("--classes", nargs="*", default=None, help="class names in label order (default: the cache's, "
                    "which `evaluate.py ablate` took from data.classes or the dataset; else --config's)")
-    p.add_argument("--order", choices=("row", "col"), default="row")
-    p.add_argument("--score-grid", nargs="*", type=float, default=list(DEFAULT_SCORE_GRID))
-    p.add_argument("--mask-grid", nargs="*", type=float, default=list(DEFAULT_MASK_GRID))
-    p.add_argument("--area-grid", nargs="*", type=int, default=list(DEFAULT_AREA_GRID))
+    p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order of --labels")
+    p.add_argument("--score-grid", nargs="*", type=float, default=list(DEFAULT_SCORE_GRID), help="score thresholds to try")
+    p.add_argument("--mask-grid", nargs="*", type=float, default=list(DEFAULT_MASK_GRID), help="mask thresholds to try")
+    p.add_argument("--area-grid", nargs="*", type=int, default=list(DEFAULT_AREA_GRID), help="minimum areas (pixels) to try")
     p.add_argument("--no-verify", action="store_true", help="skip the exact re-score through postprocess")
     p.add_argument("--no-progress", action="store_true", help="a line every 30 s instead of a progress bar")
 
