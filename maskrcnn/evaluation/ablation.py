@@ -433,6 +433,8 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
                 os.path.join(spec.output_dir, "results.json"))
     log(md)
     first = results[spec.variants[0].name]["cache"]
+    if not os.path.relpath(first).startswith(".."):
+        first = os.path.relpath(first)  # as the user would type it from here
     log(f"tune thresholds on a variant's cached predictions, e.g.: python evaluate.py tune --predictions {first} "
         f"--out tuned.yaml")
     return rows
