@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--config", required=True, help="YAML config: its data section names the dataset and split")
     lb.add_argument("--split", default="val", choices=("train", "val", "all"), help="the fold, as training splits it")
     lb.add_argument("--out", required=True, help="label CSV to write (id,annotation,width,height,cell_type)")
-    lb.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order")
+    lb.add_argument("--order", choices=("row", "col"), default="row",
+                    help="RLE pixel order; col writes DSB2018 column names (ImageId,EncodedPixels,Height,Width)")
     lb.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     lb.set_defaults(func=_labels)
     return p

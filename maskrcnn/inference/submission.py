@@ -314,7 +314,10 @@ def write_submission(rows: Iterable, path: str, header: Sequence[str] = SUBMISSI
 
 
 def write_labels(path: str, items: Iterable[Tuple[str, MaskList, Optional[str]]], order: str = "row") -> None:
-    """Write ground truth as a Sartorius-style label file (atomically).
+    """Write ground truth as a label file (atomically): Sartorius-style ``id,annotation,width,height,
+    cell_type`` for row-major RLE, and with ``order="col"`` the 2018 Data Science Bowl's column names
+    ``ImageId,EncodedPixels,Height,Width,cell_type``, so that the header tells every reader the order
+    (``order_for``).
 
     ``items``: ``(image_id, masks, cell_type)`` per image; ``cell_type`` may be None (then the
     column is written empty). An image without objects gets one row with an empty annotation.
@@ -323,9 +326,11 @@ def write_labels(path: str, items: Iterable[Tuple[str, MaskList, Optional[str]]]
         for image_id, masks, cell_type in items:
             H, W = masks.image_size
             for _, rle in masks_to_rows(image_id, masks, order):
-                yield (image_id, rle, W, H, cell_type or "")
+                yield (image_id, rle, W, H, cell_type or "") if order != "col" else (image_id, rle, H, W, cell_type or "")
 
-    _atomic_write_rows(path, ("id", "annotation", "width", "height", "cell_type"), gen())
+    header = (("ImageId", "EncodedPixels", "Height", "Width", "cell_type") if order == "col"
+              else ("id", "annotation", "width", "height", "cell_type"))
+    _atomic_write_rows(path, header, gen())
 
 
 # ------------------------------------------------------------ predictions -> submission

@@ -109,3 +109,18 @@ def test_score_reads_the_dsb2018_headers_column_major(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--order" in err and err.count("\n") == 1
     assert evaluate.main(["score", "--submission", sub, "--labels", str(tmp_path / "train.csv"), "--order", "col"]) == 0
+
+
+def test_column_major_label_files_say_so_in_their_header(tmp_path, capsys):
+    from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER, csv_kind
+
+    rng = np.random.default_rng(4)
+    gt = random_blobs(rng, 5, H, W, overlap=False)
+    gt = gt[gt.reshape(5, -1).any(1)]
+    pred = np.roll(gt, 1, axis=1)
+    labels, sub = str(tmp_path / "l.csv"), str(tmp_path / "s.csv")
+    write_labels(labels, [("x", dense(gt), None)], order="col")
+    assert open(labels).readline().strip() == "ImageId,EncodedPixels,Height,Width,cell_type" and csv_kind(labels) == "dsb"
+    write_submission(masks_to_rows("x", dense(pred), order="col"), sub, header=DSB_SUBMISSION_HEADER)
+    assert evaluate.main(["score", "--submission", sub, "--labels", labels]) == 0  # --order auto: col
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"mAP {image_score(dense(pred), dense(gt)):.4f}"
