@@ -1,9 +1,11 @@
-"""``predict.py``'s command line: a folder of images -> ``submission.csv``, with a timing summary.
+"""``predict.py``'s command line: a folder of images -> ``submission.csv`` (or another ``--format``:
+``maskrcnn.inference.outputs``), with a timing summary.
 
 The run has three parts, each a function: list the images (``list_images``, ``image_ids``: the
-checks that need no model), predict them one at a time (``predict_images``: read, predict,
-post-process), and write what comes out (``write_predictions``: encode the rows, validate them as
-Kaggle would, write atomically).
+checks that need no model; flat or DSB2018 folders), predict them one at a time
+(``predict_images``: read, predict, post-process), and write what comes out
+(``write_predictions``: the writer of ``--format``; the Kaggle CSVs are validated as Kaggle would
+and written atomically).
 ``main`` wires them to the arguments; ``resolve_test_config`` gathers the test settings from the
 checkpoint, a thresholds file and the command line.
 
