@@ -51,6 +51,7 @@ from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_me
 from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
 from maskrcnn.engine.validate import run_validation
 from maskrcnn.inference.checkpoint import load_checkpoint
+from maskrcnn.progress import format_seconds
 
 logger = logging.getLogger("maskrcnn.engine")
 
@@ -726,9 +727,10 @@ class Trainer:
         self.metrics.write(record)
         # Always in log.txt; on the console only without the bar (whose postfix shows the losses).
         comps = "  ".join(f"{k}: {record[k]:.4f}" for k in record if k.startswith("loss"))
+        eta = format_seconds((self.cfg.solver.max_iter - self.iteration) * t)  # training steps only, not validation
         logger.info(
-            "iter %d/%d  %s  lr: %.3g  %.2f it/s  %.1f img/s",
-            self.iteration, self.cfg.solver.max_iter, comps, record["lr"], record["it_per_s"], record["img_per_s"],
+            "iter %d/%d  %s  lr: %.3g  %.2f it/s  %.1f img/s  ETA %s",
+            self.iteration, self.cfg.solver.max_iter, comps, record["lr"], record["it_per_s"], record["img_per_s"], eta,
             extra={"console": not self.progress},
         )
 
