@@ -39,6 +39,7 @@ def test_log_txt_holds_the_loss_lines_also_with_the_bar(tmp_path, capsys):
             progress=True).train()
     log = (tmp_path / "log.txt").read_text()
     assert [f"iter {i}/6  loss:" in log for i in range(1, 7)] == [True] * 6
+    assert "ETA 0:00" in log.splitlines()[-1] or any(line.rstrip().endswith("ETA 0:00") for line in log.splitlines())
     err = capsys.readouterr().err
     assert "iter 1/6  loss:" not in err  # on the console the bar shows the losses
     assert "validation mAP" in err and "COCO segm AP" in log
