@@ -37,7 +37,7 @@ def test_eval_only_prints_kaggle_and_coco_scores_worked_out_by_hand(tmp_path, mo
     # -> precision 1 / 2 -> mAP 0.5. COCO AP: precision 1 up to recall 0.5, none beyond; on the
     # 101 recall points 0, 0.01 ... 1 that is 51 / 101 (the same for masks and boxes).
     monkeypatch.setattr(eval_only, "model_from_checkpoint", lambda ck, path, device, cfg: (IdStubModel(1).eval(), cfg))
-    monkeypatch.setattr(eval_only, "build_dataset", lambda data_cfg, split: HalfDrawnDataset())
+    monkeypatch.setattr(eval_only, "build_dataset", lambda data_cfg, split: HalfDrawnDataset() if split == "val" else [])
     torch.save({"model": {}}, tmp_path / "w.pth")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train: {device: cpu}\ntest: {score_thresh: [0.1]}\ndata: {batch_size: 2}\n")

@@ -118,15 +118,23 @@ def test_evaluate_coco_files_half_found(tmp_path, dict_annotations, drop_fields)
 
 
 def test_mask_ap_uses_the_mask_area_not_the_box(tmp_path):
+    import json
+
     from maskrcnn.evaluation.coco import evaluate_coco_files
 
     cells = np.zeros((1, 200, 200), bool)
     cells[0, 10:20, 10:20] = True  # a small object (area 100 < 32^2)
     gt = _gt_json(tmp_path / "gt.json", cells)
-    res = _results_json(tmp_path / "res.json", cells, boxes=[[0, 0, 150, 150]])  # a box of a large object
-    s = evaluate_coco_files(res, gt)
-    assert s["segm"]["APs"] == pytest.approx(1.0) and s["segm"]["APl"] == -1.0
-    assert s["bbox"]["AP"] == pytest.approx(0.0)  # the box itself is wrong
+    fp = np.zeros((1, 200, 200), bool)
+    fp[0, 100:110, 100:110] = True  # a small false positive, ranked first, with the box of a large object
+    both = np.concatenate([fp, cells])
+    res = json.loads(open(_results_json(tmp_path / "res.json", both)).read())
+    res[0]["bbox"] = [0, 0, 150, 150]
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    s = evaluate_coco_files(str(tmp_path / "res.json"), gt)
+    # By its mask the false positive is small: it counts among the small objects, before the true
+    # one: precision 1/2 at recall 1 (AP 0.5). By its box it would be large and ignored there (AP 1).
+    assert s["segm"]["APs"] == pytest.approx(0.5) and s["segm"]["AP"] == pytest.approx(0.5)
 
 
 def test_evaluate_coco_files_errors_name_the_file(tmp_path):
