@@ -10,7 +10,7 @@ and plain values only, never arbitrary pickled objects. Saved configs go through
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
