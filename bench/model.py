@@ -261,7 +261,7 @@ def main(argv=None):
     p.add_argument("--paste-count", type=int, default=1000)
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--setup", choices=("finetune", "scratch"), default="finetune")
-    p.add_argument("--amp", choices=("", "bf16", "fp16"), default="")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (default: none)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--iters", type=int, default=None)
@@ -309,7 +309,7 @@ def main(argv=None):
     if "paste" in only:
         runs.append(("paste 1000 masks", "paste", sys.executable, {}))
     print(f"# bench/model.py  device={args.device} {args.backbone}-FPN batch 1 {args.height}x{args.width} "
-          f"setup={args.setup} amp={args.amp or 'off'} channels_last={args.channels_last} "
+          f"setup={args.setup} amp={args.amp} channels_last={args.channels_last} "
           f"warmup={args.warmup} iters={args.iters} threads={args.threads or torch.get_num_threads()}")
     results = {}
     for label, worker, python, env in runs:

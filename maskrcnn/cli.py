@@ -96,17 +96,25 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _default_note(action: argparse.Action) -> Optional[str]:
+    """``(default: X)`` for an option with a real default, else None."""
+    default = action.default
+    if (default is None or default is False or default in ("", [], ()) or default is argparse.SUPPRESS
+            or action.option_strings == [] and action.nargs in (None, 1)):
+        return None
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    return f"(default: {shown})"
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's layout and appends ``(default: X)`` to options that have a real default."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        default = action.default
-        if ("default" in text or default in (None, False, "", [], ()) or default is argparse.SUPPRESS
-                or action.option_strings == [] and action.nargs in (None, 1)):
+        note = _default_note(action)
+        if "default" in text or note is None:
             return text
-        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+        return f"{text} {note}" if text else note
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -118,6 +126,12 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         if self.add_help:
             self.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of errors (also MASKRCNN_DEBUG=1)")
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and _default_note(action):  # argparse prints nothing for an option without help
+            action.help = _default_note(action)
+        return action
 
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

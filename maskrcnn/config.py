@@ -205,6 +205,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     max_eval_images: int = 0  # 0: the whole validation split
+    eval_coco: bool = False  # validation also logs COCO mask/box AP (val/segm/AP ...; costs encoding time)
     keep_checkpoints: int = 2  # periodic model_<iter>.pth files kept (0: all); best/final always kept
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
     num_threads: int = 0  # CPU threads for torch ops (0: torch's default); 1 is fastest on a busy machine

@@ -1,20 +1,29 @@
 """Overlays: ground truth and predictions drawn as outlines on the image, written as PNG with Pillow.
 
 Outlines are computed on the crops (a pixel of a mask whose 4-neighbourhood leaves the mask),
-then scattered into one RGB canvas: no full-image mask per instance. Ground truth is green,
-predictions red (a pixel on both outlines is yellow).
+then scattered into one RGB canvas: no full-image mask per instance. Colours come from a palette:
+``okabe-ito`` (default; Okabe & Ito's colour-blind-safe set: ground truth sky blue, predictions
+vermillion, a pixel on both outlines yellow; the three differ in lightness too, so they stay apart
+under every common colour-vision deficiency) or ``classic`` (green, red, yellow). A caption band
+under the image names the image, counts the ground-truth and predicted objects and, when both are
+given, gives the image's Kaggle score (``maskrcnn.evaluation.kaggle.image_score``), with a legend.
 
 Command line::
 
     python -m maskrcnn.viz --image X.png [--gt train.csv | --gt <dsb id folder>/masks] \\
-        [--pred submission.csv] [--order row] --out overlay.png
+        [--pred submission.csv] [--order auto] --out overlay.png
+    python -m maskrcnn.viz --images DIR --out OUT_DIR [--gt labels.csv | --gt DSB_FOLDER] \\
+        [--pred submission.csv | --pred LABEL_IMAGE_FOLDER]          # one <id>.png per image
+
+CSV files may be Sartorius (``id,annotation`` / ``id,predicted``, row-major RLE) or DSB2018
+(``ImageId,EncodedPixels``, column-major); ``--order auto`` takes the order from the header.
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
-from typing import Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -22,11 +31,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maskrcnn import cli
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
-GT_COLOUR = (0, 255, 0)
-PRED_COLOUR = (255, 40, 40)
-BOTH_COLOUR = (255, 255, 0)
+# Okabe & Ito (2008), "Color Universal Design": sky blue, vermillion, yellow.
+PALETTES = {
+    "okabe-ito": {"gt": (86, 180, 233), "pred": (213, 94, 0), "both": (240, 228, 66)},
+    "classic": {"gt": (0, 255, 0), "pred": (255, 40, 40), "both": (255, 255, 0)},
+}
+DEFAULT_PALETTE = "okabe-ito"
+GT_COLOUR = PALETTES[DEFAULT_PALETTE]["gt"]
+PRED_COLOUR = PALETTES[DEFAULT_PALETTE]["pred"]
+BOTH_COLOUR = PALETTES[DEFAULT_PALETTE]["both"]
 
 
 def outline_pixels(masks: MaskList, thickness: int = 1) -> Tensor:
@@ -67,8 +83,15 @@ def _as_masks(obj) -> Optional[MaskList]:
     raise TypeError(f"expected Instances, MaskList or None, got {type(obj).__name__}")
 
 
-def overlay(image: Tensor, gt=None, pred=None, thickness: int = 1) -> np.ndarray:
+def _palette(name: str) -> Dict[str, Tuple[int, int, int]]:
+    if name not in PALETTES:
+        raise ValueError(f"unknown palette {name!r}; choose one of {', '.join(PALETTES)}")
+    return PALETTES[name]
+
+
+def overlay(image: Tensor, gt=None, pred=None, thickness: int = 1, palette: str = DEFAULT_PALETTE) -> np.ndarray:
     """``uint8[H, W, 3]``: ``image (Tensor[C, H, W])`` with outlines of ``gt`` and ``pred`` (Instances | MaskList | None)."""
+    colours = _palette(palette)
     img = image.detach().float().cpu()
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
@@ -77,25 +100,109 @@ def overlay(image: Tensor, gt=None, pred=None, thickness: int = 1) -> np.ndarray
     g = outline_pixels(gm.to("cpu"), thickness) if gm is not None else None
     p = outline_pixels(pm.to("cpu"), thickness) if pm is not None else None
     if g is not None:
-        rgb[g] = torch.tensor(GT_COLOUR, dtype=torch.uint8)
+        rgb[g] = torch.tensor(colours["gt"], dtype=torch.uint8)
     if p is not None:
-        rgb[p] = torch.tensor(PRED_COLOUR, dtype=torch.uint8)
+        rgb[p] = torch.tensor(colours["pred"], dtype=torch.uint8)
     if g is not None and p is not None:
-        rgb[g & p] = torch.tensor(BOTH_COLOUR, dtype=torch.uint8)
+        rgb[g & p] = torch.tensor(colours["both"], dtype=torch.uint8)
     return rgb.numpy()
 
 
-def draw_overlay(image: Union[Tensor, str], gt=None, pred=None, path: Optional[str] = None,
-                 thickness: int = 1) -> np.ndarray:
-    """Draw ``gt`` (green) and ``pred`` (red) outlines on ``image`` (``Tensor[C, H, W]`` or a file) into ``path`` (PNG).
+def caption_text(image_id: str, gt=None, pred=None) -> str:
+    """``<id>  GT n  pred m  score s``: the counts of what is given, and the image's Kaggle score
+    (mean precision over IoU 0.50..0.95) when both are."""
+    parts = [str(image_id)]
+    gm, pm = _as_masks(gt), _as_masks(pred)
+    if gm is not None:
+        parts.append(f"GT {len(gm)}")
+    if pm is not None:
+        parts.append(f"pred {len(pm)}")
+    if gm is not None and pm is not None:
+        from maskrcnn.evaluation.kaggle import image_score
 
-    Returns the ``uint8[H, W, 3]`` overlay (also when ``path`` is None).
+        parts.append(f"score {image_score(pm.to('cpu'), gm.to('cpu')):.3f}")
+    return "   ".join(parts)
+
+
+def _caption_font(width: int):
+    from PIL import ImageFont
+
+    size = int(min(max(width / 32, 11), 20))
+    try:
+        return ImageFont.load_default(size=size), size
+    except TypeError:  # Pillow < 10.1: a fixed bitmap font
+        return ImageFont.load_default(), 11
+
+
+def _fit(word: str, width: float, draw, font) -> str:
+    """``word``, or its start and end around an ellipsis when it is wider than ``width`` pixels
+    (DSB2018 ids are 64 hex digits)."""
+    if draw.textlength(word, font=font) <= width:
+        return word
+    keep = len(word)
+    while keep > 2:
+        keep -= 1
+        short = word[: (keep + 1) // 2] + "..." + word[len(word) - keep // 2:]
+        if draw.textlength(short, font=font) <= width:
+            return short
+    return word[:1] + "..."
+
+
+def add_caption(rgb: np.ndarray, text: str, legend: Sequence[Tuple[str, Tuple[int, int, int]]] = ()) -> np.ndarray:
+    """``rgb`` (``uint8[H, W, 3]``) with a dark band below holding ``text`` (white) and a legend (a
+    swatch of each colour and its name); the band wraps to as many lines as the image's width
+    needs (the image itself is unchanged)."""
+    from PIL import Image, ImageDraw
+
+    H, W = rgb.shape[:2]
+    font, size = _caption_font(W)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad, gap, swatch = max(3, size // 3), size, size
+    items = [(_fit(w, W - 2 * pad, probe, font), None) for w in text.split("   ")]
+    items += [(name, colour) for name, colour in legend]
+    widths = [probe.textlength(w, font=font) + (swatch + pad if c is not None else 0) for w, c in items]
+    lines: List[List[int]] = [[]]
+    x = pad
+    n_text = len(items) - len(legend)
+    for k, wl in enumerate(widths):  # greedy wrap of a handful of words; the legend starts a line
+        if lines[-1] and (x + wl > W - pad or k == n_text):
+            lines.append([])
+            x = pad
+        lines[-1].append(k)
+        x += wl + gap
+    line_h = size + pad
+    band = Image.new("RGB", (W, len(lines) * line_h + pad), (32, 32, 32))
+    d = ImageDraw.Draw(band)
+    for row, idx in enumerate(lines):
+        x, y = pad, pad + row * line_h
+        for k in idx:
+            word, colour = items[k]
+            if colour is not None:
+                d.rectangle((x, y + 1, x + swatch - 2, y + swatch - 1), fill=tuple(colour))
+                x += swatch + pad
+            d.text((x, y), word, fill=(255, 255, 255), font=font)
+            x += probe.textlength(word, font=font) + gap
+    return np.concatenate([rgb, np.asarray(band)], axis=0)
+
+
+def draw_overlay(image: Union[Tensor, str], gt=None, pred=None, path: Optional[str] = None,
+                 thickness: int = 1, palette: str = DEFAULT_PALETTE, caption: Optional[str] = None) -> np.ndarray:
+    """Draw ``gt`` and ``pred`` outlines (colours of ``palette``) on ``image`` (``Tensor[C, H, W]``
+    or a file) into ``path`` (PNG); ``caption`` (e.g. ``caption_text``) adds a band below with a legend.
+
+    Returns the ``uint8`` overlay: ``[H, W, 3]``, or taller with a caption (also when ``path`` is None).
     """
     from maskrcnn.data.images import read_image, write_image
 
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
-    out = overlay(image, gt, pred, thickness)
+    out = overlay(image, gt, pred, thickness, palette)
+    if caption is not None:
+        colours = _palette(palette)
+        legend = [(name, colours[key]) for name, key, given in (("GT", "gt", gt), ("pred", "pred", pred),
+                                                                ("both", "both", gt is not None and pred is not None))
+                  if given is not None and given is not False]
+        out = add_caption(out, caption, legend)
     if path:
         write_image(path, out)
     return out
@@ -122,59 +229,124 @@ def save_grid(samples: Sequence[Sample], path: str, preds: Optional[Sequence] = 
     return grid
 
 
-def _masks_from_csv(path: str, image_id: str, size, order: str, column: str) -> MaskList:
-    """Masks of ``image_id`` in a label or submission CSV (``id`` + ``annotation`` or ``predicted``).
+_ID_COLUMNS = ("id", "imageid")
+_RLE_COLUMNS = {"annotation": ("annotation", "encodedpixels", "predicted"),
+                "predicted": ("predicted", "encodedpixels", "annotation")}
 
-    Raises SubmissionError naming the file for an empty or binary file, a header without those
-    columns, an image id the file does not hold (viz would draw nothing and look fine), or a size
-    (label files: width, height) that differs from the image's.
+
+class MaskRows(NamedTuple):
+    """One image's rows in a mask CSV: RLE strings, their CSV lines, and the ``(height, width)``
+    the file declares for the image (label files; None for submissions)."""
+
+    rles: List[str]
+    lines: List[int]
+    size: Optional[Tuple[int, int]]
+
+
+def read_mask_csv(path: str, column: str = "annotation") -> Dict[str, MaskRows]:
+    """``{image id: MaskRows}`` of a label or submission CSV, read once.
+
+    Headers: Sartorius ``id,annotation,...`` / ``id,predicted`` or DSB2018 ``ImageId,EncodedPixels,...``
+    (``column`` is the preferred RLE column; the others are taken when it is absent). Empty RLEs
+    (an image's "no object" row) are left out, but the image is listed. Raises SubmissionError
+    naming the file for an empty or binary file and a header without an id and an RLE column.
     """
-    from maskrcnn.data.rle import decode_crops
     from maskrcnn.inference.submission import SubmissionError, csv_records
 
     records = csv_records(path)
     _, header = next(records, (1, None))
     if header is None:
-        raise SubmissionError(f"empty file; expected a header with id and {column} ({path})")
+        raise SubmissionError(f"empty file; expected a header with an id and an RLE column ({path})")
     names = [h.strip().lower() for h in header]
-    if "id" not in names or column not in names:
-        alt = "predicted" if column == "annotation" else "annotation"
-        if "id" not in names or alt not in names:
-            raise SubmissionError(f"needs the columns id and {column} (or {alt}); the header is {','.join(header)} ({path})")
-        column = alt
-    ci, ca = names.index("id"), names.index(column)
-    cw, ch = (names.index("width"), names.index("height")) if "width" in names and "height" in names else (None, None)
-    rles, lines, found, ids = [], [], False, []
+    ci = next((names.index(c) for c in _ID_COLUMNS if c in names), None)
+    ca = next((names.index(c) for c in _RLE_COLUMNS[column] if c in names), None)
+    if ci is None or ca is None:
+        raise SubmissionError(f"needs an id column (id or ImageId) and an RLE column (annotation, predicted or "
+                              f"EncodedPixels); the header is {','.join(header)!r} ({path})")
+    ch = next((names.index(c) for c in ("height",) if c in names), None)
+    cw = next((names.index(c) for c in ("width",) if c in names), None)
+    out: Dict[str, MaskRows] = {}
     for line, row in records:
         if not row or len(row) <= max(ci, ca):
             continue
-        if row[ci] != image_id:
-            if len(ids) < 3 and row[ci] not in ids:
-                ids.append(row[ci])
-            continue
-        found = True
-        if cw is not None and len(row) > max(cw, ch) and (row[ch].strip(), row[cw].strip()) != (str(size[0]), str(size[1])):
-            raise SubmissionError(f"line {line}: image {image_id!r} is {row[ch]}x{row[cw]} (HxW) here but the image "
-                                  f"is {size[0]}x{size[1]} ({path})")
+        size = None
+        if ch is not None and cw is not None and len(row) > max(ch, cw):
+            size = (row[ch].strip(), row[cw].strip())
+        rows = out.setdefault(row[ci].strip(), MaskRows([], [], size))
         if row[ca].strip():
-            rles.append(row[ca])
-            lines.append(line)
-    if not found:
-        raise SubmissionError(f"image id {image_id!r} is not in the file (ids there: {', '.join(map(repr, ids)) or 'none'}"
-                              f"{', ...' if len(ids) == 3 else ''}; pass --id) ({path})")
-    return decode_crops(rles, size[0], size[1], order, source=path, rows=lines)
+            rows.rles.append(row[ca])
+            rows.lines.append(line)
+    return out
 
 
-def _load_masks(spec: str, image_id: str, size, order: str, column: str) -> MaskList:
-    if os.path.isdir(spec):
+class MaskSource:
+    """The masks of images by id, from what ``--gt`` / ``--pred`` name:
+
+    - a CSV file (``read_mask_csv``, read once; RLE order: ``order``, or with ``auto`` the file's
+      competition: DSB2018 headers column-major, Sartorius row-major);
+    - a DSB2018 folder holding ``<id>/masks/*.png``;
+    - a folder of label images ``<id>.png`` (``predict.py --format labels``);
+    - for one image (``--image``): a folder of its binary mask PNGs (DSB's ``<id>/masks``).
+    """
+
+    def __init__(self, spec: str, column: str, order: str = "auto"):
+        self.spec, self.column = spec, column
+        self.is_csv = os.path.isfile(spec)
+        if not self.is_csv and not os.path.isdir(spec):
+            raise FileNotFoundError(f"--gt/--pred: no such file or folder: {spec}")
+        self._rows: Optional[Dict[str, MaskRows]] = None
+        self.strict = True  # an image id the CSV does not hold is an error (else: no masks, listed in missing)
+        self.missing: List[str] = []
+        self.order = order
+        if self.is_csv and order == "auto":
+            from maskrcnn.inference.submission import order_for
+
+            self.order = order_for([spec], "auto")
+
+    def masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
         from maskrcnn.data.dsb2018 import read_mask_crops
-        from maskrcnn.errors import UserError
 
-        files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(".png"))
+        if self.is_csv:
+            return self._csv_masks(image_id, size)
+        dsb = os.path.join(self.spec, image_id, "masks")
+        if os.path.isdir(dsb):
+            return read_mask_crops(_png_files(dsb), size)
+        label_image = os.path.join(self.spec, image_id + ".png")
+        if os.path.isfile(label_image):
+            from maskrcnn.inference.outputs import read_label_image
+
+            return read_label_image(label_image)
+        files = _png_files(self.spec)  # one image's mask PNGs
         if not files:
-            raise UserError(f"no mask PNGs in the folder ({spec})")
+            raise UserError(f"no mask PNGs in the folder, nor {image_id}/masks/ or {image_id}.png ({self.spec})")
         return read_mask_crops(files, size)
-    return _masks_from_csv(spec, image_id, size, order, column)
+
+    def _csv_masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
+        """Masks of ``image_id`` in the CSV; SubmissionError for an id the file does not hold (viz would
+        draw nothing and look fine) or a declared size other than the image's."""
+        from maskrcnn.data.rle import decode_crops
+        from maskrcnn.inference.submission import SubmissionError
+
+        if self._rows is None:
+            self._rows = read_mask_csv(self.spec, self.column)
+        rows = self._rows.get(image_id)
+        if rows is None and not self.strict:  # a folder's image without objects in a label CSV
+            self.missing.append(image_id)
+            rows = MaskRows([], [], None)
+        if rows is None:
+            ids = list(self._rows)[:3]
+            raise SubmissionError(f"image id {image_id!r} is not in the file (ids there: "
+                                  f"{', '.join(map(repr, ids)) or 'none'}{', ...' if len(self._rows) > 3 else ''}; "
+                                  f"pass --id) ({self.spec})")
+        if rows.size is not None and rows.size != (str(size[0]), str(size[1])):
+            raise SubmissionError(f"line {rows.lines[0] if rows.lines else '?'}: image {image_id!r} is "
+                                  f"{rows.size[0]}x{rows.size[1]} (HxW) here but the image is {size[0]}x{size[1]} "
+                                  f"({self.spec})")
+        return decode_crops(rows.rles, size[0], size[1], self.order, source=self.spec, rows=rows.lines)
+
+
+def _png_files(folder: str) -> List[str]:
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(".png"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -182,31 +354,82 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return cli.run(_viz, argv)
 
 
-def _viz(argv: Sequence[str]) -> None:
+def build_parser():
+    p = cli.ArgumentParser(prog="python -m maskrcnn.viz",
+                           description="Draw ground-truth and predicted outlines on images (one image, or a folder "
+                                       "with --images), with a caption: id, counts, the image's Kaggle score.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="one image file")
+    src.add_argument("--images", help="a folder of images (flat, or DSB2018 <id>/images/<id>.png): one overlay "
+                     "<id>.png per image in the --out folder")
+    p.add_argument("--gt", default="", help="labels CSV (id,annotation or ImageId,EncodedPixels), a DSB2018 folder "
+                   "(<id>/masks/), or with --image a folder of that image's mask PNGs")
+    p.add_argument("--pred", default="", help="submission CSV (id,predicted or ImageId,EncodedPixels), or a folder of "
+                   "label images <id>.png (predict.py --format labels)")
+    p.add_argument("--id", default="", help="--image: its id in the csv files (default: the image's file stem)")
+    p.add_argument("--order", default="auto", choices=["auto", "row", "col"],
+                   help="RLE pixel order of the CSVs; auto: col for DSB2018 headers, row otherwise")
+    p.add_argument("--thickness", type=cli.int_at_least(1), default=1, help="outline width in pixels")
+    p.add_argument("--palette", default=DEFAULT_PALETTE, choices=list(PALETTES),
+                   help="okabe-ito: colour-blind safe (GT sky blue, pred vermillion, both yellow); "
+                        "classic: green, red, yellow")
+    p.add_argument("--no-caption", action="store_true", help="the overlay only, without the caption band")
+    p.add_argument("--limit", type=int, default=0, help="--images: only the first N images (0: all)")
+    p.add_argument("--no-progress", action="store_true", help="--images: a line every 30 s instead of a progress bar")
+    p.add_argument("--out", default="", help="output PNG (default: <image stem>_overlay.png); with --images a "
+                   "folder (default: overlays)")
+    return p
+
+
+def _draw_one(path: str, image_id: str, gt_src: Optional[MaskSource], pred_src: Optional[MaskSource], out: str,
+              args) -> Tuple[int, int]:
     from maskrcnn.data.images import read_image
 
-    p = cli.ArgumentParser(prog="python -m maskrcnn.viz",
-                           description="Draw ground-truth (green) and predicted (red) outlines on an image.")
-    p.add_argument("--image", required=True)
-    p.add_argument("--gt", default="", help="labels csv (id, annotation) or a folder of mask PNGs")
-    p.add_argument("--pred", default="", help="submission csv (id, predicted) or a folder of mask PNGs")
-    p.add_argument("--id", default="", help="image id in the csv files (default: the image's file stem)")
-    p.add_argument("--order", default="row", choices=["row", "col"], help="RLE pixel order")
-    p.add_argument("--thickness", type=cli.int_at_least(1), default=1)
-    p.add_argument("--out", default="", help="output PNG (default: <image stem>_overlay.png)")
-    args = p.parse_args(argv)
-    if args.out:
-        from maskrcnn.fileio import check_output_path
-
-        check_output_path(args.out, "--out")
-    image = read_image(args.image)
+    image = read_image(path)
     size = (int(image.shape[1]), int(image.shape[2]))
-    image_id = args.id or os.path.splitext(os.path.basename(args.image))[0]
-    gt = _load_masks(args.gt, image_id, size, args.order, "annotation") if args.gt else None
-    pred = _load_masks(args.pred, image_id, size, args.order, "predicted") if args.pred else None
-    out = args.out or f"{os.path.splitext(os.path.basename(args.image))[0]}_overlay.png"
-    draw_overlay(image, gt, pred, out, args.thickness)
-    print(f"wrote {out} (gt {0 if gt is None else len(gt)} objects, pred {0 if pred is None else len(pred)} objects)")
+    gt = gt_src.masks(image_id, size) if gt_src else None
+    pred = pred_src.masks(image_id, size) if pred_src else None
+    caption = None if args.no_caption else caption_text(image_id, gt, pred)
+    draw_overlay(image, gt, pred, out, args.thickness, args.palette, caption)
+    return (-1 if gt is None else len(gt)), (-1 if pred is None else len(pred))
+
+
+def _viz(argv: Sequence[str]) -> None:
+    args = build_parser().parse_args(argv)
+    gt_src = MaskSource(args.gt, "annotation", args.order) if args.gt else None
+    pred_src = MaskSource(args.pred, "predicted", args.order) if args.pred else None
+    if args.image:
+        image_id = args.id or os.path.splitext(os.path.basename(args.image))[0]
+        out = args.out or f"{os.path.splitext(os.path.basename(args.image))[0]}_overlay.png"
+        if args.out:
+            from maskrcnn.fileio import check_output_path
+
+            check_output_path(args.out, "--out")
+        n_gt, n_pred = _draw_one(args.image, image_id, gt_src, pred_src, out, args)
+        print(f"wrote {out} (gt {max(n_gt, 0)} objects, pred {max(n_pred, 0)} objects)")
+        return
+    from maskrcnn.data.image_folders import list_image_files
+    from maskrcnn.progress import track
+
+    if args.id:
+        raise UserError("--id names one image: use it with --image, not --images")
+    paths = list_image_files(args.images)
+    paths = paths[:args.limit] if args.limit > 0 else paths
+    out_dir = args.out or "overlays"
+    if os.path.isfile(out_dir):
+        raise UserError(f"--images writes a folder of overlays, but --out is a file ({out_dir})")
+    for src in (gt_src, pred_src):
+        if src is not None:
+            src.strict = False
+    for path in track(paths, "overlays", mode="lines" if args.no_progress else "bar"):
+        image_id = os.path.splitext(os.path.basename(path))[0]
+        _draw_one(path, image_id, gt_src, pred_src, os.path.join(out_dir, image_id + ".png"), args)
+    for flag, src in (("--gt", gt_src), ("--pred", pred_src)):
+        if src is not None and src.missing:
+            shown = ", ".join(src.missing[:5]) + (f", ... ({len(src.missing)} in all)" if len(src.missing) > 5 else "")
+            print(f"warning: {len(src.missing)} image(s) not in the {flag} file, drawn without its masks: {shown} "
+                  f"({src.spec})", file=sys.stderr)
+    print(f"wrote {len(paths)} overlays to {out_dir}/")
 
 
 if __name__ == "__main__":

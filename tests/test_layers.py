@@ -1,6 +1,6 @@
 """The package's layer rule (README, "Abstractions"): imports point down, never up or in a circle.
 
-    errors -> structures, fileio, device, cli -> config, ops -> data, model -> inference -> evaluation -> engine
+    errors -> structures, fileio, device, cli, progress -> config, ops -> data, model -> inference -> evaluation -> engine
     -> front ends (viz, the command lines)
 
 Every import counts, also those inside functions (they only delay the cycle).
@@ -9,7 +9,7 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
-LAYERS = [("errors",), ("structures", "fileio", "device", "cli"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
+LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
           ("engine",), ("viz",)]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 

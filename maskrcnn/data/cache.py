@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 import zipfile
 import zlib
 from typing import Sequence
@@ -33,6 +32,7 @@ import torch
 from maskrcnn.data.images import convert_channels, decode_image_bytes, encode_png, is_gray
 from maskrcnn.errors import InputError
 from maskrcnn.fileio import atomic_write_bytes
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList, Sample
 
 CACHE_VERSION = 1
@@ -95,8 +95,7 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
     n = len(reader)
     image_blobs, codecs, channels, sizes = [], [], [], []
     inst_counts, labels, boxes, bit_chunks, metas = [], [], [], [], []
-    t0 = time.time()
-    for i in range(n):  # one image at a time
+    for i in track(range(n), "cache", mode="bar" if progress else "off"):  # one image at a time
         s = reader.load(i)
         codec, blob = _encode_image(s.image, image_codec)
         image_blobs.append(np.frombuffer(blob, dtype=np.uint8))
@@ -124,8 +123,6 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
         if "path" in s.meta:
             meta["source"] = os.path.relpath(s.meta["path"], getattr(reader, "root", os.getcwd()))
         metas.append(meta)
-        if progress and (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{n} images ({time.time() - t0:.1f} s)", flush=True)
     offsets = np.zeros(n + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([b.size for b in image_blobs])
     inst_off = np.zeros(n + 1, dtype=np.int64)

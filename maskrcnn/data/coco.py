@@ -1,5 +1,8 @@
 """COCO-style instance annotations (polygons or RLE) via ``pycocotools.mask``; LIVECell included.
 
+Reading: ``CocoDataset``, ``load_coco_json``. Writing: ``masks_to_coco_rles`` (crops -> compressed
+COCO RLEs; COCO AP and ``predict.py --format coco`` use it).
+
 LIVECell's quirks handled here:
 - the per-cell-type Kaggle copies keep ``annotations`` as a dict keyed by id, not a list;
 - images live in ``<root>/<CELLTYPE>/<file_name>`` (``CELLTYPE`` = file name prefix before ``_``)
@@ -29,6 +32,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.images import read_image
+from maskrcnn.data.rle import encode_crops
 from maskrcnn.data.transforms import clip_to_image
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
@@ -258,4 +262,24 @@ class CocoDataset:
         return MaskList.cat(pieces)
 
 
-__all__ = ["CocoDataset", "CocoFormatError", "load_coco_json"]
+# ------------------------------------------------------------------------- writing
+def masks_to_coco_rles(masks: MaskList) -> List[dict]:
+    """Compressed pycocotools RLEs (``{"size": [H, W], "counts": bytes}``) of N binary crop masks."""
+    H, W = masks.image_size
+    masks = masks.threshold()
+    strings = encode_crops(masks.crops, masks.origins, masks.image_size, order="col")
+    objs = []
+    for s in strings:  # pycocotools takes one Python object per mask
+        v = np.array(s.split(), dtype=np.int64).reshape(-1, 2) if s else np.zeros((0, 2), np.int64)
+        starts, lengths = v[:, 0] - 1, v[:, 1]
+        ends = starts + lengths
+        gaps = starts - np.concatenate([[0], ends[:-1]])
+        counts = np.stack([gaps, lengths], axis=1).reshape(-1).tolist()
+        tail = int(H * W - (ends[-1] if ends.size else 0))
+        if tail or not counts:  # pycocotools ends on the last run when it reaches the last pixel
+            counts.append(tail)
+        objs.append({"size": [H, W], "counts": counts})
+    return mask_utils.frPyObjects(objs, H, W) if objs else []
+
+
+__all__ = ["CocoDataset", "CocoFormatError", "load_coco_json", "masks_to_coco_rles"]

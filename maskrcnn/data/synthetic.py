@@ -358,12 +358,15 @@ def _write_synthetic(argv: Sequence[str]) -> None:
     p = cli.ArgumentParser(prog="python -m maskrcnn.data.synthetic",
                            description="Write a synthetic cell dataset in a real layout.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num-images", type=cli.int_at_least(1), default=48)
-    p.add_argument("--layout", default="sartorius", choices=["sartorius", "dsb2018", "coco"])
-    p.add_argument("--height", type=cli.int_at_least(32), default=128)
-    p.add_argument("--width", type=cli.int_at_least(32), default=160)
-    p.add_argument("--cells", type=cli.int_at_least(0), nargs=2, default=(6, 24), metavar=("MIN", "MAX"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=cli.int_at_least(1), default=48, help="how many images")
+    p.add_argument("--layout", default="sartorius", choices=["sartorius", "dsb2018", "coco"],
+                   help="sartorius: train/<id>.png + train.csv; dsb2018: <id>/images, <id>/masks; coco: images/ + "
+                        "annotations.json")
+    p.add_argument("--height", type=cli.int_at_least(32), default=128, help="image height in pixels")
+    p.add_argument("--width", type=cli.int_at_least(32), default=160, help="image width in pixels")
+    p.add_argument("--cells", type=cli.int_at_least(0), nargs=2, default=(6, 24), metavar=("MIN", "MAX"),
+                   help="cells per image")
+    p.add_argument("--seed", type=int, default=0, help="another seed, other images")
     args = p.parse_args(argv)
     ds = SyntheticCells(args.num_images, args.height, args.width, tuple(args.cells), args.seed)
     write_layout(ds, args.out, args.layout)

@@ -3,7 +3,8 @@
 ``metrics.jsonl`` holds one JSON object per line, each with ``"iteration"``:
 - training records: ``loss`` (total) and its components (``loss_rpn_cls`` ...), ``lr``,
   ``time`` (s/iter), ``data_time``, ``it_per_s``, ``img_per_s`` (means over the log period);
-- validation records: keys starting with ``val/`` (``val/mAP``, ``val/mAP@0.50`` ...).
+- validation records: keys starting with ``val/`` (``val/mAP``, ``val/mAP@0.50`` ...; COCO's
+  ``val/segm/AP``, ``val/bbox/AP`` with ``train.eval_coco``).
 
 ``draw_curves`` renders them to a PNG: the losses over iterations (log scale when they span
 more than a decade) above the validation scores, each panel with ticks, axis labels and a legend.
@@ -210,7 +211,8 @@ def draw_curves(records: Iterable[Dict], path: str, max_iter: Optional[int] = No
     # The headline score, two thresholds and the per-class scores; all ten thresholds would crowd it.
     present = {k for r in val for k in r if isinstance(r[k], (int, float))}
     val_keys = [k for k in ("val/mAP", "val/mAP@0.50", "val/mAP@0.75") if k in present]
-    val_keys += sorted(k for k in present if k.startswith("val/mAP/"))[:7]
+    val_keys += sorted(k for k in present if k.startswith("val/mAP/") and "@" not in k)[:7]
+    val_keys += [k for k in ("val/segm/AP", "val/bbox/AP") if k in present]  # train.eval_coco
     xmax = max([max_iter or 0] + [r["iteration"] for r in records])
 
     def series(rows, keys):

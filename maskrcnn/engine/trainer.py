@@ -51,6 +51,7 @@ from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_me
 from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
 from maskrcnn.engine.validate import run_validation
 from maskrcnn.inference.checkpoint import load_checkpoint
+from maskrcnn.progress import format_seconds
 
 logger = logging.getLogger("maskrcnn.engine")
 
@@ -166,7 +167,11 @@ def _build_loader(dataset: Dataset, cfg: Config, rank: int, world_size: int):
 
 
 class _TqdmHandler(logging.Handler):
-    """Console log lines that do not break the progress bar."""
+    """Console log lines that do not break the progress bar. Records logged with
+    ``extra={"console": False}`` go to ``log.txt`` only (the loss lines, which the bar shows)."""
+
+    def filter(self, record):
+        return getattr(record, "console", True) and super().filter(record)
 
     def emit(self, record):
         try:
@@ -714,12 +719,14 @@ class Trainer:
         if "grad_norm" in means:
             record["grad_norm"] = means["grad_norm"]
         self.metrics.write(record)
-        if not self.progress:
-            comps = "  ".join(f"{k}: {record[k]:.4f}" for k in record if k.startswith("loss"))
-            logger.info(
-                "iter %d/%d  %s  lr: %.3g  %.2f it/s  %.1f img/s",
-                self.iteration, self.cfg.solver.max_iter, comps, record["lr"], record["it_per_s"], record["img_per_s"],
-            )
+        # Always in log.txt; on the console only without the bar (whose postfix shows the losses).
+        comps = "  ".join(f"{k}: {record[k]:.4f}" for k in record if k.startswith("loss"))
+        eta = format_seconds((self.cfg.solver.max_iter - self.iteration) * t)  # training steps only, not validation
+        logger.info(
+            "iter %d/%d  %s  lr: %.3g  %.2f it/s  %.1f img/s  ETA %s",
+            self.iteration, self.cfg.solver.max_iter, comps, record["lr"], record["it_per_s"], record["img_per_s"], eta,
+            extra={"console": not self.progress},
+        )
 
     def _draw(self) -> None:
         records = read_metrics(self.metrics.path)
@@ -738,6 +745,9 @@ class Trainer:
             batch_size=self.cfg.data.batch_size,
             max_images=self.cfg.train.max_eval_images,
             autocast=self.autocast,
+            progress="bar" if self.progress else "off",
+            coco=self.cfg.train.eval_coco,
+            class_names=getattr(self.val_dataset, "class_names", ()),
         )
         self.last_val = scores
         score = scores["val/mAP"]
@@ -746,9 +756,11 @@ class Trainer:
             self.best_score, self.best_iteration = score, self.iteration
         if self.is_main:
             self.metrics.write({"iteration": self.iteration, **scores, "val_time": time.perf_counter() - t0})
+            coco = "".join(f", COCO {t} AP {scores[f'val/{t}/AP']:.4f}" for t in ("segm", "bbox")
+                           if f"val/{t}/AP" in scores)
             logger.info(
-                "iter %d: validation mAP %.4f on %d images (best %.4f at %d)",
-                self.iteration, score, scores.get("val/num_images", 0), self.best_score, self.best_iteration,
+                "iter %d: validation mAP %.4f on %d images (best %.4f at %d)%s",
+                self.iteration, score, scores.get("val/num_images", 0), self.best_score, self.best_iteration, coco,
             )
             if improved:
                 self.run_dir.save(

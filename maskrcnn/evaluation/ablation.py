@@ -2,16 +2,16 @@
 
 An ablation file (YAML)::
 
-    config: configs/r50.yaml          # its data section gives the validation split; its test
+    config: r50.yaml                  # its data section gives the validation split; its test
                                       # section the default post-processing
-    output_dir: output/ablation       # tables, caches and the split's label CSV go here
+    output_dir: ../output/ablation    # tables, caches and the split's label CSV go here
     split: val                        # train | val | all
     max_images: 0                     # 0: the whole split
     device: auto
     defaults: {tta: []}               # merged into every variant
     variants:
       - name: R50 12k
-        weights: output/r50/model_final.pth      # or a list: an ensemble
+        weights: ../output/r50/model_final.pth   # or a list: an ensemble
         tta: [hflip, vflip]                      # prediction-relevant (part of the cache key)
         merge_iou: 0.5                           # prediction-relevant
         min_views: 1                             # prediction-relevant
@@ -19,6 +19,15 @@ An ablation file (YAML)::
         test: {score_thresh: [0.3, 0.5, 0.6]}    # post-processing only (shares the cache)
         thresholds: tuned.yaml                   # post-processing from `evaluate.py tune`
         columns: {Backbone: R50 (LIVECell)}      # override cells of the table
+
+Relative paths (``config``, ``output_dir``, ``weights``, ``thresholds``) are relative to the folder of
+the ablation file, as ``base:`` in configs: the file above, saved as ``configs/ablation.yaml``, reads
+``configs/r50.yaml`` and ``output/r50/model_final.pth`` from any current directory, and a spec kept
+next to its checkpoints moves with them. ``config``, ``weights`` and ``thresholds`` must exist when
+the file is read (before any prediction); one that does not is one error naming the key, the path as
+written and as resolved, and, when the path exists relative to the current directory instead, the
+value to write. (Paths inside the config itself, such as ``data.root``, are relative to the current
+directory, as for ``train.py``.) A ``configs/ablation_example.yaml`` runs the README's small model.
 
 Raw (soft) predictions are cached per variant under ``output_dir/cache/<hash>`` where the hash
 covers only prediction-relevant settings (weights files, TTA, merge settings, model overrides,
@@ -49,6 +58,7 @@ from maskrcnn.config import (Config, ConfigError, TestConfig, apply_thresholds, 
 from maskrcnn.evaluation.cache import PredictionCache, settings_key, weights_fingerprint
 from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
 CACHE_FORMAT = 2  # bump when the cache's file layout changes
@@ -92,10 +102,11 @@ def _as_list(v, key: str, where: str) -> list:
 
 
 def load_ablation_spec(path: str) -> AblationSpec:
-    """Parse and check an ablation YAML; relative paths are taken from the file's folder.
+    """Parse and check an ablation YAML; relative paths are taken from the file's folder (module doc).
 
     Raises ConfigError naming the file, the variant and the key for unknown keys, missing
-    ``config``/``variants``/``weights``, duplicate names or values of the wrong type.
+    ``config``/``variants``/``weights``, duplicate names, values of the wrong type, or a
+    ``config``/``weights``/``thresholds`` file that does not exist (``check_spec_paths``).
     """
     data = read_yaml_mapping(path, "ablation")
     unknown = sorted(set(data) - set(_TOP_KEYS))
@@ -154,8 +165,39 @@ def load_ablation_spec(path: str) -> AblationSpec:
         max_images = int(data.get("max_images", 0) or 0)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: max_images must be an integer, got {data.get('max_images')!r}") from None
-    return AblationSpec(rel(str(data["config"])), rel(str(data.get("output_dir") or "output/ablation")),
+    spec = AblationSpec(rel(str(data["config"])), rel(str(data.get("output_dir") or "output/ablation")),
                         variants, split, max_images, str(data.get("device", "auto")))
+    written = {"config": str(data["config"])}
+    for k, rv in enumerate(raw_variants):
+        v = {**defaults, **rv}
+        written[f"variants[{k}]"] = {"weights": [str(w) for w in _as_list(v.get("weights"), "weights", path)],
+                                     "thresholds": str(v.get("thresholds") or "")}
+    check_spec_paths(spec, path, written)
+    return spec
+
+
+def _missing_path(spec_path: str, key: str, as_written: str, resolved: str) -> ConfigError:
+    """The one error for an input of an ablation file that is not there (see the module doc)."""
+    msg = (f"{spec_path}: {key}: {as_written} not found: relative paths are relative to the ablation file's "
+           f"folder, so this is {resolved}")
+    if not os.path.isabs(as_written) and os.path.exists(as_written):
+        fix = os.path.relpath(os.path.abspath(as_written), os.path.dirname(os.path.abspath(spec_path)))
+        msg += f"; it exists relative to the current directory: write {fix} (or an absolute path)"
+    return ConfigError(msg)
+
+
+def check_spec_paths(spec: AblationSpec, spec_path: str, written: Dict[str, Any]) -> None:
+    """Raise ConfigError (``_missing_path``) for the first ``config``, ``weights`` or ``thresholds``
+    file of ``spec`` that does not exist; ``written`` holds the values as the file spells them."""
+    if not os.path.isfile(spec.config):
+        raise _missing_path(spec_path, "config", written["config"], spec.config)
+    for k, v in enumerate(spec.variants):
+        raw = written[f"variants[{k}]"]
+        for w, w_raw in zip(v.weights, raw["weights"]):
+            if not os.path.isfile(w):
+                raise _missing_path(spec_path, f"variants[{k}] ({v.name}): weights", w_raw, w)
+        if v.thresholds and not os.path.isfile(v.thresholds):
+            raise _missing_path(spec_path, f"variants[{k}] ({v.name}): thresholds", raw["thresholds"], v.thresholds)
 
 
 # ------------------------------------------------------------- calls into data and inference
@@ -322,16 +364,29 @@ def _ground_truth(spec: AblationSpec, cfg: Config, backend: Backend, data: dict,
     return gts, path
 
 
+def split_class_names(cfg: Config, dataset) -> List[str]:
+    """The class names in label order: ``data.classes``, else the dataset's (its reader's built-in
+    list, e.g. synthetic or Sartorius cell types); ``dataset`` is called only in the second case."""
+    if cfg.data.classes:
+        return list(cfg.data.classes)
+    return [str(c) for c in getattr(dataset(), "class_names", ()) or ()]
+
+
 def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: Optional[str] = None,
-                 log=print) -> List[Dict[str, Any]]:
-    """Run every variant of ``spec``; returns the table rows (also written to the output files)."""
+                 log=print, progress: str = "off") -> List[Dict[str, Any]]:
+    """Run every variant of ``spec``; returns the table rows (also written to the output files).
+
+    ``progress``: ``bar``, ``lines`` or ``off`` (``maskrcnn.progress``) for the predictions and the
+    scoring of each variant.
+    """
     backend = backend or Backend()
     device = device or spec.device
     cfg = load_config(spec.config)
-    class_names = list(cfg.data.classes)
+    holder: dict = {}
+    # The cache records the class names, so that `evaluate.py tune` needs no --classes.
+    class_names = split_class_names(cfg, lambda: holder.setdefault("ds", backend.dataset(cfg, spec.split)))
     os.makedirs(spec.output_dir, exist_ok=True)
     data = data_settings(cfg, spec.split, spec.max_images)
-    holder: dict = {}
     gts, labels_path = _ground_truth(spec, cfg, backend, data, class_names, holder)
     image_ids = [g.image_id for g in gts]
     log(f"{len(gts)} images of split {spec.split!r}; ground truth in {labels_path}")
@@ -345,16 +400,16 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
             if missing:
                 predictor = backend.predictor(v, test_cfg, device)
                 ds = holder.setdefault("ds", backend.dataset(cfg, spec.split))
-                for k in missing:
+                for k in track(missing, f"[{v.name}] predict", mode=progress):
                     s = ds[k]
                     if str(s.image_id) != image_ids[k]:
                         raise RuntimeError(f"dataset order changed: image {k} is {s.image_id}, labels say {image_ids[k]}")
                     cache.put(image_ids[k], predict_raw(predictor, s.image))
-            cache.mark_complete(image_ids, class_names)
+            cache.mark_complete(image_ids, class_names, extra={"labels": os.path.abspath(labels_path)})
         else:
             log(f"[{v.name}] cached: {cache.dir}")
         ev = KaggleEvaluator()
-        for g in gts:  # a loop over images
+        for g in track(gts, f"[{v.name}] score", mode=progress):  # a loop over images
             ev.add(g.image_id, backend.postprocess(cache.get(g.image_id), test_cfg), g.masks, g.class_name)
         summary = ev.summary()
         infos = [backend.checkpoint_info(w) for w in v.weights]
@@ -377,6 +432,11 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
     atomic_json({"spec": dataclasses.asdict(spec), "labels": labels_path, "results": results},
                 os.path.join(spec.output_dir, "results.json"))
     log(md)
+    first = results[spec.variants[0].name]["cache"]
+    if not os.path.relpath(first).startswith(".."):
+        first = os.path.relpath(first)  # as the user would type it from here
+    log(f"tune thresholds on a variant's cached predictions, e.g.: python evaluate.py tune --predictions {first} "
+        f"--out tuned.yaml")
     return rows
 
 
@@ -386,11 +446,11 @@ def predict_raw(predictor, image: torch.Tensor) -> Instances:
 
 
 def run_ablation_file(path: str, device: Optional[str] = None, max_images: Optional[int] = None,
-                      backend: Optional[Backend] = None) -> List[Dict[str, Any]]:
+                      backend: Optional[Backend] = None, progress: str = "off") -> List[Dict[str, Any]]:
     spec = load_ablation_spec(path)
     if max_images is not None:
         spec.max_images = int(max_images)
-    return run_ablation(spec, backend=backend, device=device)
+    return run_ablation(spec, backend=backend, device=device, progress=progress)
 
 
 def write_split_labels(config: str, split: str, out: str, order: str = "row", overrides: Sequence[str] = (),
@@ -400,7 +460,7 @@ def write_split_labels(config: str, split: str, out: str, order: str = "row", ov
 
     cfg = load_config(config, overrides)
     ds = (backend or Backend()).dataset(cfg, split)
-    names = list(cfg.data.classes)
+    names = split_class_names(cfg, lambda: ds)
     n = len(ds)
 
     def items():

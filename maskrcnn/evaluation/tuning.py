@@ -36,9 +36,11 @@ import torch
 import yaml
 
 from maskrcnn.config import TestConfig
+from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
 from maskrcnn.inference.postprocess import image_class, postprocess, remove_overlaps
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
 DEFAULT_SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 19))  # 0.05 .. 0.90
@@ -139,10 +141,19 @@ class TuneResult:
     num_images: int = 0
 
 
+class TuneError(UserError, ValueError):
+    """Tuning cannot run as asked (e.g. class names missing); the message says what to pass."""
+
+
 def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base: TestConfig = TestConfig(),
                     score_grid: Sequence[float] = DEFAULT_SCORE_GRID, mask_grid: Sequence[float] = DEFAULT_MASK_GRID,
-                    area_grid: Sequence[int] = DEFAULT_AREA_GRID, verify: bool = True) -> TuneResult:
-    """Best (score, mask threshold, min area) per class on ``items`` (see the module doc)."""
+                    area_grid: Sequence[int] = DEFAULT_AREA_GRID, verify: bool = True,
+                    progress: str = "off") -> TuneResult:
+    """Best (score, mask threshold, min area) per class on ``items`` (see the module doc).
+
+    ``progress``: ``bar``, ``lines`` or ``off`` (``maskrcnn.progress``) over the images, for the
+    sweep's pass and the exact re-score.
+    """
     nc = max(1, len(class_names))
     names = list(class_names) or ["all"]
     mask_grid = sorted(set(float(m) for m in mask_grid) | {float(_value_for(base.mask_thresh, c)) for c in range(nc)})
@@ -151,11 +162,12 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     # One pass over the images (one image's soft masks in memory at a time): its class, and for
     # each mask threshold its resolved masks' scores, areas and candidate pairs.
     groups, prepared = [], [[None] * len(items) for _ in mask_grid]
-    for k, it in enumerate(items):
+    for k, it in enumerate(track(items, "tune", mode=progress)):
         loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
         g = image_class(loaded.pred, base.score_thresh)  # postprocess's own rule
         if g >= nc:
-            raise ValueError(f"image {it.image_id}: predicted class {g} but only {nc} class names were given")
+            raise TuneError(f"image {it.image_id}: predicted class {g} but only {nc} class name(s) are known "
+                            f"({', '.join(names)}): give --classes NAME ... in label order, or --config CONFIG")
         groups.append(g)
         if g >= 0:
             for mi, mt in enumerate(mask_grid):
@@ -196,14 +208,15 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     n = max(len(items), 1)
     res = TuneResult(chosen, per_class, (total_best + empty_sum) / n, (total_base + empty_sum) / n, None, len(items))
     if verify:
-        res.exact_mAP = exact_score(items, dataclasses.replace(base, **{k: tuple(v) for k, v in chosen.items()}))
+        res.exact_mAP = exact_score(items, dataclasses.replace(base, **{k: tuple(v) for k, v in chosen.items()}),
+                                    progress)
     return res
 
 
-def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig) -> float:
+def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig, progress: str = "off") -> float:
     """mAP of ``items`` through ``postprocess`` itself (the sweep's figures are exact up to min_area)."""
     ev = KaggleEvaluator()
-    for it in items:
+    for it in track(items, "tune: verify", mode=progress):
         ev.add(it.image_id, postprocess(it.get_pred(), test_cfg), it.gt, it.class_name)
     return ev.summary()["mAP"]
 
@@ -224,16 +237,21 @@ def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], 
 
 # ---------------------------------------------------------------------------------- CLI
 def add_tune_arguments(p) -> None:
-    p.add_argument("--predictions", required=True, help="a prediction cache directory (written by `evaluate.py ablate`)")
-    p.add_argument("--labels", required=True, help="label CSV with the ground truth of the cached images")
+    p.add_argument("--predictions", required=True, metavar="CACHE_DIR",
+                   help="a prediction cache directory (evaluate.py ablate prints it: <output_dir>/cache/<hash>)")
+    p.add_argument("--labels", default=None, help="label CSV with the ground truth of the cached images "
+                   "(default: the one `evaluate.py ablate` wrote for this cache)")
     p.add_argument("--out", required=True, help="YAML to write (score_thresh, mask_thresh, min_area per class)")
-    p.add_argument("--config", default=None, help="config whose test section is the starting point")
-    p.add_argument("--classes", nargs="*", default=None, help="class names in label order (default: the cache's)")
-    p.add_argument("--order", choices=("row", "col"), default="row")
-    p.add_argument("--score-grid", nargs="*", type=float, default=list(DEFAULT_SCORE_GRID))
-    p.add_argument("--mask-grid", nargs="*", type=float, default=list(DEFAULT_MASK_GRID))
-    p.add_argument("--area-grid", nargs="*", type=int, default=list(DEFAULT_AREA_GRID))
+    p.add_argument("--config", default=None, help="config whose test section is the starting point "
+                   "(default: the test defaults)")
+    p.add_argument("--classes", nargs="*", default=None, help="class names in label order (default: the cache's, "
+                   "which `evaluate.py ablate` took from data.classes or the dataset; else --config's)")
+    p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order of --labels")
+    p.add_argument("--score-grid", nargs="*", type=float, default=list(DEFAULT_SCORE_GRID), help="score thresholds to try")
+    p.add_argument("--mask-grid", nargs="*", type=float, default=list(DEFAULT_MASK_GRID), help="mask thresholds to try")
+    p.add_argument("--area-grid", nargs="*", type=int, default=list(DEFAULT_AREA_GRID), help="minimum areas (pixels) to try")
     p.add_argument("--no-verify", action="store_true", help="skip the exact re-score through postprocess")
+    p.add_argument("--no-progress", action="store_true", help="a line every 30 s instead of a progress bar")
 
 
 def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
@@ -259,14 +277,40 @@ def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[Tun
     return items
 
 
+def tune_class_names(classes: Optional[Sequence[str]], cache_names: Sequence[str], config=None) -> List[str]:
+    """Class names in label order: ``--classes``, else the cache's (``evaluate.py ablate`` records
+    ``data.classes`` or the dataset's), else the config's data (``data.classes`` or its reader's
+    built-in names), else none (one class)."""
+    if classes:
+        return list(classes)
+    if cache_names:
+        return list(cache_names)
+    if config is not None:
+        from maskrcnn.evaluation.ablation import split_class_names
+
+        def reader():
+            from maskrcnn.data import build_reader
+
+            return build_reader(config.data)
+
+        return split_class_names(config, reader)
+    return []
+
+
 def main_tune(args) -> int:
     from maskrcnn.config import load_config
     from maskrcnn.evaluation.cache import PredictionCache
 
-    base = load_config(args.config).test if args.config else TestConfig()
-    names = args.classes if args.classes else PredictionCache.open(args.predictions).class_names()
-    items = load_items(args.predictions, args.labels, args.order)
-    res = tune_thresholds(items, names, base, args.score_grid, args.mask_grid, args.area_grid, verify=not args.no_verify)
+    cfg = load_config(args.config) if args.config else None
+    base = cfg.test if cfg is not None else TestConfig()
+    cache = PredictionCache.open(args.predictions)
+    names = tune_class_names(args.classes, cache.class_names(), cfg)
+    labels = args.labels or cache.meta().get("labels")
+    if not labels:
+        raise TuneError(f"{args.predictions}: the cache does not name its label file: give --labels LABELS.csv")
+    items = load_items(args.predictions, labels, args.order)
+    res = tune_thresholds(items, names, base, args.score_grid, args.mask_grid, args.area_grid, verify=not args.no_verify,
+                          progress="lines" if args.no_progress else "bar")
     write_thresholds(res, args.out, names)
     for name, pc in res.per_class.items():
         print(f"class {name:<12} images {pc['num_images']:4d}  score {pc['score_thresh']:.2f}  mask {pc['mask_thresh']:.2f}  "

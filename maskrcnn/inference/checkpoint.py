@@ -10,12 +10,12 @@ and plain values only, never arbitrary pickled objects. Saved configs go through
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import Config, ConfigError, from_dict, load_config
+from maskrcnn.config import Config, ConfigError, from_dict, load_config, to_dict
 from maskrcnn.model.weights import WeightsError, nonfinite_tensors, why_unreadable
 
 
@@ -72,14 +72,21 @@ def _check_fits(model: nn.Module, state: Dict[str, Tensor], path: str, source: s
     raise CheckpointError(f"the weights do not fit the model built from {source}: {what} ({path})")
 
 
-def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None,
+def read_checkpoint(path: str) -> Any:
+    """The object in a checkpoint file (a trainer checkpoint or a bare state dict) on the CPU, read
+    with ``weights_only=True``; clear errors for a missing or unreadable file."""
+    return _read(path)
+
+
+def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Union[str, Config, None] = None,
                overrides: Sequence[str] = ()) -> Tuple[nn.Module, Config]:
     """Rebuild the model of a checkpoint and load its weights.
 
     Args:
         path: a trainer checkpoint (periodic, final or best) or a bare state dict.
         device: where to put the model.
-        config: a YAML config that replaces the checkpoint's own (needed for a bare state dict).
+        config: a YAML config (or a ``Config``) that replaces the checkpoint's own (needed for a bare
+            state dict).
         overrides: ``key=value`` changes to that config (e.g. the input normalisation).
     Returns:
         ``(model, cfg)``: the model in eval mode on ``device`` and its ``Config``. Backbone weight
@@ -89,9 +96,14 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
         CheckpointError: not a checkpoint, weights holding NaN/inf, or weights of another
             architecture than the config's (each names the file, and the tensor where it applies).
     """
+    return model_from_checkpoint(_read(path), path, device, config, overrides)
+
+
+def model_from_checkpoint(ck: Any, path: str, device: Union[str, torch.device] = "cpu",
+                          config: Union[str, Config, None] = None, overrides: Sequence[str] = ()) -> Tuple[nn.Module, Config]:
+    """``load_model`` of a checkpoint already read (``read_checkpoint``); ``path`` names it in errors."""
     from maskrcnn.model import build_model
 
-    ck = _read(path)
     if isinstance(ck, dict) and isinstance(ck.get("model"), dict):
         state, saved = ck["model"], ck.get("config")
     elif isinstance(ck, dict) and ck and all(isinstance(v, Tensor) for v in ck.values()):
@@ -99,7 +111,9 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Opti
     else:
         raise CheckpointError(f"neither a checkpoint with a 'model' entry nor a state dict of tensors ({path})")
     check_finite(state, path)
-    if config:
+    if isinstance(config, Config):
+        cfg, source = (from_dict(to_dict(config), overrides) if overrides else config), "the given config"
+    elif config:
         cfg, source = load_config(config, overrides), config
     elif saved is not None:
         try:

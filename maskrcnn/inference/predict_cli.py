@@ -1,9 +1,11 @@
-"""``predict.py``'s command line: a folder of images -> ``submission.csv``, with a timing summary.
+"""``predict.py``'s command line: a folder of images -> ``submission.csv`` (or another ``--format``:
+``maskrcnn.inference.outputs``), with a timing summary.
 
 The run has three parts, each a function: list the images (``list_images``, ``image_ids``: the
-checks that need no model), predict them one at a time (``predict_images``: read, predict,
-post-process), and write what comes out (``write_predictions``: encode the rows, validate them as
-Kaggle would, write atomically).
+checks that need no model; flat or DSB2018 folders), predict them one at a time
+(``predict_images``: read, predict, post-process), and write what comes out
+(``write_predictions``: the writer of ``--format``; the Kaggle CSVs are validated as Kaggle would
+and written atomically).
 ``main`` wires them to the arguments; ``resolve_test_config`` gathers the test settings from the
 checkpoint, a thresholds file and the command line.
 
@@ -36,6 +38,7 @@ from maskrcnn.config import (
     override_test_config,
     parse_overrides,
 )
+from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
 from maskrcnn.data.images import ImageReadError, read_image
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
@@ -43,11 +46,12 @@ from maskrcnn.fileio import check_output_path
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
-from maskrcnn.inference.submission import instances_to_rows, save_submission
+from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
 from maskrcnn.inference.tta import parse_tta
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+AMP_CHOICES = {"none": "", "bf16": "bf16", "fp16": "fp16"}  # --amp value -> Predictor's amp
 STAGES = ("read", "model", "merge", "postprocess", "encode")
 Timing = Dict[str, float]
 EXIT_SKIPPED = 3  # the submission was written, but some images could not be read (empty rows)
@@ -59,15 +63,9 @@ class ImageFolderError(UserError, ValueError):
 
 # ------------------------------------------------------------------------------ images
 def list_images(folder: str, limit: int = 0) -> List[str]:
-    """Image files directly in ``folder`` (by suffix), sorted by name; the first ``limit`` (0: all)."""
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(
-        os.path.join(folder, f) for f in os.listdir(folder)
-        if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f))
-    )
-    if not paths:
-        raise ImageFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    """Image files directly in ``folder`` (by suffix), or its DSB2018 ``<id>/images/<id>.png``
+    (``maskrcnn.data.image_folders``), sorted by name; the first ``limit`` (0: all)."""
+    paths = list_image_files(folder)
     return paths[:limit] if limit > 0 else paths
 
 
@@ -90,9 +88,11 @@ def image_ids(paths: Sequence[str]) -> List[str]:
 
 # --------------------------------------------------------------------------- predicting
 def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestConfig,
-                   progress: bool = True, strict: bool = False
+                   progress: bool = True, strict: bool = False, every: float = 30.0
                    ) -> Iterator[Tuple[str, Optional[Instances], Timing]]:
     """Read, predict and post-process each image in turn.
+
+    ``progress``: a tqdm bar, or (False) a line with the ETA every ``every`` seconds (``maskrcnn.progress``).
 
     Yields:
         ``(image id, final Instances (bool masks, no overlaps), seconds per stage)`` per image, the
@@ -100,18 +100,18 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
         cannot be read yields ``(image id, None, {"skipped": reason, "path": path})`` after a
         warning naming it, unless ``strict``: then its error is raised.
     """
-    from tqdm import tqdm
-
     ids = image_ids(paths)
-    for path, iid in tqdm(list(zip(paths, ids)), desc="predict", unit="img", disable=not progress):
+    for path, iid in track(list(zip(paths, ids)), "predict", mode="bar" if progress else "lines", every=every):
         t0 = time.perf_counter()
         try:
             image = read_image(path)
         except (ImageReadError, OSError) as e:
             if strict:
                 raise
+            from tqdm import tqdm
+
             reason = cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
-            tqdm.write(f"warning: skipped, an empty row instead: {reason}", file=sys.stderr)
+            tqdm.write(f"warning: skipped, no masks written for it (an empty row in a CSV): {reason}", file=sys.stderr)
             yield iid, None, {"skipped": reason, "path": path}
             continue
         t1 = time.perf_counter()
@@ -126,28 +126,28 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
 
 # ------------------------------------------------------------------------------ writing
 def write_predictions(results: Iterable[Tuple[str, Optional[Instances], Timing]], out_path: str,
-                      order: str = "row") -> List[Timing]:
-    """Encode each image's final masks as submission rows, validate them all and write ``out_path``
-    (atomically; nothing is written when Kaggle would reject the file). An image without
-    Instances (``None``: it could not be read) gets one empty row.
+                      order: str = "row", writer: Optional[Writer] = None) -> List[Timing]:
+    """Hand each image's final masks to ``writer`` (``maskrcnn.inference.outputs``; default: the
+    Kaggle CSV ``out_path`` in RLE ``order``, validated, written atomically; nothing is written
+    when Kaggle would reject the file), then let it finish. An image without Instances (``None``:
+    it could not be read) goes to ``writer.skip`` (an empty row in the CSV formats).
 
     Returns:
-        the timings of ``results`` with ``encode`` added (and counted in ``total``); those of
-        skipped images hold ``skipped`` (the reason) and ``path`` instead.
+        the timings of ``results`` with ``encode`` (the writer's time) added (and counted in ``total``);
+        those of skipped images hold ``skipped`` (the reason) and ``path`` instead.
     """
-    rows, sizes, timings = [], {}, []
+    writer = writer if writer is not None else SubmissionWriter(out_path, order)
+    timings = []
     for iid, final, timing in results:
         if final is None:
-            rows.append((iid, ""))
-            sizes[iid] = (1, 1)  # an empty row fits any size
+            writer.skip(iid)
             timings.append(timing)
             continue
         t0 = time.perf_counter()
-        rows.extend(instances_to_rows(iid, final, order))
+        writer.add(iid, final)
         encode = time.perf_counter() - t0
-        sizes[iid] = tuple(final.image_size)
         timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
-    save_submission(rows, out_path, sizes)
+    writer.finish()
     return timings
 
 
@@ -156,7 +156,7 @@ def skipped_summary(timings: Sequence[Timing], out_path: str, limit: int = 10) -
     skipped = [t for t in timings if "skipped" in t]
     if not skipped:
         return None
-    lines = [f"predict: {len(skipped)} image(s) could not be read; each has an empty row in {out_path} "
+    lines = [f"predict: {len(skipped)} image(s) could not be read; none has masks in {out_path} "
              f"(exit code {EXIT_SKIPPED}; --strict stops at the first one instead):"]
     lines += [f"  {os.path.basename(t['path'])}: {t['skipped']}" for t in skipped[:limit]]
     if len(skipped) > limit:
@@ -179,11 +179,20 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="predict.py",
-        description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv.",
+        description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
+                    "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
     )
     p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
-    p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names)")
-    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names), or a DSB2018 "
+                   "folder of <id>/images/<id>.png")
+    p.add_argument("--format", choices=FORMATS, default="csv",
+                   help="csv: Kaggle submission id,predicted; dsb: DSB2018 submission ImageId,EncodedPixels "
+                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png")
+    p.add_argument("--out", default=None, help="file to write, a folder for --format labels "
+                   f"(default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels: {DEFAULT_OUT['labels']}/)")
+    p.add_argument("--coco-gt", default=None, metavar="COCO.json",
+                   help="--format coco: take image ids (by file name) and category ids from this COCO json "
+                        "(default: image ids 1..N in input order, category_id = class + 1)")
     p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
     p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4 "
                    "(default: test.tta of the first checkpoint's config)")
@@ -192,14 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
     p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    p.add_argument("--order", choices=("row", "col"), default="row", help="RLE pixel order (Sartorius: row)")
+    p.add_argument("--order", choices=("row", "col"), default=None,
+                   help="RLE pixel order of --format csv (default: row, as Sartorius; dsb is always col)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=cli.int_at_least(1), default=1, help="views per model call")
-    p.add_argument("--amp", choices=("", "bf16", "fp16"), default="", help="autocast the models (GPU)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast the models (GPU)")
     p.add_argument("--limit", type=cli.int_at_least(0), default=0, help="only the first N images (0: all)")
     p.add_argument("--strict", action="store_true",
                    help="stop at an image that cannot be read (default: an empty row, a warning, exit code 3)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="a line every 30 s (images done, rate, ETA) instead of a progress bar (logs, kernels)")
     return p
 
 
@@ -230,7 +241,9 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     checkpoint's own are applied later), the TTA views and ``--min-views`` against the number of
     views the command line asks for, and the device.
     """
-    check_output_path(args.out, "--out")
+    args.out = args.out or DEFAULT_OUT[args.format]
+    if args.format != "labels":  # labels: a folder (LabelImageWriter checks it)
+        check_output_path(args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
     early = resolve_test_config(args, TestConfig())
@@ -257,14 +270,16 @@ def _predict(argv: Sequence[str]) -> int:
         check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
-                                output_device=device, amp=args.amp)
+                                output_device=device, amp=AMP_CHOICES[args.amp])
+    writer = build_writer(args.format, args.out, args.order, paths, image_ids(paths), coco_gt=args.coco_gt,
+                          class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
     print(f"predict: {len(paths)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on {device}",
           file=sys.stderr)
     results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict)
-    timings = write_predictions(results, args.out, args.order)
+    timings = write_predictions(results, args.out, writer=writer)
     print(timing_summary(timings))
-    print(f"wrote {args.out}")
-    skipped = skipped_summary(timings, args.out)
+    print(f"wrote {writer.written}")
+    skipped = skipped_summary(timings, writer.written)
     if skipped:
         print(skipped, file=sys.stderr)
         return EXIT_SKIPPED

@@ -1,7 +1,9 @@
 """Kaggle's CSV files: submissions and label files, read, validated as Kaggle would, written.
 
 - Submission (``submission.csv``): header ``id,predicted``; one row per predicted object; an image
-  with no prediction has one row with an empty ``predicted``.
+  with no prediction has one row with an empty ``predicted``. The 2018 Data Science Bowl's
+  ``ImageId,EncodedPixels`` (column-major RLE) is read and written too (``DSB_SUBMISSION_HEADER``;
+  ``csv_kind`` and ``order_for`` tell a file's competition and RLE order).
 - Labels (Sartorius ``train.csv``): ``id,annotation,width,height[,cell_type,...]``, one row per
   object (objects may overlap). The 2018 Data Science Bowl's header ``ImageId,EncodedPixels,
   Height,Width`` is read too (its RLE is column-major: pass ``order="col"``).
@@ -32,8 +34,10 @@ from maskrcnn.fileio import atomic_open
 from maskrcnn.structures import Instances, MaskList
 
 SUBMISSION_HEADER = ("id", "predicted")
+DSB_SUBMISSION_HEADER = ("ImageId", "EncodedPixels")  # 2018 Data Science Bowl (column-major RLE)
 # Our names for the label columns, and the DSB2018 solution file's names for the same.
 _LABEL_ALIASES = {"imageid": "id", "encodedpixels": "annotation"}
+_DSB_HEADER_LOWER = tuple(h.lower() for h in DSB_SUBMISSION_HEADER)
 _UNBOUNDED = 1 << 62  # image size when bounds are unknown: only pair syntax and order are checked
 
 
@@ -90,19 +94,44 @@ def csv_records(path: str) -> Iterator[Tuple[int, List[str]]]:
             raise SubmissionError(f"{path}: line {reader.line_num}: not a valid CSV record ({e})") from None
 
 
+def csv_kind(path: str) -> str:
+    """``"dsb"`` when the CSV's header has the 2018 Data Science Bowl's column names
+    (``ImageId``, ``EncodedPixels``: its RLE is column-major), else ``"sartorius"`` (row-major)."""
+    _, first = next(csv_records(path), (1, []))
+    header = {h.strip().lower() for h in first}
+    return "dsb" if {"imageid", "encodedpixels"} <= header else "sartorius"
+
+
+def order_for(paths: Sequence[str], order: str = "auto") -> str:
+    """The RLE order to read ``paths`` with: ``order`` unless ``"auto"``, which takes the files'
+    competition (``csv_kind``: DSB2018 -> ``"col"``, Sartorius -> ``"row"``). Files of both
+    competitions under ``"auto"`` are a SubmissionError asking for ``--order``."""
+    if order != "auto":
+        return order
+    kinds = {p: csv_kind(p) for p in paths}
+    if len(set(kinds.values())) > 1:
+        named = ", ".join(f"{p} ({'ImageId,EncodedPixels' if k == 'dsb' else 'id,...'})" for p, k in kinds.items())
+        raise SubmissionError(f"the files mix DSB2018 and Sartorius headers, so their RLE order is unclear: "
+                              f"give --order row or col, and --labels-order for a label file of the other kind ({named})")
+    return "col" if "dsb" in kinds.values() else "row"
+
+
 # ------------------------------------------------------------------------------ reading
 def read_submission(path: str) -> List[SubmissionRow]:
     """Rows of a submission file, in file order.
 
-    Raises SubmissionError for a wrong header, a row without exactly two fields, or an empty id.
+    The header is Sartorius' ``id,predicted`` or the 2018 Data Science Bowl's
+    ``ImageId,EncodedPixels`` (``csv_kind`` tells which; the RLE order is the caller's).
+    Raises SubmissionError for another header, a row without exactly two fields, or an empty id.
     RLE strings are not parsed here (``validate_submission_rows`` does that).
     """
     records = csv_records(path)
     _, header = next(records, (1, None))
     if header is None:
-        raise SubmissionError(f"{path}: empty file; expected the header 'id,predicted'")
-    if tuple(h.strip().lower() for h in header) != SUBMISSION_HEADER:
-        raise SubmissionError(f"{path}: line 1: header is {','.join(header)!r}; expected 'id,predicted'")
+        raise SubmissionError(f"{path}: empty file; expected the header 'id,predicted' (or 'ImageId,EncodedPixels')")
+    if tuple(h.strip().lower() for h in header) not in (SUBMISSION_HEADER, _DSB_HEADER_LOWER):
+        raise SubmissionError(f"{path}: line 1: header is {','.join(header)!r}; expected 'id,predicted' "
+                              "(Sartorius) or 'ImageId,EncodedPixels' (DSB2018)")
     rows = []
     for line, rec in records:
         if not rec:
@@ -290,19 +319,24 @@ def _atomic_write_rows(path: str, header: Sequence[str], rows: Iterable[Sequence
             w.writerow(r)
 
 
-def write_submission(rows: Iterable, path: str) -> None:
+def write_submission(rows: Iterable, path: str, header: Sequence[str] = SUBMISSION_HEADER) -> None:
     """Write ``id,predicted`` rows atomically (temp file + os.replace).
 
     ``rows``: ``SubmissionRow``s or ``(image_id, rle)`` pairs, e.g. from ``masks_to_rows``.
+    ``header``: ``DSB_SUBMISSION_HEADER`` for a 2018 Data Science Bowl file (encode its rows with
+    ``order="col"``).
     """
     def as_pair(r):
         return (r.image_id, r.rle) if isinstance(r, SubmissionRow) else (str(r[0]), r[1] or "")
 
-    _atomic_write_rows(path, SUBMISSION_HEADER, (as_pair(r) for r in rows))
+    _atomic_write_rows(path, header, (as_pair(r) for r in rows))
 
 
 def write_labels(path: str, items: Iterable[Tuple[str, MaskList, Optional[str]]], order: str = "row") -> None:
-    """Write ground truth as a Sartorius-style label file (atomically).
+    """Write ground truth as a label file (atomically): Sartorius-style ``id,annotation,width,height,
+    cell_type`` for row-major RLE, and with ``order="col"`` the 2018 Data Science Bowl's column names
+    ``ImageId,EncodedPixels,Height,Width,cell_type``, so that the header tells every reader the order
+    (``order_for``).
 
     ``items``: ``(image_id, masks, cell_type)`` per image; ``cell_type`` may be None (then the
     column is written empty). An image without objects gets one row with an empty annotation.
@@ -311,9 +345,11 @@ def write_labels(path: str, items: Iterable[Tuple[str, MaskList, Optional[str]]]
         for image_id, masks, cell_type in items:
             H, W = masks.image_size
             for _, rle in masks_to_rows(image_id, masks, order):
-                yield (image_id, rle, W, H, cell_type or "")
+                yield (image_id, rle, W, H, cell_type or "") if order != "col" else (image_id, rle, H, W, cell_type or "")
 
-    _atomic_write_rows(path, ("id", "annotation", "width", "height", "cell_type"), gen())
+    header = (("ImageId", "EncodedPixels", "Height", "Width", "cell_type") if order == "col"
+              else ("id", "annotation", "width", "height", "cell_type"))
+    _atomic_write_rows(path, header, gen())
 
 
 # ------------------------------------------------------------ predictions -> submission
@@ -350,8 +386,10 @@ def validate_rows(rows: Sequence[Row], image_sizes: Dict[str, Tuple[int, int]], 
         raise SubmissionError("invalid submission:\n" + "\n".join(errors[:10]) + more)
 
 
-def save_submission(rows: Sequence[Row], path: str, image_sizes: Dict[str, Tuple[int, int]]) -> None:
-    """Validate ``rows`` against ``image_sizes`` and write them to ``path`` atomically."""
+def save_submission(rows: Sequence[Row], path: str, image_sizes: Dict[str, Tuple[int, int]],
+                    header: Sequence[str] = SUBMISSION_HEADER) -> None:
+    """Validate ``rows`` against ``image_sizes`` and write them to ``path`` atomically (``header``:
+    see ``write_submission``)."""
     validate_rows(rows, image_sizes, source=path)
-    write_submission(rows, path)
+    write_submission(rows, path, header)
 

@@ -30,16 +30,27 @@ def _load():
 _load()
 
 
+def in_kaggle_kernel() -> bool:
+    """True in a Kaggle notebook or submission kernel (Kaggle sets ``KAGGLE_KERNEL_RUN_TYPE``)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or os.path.isdir("/kaggle/input")
+
+
+def fallback_message(error) -> str:
+    """The one warning when the twins stand in. In a Kaggle kernel there is no compiler to build
+    with (and no internet): the message points at the prebuilt-extension dataset instead."""
+    head = f"maskrcnn: compiled ops not available ({error}); using the pure-PyTorch fallbacks (same results, slower). "
+    if in_kaggle_kernel():
+        return head + ("In a Kaggle kernel, attach the maskrcnn-ext dataset built for this Kaggle image "
+                       "(docs/kaggle.md, section 1) and copy its _C*.so next to maskrcnn/__init__.py; "
+                       "without it predictions run as they are.")
+    return head + "Build them with `python setup.py build_ext --inplace`."
+
+
 def get_ext():
     """The compiled module, or ``None`` (warning once) when the twins must be used."""
     global _warned
     if _C is None and not _warned and os.environ.get("MASKRCNN_FORCE_FALLBACK", "0") in ("", "0"):
-        warnings.warn(
-            "maskrcnn: compiled ops not available (" + str(_load_error) + "); using the pure-PyTorch "
-            "fallbacks, which are slower. Build them with `python setup.py build_ext --inplace`.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warnings.warn(fallback_message(_load_error), RuntimeWarning, stacklevel=3)
         _warned = True
     return _C
 

@@ -94,3 +94,12 @@ def test_bad_cache_files(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="junk.npz: not a readable dataset cache"):
         CacheDataset(str(tmp_path / "junk.npz"))
+
+
+def test_the_cache_builder_shows_a_progress_bar(tmp_path, dsb_dir, capsys):
+    from maskrcnn.data.make_cache import main
+
+    assert main(["--format", "dsb2018", "--root", str(dsb_dir), "--out", str(tmp_path / "c.npz")]) == 0
+    captured = capsys.readouterr()
+    n = len(DSB2018Dataset(str(dsb_dir)))
+    assert f"cache: 100%" in captured.err and f"{n}/{n}" in captured.err and "wrote" in captured.out

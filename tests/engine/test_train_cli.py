@@ -165,3 +165,40 @@ def test_train_cli_directory_in_use_is_refused_naming_the_holder(run, tmp_path, 
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_eval_only_reproduces_the_runs_validation_and_writes_nothing_in_the_run(run, tmp_path, capsys):
+    import json
+
+    _, out, cfg = run
+    before = _files(out)
+    metrics = tmp_path / "eval.json"
+    rc = train_cli.main([str(cfg), "--eval-only", str(out / "model_final.pth"), "--eval-out", str(metrics),
+                         "--no-progress", "--set", f"train.output_dir={out}"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    logged = [r for r in read_metrics(str(out / "metrics.jsonl")) if "val/mAP" in r][-1]  # at iteration 3 = final
+    lines = captured.out.splitlines()
+    assert lines[0] == f"Kaggle mAP {logged['val/mAP']:.4f} on 2 images"
+    assert any(line.startswith("segm ") for line in lines) and any(line.startswith("bbox ") for line in lines)
+    saved = json.loads(metrics.read_text())["metrics"]
+    assert saved["val/mAP"] == pytest.approx(logged["val/mAP"])
+    assert {"val/segm/AP", "val/bbox/AP", "val/mAP@0.50"} <= set(saved)
+    assert _files(out) == before and "run.lock" not in os.listdir(out)
+
+
+def test_eval_only_argument_and_weights_errors_are_one_line(run, tmp_path, capsys):
+    _, out, cfg = run
+    assert train_cli.main([str(cfg), "--eval-out", str(tmp_path / "m.json")]) == 2
+    assert "--eval-out needs --eval-only" in capsys.readouterr().err
+    assert train_cli.main([str(cfg), "--eval-only", str(out / "model_final.pth"), "--resume"]) == 2
+    capsys.readouterr()
+    assert train_cli.main([str(cfg), "--eval-only", str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.pth" in err and err.count("\n") == 1
+    # a config whose model differs: each difference is a warning, and tensors that do not fit are an error
+    rc = train_cli.main([str(cfg), "--eval-only", str(out / "model_final.pth"), "--no-progress",
+                         "--set", "model.fpn.out_channels=16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "warning: " in err and "model.fpn.out_channels: 32 (checkpoint) -> 16 (config)" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err

@@ -187,3 +187,96 @@ def test_backend_reads_checkpoints_with_overrides(tmp_path):
     assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ConfigError, match="bogus"):
         b.load_model(path, "cpu", ["model.bogus=1"])
+
+
+# ----------------------------------------------------------------------- relative paths
+def test_relative_paths_are_relative_to_the_ablation_file(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "cfg.yaml").write_text("data: {classes: [astro, cort]}\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "w.pth").write_text("good")
+    spec = tmp_path / "specs" / "a.yaml"
+    spec.write_text(yaml.safe_dump({"config": "../cfg.yaml", "output_dir": "../out",
+                                    "variants": [{"name": "v", "weights": "../runs/w.pth"}]}))
+    monkeypatch.chdir(tmp_path / "runs")  # any current directory
+    s = load_ablation_spec(str(spec))
+    assert s.config == str(tmp_path / "cfg.yaml") and s.output_dir == str(tmp_path / "out")
+    assert s.variants[0].weights == [str(tmp_path / "runs" / "w.pth")]
+
+
+def test_a_wrong_path_is_one_error_naming_both_places(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "cfg.yaml").write_text("{}\n")
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "w.pth").write_text("good")
+    spec = tmp_path / "configs" / "a.yaml"
+    # written as if relative to the current directory (the repository root)
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "variants": [{"name": "v", "weights": "output/w.pth"}]}))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_ablation_spec("configs/a.yaml")
+    msg = str(e.value)
+    assert "variants[0] (v): weights: output/w.pth not found" in msg
+    assert str(tmp_path / "configs" / "output" / "w.pth") in msg  # where it was looked for
+    assert "exists relative to the current directory: write ../output/w.pth" in msg  # and the fix
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "variants": [{"name": "v", "weights": "../output/w.pth",
+                                                                       "thresholds": "tuned.yaml"}]}))
+    with pytest.raises(ConfigError, match=r"thresholds: tuned.yaml not found.*configs/tuned.yaml$"):
+        load_ablation_spec("configs/a.yaml")
+    spec.write_text(yaml.safe_dump({"config": "configs/cfg.yaml", "variants": [{"name": "v", "weights": "../output/w.pth"}]}))
+    with pytest.raises(ConfigError, match="config: configs/cfg.yaml not found.*write cfg.yaml"):
+        load_ablation_spec("configs/a.yaml")
+
+
+def test_the_example_ablation_file_resolves_next_to_the_repository(tmp_path, monkeypatch):
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / "configs").mkdir()
+    for name in ("ablation_example.yaml", "small.yaml"):
+        shutil.copy(os.path.join(root, "configs", name), tmp_path / "configs" / name)
+    (tmp_path / "output" / "small").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "output")  # not the repository root: the file's folder counts
+    with pytest.raises(ConfigError, match="model_final.pth not found"):  # before training
+        load_ablation_spec(str(tmp_path / "configs" / "ablation_example.yaml"))
+    for name in ("model_final.pth", "model_best.pth"):
+        (tmp_path / "output" / "small" / name).write_text("")
+    spec = load_ablation_spec(str(tmp_path / "configs" / "ablation_example.yaml"))
+    assert spec.config == str(tmp_path / "configs" / "small.yaml")
+    assert spec.output_dir == str(tmp_path / "output" / "ablation_example")
+    assert spec.variants[-1].weights == [str(tmp_path / "output" / "small" / n) for n in ("model_best.pth", "model_final.pth")]
+
+
+# -------------------------------------------------------------------- class names, tune
+class NamedBackend(FakeBackend):
+    """A dataset that knows its class names (as every reader does), and a config without data.classes."""
+
+    def __init__(self):
+        super().__init__()
+
+        class DS(list):
+            class_names = ("astro", "cort")
+
+        self.ds = DS(self.ds)
+        self.by_image = {id(s.image): s for s in self.ds}
+
+
+def test_class_names_come_from_the_dataset_and_tune_needs_no_options(tmp_path, capsys):
+    import evaluate
+
+    (tmp_path / "cfg.yaml").write_text("test: {score_thresh: [0.5]}\n")  # no data.classes
+    (tmp_path / "w.pth").write_text("good")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"config": "cfg.yaml", "output_dir": "out",
+                                                     "variants": [{"name": "v", "weights": "w.pth"}]}))
+    rows = run_ablation(load_ablation_spec(str(tmp_path / "a.yaml")), backend=NamedBackend(), log=lambda *a: None,
+                        progress="lines")
+    assert rows[0]["astro"] == "1.0000" and rows[0]["cort"] == "1.0000"  # per-class columns by name
+    assert "[v] predict: 4/4 img (100%)" in capsys.readouterr().err
+    cache = json.load(open(tmp_path / "out" / "results.json"))["results"]["v"]["cache"]
+    meta = json.load(open(os.path.join(cache, "meta.json")))
+    assert meta["class_names"] == ["astro", "cort"] and meta["labels"].startswith(str(tmp_path / "out" / "labels_"))
+    out = str(tmp_path / "tuned.yaml")
+    assert evaluate.main(["tune", "--predictions", cache, "--out", out, "--score-grid", "0.5", "--mask-grid", "0.5",
+                          "--area-grid", "0", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("class astro") and lines[1].startswith("class cort") and lines[-1] == "mAP 1.0000"

@@ -88,3 +88,39 @@ def test_end_to_end_subprocess_last_line(files):
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("mAP ") and len(last.split()[1].split(".")[1]) == 4
     assert float(last.split()[1]) == pytest.approx(1.4 / 3, abs=5e-5)
+
+
+def test_score_reads_the_dsb2018_headers_column_major(tmp_path, capsys):
+    from maskrcnn.data.rle import encode
+    from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER
+
+    # Two non-square objects: column-major and row-major RLEs of them differ.
+    m1, m2 = rect(H, W, 2, 5, 3, 12), rect(H, W, 10, 20, 20, 23)
+    (tmp_path / "solution.csv").write_text(
+        "ImageId,EncodedPixels,Height,Width,Usage\n"
+        f"q,{encode(m1, order='col')},{H},{W},Public\nq,{encode(m2, order='col')},{H},{W},Public\n")
+    sub = str(tmp_path / "sub.csv")
+    write_submission([("q", encode(m1, order="col"))], sub, header=DSB_SUBMISSION_HEADER)
+    assert evaluate.main(["score", "--submission", sub, "--labels", str(tmp_path / "solution.csv")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "mAP 0.5000"  # one of two found: 1 / (1 + 1)
+    # a Sartorius label file with a DSB2018 submission: the order is unclear, one error line
+    write_labels(str(tmp_path / "train.csv"), [("q", dense([m1, m2]), None)])
+    assert evaluate.main(["score", "--submission", sub, "--labels", str(tmp_path / "train.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--order" in err and err.count("\n") == 1
+    assert evaluate.main(["score", "--submission", sub, "--labels", str(tmp_path / "train.csv"), "--order", "col"]) == 0
+
+
+def test_column_major_label_files_say_so_in_their_header(tmp_path, capsys):
+    from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER, csv_kind
+
+    rng = np.random.default_rng(4)
+    gt = random_blobs(rng, 5, H, W, overlap=False)
+    gt = gt[gt.reshape(5, -1).any(1)]
+    pred = np.roll(gt, 1, axis=1)
+    labels, sub = str(tmp_path / "l.csv"), str(tmp_path / "s.csv")
+    write_labels(labels, [("x", dense(gt), None)], order="col")
+    assert open(labels).readline().strip() == "ImageId,EncodedPixels,Height,Width,cell_type" and csv_kind(labels) == "dsb"
+    write_submission(masks_to_rows("x", dense(pred), order="col"), sub, header=DSB_SUBMISSION_HEADER)
+    assert evaluate.main(["score", "--submission", sub, "--labels", labels]) == 0  # --order auto: col
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"mAP {image_score(dense(pred), dense(gt)):.4f}"

@@ -121,3 +121,26 @@ def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "mAP 1.0000"
     assert config.apply_thresholds(config.TestConfig(), out).score_thresh == (0.5,)
+
+
+def test_tune_without_class_names_is_one_error_naming_the_fix(tmp_path, capsys):
+    import evaluate
+    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.inference.submission import write_labels
+
+    cache = PredictionCache(str(tmp_path / "cache"), {"weights": "y"})
+    gt = [rect(H, W, 4, 12, 4, 14)]
+    cache.put("im0", soft_instances(np.array(gt), [0.8], labels=[2]))  # class 2 of 3
+    cache.mark_complete(["im0"], [])  # a cache written without class names
+    labels = str(tmp_path / "labels.csv")
+    write_labels(labels, [("im0", dense(gt), None)])
+    args = ["tune", "--predictions", cache.dir, "--labels", labels, "--out", str(tmp_path / "t.yaml"),
+            "--score-grid", "0.5", "--mask-grid", "0.5", "--area-grid", "0", "--no-verify", "--no-progress"]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--classes" in err and "--config" in err and err.count("\n") == 1
+    # the class names of a synthetic config's dataset (its reader's built-in cell types)
+    (tmp_path / "syn.yaml").write_text("data: {format: synthetic}\n")
+    assert evaluate.main(args + ["--config", str(tmp_path / "syn.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "class cort" in captured.out and "tune: 1/1 img (100%)" in captured.err

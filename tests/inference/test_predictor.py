@@ -92,7 +92,7 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
 
 
 
-def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path):
+def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path, capsys):
     from maskrcnn.config import load_config, to_dict
     from maskrcnn.inference.submission import write_labels
     from maskrcnn.model import build_model
@@ -131,10 +131,12 @@ def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_p
                          timeout=300, env=ENV)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1].startswith("mAP ")
-    # bad input: a folder without images is a clear error (one line, exit 2)
+    # bad input: a folder without images is one clear error line (both layouts named) and exit 2
     (tmp_path / "none").mkdir()
     assert main(["--weights", str(tmp_path / "tiny.pth"), "--images", str(tmp_path / "none"), "--out",
                  str(tmp_path / "z.csv"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "none: no images" in err and "<id>/images/<id>.png" in err and "Traceback" not in err
 
 
 def test_autocast_option_is_checked_and_outputs_stay_float32():

@@ -40,7 +40,7 @@ def test_read_submission_rows_and_empty_prediction(tmp_path):
     "text, match",
     [
         ("", "empty file"),
-        ("ImageId,EncodedPixels\na,1 2\n", "header"),
+        ("ImageId,Annotation\na,1 2\n", "header"),
         ("id,predicted\na,1 2,3\n", "line 2: expected 2 fields"),
         ("id,predicted\na,1 2\n,1 2\n", "line 3: empty image id"),
     ],

@@ -1,0 +1,316 @@
+"""What ``predict.py`` writes, one writer per ``--format``; each takes an image's final instances
+(binary, non-overlapping masks sorted by decreasing score: ``maskrcnn.inference.postprocess``).
+
+| format | ``--out`` | what |
+| --- | --- | --- |
+| ``csv`` (default) | a file | Kaggle submission ``id,predicted``, one row per object, row-major RLE (``--order col`` for column-major); validated as Kaggle would before an atomic write |
+| ``dsb`` | a file | 2018 Data Science Bowl submission ``ImageId,EncodedPixels``, column-major RLE; validated the same way |
+| ``coco`` | a file | COCO results json (detectron2's ``coco_instances_results.json``): a list of ``{"image_id", "category_id", "segmentation": RLE, "bbox": [x, y, w, h], "score"}`` that ``pycocotools.COCO.loadRes`` reads |
+| ``labels`` | a folder | one label image ``<id>.png`` per input: 16-bit grayscale PNG of the image's size, 0 = background, 1..N = the objects in decreasing score order |
+
+COCO ids (``CocoResultsWriter``):
+
+- with a COCO json (``--coco-gt``): ``image_id`` is the id of the json's image whose ``file_name``
+  matches the input (its base name, or the base name without suffix, equals the input's file name
+  or id; a json image that matches no input is fine, an input that matches no json image is an
+  error before any prediction); ``category_id`` is the category of the model's class: by name when
+  the model's class names are known (``data.classes``, or the reader's built-in names) and all are
+  categories of the json, else by position in the json's categories sorted by id (the order
+  ``CocoDataset`` trains with), which needs as many categories as the model has classes;
+- without: ``image_id`` is the input's 1-based position in the sorted list of inputs (the order
+  ``predict.py`` prints), ``category_id`` is ``label + 1`` (as ``maskrcnn.evaluation.coco`` and
+  the synthetic data's COCO export number them).
+
+Label images are PNG (lossless, compressed, and what Cellpose writes: ``*_cp_masks.png``): Pillow
+reads them back as mode ``I;16``, napari (imageio) and Fiji as 16-bit. An object count over 65535
+is an error. Overlaps cannot be stored in one label image: where masks overlap (only when
+``test.remove_overlaps`` is off), the better-scoring object keeps the pixel, and objects left
+without pixels are dropped, so labels stay consecutive.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from maskrcnn.errors import UserError
+from maskrcnn.fileio import atomic_open
+from maskrcnn.inference.postprocess import foreground_pixels
+from maskrcnn.inference.submission import (DSB_SUBMISSION_HEADER, SUBMISSION_HEADER, instances_to_rows,
+                                           save_submission)
+from maskrcnn.structures import Instances, MaskList
+
+FORMATS = ("csv", "dsb", "coco", "labels")
+DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels"}
+MAX_LABEL = 65535  # 16-bit label images
+LABEL_SUFFIX = ".png"
+
+
+class OutputError(UserError, ValueError):
+    """An output that cannot be written as asked (the message names the file or the mapping)."""
+
+
+# ------------------------------------------------------------------------ label images
+def label_image(inst: Instances) -> np.ndarray:
+    """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
+    score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
+    so the labels are ``1..N`` without gaps.
+    """
+    H, W = inst.image_size
+    masks = inst.masks
+    if masks is None:
+        raise ValueError("label_image needs instances with masks")
+    if masks.is_soft:
+        raise ValueError("label_image needs binary masks (run postprocess first)")
+    n = len(masks)
+    canvas = torch.zeros(H * W, dtype=torch.int64)
+    if n:
+        masks = masks.to("cpu")
+        n_idx, _, flat = foreground_pixels(masks)
+        owner = torch.full((H * W,), n + 1, dtype=torch.int64)
+        owner.scatter_reduce_(0, flat, n_idx + 1, reduce="amin")  # the best-scoring mask wins a shared pixel
+        canvas = torch.where(owner <= n, owner, canvas)
+        present = torch.zeros(n + 2, dtype=torch.bool)
+        present[canvas] = True
+        present[0] = False
+        if int(present.sum()) > MAX_LABEL:
+            raise OutputError(f"{int(present.sum())} objects do not fit a 16-bit label image (at most {MAX_LABEL})")
+        renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
+        canvas = renumber[canvas]
+    return canvas.view(H, W).numpy().astype(np.uint16)
+
+
+def read_label_image(path: str) -> MaskList:
+    """The objects of a label image (0 = background, each other value one object) as a bool MaskList,
+    in increasing label order."""
+    from maskrcnn.data.images import open_image
+
+    with open_image(path, path) as im:
+        a = np.asarray(im).astype(np.int64)
+    if a.ndim != 2:
+        raise OutputError(f"{path}: a label image has one channel, this one has shape {a.shape}")
+    H, W = a.shape
+    values = np.unique(a)
+    values = values[values != 0]
+    if values.size == 0:
+        return MaskList.empty((H, W))
+    ys, xs = np.nonzero(a)
+    k = np.searchsorted(values, a[ys, xs])
+    y0 = np.full(values.size, H, np.int64)
+    x0 = np.full(values.size, W, np.int64)
+    y1 = np.zeros(values.size, np.int64)
+    x1 = np.zeros(values.size, np.int64)
+    np.minimum.at(y0, k, ys)
+    np.minimum.at(x0, k, xs)
+    np.maximum.at(y1, k, ys + 1)
+    np.maximum.at(x1, k, xs + 1)
+    h, w = int((y1 - y0).max()), int((x1 - x0).max())
+    crops = np.zeros((values.size, h, w), dtype=bool)
+    crops[k, ys - y0[k], xs - x0[k]] = True
+    origins = torch.from_numpy(np.stack([x0, y0], axis=1))
+    return MaskList(torch.from_numpy(crops), origins, (H, W))
+
+
+# --------------------------------------------------------------------------- COCO ids
+def model_class_names(data_cfg) -> Optional[List[str]]:
+    """The model's class names from its config's data section without reading any data:
+    ``data.classes``, else the reader's built-in names (None when the reader takes them from its
+    files: coco, cache)."""
+    if data_cfg.class_agnostic:
+        return ["cell"]
+    if data_cfg.classes:
+        return list(data_cfg.classes)
+    if data_cfg.format == "synthetic":
+        from maskrcnn.data.synthetic import CELL_TYPES
+
+        return list(CELL_TYPES)
+    if data_cfg.format in ("sartorius", "sartorius_unlabeled"):
+        from maskrcnn.data.sartorius import SARTORIUS_CLASSES
+
+        return list(SARTORIUS_CLASSES)
+    if data_cfg.format == "dsb2018":
+        from maskrcnn.data.dsb2018 import DSB_CLASSES
+
+        return list(DSB_CLASSES)
+    return None
+
+
+def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Dict[str, int]:
+    """``{our image id: the COCO json's image id}`` by file name (see the module doc).
+
+    Raises OutputError naming the json and the first inputs it does not hold, or an input that two
+    json images match.
+    """
+    from maskrcnn.data.coco import load_coco_json
+
+    doc = load_coco_json(gt_path)
+    by_name: Dict[str, List[int]] = {}
+    for im in doc["images"]:
+        base = os.path.basename(str(im.get("file_name", "")))
+        for key in {base, os.path.splitext(base)[0]}:
+            by_name.setdefault(key, []).append(int(im["id"]))
+    out, missing = {}, []
+    for path, iid in zip(paths, ids):
+        found = by_name.get(os.path.basename(path)) or by_name.get(iid) or []
+        found = sorted(set(found))
+        if not found:
+            missing.append(os.path.basename(path))
+        elif len(found) > 1:
+            raise OutputError(f"{gt_path}: images {found} all match the input {path} by file name")
+        else:
+            out[iid] = found[0]
+    if missing:
+        raise OutputError(f"{gt_path}: no image with the file name of {len(missing)} input(s), e.g. "
+                          f"{', '.join(missing[:3])} (COCO image ids are matched by file_name)")
+    return out
+
+
+def coco_category_ids(gt_path: str, class_names: Optional[Sequence[str]], num_classes: int) -> List[int]:
+    """``category_ids[label]`` from a COCO json's categories (see the module doc)."""
+    from maskrcnn.data.coco import load_coco_json
+
+    cats = sorted(load_coco_json(gt_path).get("categories") or [], key=lambda c: int(c["id"]))
+    by_name = {str(c["name"]): int(c["id"]) for c in cats}
+    if class_names and all(n in by_name for n in class_names):
+        return [by_name[n] for n in class_names]
+    if len(cats) == num_classes:
+        return [int(c["id"]) for c in cats]
+    raise OutputError(
+        f"{gt_path}: cannot map the model's {num_classes} class(es) {list(class_names or [])} to the json's "
+        f"categories {[(int(c['id']), c['name']) for c in cats]}: neither all names match nor the counts"
+    )
+
+
+# ----------------------------------------------------------------------------- writers
+class Writer:
+    """``add(image_id, final)`` per image, then ``finish()``, which returns (and keeps in ``written``)
+    what was written, for the log."""
+
+    written: str = ""
+
+    def add(self, image_id: str, final: Instances) -> None:
+        raise NotImplementedError
+
+    def skip(self, image_id: str) -> None:
+        """An image that could not be read: nothing to write (the CSV formats write an empty row)."""
+
+    def finish(self) -> str:
+        raise NotImplementedError
+
+
+class SubmissionWriter(Writer):
+    """Kaggle CSV (``csv``: ``id,predicted``; ``dsb``: ``ImageId,EncodedPixels`` column-major)."""
+
+    def __init__(self, path: str, order: str = "row", header: Sequence[str] = SUBMISSION_HEADER):
+        self.path, self.order, self.header = path, order, tuple(header)
+        self.rows: List[Tuple[str, str]] = []
+        self.sizes: Dict[str, Tuple[int, int]] = {}
+
+    def add(self, image_id: str, final: Instances) -> None:
+        self.rows.extend(instances_to_rows(image_id, final, self.order))
+        self.sizes[image_id] = tuple(final.image_size)
+
+    def skip(self, image_id: str) -> None:
+        self.rows.append((image_id, ""))
+        self.sizes[image_id] = (1, 1)  # an empty row fits any size
+
+    def finish(self) -> str:
+        save_submission(self.rows, self.path, self.sizes, self.header)
+        self.written = f"{self.path} ({len(self.sizes)} images, {sum(1 for _, r in self.rows if r)} objects)"
+        return self.written
+
+
+class CocoResultsWriter(Writer):
+    """COCO results json (see the module doc for the ids); written atomically by ``finish``."""
+
+    def __init__(self, path: str, image_ids: Dict[str, int], category_ids: Sequence[int]):
+        self.path = path
+        self.image_ids = dict(image_ids)
+        self.category_ids = list(category_ids)
+        self.results: List[dict] = []
+
+    def add(self, image_id: str, final: Instances) -> None:
+        from maskrcnn.data.coco import masks_to_coco_rles
+
+        if len(final) == 0:
+            return
+        labels = final.labels.tolist()
+        if max(labels) >= len(self.category_ids):
+            raise OutputError(f"image {image_id}: class {max(labels)} has no COCO category ({len(self.category_ids)} known)")
+        rles = masks_to_coco_rles(final.masks.to("cpu"))
+        b = final.boxes.detach().double().cpu()
+        xywh = torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1).tolist()
+        coco_id = self.image_ids[image_id]
+        for rle, box, label, score in zip(rles, xywh, labels, final.scores.tolist()):  # one dict per object: the format
+            self.results.append({"image_id": coco_id, "category_id": self.category_ids[label],
+                                 "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+                                 "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)})
+
+    def finish(self) -> str:
+        with atomic_open(self.path, "w") as f:
+            json.dump(self.results, f, separators=(",", ":"))
+        self.written = f"{self.path} ({len(self.image_ids)} images, {len(self.results)} objects)"
+        return self.written
+
+
+class LabelImageWriter(Writer):
+    """One 16-bit label PNG per image in a folder (see the module doc); each written atomically."""
+
+    def __init__(self, folder: str):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise OutputError(f"--format labels writes a folder of label images, but {folder} is a file")
+        self.folder = folder
+        self.count = 0
+
+    def path_for(self, image_id: str) -> str:
+        return os.path.join(self.folder, image_id + LABEL_SUFFIX)
+
+    def add(self, image_id: str, final: Instances) -> None:
+        from maskrcnn.data.images import write_image
+
+        write_image(self.path_for(image_id), label_image(final))
+        self.count += 1
+
+    def finish(self) -> str:
+        self.written = f"{self.count} label images in {self.folder}/"
+        return self.written
+
+
+def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequence[str] = (), ids: Sequence[str] = (),
+                 coco_gt: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
+                 num_classes: int = 1) -> Writer:
+    """The writer of ``--format fmt`` into ``out``; checks what it can before any prediction runs
+    (COCO ids of every input, label images that would overwrite an input).
+
+    Args:
+        order: RLE order of ``csv`` (None: ``row``); ``dsb`` is always ``col``.
+        paths, ids: the input images and their ids, in prediction order.
+        coco_gt: a COCO json giving the COCO image and category ids (``coco`` only).
+        class_names, num_classes: the model's classes (``coco`` with ``coco_gt``).
+    """
+    if fmt not in FORMATS:
+        raise OutputError(f"--format: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if coco_gt and fmt != "coco":
+        raise OutputError(f"--coco-gt maps COCO ids and needs --format coco (got --format {fmt})")
+    if order is not None and fmt != "csv" and not (fmt == "dsb" and order == "col"):
+        raise OutputError(f"--order applies to --format csv only (--format dsb is column-major), got --order {order} "
+                          f"with --format {fmt}")
+    if fmt == "csv":
+        return SubmissionWriter(out, order or "row", SUBMISSION_HEADER)
+    if fmt == "dsb":
+        return SubmissionWriter(out, "col", DSB_SUBMISSION_HEADER)
+    if fmt == "coco":
+        if coco_gt:
+            return CocoResultsWriter(out, coco_image_ids(coco_gt, paths, ids),
+                                     coco_category_ids(coco_gt, class_names, num_classes))
+        return CocoResultsWriter(out, {i: k + 1 for k, i in enumerate(ids)}, list(range(1, num_classes + 1)))
+    writer = LabelImageWriter(out)
+    inputs = {os.path.realpath(p) for p in paths}
+    clash = [i for i in ids if os.path.realpath(writer.path_for(i)) in inputs]
+    if clash:
+        raise OutputError(f"label images would overwrite the input images (e.g. {writer.path_for(clash[0])}): "
+                          "give --out another folder")
+    return writer
