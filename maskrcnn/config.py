@@ -111,6 +111,21 @@ class InputConfig:
     pixel_mean: Tuple[float, ...] = (0.485, 0.456, 0.406)  # images are in [0, 1]
     pixel_std: Tuple[float, ...] = (0.229, 0.224, 0.225)
     size_divisibility: int = 32
+    # Intensity normalisation before pixel_mean/std, per image and channel (docs/data.md):
+    # none = as read ([0, 1]; 16-bit data / 65535) | percentile = percentile_low -> 0 and
+    # percentile_high -> 1, not clipped (StarDist/Cellpose style, for 12/16-bit microscopy images).
+    normalize: str = "none"
+    percentile_low: float = 1.0
+    percentile_high: float = 99.8
+
+    def __post_init__(self):
+        if self.normalize not in ("none", "percentile"):
+            raise ConfigError(f"model.input.normalize: none or percentile, got {self.normalize!r}")
+        if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
+            raise ConfigError(
+                "model.input.percentile_low/percentile_high: need 0 <= low < high <= 100, "
+                f"got {self.percentile_low} and {self.percentile_high}"
+            )
 
 
 @dataclass(frozen=True)
