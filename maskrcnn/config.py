@@ -234,6 +234,18 @@ class TestConfig:
     # relabel = give every instance that class (and its thresholds) | filter = drop the other classes
     # | none = each instance keeps its own class.
     image_class: str = "relabel"
+    # Tiled inference of large images (maskrcnn.inference.tiling): tiles of tile_size pixels (0: off,
+    # else >= 64) overlapping by tile_overlap pixels (>= the largest cell's size, < tile_size).
+    tile_size: int = 0
+    tile_overlap: int = 64
+
+    def __post_init__(self):
+        if self.tile_size != 0 and self.tile_size < 64:
+            raise ConfigError(f"test.tile_size: 0 (off) or at least 64 pixels, got {self.tile_size}")
+        if self.tile_overlap < 0 or (self.tile_size and self.tile_overlap >= self.tile_size):
+            raise ConfigError(
+                f"test.tile_overlap: must be >= 0 and below test.tile_size ({self.tile_size}), got {self.tile_overlap}"
+            )
 
 
 @dataclass(frozen=True)
