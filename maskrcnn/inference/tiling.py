@@ -235,14 +235,14 @@ def _components(n: int, i: Tensor, j: Tensor) -> Tensor:
         lab = new
 
 
-def _union_views(pool: Instances, groups: Tensor, members: Tensor) -> Instances:
-    """One object per group from the views ``members`` (indices into ``pool``) with ``groups`` labels
-    0..K-1: soft mask = pixel-wise max on the union window, box = union box, score/label of the best view."""
-    dev = pool.boxes.device
+def _union_views(views: Instances, groups: Tensor) -> Instances:
+    """One object per group of ``views`` (``groups``: labels 0..K-1): soft mask = pixel-wise max on
+    the union of the crop windows, box = union box, score and label of the best view."""
+    dev = views.boxes.device
     K = int(groups.max()) + 1
-    masks = pool.masks
+    masks = views.masks
     _, h, w = masks.crops.shape
-    org = masks.origins[members]
+    org = masks.origins
     big = torch.iinfo(torch.long).max
     u0 = torch.stack([torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(
         0, groups, org[:, c], reduce="amin") for c in (0, 1)], dim=1)
@@ -253,26 +253,43 @@ def _union_views(pool: Instances, groups: Tensor, members: Tensor) -> Instances:
     d = org - u0[groups]
     base = groups * (Hc * Wc) + d[:, 1] * Wc + d[:, 0]
     grid = torch.arange(h, device=dev)[:, None] * Wc + torch.arange(w, device=dev)[None, :]
-    vals = masks.crops[members].float()
-    acc.scatter_reduce_(0, (base[:, None, None] + grid).reshape(-1), vals.reshape(-1), reduce="amax")
+    acc.scatter_reduce_(0, (base[:, None, None] + grid).reshape(-1), masks.crops.float().reshape(-1), reduce="amax")
     crops = acc.view(K, Hc, Wc).to(masks.crops.dtype)
-    b = pool.boxes[members]
+    b = views.boxes.float()
+    inf = float("inf")
     boxes = torch.stack([
-        torch.full((K,), float("inf"), device=dev).scatter_reduce(0, groups, b[:, 0], reduce="amin"),
-        torch.full((K,), float("inf"), device=dev).scatter_reduce(0, groups, b[:, 1], reduce="amin"),
-        torch.full((K,), -float("inf"), device=dev).scatter_reduce(0, groups, b[:, 2], reduce="amax"),
-        torch.full((K,), -float("inf"), device=dev).scatter_reduce(0, groups, b[:, 3], reduce="amax"),
-    ], dim=1).to(pool.boxes.dtype)
-    s = pool.scores[members].float()
-    best_score = torch.full((K,), -float("inf"), device=dev).scatter_reduce(0, groups, s, reduce="amax")
-    # The best view of each group: the first member (lowest index) reaching the group's best score.
+        torch.full((K,), inf, device=dev).scatter_reduce(0, groups, b[:, 0], reduce="amin"),
+        torch.full((K,), inf, device=dev).scatter_reduce(0, groups, b[:, 1], reduce="amin"),
+        torch.full((K,), -inf, device=dev).scatter_reduce(0, groups, b[:, 2], reduce="amax"),
+        torch.full((K,), -inf, device=dev).scatter_reduce(0, groups, b[:, 3], reduce="amax"),
+    ], dim=1).to(views.boxes.dtype)
+    s = views.scores.float()
+    best_score = torch.full((K,), -inf, device=dev).scatter_reduce(0, groups, s, reduce="amax")
+    # The best view of each group: the first one reaching the group's best score.
     is_best = s == best_score[groups]
-    pos = torch.arange(members.numel(), device=dev)
-    first = torch.full((K,), members.numel(), dtype=torch.long, device=dev).scatter_reduce(
+    pos = torch.arange(len(views), device=dev)
+    best = torch.full((K,), len(views), dtype=torch.long, device=dev).scatter_reduce(
         0, groups[is_best], pos[is_best], reduce="amin")
-    best = members[first]
-    return Instances(pool.image_size, boxes, pool.labels[best], pool.scores[best],
-                     MaskList(crops, u0, pool.image_size))
+    return Instances(views.image_size, boxes, views.labels[best], views.scores[best],
+                     MaskList(crops, u0, views.image_size))
+
+
+def _gather(tiles: Sequence[Instances], starts: Tensor, idx: Tensor) -> Instances:
+    """``Instances`` of the pooled indices ``idx`` (in that order), taken tile by tile.
+
+    Tiles keep their own crop sizes until here, and the selected masks are re-cropped to their
+    windows (``compact``), so one large detection somewhere pads only what is kept, not the pool."""
+    tile_of = torch.searchsorted(starts, idx, right=True) - 1
+    parts, where = [], []
+    for t in torch.unique(tile_of).tolist():  # a loop over the tiles that hold selected instances
+        sel = torch.nonzero(tile_of == t, as_tuple=True)[0]
+        part = tiles[t][idx[sel] - starts[t]]
+        parts.append(part.replace(masks=part.masks.compact(pad=0)))
+        where.append(sel)
+    out = Instances.cat(parts)
+    order = torch.empty_like(idx)
+    order[torch.cat(where)] = torch.arange(idx.numel(), device=idx.device)
+    return out[order]
 
 
 def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge_iou: float = 0.5,
@@ -286,61 +303,64 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
         merge, merge_iou, mask_threshold: see the module docstring.
     Returns:
         Instances of the whole image (crop masks), sorted by decreasing score.
+
+    Only boxes, scores and flags are pooled over all tiles; masks stay in their tiles' own
+    ``MaskList`` (each its own crop size) until the kept ones are gathered.
     """
     if len(tiles) != len(grid):
         raise ValueError(f"stitch: {len(tiles)} tile predictions for a grid of {len(grid)} tiles")
     size = grid.image_size
     H, W = size
-    nonempty = [(t, inst) for t, inst in enumerate(tiles) if len(inst)]
-    if not nonempty:
+    T = len(grid)
+    dev = tiles[0].boxes.device
+    counts = torch.tensor([len(x) for x in tiles], dtype=torch.long, device=dev)
+    starts = torch.cumsum(counts, 0) - counts
+    n = int(counts.sum())
+    if n == 0:
         ref = tiles[0]
         dtype = ref.masks.crops.dtype if ref.masks is not None else torch.float32
-        dev = ref.boxes.device
         return Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
                          torch.zeros(0, device=dev),
                          MaskList(torch.zeros((0, 1, 1), dtype=dtype, device=dev),
                                   torch.zeros((0, 2), dtype=torch.long, device=dev), size))
-    pool = Instances.cat([inst for _, inst in nonempty])
-    dev = pool.boxes.device
-    tile_id = torch.cat([torch.full((len(inst),), t, dtype=torch.long, device=dev) for t, inst in nonempty])
-    centres = torch.stack([(pool.boxes[:, 0] + pool.boxes[:, 2]) / 2, (pool.boxes[:, 1] + pool.boxes[:, 3]) / 2], 1)
-    in_core = grid.owner(centres.float()) == tile_id
-    if not merge or len(grid) == 1:
-        return _sorted(pool[torch.nonzero(in_core, as_tuple=True)[0]])
+    tile_id = torch.repeat_interleave(torch.arange(T, device=dev), counts)
+    boxes = torch.cat([x.boxes.float() for x in tiles])
+    scores = torch.cat([x.scores.float() for x in tiles])
+    centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    in_core = grid.owner(centres) == tile_id
+    if not merge or T == 1:
+        keep = torch.nonzero(in_core, as_tuple=True)[0]
+        return _sorted(_gather(tiles, starts, keep) if keep.numel() else tiles[0][keep])
 
-    n = len(pool)
-    binary = MaskList(_binary(pool.masks, mask_threshold), pool.masks.origins, size)
-    tight = binary.tight_boxes()
-    win = torch.tensor([grid.window(t) for t in range(len(grid))], dtype=torch.float32, device=dev)[tile_id]
+    binaries = [MaskList(_binary(x.masks, mask_threshold), x.masks.origins, size) for x in tiles]
+    tight = torch.cat([b.tight_boxes() for b in binaries])
+    win = torch.tensor([grid.window(t) for t in range(T)], dtype=torch.float32, device=dev)[tile_id]
     tol = CUT_TOLERANCE
     cut = ((tight[:, 0] <= win[:, 0] + tol) & (win[:, 0] > 0)) | ((tight[:, 2] >= win[:, 2] - tol) & (win[:, 2] < W)) | \
           ((tight[:, 1] <= win[:, 1] + tol) & (win[:, 1] > 0)) | ((tight[:, 3] >= win[:, 3] - tol) & (win[:, 3] < H))
     empty = tight[:, 2] <= tight[:, 0]
 
-    # Edges between views of overlapping tiles, from their masks clipped to the shared region.
-    # The pool holds the tiles' instances contiguously, in tile order.
-    span = {t: (0, 0) for t in range(len(grid))}
-    start = 0
-    for t, inst in nonempty:
-        span[t] = (start, start + len(inst))
-        start += len(inst)
+    # 2. Edges between views of overlapping tiles, from their masks clipped to the shared region.
     ei, ej, ew = [], [], []
     for t, u in grid.overlapping_pairs():  # a loop over pairs of overlapping tiles
-        if span[t][0] == span[t][1] or span[u][0] == span[u][1]:
-            continue
         a, b = grid.window(t), grid.window(u)
         region = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
-        rb = torch.tensor(region, dtype=torch.float32, device=dev)
-        idx = torch.cat([torch.arange(*span[t], device=dev), torch.arange(*span[u], device=dev)])
-        tb = tight[idx]
-        sel = ~empty[idx] & (tb[:, 0] < rb[2]) & (tb[:, 2] > rb[0]) & (tb[:, 1] < rb[3]) & (tb[:, 3] > rb[1])
-        idx = idx[sel]
-        if idx.numel() < 2:
+        sel, parts = [], []
+        for v in (t, u):
+            g = torch.arange(int(starts[v]), int(starts[v] + counts[v]), device=dev)
+            tb = tight[g]
+            ok = ~empty[g] & (tb[:, 0] < region[2]) & (tb[:, 2] > region[0]) & (tb[:, 1] < region[3]) & (tb[:, 3] > region[1])
+            g = g[ok]
+            sel.append(g)
+            parts.append(binaries[v][g - starts[v]])
+        if sel[0].numel() == 0 or sel[1].numel() == 0:
             continue
-        crops = _clip_crops(binary.crops[idx], binary.origins[idx], region)
+        idx = torch.cat(sel)
+        both = MaskList.cat(parts)
+        crops = _clip_crops(both.crops, both.origins, region)
         # In the region's own frame, so the pixel-incidence product is region-sized, not image-sized.
         shift = torch.tensor([region[0], region[1]], dtype=torch.long, device=dev)
-        local = MaskList(crops, binary.origins[idx] - shift, (region[3] - region[1], region[2] - region[0]))
+        local = MaskList(crops, both.origins - shift, (region[3] - region[1], region[2] - region[0]))
         i, j, iou = cross_view_edges(local, tile_id[idx], merge_iou)
         ei.append(idx[i])
         ej.append(idx[j])
@@ -352,7 +372,7 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
 
     # 3. Whole views, clustered NMS-like: rank = in core first, then score, then pool order.
     whole = torch.nonzero(~cut & ~empty, as_tuple=True)[0]
-    order = whole[torch.sort(pool.scores[whole], descending=True, stable=True).indices]
+    order = whole[torch.sort(scores[whole], descending=True, stable=True).indices]
     order = order[torch.sort((~in_core[order]).to(torch.uint8), stable=True).indices]
     rank = torch.full((n,), -1, dtype=torch.long, device=dev)
     rank[order] = torch.arange(order.numel(), device=dev)
@@ -368,18 +388,19 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
     cut_only = torch.nonzero(~has_whole[comp] & ~empty, as_tuple=True)[0]
 
     # 5. Ownership: keep an object when the tile owning its box centre gave a view to its component.
-    T = len(grid)
     member_keys = torch.unique(comp[~empty] * T + tile_id[~empty])
-    keep_seed = torch.isin(comp[seeds] * T + grid.owner(centres[seeds].float()), member_keys)
-    parts: List[Instances] = [pool[seeds[keep_seed]]]
+    kept = seeds[torch.isin(comp[seeds] * T + grid.owner(centres[seeds]), member_keys)]
+    parts: List[Instances] = [_gather(tiles, starts, kept)] if kept.numel() else []
     if cut_only.numel():
         _, groups = torch.unique(comp[cut_only], return_inverse=True)
-        united = _union_views(pool, groups, cut_only)
+        united = _union_views(_gather(tiles, starts, cut_only), groups)
         first = torch.full((int(groups.max()) + 1,), n, dtype=torch.long, device=dev).scatter_reduce(
             0, groups, cut_only, reduce="amin")
         uc = torch.stack([(united.boxes[:, 0] + united.boxes[:, 2]) / 2, (united.boxes[:, 1] + united.boxes[:, 3]) / 2], 1)
         keep_union = torch.isin(comp[first] * T + grid.owner(uc.float()), member_keys)
         parts.append(united[torch.nonzero(keep_union, as_tuple=True)[0]])
+    if not parts:
+        return tiles[0][torch.zeros(0, dtype=torch.long, device=dev)].replace(image_size=size)
     return _sorted(Instances.cat(parts))
 
 
@@ -397,6 +418,7 @@ def tiled_predict(
     merge: bool = True,
     merge_iou: float = 0.5,
     mask_threshold: float = 0.5,
+    score_thresh: float = 0.0,
     progress: bool = False,
 ) -> Instances:
     """Predictions for ``image`` from overlapping tiles, stitched (see the module docstring).
@@ -411,6 +433,9 @@ def tiled_predict(
         merge: join views of one object across tiles (objects larger than the overlap, model jitter).
         merge_iou: IoU of two views' masks inside their tiles' shared region above which they are one object.
         mask_threshold: binarises soft masks for the cut test and the matching (outputs stay soft).
+        score_thresh: instances scoring below it are dropped in each tile, before stitching (pass the
+            lowest of ``test.score_thresh``: post-processing would drop them anyway; this keeps the
+            pooled predictions small when the model's detection cap lets through many weak ones).
         progress: a tqdm bar over the tiles.
     Returns:
         Instances in ``image``'s pixels (``image_size = (H, W)``), soft masks as crops, by decreasing score.
@@ -435,5 +460,7 @@ def tiled_predict(
             )
         if inst.scores is None or inst.masks is None:
             raise ValueError("tiled_predict: predict_raw must return instances with scores and masks")
+        if score_thresh > 0:
+            inst = inst[torch.nonzero(inst.scores >= score_thresh, as_tuple=True)[0]]
         tiles.append(_shift(inst, x0, y0, (H, W)))
     return stitch(tiles, grid, merge=merge, merge_iou=merge_iou, mask_threshold=mask_threshold)

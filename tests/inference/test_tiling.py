@@ -221,6 +221,15 @@ def test_stitch_of_shifted_soft_masks_keeps_crops_small():
     assert len(final) == len(out)
 
 
+def test_dropping_weak_instances_per_tile_changes_nothing_after_postprocess():
+    image, _ = blob_image(120, 200, 200, seed=15)
+    cfg = Cfg(score_thresh=(0.6,), image_class="none")
+    full = postprocess(tiled_predict(predict_raw, image, 64, 24), cfg)
+    early = tiled_predict(predict_raw, image, 64, 24, score_thresh=0.6)
+    assert len(early) < len(tiled_predict(predict_raw, image, 64, 24))
+    assert_same(postprocess(early, cfg), full)
+
+
 def test_numpy_uint16_image_is_read_one_tile_at_a_time(tmp_path):
     image, _ = blob_image(60, 150, 210, seed=13)
     ids = (image[0] * 255).round().numpy().astype(np.uint16)
