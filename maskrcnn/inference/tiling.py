@@ -43,10 +43,19 @@ Stitching, in two modes:
      of a cell that its owner saw whole but that did not match, or a cell the owner did not see)
      is dropped.
 
-  With a consistent predictor the result equals the whole-image prediction for objects of any size
-  (tested with a stub that reads objects from the image: cut objects, objects in overlaps, objects
-  larger than the overlap and than a tile, empty tiles, images smaller than a tile, sizes that are
-  not multiples of the stride).
+  With a consistent predictor the result equals the whole-image prediction for connected objects
+  of any size (tested with a stub that reads objects from the image: cut objects, objects in
+  overlaps, objects larger than the overlap and than a tile, empty tiles, images smaller than a
+  tile, sizes that are not multiples of the stride, boxes that jitter between tiles). Instances
+  whose binary mask is empty are dropped (post-processing would drop them too).
+
+Only boxes, scores and flags are pooled over the tiles; each tile's masks stay in its own
+``MaskList`` until the kept ones are gathered and re-cropped to their windows.
+
+Cost: the model's per-image caps (RPN proposals, ``detections_per_image``) apply to each tile, so
+each tile costs at least the RoI heads' work for one image (on CPU, about as much as the backbone of a
+256 x 256 tile): prefer tiles of 512 px or more, and pass ``score_thresh`` so that weak detections
+are dropped per tile.
 
 Cellpose tiles differently: its network outputs are dense (flows, cell probability), so tiles are
 blended with a taper before instances are computed once on the whole field; Mask R-CNN outputs
@@ -65,7 +74,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -326,7 +335,7 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
     tile_id = torch.repeat_interleave(torch.arange(T, device=dev), counts)
     boxes = torch.cat([x.boxes.float() for x in tiles])
     scores = torch.cat([x.scores.float() for x in tiles])
-    centres = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    centres = _centres(boxes)
     in_core = grid.owner(centres) == tile_id
     if not merge or T == 1:
         keep = torch.nonzero(in_core, as_tuple=True)[0]
@@ -336,8 +345,8 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
     tight = torch.cat([b.tight_boxes() for b in binaries])
     win = torch.tensor([grid.window(t) for t in range(T)], dtype=torch.float32, device=dev)[tile_id]
     tol = CUT_TOLERANCE
-    cut = ((tight[:, 0] <= win[:, 0] + tol) & (win[:, 0] > 0)) | ((tight[:, 2] >= win[:, 2] - tol) & (win[:, 2] < W)) | \
-          ((tight[:, 1] <= win[:, 1] + tol) & (win[:, 1] > 0)) | ((tight[:, 3] >= win[:, 3] - tol) & (win[:, 3] < H))
+    cut = (((tight[:, 0] <= win[:, 0] + tol) & (win[:, 0] > 0)) | ((tight[:, 2] >= win[:, 2] - tol) & (win[:, 2] < W))
+           | ((tight[:, 1] <= win[:, 1] + tol) & (win[:, 1] > 0)) | ((tight[:, 3] >= win[:, 3] - tol) & (win[:, 3] < H)))
     empty = tight[:, 2] <= tight[:, 0]
 
     # 2. Edges between views of overlapping tiles, from their masks clipped to the shared region.
@@ -349,7 +358,8 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
         for v in (t, u):
             g = torch.arange(int(starts[v]), int(starts[v] + counts[v]), device=dev)
             tb = tight[g]
-            ok = ~empty[g] & (tb[:, 0] < region[2]) & (tb[:, 2] > region[0]) & (tb[:, 1] < region[3]) & (tb[:, 3] > region[1])
+            ok = (~empty[g] & (tb[:, 0] < region[2]) & (tb[:, 2] > region[0])
+                  & (tb[:, 1] < region[3]) & (tb[:, 3] > region[1]))
             g = g[ok]
             sel.append(g)
             parts.append(binaries[v][g - starts[v]])
@@ -396,12 +406,17 @@ def stitch(tiles: Sequence[Instances], grid: TileGrid, merge: bool = True, merge
         united = _union_views(_gather(tiles, starts, cut_only), groups)
         first = torch.full((int(groups.max()) + 1,), n, dtype=torch.long, device=dev).scatter_reduce(
             0, groups, cut_only, reduce="amin")
-        uc = torch.stack([(united.boxes[:, 0] + united.boxes[:, 2]) / 2, (united.boxes[:, 1] + united.boxes[:, 3]) / 2], 1)
-        keep_union = torch.isin(comp[first] * T + grid.owner(uc.float()), member_keys)
+        keep_union = torch.isin(comp[first] * T + grid.owner(_centres(united.boxes)), member_keys)
         parts.append(united[torch.nonzero(keep_union, as_tuple=True)[0]])
     if not parts:
         return tiles[0][torch.zeros(0, dtype=torch.long, device=dev)].replace(image_size=size)
     return _sorted(Instances.cat(parts))
+
+
+def _centres(boxes: Tensor) -> Tensor:
+    """Box centres ``Tensor[N, 2]`` ``(x, y)`` (float32) of xyxy ``boxes``."""
+    b = boxes.float()
+    return torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], 1)
 
 
 def _sorted(inst: Instances) -> Instances:

@@ -87,7 +87,8 @@ def normalize_by_ranges(image: Tensor, ranges: Tensor) -> Tensor:
     ranges = ranges.to(image.device, torch.float32)
     if ranges.dim() != 2 or ranges.shape[1] != 2 or ranges.shape[0] not in (1, image.shape[0]):
         raise ValueError(
-            f"input ranges must be [C, 2] with C = 1 or {image.shape[0]} (the image's channels), got {tuple(ranges.shape)}"
+            f"input ranges must be [C, 2] with C = 1 or {image.shape[0]} (the image's channels), "
+            f"got {tuple(ranges.shape)}"
         )
     lo, hi = ranges[:, 0, None, None], ranges[:, 1, None, None]
     span = hi - lo
