@@ -118,6 +118,21 @@ class InputConfig:
     pixel_mean: Tuple[float, ...] = (0.485, 0.456, 0.406)  # images are in [0, 1]
     pixel_std: Tuple[float, ...] = (0.229, 0.224, 0.225)
     size_divisibility: int = 32
+    # Intensity normalisation before pixel_mean/std, per image and channel (docs/data.md):
+    # none = as read ([0, 1]; 16-bit data / 65535) | percentile = percentile_low -> 0 and
+    # percentile_high -> 1, not clipped (StarDist/Cellpose style, for 12/16-bit microscopy images).
+    normalize: str = "none"
+    percentile_low: float = 1.0
+    percentile_high: float = 99.8
+
+    def __post_init__(self):
+        if self.normalize not in ("none", "percentile"):
+            raise ConfigError(f"model.input.normalize: none or percentile, got {self.normalize!r}")
+        if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
+            raise ConfigError(
+                "model.input.percentile_low/percentile_high: need 0 <= low < high <= 100, "
+                f"got {self.percentile_low} and {self.percentile_high}"
+            )
 
 
 @dataclass(frozen=True)
@@ -227,6 +242,10 @@ class TestConfig:
     # relabel = give every instance that class (and its thresholds) | filter = drop the other classes
     # | none = each instance keeps its own class.
     image_class: str = "relabel"
+    # Tiled inference of large images (maskrcnn.inference.tiling): tiles of tile_size pixels (0: off,
+    # else >= 64) overlapping by tile_overlap pixels (>= the largest cell's size, < tile_size).
+    tile_size: int = 0
+    tile_overlap: int = 64
 
     def __post_init__(self):
         check_test_values(self)
@@ -427,7 +446,8 @@ def check_test_values(t: TestConfig) -> None:
     """Raise ConfigError naming the ``test.*`` key for a value no post-processing can use.
 
     Score and mask thresholds are in [0, 1], ``merge_iou`` in (0, 1], ``min_area`` >= 0,
-    ``overlap_min_keep`` in [0, 1], ``tta_min_views`` >= 1, no NaN, no empty per-class list.
+    ``overlap_min_keep`` in [0, 1], ``tta_min_views`` >= 1, ``tile_size`` 0 or >= 64 with
+    ``tile_overlap`` in [0, tile_size), no NaN, no empty per-class list.
     Called by ``TestConfig`` itself, so config files, ``--set``, thresholds files, checkpoints'
     saved configs, ablation variants and tuning all get the same checks.
     """
@@ -450,6 +470,10 @@ def check_test_values(t: TestConfig) -> None:
         bad("tta_min_views", t.tta_min_views, ">= 1")
     if t.image_class not in IMAGE_CLASS_MODES:
         bad("image_class", t.image_class, f"one of {', '.join(IMAGE_CLASS_MODES)}")
+    if t.tile_size != 0 and t.tile_size < 64:
+        bad("tile_size", t.tile_size, "0 (off) or at least 64 pixels")
+    if t.tile_overlap < 0 or (t.tile_size and t.tile_overlap >= t.tile_size):
+        bad("tile_overlap", t.tile_overlap, f">= 0 and below test.tile_size ({t.tile_size})")
 
 
 def check_class_counts(t: TestConfig, num_classes: int, source: str = "") -> None:

@@ -108,6 +108,7 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         pixel_std=inp.pixel_std, min_size_train=inp.min_size_train, max_size_train=inp.max_size_train,
         min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
         size_divisibility=inp.size_divisibility, channels_last=False,
+        normalize=inp.normalize, percentile_low=inp.percentile_low, percentile_high=inp.percentile_high,
     )
     if b.norm == "frozen_bn" and not b.weights and load_weights:  # (restoring a checkpoint: no warning)
         warnings.warn(

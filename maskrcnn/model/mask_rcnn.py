@@ -6,7 +6,9 @@ it returns a dict of losses in training mode and a list of ``Instances`` in eval
 input images' pixel coordinates, with soft (probability) masks as a ``MaskList``.
 
 Inside: resize (a scale factor, or min/max size), repeat 1 -> 3 channels if the model takes 3,
-normalise with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), pad to a multiple of
+optionally map each image's intensity percentiles to [0, 1] (``normalize="percentile"``, for
+12/16-bit microscopy images; ``maskrcnn.model.normalize``), normalise with ``pixel_mean`` /
+``pixel_std`` (in [0, 1] units), pad to a multiple of
 ``size_divisibility`` -> backbone -> FPN -> RPN -> RoI heads -> detections mapped back to the
 original pixels and masks pasted into crops of the original image.
 """
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.backbone import Backbone
 from maskrcnn.model.fpn import FPN
+from maskrcnn.model.normalize import NORMALIZE_MODES, check_percentiles, normalize_by_ranges, percentile_ranges
 from maskrcnn.model.roi_heads import RoIHeads, paste_masks
 from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import ImageList, Instances, clip_boxes
@@ -35,6 +38,10 @@ class MaskRCNN(nn.Module):
         scale: resize factor used when the min size is 0 (e.g. 2.0 to upscale small cells).
         size_divisibility: pad the batch to a multiple of this.
         channels_last: run the convolutions in channels-last memory format.
+        normalize: ``"none"`` (images as read, in [0, 1]) or ``"percentile"``: each channel of each
+            input image is mapped so that its ``percentile_low`` percentile goes to 0 and its
+            ``percentile_high`` percentile to 1 (not clipped), before ``pixel_mean`` / ``pixel_std``.
+        percentile_low, percentile_high: the percentiles (0-100) of ``normalize="percentile"``.
     """
 
     def __init__(
@@ -53,8 +60,14 @@ class MaskRCNN(nn.Module):
         scale: float = 1.0,
         size_divisibility: int = 32,
         channels_last: bool = False,
+        normalize: str = "none",
+        percentile_low: float = 1.0,
+        percentile_high: float = 99.8,
     ):
         super().__init__()
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
+        check_percentiles(percentile_low, percentile_high)
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
         for name, v in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
@@ -78,6 +91,9 @@ class MaskRCNN(nn.Module):
         self.scale = float(scale)
         self.size_divisibility = int(size_divisibility)
         self.channels_last = bool(channels_last)
+        self.normalize = normalize
+        self.percentile_low = float(percentile_low)
+        self.percentile_high = float(percentile_high)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -109,22 +125,12 @@ class MaskRCNN(nn.Module):
             f = max_size / max(h, w)
         return f
 
-    def preprocess(self, images: Sequence[Tensor]) -> Tuple[ImageList, Tensor]:
-        """Resize, convert channels, normalise and batch.
-
-        Returns:
-            ImageList of the resized images (``image_sizes`` = resized sizes), and
-            scales ``Tensor[B, 2]``: ``(sx, sy)`` = resized / original size per image.
-        """
+    def _checked_input(self, images: Sequence[Tensor]) -> List[Tensor]:
+        """The images as float32 on the model's device, RGB reduced to gray for a 1-channel model
+        (gray inputs stay 1-channel here: they are repeated after normalisation, which is cheaper)."""
         if len(images) == 0:
             raise ValueError("MaskRCNN: got an empty list of images")
-        if self.training:
-            choices = self.min_size_train
-            min_size = choices[int(torch.randint(len(choices), (1,)))] if len(choices) > 1 else choices[0]
-            max_size = self.max_size_train
-        else:
-            min_size, max_size = self.min_size_test, self.max_size_test
-        out, scales = [], []
+        out = []
         for i, im in enumerate(images):  # a loop over images
             if not isinstance(im, Tensor) or im.dim() != 3:
                 shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
@@ -137,10 +143,60 @@ class MaskRCNN(nn.Module):
             if h == 0 or w == 0:
                 raise ValueError(f"image {i}: empty image of size {h}x{w}")
             im = im.to(self.device, torch.float32)
+            if c == 3 and self.in_channels == 1:
+                im = im.mean(dim=0, keepdim=True)  # a grayscale model fed RGB: use the luminance mean
+            out.append(im)
+        return out
+
+    def input_ranges(self, images: Sequence[Tensor]) -> Optional[List[Tensor]]:
+        """The intensity ranges ``normalize="percentile"`` maps to [0, 1]: one ``Tensor[C, 2]``
+        ``(lo, hi)`` per image (C = the image's channels after a 1-channel model's RGB -> gray), or
+        None when the model does not normalise by percentiles.
+
+        Tiled inference computes them once on the whole image and passes them to every tile's forward
+        (``model(tiles, input_ranges=...)``), so that tiles are normalised as the whole image would be."""
+        if self.normalize != "percentile":
+            return None
+        return percentile_ranges(self._checked_input(images), self.percentile_low, self.percentile_high)
+
+    def preprocess(self, images: Sequence[Tensor], input_ranges: Optional[Sequence[Tensor]] = None
+                   ) -> Tuple[ImageList, Tensor]:
+        """Convert channels, normalise intensities, resize, standardise and batch.
+
+        Args:
+            images: ``Tensor[C, H, W]`` float images (C = 1 or 3), any sizes.
+            input_ranges: with ``normalize="percentile"``, ``(lo, hi)`` per channel for each image
+                (``Tensor[C, 2]`` or ``Tensor[1, 2]``) to use instead of the image's own percentiles;
+                ignored otherwise.
+        Returns:
+            ImageList of the resized images (``image_sizes`` = resized sizes), and
+            scales ``Tensor[B, 2]``: ``(sx, sy)`` = resized / original size per image.
+
+        Percentile normalisation comes before the resize (the percentiles of the image as given,
+        whatever the model's scale) and is computed for the whole batch in one call.
+        """
+        if self.training:
+            choices = self.min_size_train
+            min_size = choices[int(torch.randint(len(choices), (1,)))] if len(choices) > 1 else choices[0]
+            max_size = self.max_size_train
+        else:
+            min_size, max_size = self.min_size_test, self.max_size_test
+        ims = self._checked_input(images)
+        ranges = None
+        if self.normalize == "percentile":
+            if input_ranges is None:
+                ranges = percentile_ranges(ims, self.percentile_low, self.percentile_high)
+            elif len(input_ranges) != len(ims):
+                raise ValueError(f"MaskRCNN: {len(ims)} images but {len(input_ranges)} input ranges")
+            else:
+                ranges = list(input_ranges)
+        out, scales = [], []
+        for i, im in enumerate(ims):  # a loop over images
+            if ranges is not None:
+                im = normalize_by_ranges(im, ranges[i])
+            c, h, w = im.shape
             if c == 1 and self.in_channels == 3:
                 im = im.expand(3, h, w)
-            elif c == 3 and self.in_channels == 1:
-                im = im.mean(dim=0, keepdim=True)  # a grayscale model fed RGB: use the luminance mean
             f = self._resize_factor(h, w, min_size, max_size)
             nh, nw = max(1, int(round(h * f))), max(1, int(round(w * f)))
             if (nh, nw) != (h, w):
@@ -167,10 +223,11 @@ class MaskRCNN(nn.Module):
                 raise ValueError(f"target {i}: labels must be in [0, {K}), got {t.labels.unique().tolist()}")
 
     # ----------------------------------------------------------------- forward
-    def forward(self, images: Sequence[Tensor], targets: Optional[Sequence[Instances]] = None
-                ) -> Union[Dict[str, Tensor], List[Instances]]:
+    def forward(self, images: Sequence[Tensor], targets: Optional[Sequence[Instances]] = None,
+                input_ranges: Optional[Sequence[Tensor]] = None) -> Union[Dict[str, Tensor], List[Instances]]:
         """Training: ``dict`` of losses (loss_rpn_cls, loss_rpn_box, loss_cls, loss_box, loss_mask).
-        Eval: per image ``Instances`` in the input image's pixels with scores, labels and soft masks."""
+        Eval: per image ``Instances`` in the input image's pixels with scores, labels and soft masks.
+        ``input_ranges``: see :meth:`preprocess` (tiles of one image normalised by the image's ranges)."""
         if self.training:
             self._check_targets(images, targets)
         elif len(images) > 1 and self._padding_changes_features():
@@ -178,10 +235,11 @@ class MaskRCNN(nn.Module):
             if len(groups) > 1:  # run each size on its own: no image sees another's padding
                 results: List[Optional[Instances]] = [None] * len(images)
                 for idx in groups:
-                    for i, r in zip(idx, self.forward([images[i] for i in idx])):
+                    sub = None if input_ranges is None else [input_ranges[i] for i in idx]
+                    for i, r in zip(idx, self.forward([images[i] for i in idx], input_ranges=sub)):
                         results[i] = r
                 return results
-        batch, scales = self.preprocess(images)
+        batch, scales = self.preprocess(images, input_ranges)
         features = self.fpn(self.backbone(batch.tensor))
         if not self.training:
             proposals, _ = self.rpn(features, batch.image_sizes)
