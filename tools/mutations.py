@@ -362,4 +362,11 @@ MUTATIONS: List[Mutation] = [
     M("eval_only_on_train_split", "--eval-only scores the training split",
       [("maskrcnn/engine/eval_only.py", 'dataset = build_dataset(cfg.data, split="val")',
         'dataset = build_dataset(cfg.data, split="train")')], ["tests/engine/test_eval_only.py"]),
+    # issue 14: tiled inference through the predictor
+    M("tiles_own_percentiles", "tiles of a large image are normalised by their own percentiles, not the image's",
+      [("maskrcnn/inference/predictor.py", "out.append(None if r is None else r[0])", "out.append(None)")],
+      ["tests/inference/test_tiling.py"]),
+    M("tiling_ignored", "test.tile_size is read but large images are predicted whole",
+      [("maskrcnn/inference/predictor.py", "if image.dim() == 3 and self.tile_size and max(image.shape[-2:]) > self.tile_size:",
+        "if False:")], ["tests/inference/test_tiling.py"]),
 ]

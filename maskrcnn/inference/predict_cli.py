@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
     p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
+    p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
+                   help="predict images larger than this in overlapping tiles of this size, stitched "
+                        "(test.tile_size; 0: whole images; default: the checkpoint's, usually 0)")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PIXELS",
+                   help="pixels neighbouring tiles share, at least the largest cell's size (default: test.tile_overlap)")
     p.add_argument("--order", choices=("row", "col"), default=None,
                    help="RLE pixel order of --format csv (default: row, as Sartorius; dsb is always col)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -216,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfig:
     """``base`` (the first checkpoint's test section) with ``--thresholds``, ``--set`` and the
-    ``--tta`` / ``--min-views`` / ``--merge-iou`` options applied, in that order."""
+    ``--tta`` / ``--min-views`` / ``--merge-iou`` / ``--tile`` / ``--tile-overlap`` options applied,
+    in that order."""
     test_cfg = apply_thresholds(base, args.thresholds) if args.thresholds else base
     if args.set:
         over = parse_overrides(args.set)
@@ -230,6 +236,10 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
         cli["tta_min_views"] = args.min_views
     if args.merge_iou is not None:
         cli["merge_iou"] = args.merge_iou
+    if args.tile is not None:
+        cli["tile_size"] = args.tile
+    if args.tile_overlap is not None:
+        cli["tile_overlap"] = args.tile_overlap
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
 
 

@@ -7,7 +7,7 @@ resizes its input itself) share one code path.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,12 @@ class Predictor:
         output_device: where ``predict_raw`` returns its Instances.
         amp: ``""`` (float32), ``"bf16"`` or ``"fp16"``: autocast the models' forward (GPU); their
             outputs are cast back to float32 before the merge.
+        tile_size, tile_overlap: images larger than ``tile_size`` pixels on a side are predicted in
+            overlapping tiles (``maskrcnn.inference.tiling``; 0: never), each tile through every
+            model and view and merged, then the tiles stitched. Models that normalise by percentiles
+            see each tile normalised by the whole image's percentiles (``input_ranges``).
+        tile_score_thresh: instances below it are dropped in each tile before stitching (the lowest
+            ``test.score_thresh``: post-processing would drop them anyway).
 
     ``last_timing`` holds the seconds of the last call: ``{"model": .., "merge": ..}``.
     """
@@ -67,6 +73,9 @@ class Predictor:
         batch_size: int = 1,
         output_device: Union[str, torch.device] = "cpu",
         amp: str = "",
+        tile_size: int = 0,
+        tile_overlap: int = 64,
+        tile_score_thresh: float = 0.0,
     ):
         if isinstance(models, nn.Module):
             models = [models]
@@ -86,14 +95,23 @@ class Predictor:
         if amp not in _AMP:
             raise ConfigError(f"amp must be one of {', '.join(repr(a) for a in _AMP)}, got {amp!r}")
         self.amp = amp
+        if tile_size:
+            from maskrcnn.inference.tiling import check_tiling
+
+            check_tiling(int(tile_size), int(tile_overlap))
+        self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
+        self.tile_score_thresh = float(tile_score_thresh)
         self.last_timing: Dict[str, float] = {}
 
     @torch.no_grad()
-    def predict_views(self, image: Tensor) -> List[Instances]:
+    def predict_views(self, image: Tensor, input_ranges: Optional[Sequence[Optional[Tensor]]] = None
+                      ) -> List[Instances]:
         """Predictions of every (model, view), each mapped back to ``image``'s pixels.
 
         Args:
             image (Tensor[C, H, W]): float in [0, 1].
+            input_ranges: per model, the ``Tensor[C, 2]`` intensity range its percentile
+                normalisation uses instead of ``image``'s own (a tile of a larger image), or None.
         Returns:
             list of ``len(models) * len(views)`` Instances (model-major), soft masks, on ``self.device``.
         """
@@ -102,11 +120,14 @@ class Predictor:
         size = (int(image.shape[-2]), int(image.shape[-1]))
         image = image.to(self.device, torch.float32)
         out: List[Instances] = []
-        for model in self.models:
+        for k, model in enumerate(self.models):
+            r = None if input_ranges is None else input_ranges[k]
             for s in range(0, len(self.views), self.batch_size):
                 views = self.views[s:s + self.batch_size]
+                # a range per channel holds for every flip, rotation and scale of the image
+                extra = {} if r is None else {"input_ranges": [r] * len(views)}
                 with torch.autocast(self.device.type, dtype=_AMP[self.amp], enabled=bool(self.amp)):
-                    preds = model([v.apply_image(image) for v in views])
+                    preds = model([v.apply_image(image) for v in views], **extra)
                 for v, p in zip(views, preds):
                     out.append(v.invert(_as_soft(p), size))
         return out
@@ -119,16 +140,50 @@ class Predictor:
             Instances in the image's pixels with ``scores`` (fused: mean over views, a missing view
             counting 0), ``labels``, ``boxes`` and soft ``masks``; one view is returned unmerged.
         """
+        if image.dim() == 3 and self.tile_size and max(image.shape[-2:]) > self.tile_size:
+            return self._predict_tiled(image)
+        self.last_timing = {"model": 0.0, "merge": 0.0}
+        return self._merged(image).to(self.output_device)
+
+    def _merged(self, image: Tensor, input_ranges: Optional[Sequence[Optional[Tensor]]] = None) -> Instances:
+        """Every (model, view) of ``image`` merged; adds the seconds to ``last_timing``."""
         t0 = time.perf_counter()
-        views = self.predict_views(image)
+        views = self.predict_views(image, input_ranges)
         _sync(self.device)
         t1 = time.perf_counter()
         merged = merge_instances(views, self.merge_iou, self.min_views, self.mask_threshold, self.num_views)
-        merged = merged.to(self.output_device)
         _sync(self.device)
         t2 = time.perf_counter()
-        self.last_timing = {"model": t1 - t0, "merge": t2 - t1}
+        self.last_timing["model"] += t1 - t0
+        self.last_timing["merge"] += t2 - t1
         return merged
+
+    def _whole_image_ranges(self, image: Tensor) -> List[Optional[Tensor]]:
+        """Per model, the intensity range of ``image`` its percentile normalisation would use
+        (``MaskRCNN.input_ranges``), or None (no percentile normalisation, or another model API)."""
+        out: List[Optional[Tensor]] = []
+        for m in self.models:
+            fn = getattr(m, "input_ranges", None)
+            r = fn([image]) if callable(fn) else None
+            out.append(None if r is None else r[0])
+        return out
+
+    def _predict_tiled(self, image: Tensor) -> Instances:
+        """``predict_raw`` of an image larger than a tile: each tile merged over models and views,
+        the tiles stitched (``tiled_predict``; its time counts as merge)."""
+        from maskrcnn.inference.tiling import tiled_predict
+
+        t0 = time.perf_counter()
+        self.last_timing = {"model": 0.0, "merge": 0.0}
+        ranges = self._whole_image_ranges(image.to(self.device, torch.float32))
+        thr = self.mask_threshold if isinstance(self.mask_threshold, float) else min(self.mask_threshold)
+        out = tiled_predict(lambda tile: self._merged(tile, ranges), image, self.tile_size, self.tile_overlap,
+                            merge_iou=self.merge_iou, mask_threshold=thr, score_thresh=self.tile_score_thresh)
+        out = out.to(self.output_device)
+        _sync(self.device)
+        inside = self.last_timing["model"] + self.last_timing["merge"]
+        self.last_timing["merge"] += time.perf_counter() - t0 - inside  # stitching
+        return out
 
     def predict(self, image: Tensor, test_cfg: TestConfig) -> Instances:
         """``postprocess(predict_raw(image), test_cfg)``: final bool masks, no overlaps."""
@@ -140,10 +195,12 @@ _AMP = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_predictor(models: Union[nn.Module, Sequence[nn.Module]], test_cfg: TestConfig, **runtime) -> Predictor:
     """The Predictor of ``test_cfg``: its ``tta`` views, ``merge_iou``, ``tta_min_views`` and
-    ``mask_thresh`` (matching threshold per class). ``runtime``: where and how it runs
+    ``mask_thresh`` (matching threshold per class), ``tile_size`` / ``tile_overlap`` (tiles, with the
+    lowest ``score_thresh`` applied per tile). ``runtime``: where and how it runs
     (``device``, ``batch_size``, ``output_device``, ``amp``), which no config holds."""
     return Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
-                     mask_threshold=test_cfg.mask_thresh, **runtime)
+                     mask_threshold=test_cfg.mask_thresh, tile_size=test_cfg.tile_size,
+                     tile_overlap=test_cfg.tile_overlap, tile_score_thresh=min(test_cfg.score_thresh), **runtime)
 
 
 def _as_soft(inst: Instances) -> Instances:

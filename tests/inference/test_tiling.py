@@ -272,3 +272,72 @@ def test_with_a_real_model_and_whole_image_percentiles():
     assert out.image_size == (100, 120) and out.masks.image_size == (100, 120) and len(out) > 0
     assert bool((out.boxes[:, 0::2] <= 120).all() and (out.boxes[:, 1::2] <= 100).all() and (out.boxes >= 0).all())
     assert out.masks.is_soft
+
+
+# ------------------------------------------------------------ through the Predictor (predict.py)
+def test_predictor_tiles_large_images_and_equals_the_whole_image_prediction():
+    from maskrcnn.inference.predictor import Predictor, build_predictor
+
+    image, masks = blob_image(120, 150, 230, 0)
+    whole = Predictor(STUB, device="cpu").predict_raw(image)
+    p = Predictor(STUB, device="cpu", tile_size=64, tile_overlap=24)
+    tiled = p.predict_raw(image)
+    assert len(whole) == len(masks) > 50
+    assert_same(tiled, whole)
+    assert set(p.last_timing) == {"model", "merge"} and p.last_timing["model"] > 0
+    # the tiles really are smaller than the image: the stub saw tile-sized inputs only
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, ims):
+            seen.extend(tuple(i.shape[-2:]) for i in ims)
+            return STUB(ims)
+
+    Predictor(Spy(), device="cpu", tile_size=64, tile_overlap=24).predict_raw(image)
+    assert len(seen) > 4 and max(max(s) for s in seen) == 64
+    # test.tile_size reaches the predictor; 0 is off
+    q = build_predictor(STUB, Cfg(tile_size=96, tile_overlap=30, score_thresh=(0.3, 0.2)), device="cpu")
+    assert (q.tile_size, q.tile_overlap, q.tile_score_thresh) == (96, 30, 0.2)
+    assert build_predictor(STUB, Cfg(), device="cpu").tile_size == 0
+
+
+def test_predictor_tiles_use_the_whole_image_percentiles():
+    from maskrcnn.inference.predictor import Predictor
+    from maskrcnn.model import build_model
+    from tests.model.helpers import disks_sample, tiny_model_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config("model.input.normalize=percentile")).eval()
+    # cells in one corner only: a tile's own percentiles would stretch an empty tile's background
+    image, _ = disks_sample(160, 200, disks=((30, 30, 8, 0), (40, 60, 10, 1)))
+    image = 0.6 * image + 0.2 * torch.rand(image.shape, generator=torch.Generator().manual_seed(0))
+    ranges = model.input_ranges([image])
+
+    def with_whole_ranges(tile):
+        with torch.no_grad():
+            return model([tile], input_ranges=ranges)[0]
+
+    def with_own_ranges(tile):
+        with torch.no_grad():
+            return model([tile])[0]
+
+    got = Predictor(model, device="cpu", tile_size=64, tile_overlap=24).predict_raw(image)
+    expect = tiled_predict(with_whole_ranges, image, 64, 24)
+    assert len(got) == len(expect)
+    assert len(expect) > 0
+    assert torch.allclose(got.scores, expect.scores) and torch.allclose(got.boxes, expect.boxes)
+    own = tiled_predict(with_own_ranges, image, 64, 24)
+    assert len(own) != len(expect) or not torch.allclose(own.scores, expect.scores)
+
+
+def test_predict_py_tile_options_become_test_settings():
+    from maskrcnn.inference.predict_cli import build_parser, resolve_test_config
+
+    args = build_parser().parse_args(["--weights", "w.pth", "--images", "d", "--tile", "96", "--tile-overlap", "40"])
+    t = resolve_test_config(args, Cfg(tile_overlap=64))
+    assert (t.tile_size, t.tile_overlap) == (96, 40)
+    args = build_parser().parse_args(["--weights", "w.pth", "--images", "d"])
+    assert resolve_test_config(args, Cfg(tile_size=128)).tile_size == 128  # the checkpoint's setting stays
+    args = build_parser().parse_args(["--weights", "w.pth", "--images", "d", "--tile", "32"])
+    with pytest.raises(ConfigError, match="test.tile_size"):
+        resolve_test_config(args, Cfg())
