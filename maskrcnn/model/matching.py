@@ -79,20 +79,53 @@ def match_boxes(
     return matched, labels
 
 
+def sample_balanced_masks(
+    labels: Tensor, batch_size: int, positive_fraction: float, generator: Optional[torch.Generator] = None,
+    keys: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Random foreground and background samples of each row of ``labels (Tensor[B, N])``, all rows at once.
+
+    Per row: at most ``batch_size * positive_fraction`` foregrounds (1), background (0) fills the
+    rest of ``batch_size``; ignored (-1) entries are never taken. Each entry gets a uniform random
+    key (``keys``, else ``torch.rand`` with ``generator``) and a row takes the candidates with the
+    smallest keys: a uniformly random subset of the wanted size, drawn for every row with one
+    ``topk`` instead of a ``randperm`` per row.
+
+    Returns:
+        (pos (Tensor[B, N] bool), neg (Tensor[B, N] bool)), disjoint, ``pos + neg <= batch_size`` per row.
+    """
+    B, N = labels.shape
+    if keys is None:
+        keys = torch.rand((B, N), generator=generator, device=labels.device)
+    fg = labels == FOREGROUND
+    bg = labels == BACKGROUND
+    quota = int(batch_size * positive_fraction)
+    num_pos = fg.sum(1).clamp(max=quota)
+    num_neg = torch.minimum(bg.sum(1), batch_size - num_pos)
+    return _smallest_keys(fg, keys, num_pos, min(quota, N)), _smallest_keys(bg, keys, num_neg, min(batch_size, N))
+
+
+def _smallest_keys(cand: Tensor, keys: Tensor, count: Tensor, kmax: int) -> Tensor:
+    """Mask of the ``count[b]`` candidates (``cand`` Tensor[B, N] bool) with the smallest keys per row."""
+    out = torch.zeros_like(cand)
+    if kmax <= 0:
+        return out
+    # Keys are in [0, 1): non-candidates (key 2) come after every candidate, and count <= candidates.
+    idx = keys.masked_fill(~cand, 2.0).topk(kmax, dim=1, largest=False, sorted=True).indices  # [B, kmax]
+    take = torch.arange(kmax, device=cand.device)[None, :] < count[:, None]
+    return out.scatter_(1, idx, take)
+
+
 def sample_balanced(
     labels: Tensor, batch_size: int, positive_fraction: float, generator: Optional[torch.Generator] = None
 ) -> Tuple[Tensor, Tensor]:
     """Random foreground and background indices of ``labels (Tensor[A])`` (1 fg, 0 bg, -1 ignored).
 
-    At most ``batch_size * positive_fraction`` foregrounds; background fills the rest of the batch.
+    At most ``batch_size * positive_fraction`` foregrounds; background fills the rest of the batch
+    (:func:`sample_balanced_masks` for one row).
 
     Returns:
-        (pos_idx (Tensor[P] int64), neg_idx (Tensor[Q] int64)), ``P + Q <= batch_size``.
+        (pos_idx (Tensor[P] int64), neg_idx (Tensor[Q] int64)) increasing, ``P + Q <= batch_size``.
     """
-    pos = torch.nonzero(labels == FOREGROUND).squeeze(1)
-    neg = torch.nonzero(labels == BACKGROUND).squeeze(1)
-    num_pos = min(pos.numel(), int(batch_size * positive_fraction))
-    num_neg = min(neg.numel(), batch_size - num_pos)
-    pos = pos[torch.randperm(pos.numel(), device=pos.device, generator=generator)[:num_pos]]
-    neg = neg[torch.randperm(neg.numel(), device=neg.device, generator=generator)[:num_neg]]
-    return pos, neg
+    pos, neg = sample_balanced_masks(labels[None], batch_size, positive_fraction, generator)
+    return pos[0].nonzero().squeeze(1), neg[0].nonzero().squeeze(1)
