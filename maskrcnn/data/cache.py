@@ -49,7 +49,9 @@ def _encode_webp(arr: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
+    # Lossless WebP's quality is its compression effort: 25 gives the size of 100 within 0.5% on
+    # DSB2018 images (1.10 vs 1.10 MB on 21) and LIVECell-like 520x704 ones, 4-15x faster.
+    Image.fromarray(arr).save(buf, format="WEBP", lossless=True, quality=25, method=4, exact=True)
     return buf.getvalue()
 
 
@@ -113,6 +115,10 @@ def _encode_sample(reader, i: int, image_codec: str):
 _WORKER_READER = None  # the reader, inherited by forked cache-writing workers
 
 
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # processes already fill the CPUs; threads on tiny tensors would oversubscribe
+
+
 def _encode_in_worker(job):
     i, image_codec = job
     return _encode_sample(_WORKER_READER, i, image_codec)
@@ -159,7 +165,7 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
         import multiprocessing as mp
 
         _WORKER_READER = reader
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker)
         records = pool.imap(_encode_in_worker, ((i, image_codec) for i in range(n)), chunksize=4)
     else:
         records = (_encode_sample(reader, i, image_codec) for i in range(n))
