@@ -132,8 +132,9 @@ def inference_time(model, image, device, amp: str, steps: int, warmup: int):
 
 
 def build(name, cfg, device, score_thresh=None):
-    """``ours``, ``ours-nchw`` (ours with ``model.channels_last`` off) or ``torchvision``."""
-    if name in ("ours", "ours-nchw"):
+    """``ours``, ``ours-nchw`` (ours with ``model.channels_last`` off), ``ours-bn`` (BatchNorm backbone,
+    no norm in the FPN and mask head: the BN variant) or ``torchvision``."""
+    if name in ("ours", "ours-nchw", "ours-bn"):
         from dataclasses import replace
 
         mcfg = cfg.model
@@ -141,6 +142,9 @@ def build(name, cfg, device, score_thresh=None):
             mcfg = replace(mcfg, roi_heads=replace(mcfg.roi_heads, score_thresh=score_thresh))
         if name == "ours-nchw":
             mcfg = replace(mcfg, channels_last=False)
+        if name == "ours-bn":
+            mcfg = replace(mcfg, backbone=replace(mcfg.backbone, norm="bn"), fpn=replace(mcfg.fpn, norm=""),
+                           mask_head=replace(mcfg.mask_head, norm=""))
         model = build_model(mcfg)
     else:
         inp = cfg.model.input
@@ -165,7 +169,7 @@ def main(argv=None):
     p.add_argument("--train-seconds", type=float, default=0, help="size --iters so both trainings fit in this time")
     p.add_argument("--max-iters", type=int, default=3000)
     p.add_argument("--speed-steps", type=int, default=10)
-    p.add_argument("--models", default="ours,torchvision", help="comma-separated: ours, ours-nchw, torchvision")
+    p.add_argument("--models", default="ours,torchvision", help="comma-separated: ours, ours-nchw, ours-bn, torchvision")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-speed", action="store_true", help="accuracy only (needs --iters)")
     p.add_argument("--infer-size", type=int, nargs=2, default=(520, 704), metavar=("H", "W"))
@@ -204,8 +208,12 @@ def main(argv=None):
     # ---------------------------------------------------------------- speed
     for name in [] if args.skip_speed else names:
         torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         model = build(name, cfg, device)
         t_train = train_step_time(model, batch, device, cfg.solver.amp, args.speed_steps, 3)
+        train_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         del model
         model = build(name, cfg, device, score_thresh=0.0)
         t_inf, dets = inference_time(model, img, device, cfg.solver.amp, args.speed_steps, 2)
@@ -217,6 +225,7 @@ def main(argv=None):
         results["models"][name] = {
             "train_step_s": t_train, "train_it_per_s": 1.0 / t_train, "batch": cfg.data.batch_size,
             "infer_s_per_image": t_inf, "infer_img_per_s": 1.0 / t_inf, "infer_detections": dets, "peak_mem_gib": peak,
+            "train_peak_mem_gib": train_peak,
         }
         print(f"[speed] {name}: train {1 / t_train:.2f} it/s (batch {cfg.data.batch_size}), "
               f"inference {1 / t_inf:.2f} img/s at {ih}x{iw} with {dets} detections", flush=True)

@@ -1,6 +1,5 @@
 """Every row of the bad-input table (tests/bad_inputs.py) through its front end: one `error:` line
 and exit 2 naming the thing, or the documented behaviour; predict's checks before any image."""
-import os
 
 import pytest
 import torch

@@ -2,6 +2,8 @@
 //
 // NCHW: threads run over (k, c, ph, pw); channels_last: over (k, ph, pw, c) with c fastest, so a
 // warp reads 32 consecutive channels of one pixel (coalesced) and the output is channels_last.
+// The layout is a template parameter (one kernel each), and in-plane offsets are 32-bit when the
+// tensor fits: the NCHW loads then take no 64-bit multiply by a runtime stride.
 // Backward scatters with atomics (non-deterministic order), into a float buffer for half types.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -35,9 +37,11 @@ inline int64_t blocks_for(int64_t n) {
   return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 22);  // grid-stride beyond this
 }
 
-template <typename scalar_t, typename acc_t>
-__device__ acc_t bin_value(const scalar_t* base, int64_t pix_stride, const RoIGeometry<acc_t>& g, int ph, int pw,
-                           int H, int W) {
+// index_t: in-plane offsets (int when the tensor's numel fits, see fits_int). pix_stride is the
+// compile-time 1 of the NCHW kernels (no runtime multiply in the loads) or C for channels_last.
+template <typename scalar_t, typename acc_t, typename index_t>
+__device__ __forceinline__ acc_t bin_value(const scalar_t* __restrict__ base, index_t pix_stride,
+                                           const RoIGeometry<acc_t>& g, int ph, int pw, int H, int W) {
   acc_t sum = 0;
   for (int iy = 0; iy < g.grid_h; ++iy) {
     const auto ya = axis_weights(sample_coord(g.start_h, g.bin_h, ph, iy, g.grid_h), H);
@@ -45,7 +49,7 @@ __device__ acc_t bin_value(const scalar_t* base, int64_t pix_stride, const RoIGe
     for (int ix = 0; ix < g.grid_w; ++ix) {
       const auto xa = axis_weights(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), W);
       if (!xa.valid) continue;
-      const int64_t rl = static_cast<int64_t>(ya.low) * W, rh = static_cast<int64_t>(ya.high) * W;
+      const index_t rl = static_cast<index_t>(ya.low) * W, rh = static_cast<index_t>(ya.high) * W;
       sum += ya.w_low * xa.w_low * static_cast<acc_t>(base[(rl + xa.low) * pix_stride]) +
              ya.w_low * xa.w_high * static_cast<acc_t>(base[(rl + xa.high) * pix_stride]) +
              ya.w_high * xa.w_low * static_cast<acc_t>(base[(rh + xa.low) * pix_stride]) +
@@ -56,15 +60,16 @@ __device__ acc_t bin_value(const scalar_t* base, int64_t pix_stride, const RoIGe
 }
 
 // index_t: int when every index fits, since 64-bit division (the index decomposition) is slow.
-template <typename scalar_t, typename acc_t, typename index_t>
+// nhwc is a template parameter: each layout gets its own kernel without the other's index math.
+template <typename scalar_t, typename acc_t, typename index_t, bool nhwc>
 __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois, index_t total,
                                int64_t N, index_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
-                               int sampling_ratio, bool aligned, bool nhwc, scalar_t* __restrict__ out) {
+                               int sampling_ratio, bool aligned, scalar_t* __restrict__ out) {
   for (index_t idx = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
     index_t c, k;
     int ph, pw;
-    if (nhwc) {  // out is [K, ph, pw, C]
+    if constexpr (nhwc) {  // out is [K, ph, pw, C]
       c = idx % C;
       pw = static_cast<int>((idx / C) % pooled_w);
       ph = static_cast<int>((idx / C / pooled_w) % pooled_h);
@@ -80,21 +85,21 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, const acc_t* 
     if (g.batch >= 0 && g.batch < N) {  // an invalid batch index gives zeros (checking would cost a sync)
       const scalar_t* base = nhwc ? input + g.batch * H * W * static_cast<int64_t>(C) + c
                                   : input + (g.batch * C + c) * static_cast<int64_t>(H) * W;
-      v = bin_value<scalar_t, acc_t>(base, nhwc ? static_cast<int64_t>(C) : 1, g, ph, pw, H, W);
+      v = bin_value<scalar_t, acc_t, index_t>(base, nhwc ? C : index_t(1), g, ph, pw, H, W);
     }
     out[idx] = static_cast<scalar_t>(v);
   }
 }
 
-template <typename scalar_t, typename acc_t, typename index_t>
+template <typename scalar_t, typename acc_t, typename index_t, bool nhwc>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois, index_t total,
                                 int64_t N, index_t C, int H, int W, int pooled_h, int pooled_w, acc_t scale,
-                                int sampling_ratio, bool aligned, bool nhwc, acc_t* __restrict__ grad_input) {
+                                int sampling_ratio, bool aligned, acc_t* __restrict__ grad_input) {
   for (index_t idx = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
     index_t c, k;
     int ph, pw;
-    if (nhwc) {
+    if constexpr (nhwc) {
       c = idx % C;
       pw = static_cast<int>((idx / C) % pooled_w);
       ph = static_cast<int>((idx / C / pooled_w) % pooled_h);
@@ -108,7 +113,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* 
     const auto g = roi_geometry(rois + static_cast<int64_t>(k) * 5, scale, pooled_h, pooled_w, sampling_ratio, aligned);
     if (g.batch < 0 || g.batch >= N) continue;
     const acc_t v = static_cast<acc_t>(grad[idx]) / g.count;
-    const int64_t stride = nhwc ? static_cast<int64_t>(C) : 1;
+    const index_t stride = nhwc ? C : index_t(1);
     acc_t* base = nhwc ? grad_input + g.batch * H * W * static_cast<int64_t>(C) + c
                        : grad_input + (g.batch * C + c) * static_cast<int64_t>(H) * W;
     for (int iy = 0; iy < g.grid_h; ++iy) {
@@ -117,7 +122,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const acc_t* 
       for (int ix = 0; ix < g.grid_w; ++ix) {
         const auto xa = axis_weights(sample_coord(g.start_w, g.bin_w, pw, ix, g.grid_w), W);
         if (!xa.valid) continue;
-        const int64_t rl = static_cast<int64_t>(ya.low) * W, rh = static_cast<int64_t>(ya.high) * W;
+        const index_t rl = static_cast<index_t>(ya.low) * W, rh = static_cast<index_t>(ya.high) * W;
         gpuAtomicAdd(base + (rl + xa.low) * stride, ya.w_low * xa.w_low * v);
         gpuAtomicAdd(base + (rl + xa.high) * stride, ya.w_low * xa.w_high * v);
         gpuAtomicAdd(base + (rh + xa.low) * stride, ya.w_high * xa.w_low * v);
@@ -147,11 +152,11 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& roi
     const int64_t total = out.numel();
     auto launch = [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      forward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      auto kernel = nhwc ? forward_kernel<scalar_t, acc_t, index_t, true> : forward_kernel<scalar_t, acc_t, index_t, false>;
+      kernel<<<blocks_for(total), kThreads, 0, stream>>>(
           x.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), static_cast<index_t>(total), N, static_cast<index_t>(C),
           static_cast<int>(H), static_cast<int>(W), static_cast<int>(pooled_h), static_cast<int>(pooled_w),
-          static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned, nhwc,
-          out.data_ptr<scalar_t>());
+          static_cast<acc_t>(spatial_scale), static_cast<int>(sampling_ratio), aligned, out.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (fits_int(total, K * 5, x.numel())) launch(int(0)); else launch(int64_t(0));
@@ -182,11 +187,12 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
     const int64_t total = go.numel();
     auto launch = [&](auto index_zero) {
       using index_t = decltype(index_zero);
-      backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      auto kernel = nhwc ? backward_kernel<scalar_t, acc_t, index_t, true> : backward_kernel<scalar_t, acc_t, index_t, false>;
+      kernel<<<blocks_for(total), kThreads, 0, stream>>>(
           go.data_ptr<scalar_t>(), r.data_ptr<acc_t>(), static_cast<index_t>(total), batch,
           static_cast<index_t>(channels), static_cast<int>(height), static_cast<int>(width),
           static_cast<int>(pooled_h), static_cast<int>(pooled_w), static_cast<acc_t>(spatial_scale),
-          static_cast<int>(sampling_ratio), aligned, nhwc, buf.data_ptr<acc_t>());
+          static_cast<int>(sampling_ratio), aligned, buf.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (fits_int(total, K * 5, buf.numel())) launch(int(0)); else launch(int64_t(0));

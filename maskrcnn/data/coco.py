@@ -16,6 +16,11 @@ on a common crop size (pycocotools' rasteriser is shift-invariant for integer sh
 never start left of / above the image, so this equals cropping the full-image rasterisation; a test
 checks it). RLE segmentations are decoded full-size in chunks of 32 and cropped.
 
+Memory: annotations are stored in flat arrays as the json parses (``_AnnotationStore``), not as
+one dict per annotation: a LIVECell-sized json (1.6 million polygons) costs its coordinates in
+float64 plus a few bytes per annotation, shared copy-on-write by loader workers
+(``bench/livecell_scale.py``).
+
 ``iscrowd`` annotations are not used as objects (the count is in ``meta["num_crowd"]``); images
 without annotations are samples without objects. Annotations that rasterise to no pixel are
 dropped with a warning naming them.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 import warnings
 from typing import Dict, List, Optional, Sequence
 
@@ -48,13 +54,14 @@ class CocoFormatError(UserError, ValueError):
     """A problem in a COCO json or its images; the message names the file, image and annotation."""
 
 
-def load_coco_json(path: str) -> dict:
-    """Load a COCO json; ``annotations`` given as a dict keyed by id (LIVECell copies) become a list."""
+def load_coco_json(path: str, object_hook=None) -> dict:
+    """Load a COCO json; ``annotations`` given as a dict keyed by id (LIVECell copies) become a list.
+    ``object_hook`` is passed to ``json.load`` (``CocoDataset`` stores annotations as they parse)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
         with open(path) as f:
-            doc = json.load(f)
+            doc = json.load(f, object_hook=object_hook)
     except json.JSONDecodeError as e:
         raise CocoFormatError(f"{path}: not valid json ({e})") from None
     if not isinstance(doc, dict) or "images" not in doc:
@@ -67,6 +74,62 @@ def load_coco_json(path: str) -> dict:
     if isinstance(imgs, dict):
         doc["images"] = list(imgs.values())
     return doc
+
+
+class _AnnotationStore:
+    """Every annotation of a COCO json in flat arrays, filled by ``json.load``'s ``object_hook``
+    while the file parses: each annotation's Python objects (its polygon lists of floats) live only
+    until its hook returns, so memory holds the file's text and these arrays, never millions of
+    dicts (1.6 million LIVECell cells as dicts take several GB, copied again into every loader
+    worker that touches them).
+
+    Per annotation ``k``: ``ids[k]``, ``image_ids[k]``, ``category_ids[k]``, ``iscrowd[k]``,
+    ``npoly[k]`` polygons (0 for RLE, kept in ``rle[k]``); per polygon ``j``: ``poly_len[j]``
+    coordinates in ``coords`` (float64, the json's values exactly).
+    """
+
+    def __init__(self, ann_file: str):
+        self.ann_file = ann_file
+        self.ids = array("q")
+        self.image_ids: list = []
+        self.category_ids: list = []
+        self.iscrowd = bytearray()
+        self.npoly = array("q")
+        self.poly_len = array("q")
+        self.coords = array("d")
+        self.rle: Dict[int, dict] = {}
+
+    def hook(self, d: dict):
+        seg = d.get("segmentation")
+        if seg is None or "image_id" not in d:
+            return d  # not an annotation (image, category, RLE counts, info...): kept as parsed
+        k = len(self.ids)
+        aid = d.get("id")
+        if isinstance(seg, list):
+            if not seg:
+                raise CocoFormatError(f"{self.ann_file}: annotation {aid} has an empty polygon list")
+            for poly in seg:
+                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                    raise CocoFormatError(f"{self.ann_file}: annotation {aid}: a polygon needs an even number "
+                                          f">= 6 of coordinates, got {len(poly) if isinstance(poly, list) else poly!r}")
+                try:
+                    self.coords.extend(poly)
+                except TypeError:
+                    raise CocoFormatError(f"{self.ann_file}: annotation {aid}: polygon coordinates must be "
+                                          f"numbers") from None
+                self.poly_len.append(len(poly))
+            self.npoly.append(len(seg))
+        else:
+            self.rle[k] = seg
+            self.npoly.append(0)
+        self.ids.append(aid if isinstance(aid, int) else -1)
+        self.image_ids.append(d["image_id"])
+        self.category_ids.append(d.get("category_id"))
+        self.iscrowd.append(1 if d.get("iscrowd", 0) else 0)
+        return None
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class CocoDataset:
@@ -85,7 +148,8 @@ class CocoDataset:
         self.ann_file = ann_file
         self.root = root
         self.channels = channels
-        doc = load_coco_json(ann_file)
+        store = _AnnotationStore(ann_file)
+        doc = load_coco_json(ann_file, object_hook=store.hook)
         cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
         if not cats:
             raise CocoFormatError(f"{ann_file}: no categories")
@@ -100,24 +164,44 @@ class CocoDataset:
                 raise CocoFormatError(f"{ann_file}: categories {missing} are not in data.classes {self.class_names}")
             self._cat_to_label = {c["id"]: self.class_names.index(str(c["name"])) for c in cats}
         self._images = []
-        seen = set()
+        image_pos: Dict[object, int] = {}
         for im in doc["images"]:
             for key in ("id", "file_name", "height", "width"):
                 if key not in im:
                     raise CocoFormatError(f"{ann_file}: image entry {im.get('id', '?')} lacks {key!r}")
-            if im["id"] in seen:
+            if im["id"] in image_pos:
                 raise CocoFormatError(f"{ann_file}: image id {im['id']} appears twice")
-            seen.add(im["id"])
+            image_pos[im["id"]] = len(self._images)
             self._images.append(im)
-        self._anns: Dict[int, list] = {im["id"]: [] for im in self._images}
-        for a in doc["annotations"]:
-            if a.get("image_id") not in self._anns:
-                raise CocoFormatError(f"{ann_file}: annotation {a.get('id')} refers to unknown image {a.get('image_id')}")
-            if a.get("category_id") not in self._cat_to_label:
-                raise CocoFormatError(f"{ann_file}: annotation {a.get('id')} has unknown category {a.get('category_id')}")
-            if "segmentation" not in a:
-                raise CocoFormatError(f"{ann_file}: annotation {a.get('id')} has no segmentation")
-            self._anns[a["image_id"]].append(a)
+        for a in doc["annotations"]:  # the hook replaced every annotation with a segmentation by None
+            if a is not None:
+                raise CocoFormatError(f"{ann_file}: annotation {a.get('id') if isinstance(a, dict) else a!r} has no "
+                                      f"segmentation")
+        del doc
+        n = len(store)
+        self._ann_ids = np.frombuffer(store.ids, dtype=np.int64) if n else np.zeros(0, np.int64)
+        img = np.fromiter((image_pos.get(i, -1) for i in store.image_ids), dtype=np.int64, count=n)
+        if n and img.min() < 0:
+            k = int(np.flatnonzero(img < 0)[0])
+            raise CocoFormatError(f"{ann_file}: annotation {self._ann_ids[k]} refers "
+                                  f"to unknown image {store.image_ids[k]}")
+        label = np.fromiter((self._cat_to_label.get(c, -1) for c in store.category_ids), dtype=np.int64, count=n)
+        if n and label.min() < 0:
+            k = int(np.flatnonzero(label < 0)[0])
+            raise CocoFormatError(f"{ann_file}: annotation {self._ann_ids[k]} has unknown category "
+                                  f"{store.category_ids[k]}")
+        self._ann_label = label
+        self._ann_crowd = np.frombuffer(bytes(store.iscrowd), dtype=np.uint8).astype(bool)
+        self._ann_npoly = np.frombuffer(store.npoly, dtype=np.int64) if n else np.zeros(0, np.int64)
+        self._ann_poly_start = np.concatenate([[0], np.cumsum(self._ann_npoly)])
+        poly_len = np.frombuffer(store.poly_len, dtype=np.int64) if len(store.poly_len) else np.zeros(0, np.int64)
+        self._poly_len = poly_len
+        self._poly_start = np.concatenate([[0], np.cumsum(poly_len)])
+        self._coords = np.frombuffer(store.coords, dtype=np.float64) if len(store.coords) else np.zeros(0)
+        self._rle = store.rle
+        # Annotations grouped by image, in file order within an image.
+        self._ann_order = np.argsort(img, kind="stable")
+        self._img_start = np.concatenate([[0], np.cumsum(np.bincount(img, minlength=len(self._images)))])
         self.image_ids: List[str] = [os.path.splitext(os.path.basename(im["file_name"]))[0] for im in self._images]
         self._file_index: Optional[Dict[str, str]] = None
 
@@ -156,37 +240,38 @@ class CocoDataset:
         if (H, W) != (int(info["height"]), int(info["width"])):
             raise CocoFormatError(f"{path} is {W}x{H} (WxH) but {self.ann_file} image {info['id']} says "
                                   f"{info['width']}x{info['height']}")
-        anns = self._anns[info["id"]]
-        crowd = [a for a in anns if a.get("iscrowd", 0)]
-        anns = [a for a in anns if not a.get("iscrowd", 0)]
+        anns = self._ann_order[self._img_start[index]:self._img_start[index + 1]]
+        crowd = self._ann_crowd[anns]
+        anns = anns[~crowd]
         masks = self._decode(anns, H, W, path)
-        labels = torch.as_tensor([self._cat_to_label[a["category_id"]] for a in anns], dtype=torch.long)
+        labels = torch.as_tensor(self._ann_label[anns], dtype=torch.long)
         areas = masks.crops.flatten(1).sum(1) if len(masks) else torch.zeros(0, dtype=torch.long)
         if len(masks) and bool((areas == 0).any()):
-            empty = [anns[k]["id"] for k in (areas == 0).nonzero()[:, 0].tolist()]
+            empty = self._ann_ids[anns[(areas == 0).numpy()]].tolist()
             warnings.warn(f"{self.ann_file}: image {info['id']} ({path}): {len(empty)} annotations cover no pixel "
                           f"and are dropped (ids {empty[:5]})", stacklevel=2)
             keep = areas > 0
             masks, labels = masks[keep], labels[keep]
         inst = Instances((H, W), masks.tight_boxes(), labels, None, masks)
         meta = {"path": path, "class_names": self.class_names, "cell_type": self.cell_type_of(info["file_name"]),
-                "coco_id": info["id"], "num_crowd": len(crowd)}
+                "coco_id": info["id"], "num_crowd": int(crowd.sum())}
         return Sample(image, inst, self.image_ids[index], meta)
 
-    def _decode(self, anns: list, H: int, W: int, path: str) -> MaskList:
+    def _decode(self, anns: np.ndarray, H: int, W: int, path: str) -> MaskList:
+        """Masks of annotations ``anns`` (indices into the store), in their order."""
         n = len(anns)
         if n == 0:
             return MaskList.empty((H, W))
-        is_poly = [isinstance(a["segmentation"], list) for a in anns]
-        poly_idx = [k for k in range(n) if is_poly[k]]
-        rle_idx = [k for k in range(n) if not is_poly[k]]
+        is_poly = self._ann_npoly[anns] > 0
+        poly_idx = np.flatnonzero(is_poly).tolist()
+        rle_idx = np.flatnonzero(~is_poly).tolist()
         parts = []
         if poly_idx:
-            poly_masks = self._decode_polygons([anns[k] for k in poly_idx], H, W)
-            parts.append((poly_idx, poly_masks))
+            parts.append((poly_idx, self._decode_polygons(anns[is_poly], H, W)))
         if rle_idx:
-            parts.append((rle_idx, self._decode_rles([anns[k] for k in rle_idx], H, W)))
-        if len(parts) == 1 and parts[0][0] == list(range(n)):
+            parts.append((rle_idx, self._decode_rles([self._rle[int(k)] for k in anns[~is_poly]],
+                                                     self._ann_ids[anns[~is_poly]].tolist(), H, W)))
+        if len(parts) == 1:
             return parts[0][1]
         merged = MaskList.cat([p[1] for p in parts])
         order = torch.as_tensor([k for idx, _ in parts for k in idx])
@@ -194,21 +279,17 @@ class CocoDataset:
         inv[order] = torch.arange(n)
         return merged[inv]
 
-    def _decode_polygons(self, anns: list, H: int, W: int) -> MaskList:
-        polys, owner = [], []
-        for k, a in enumerate(anns):  # flatten the polygon lists (pycocotools takes Python lists)
-            for p in a["segmentation"]:
-                if len(p) < 6 or len(p) % 2:
-                    raise CocoFormatError(f"{self.ann_file}: annotation {a.get('id')}: a polygon needs an even number "
-                                          f">= 6 of coordinates, got {len(p)}")
-                polys.append(np.asarray(p, dtype=np.float64).reshape(-1, 2))
-                owner.append(k)
-            if not a["segmentation"]:
-                raise CocoFormatError(f"{self.ann_file}: annotation {a.get('id')} has an empty polygon list")
-        owner_a = np.asarray(owner)
-        lens = np.asarray([p.shape[0] for p in polys])
-        pts = np.concatenate(polys)
-        seg_of_pt = np.repeat(np.arange(len(polys)), lens)
+    def _decode_polygons(self, anns: np.ndarray, H: int, W: int) -> MaskList:
+        """Rasterise the polygons of annotations ``anns`` (indices into the store) into crops."""
+        npoly = self._ann_npoly[anns]
+        owner_a = np.repeat(np.arange(len(anns)), npoly)
+        first = self._ann_poly_start[anns]
+        pidx = np.repeat(first - np.cumsum(npoly) + npoly, npoly) + np.arange(int(npoly.sum()))  # their polygons
+        clen = self._poly_len[pidx]
+        cidx = np.repeat(self._poly_start[pidx] - np.cumsum(clen) + clen, clen) + np.arange(int(clen.sum()))
+        pts = self._coords[cidx].reshape(-1, 2)
+        lens = clen // 2
+        seg_of_pt = np.repeat(np.arange(len(pidx)), lens)
         big = np.inf
         mins = np.full((len(anns), 2), big)
         maxs = np.full((len(anns), 2), -big)
@@ -219,7 +300,7 @@ class CocoDataset:
         bad = ~(np.isfinite(mins).all(1) & np.isfinite(maxs).all(1) & (mins >= (-W, -H)).all(1) & (maxs <= (2 * W, 2 * H)).all(1))
         if bad.any():
             k = int(np.argmax(bad))
-            raise CocoFormatError(f"{self.ann_file}: annotation {anns[k].get('id')}: polygon coordinates must be finite "
+            raise CocoFormatError(f"{self.ann_file}: annotation {int(self._ann_ids[anns[k]])}: polygon coordinates must be finite "
                                   f"and near the {W}x{H} image, got x in [{mins[k, 0]}, {maxs[k, 0]}], "
                                   f"y in [{mins[k, 1]}, {maxs[k, 1]}]")
         # Crop origin: one pixel left of / above the polygon, never left of / above the image.
@@ -236,20 +317,19 @@ class CocoDataset:
         ml = MaskList(torch.from_numpy(np.ascontiguousarray(crops)), torch.from_numpy(origin), (H, W))
         return clip_to_image(ml).compact(pad=1)
 
-    def _decode_rles(self, anns: list, H: int, W: int, chunk: int = 32) -> MaskList:
+    def _decode_rles(self, segs: list, ids: list, H: int, W: int, chunk: int = 32) -> MaskList:
         objs = []
-        for a in anns:
-            seg = a["segmentation"]
+        for seg, aid in zip(segs, ids):
             size = seg.get("size") if isinstance(seg, dict) else None
             if size is None or "counts" not in seg:
-                raise CocoFormatError(f"{self.ann_file}: annotation {a.get('id')}: segmentation is neither a polygon "
+                raise CocoFormatError(f"{self.ann_file}: annotation {aid}: segmentation is neither a polygon "
                                       f"list nor an RLE dict with size and counts")
             if [int(size[0]), int(size[1])] != [H, W]:
-                raise CocoFormatError(f"{self.ann_file}: annotation {a.get('id')}: RLE size {size} differs from the "
+                raise CocoFormatError(f"{self.ann_file}: annotation {aid}: RLE size {size} differs from the "
                                       f"image's {[H, W]}")
             if isinstance(seg["counts"], list):
                 if sum(seg["counts"]) != H * W:
-                    raise CocoFormatError(f"{self.ann_file}: annotation {a.get('id')}: RLE counts sum to "
+                    raise CocoFormatError(f"{self.ann_file}: annotation {aid}: RLE counts sum to "
                                           f"{sum(seg['counts'])}, not H*W = {H * W}")
                 seg = mask_utils.frPyObjects(seg, H, W)
             elif isinstance(seg["counts"], str):

@@ -7,6 +7,7 @@ The command line lives apart from the cache itself: it needs every reader (``bui
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -32,11 +33,13 @@ def _make_cache(argv: Sequence[str]) -> None:
     p.add_argument("--ann-file", default="", help="annotation file (as data.ann_file; coco, sartorius)")
     p.add_argument("--out", required=True, help="output .npz file")
     p.add_argument("--image-codec", default="webp", choices=IMAGE_CODECS, help="lossless codec for 8-bit images")
+    p.add_argument("--workers", type=cli.int_at_least(0), default=min(8, os.cpu_count() or 1),
+                   help="processes encoding images (default: the CPUs, at most 8; 0: in this process)")
     args = p.parse_args(argv)
     check_output_path(args.out, "--out")  # before reading the whole dataset
     reader = build_reader(DataConfig(format=args.format, root=args.root, ann_file=args.ann_file))
     t = time.time()
-    summary = write_cache(reader, args.out, image_codec=args.image_codec, progress=True)
+    summary = write_cache(reader, args.out, image_codec=args.image_codec, progress=True, workers=args.workers)
     print(f"wrote {args.out}: {summary['images']} images, {summary['instances']} instances, "
           f"{summary['file_bytes'] / 1e6:.2f} MB (images {summary['image_bytes'] / 1e6:.2f} MB) "
           f"in {time.time() - t:.0f} s")

@@ -13,7 +13,7 @@ Predicted masks are pasted into soft crops of the original image (box + 1 px), i
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.backbone import ConvNorm
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
-from maskrcnn.model.matching import FOREGROUND, match_boxes, sample_balanced
+from maskrcnn.model.matching import match_boxes_batched, pad_boxes, sample_balanced_masks
 from maskrcnn.model.rpn import box_regression_loss, topk_per_group
 from maskrcnn.ops import batched_nms, roi_align
 from maskrcnn.structures import MaskList
@@ -57,33 +57,41 @@ class MultiLevelRoIPooler(nn.Module):
         self.canonical_size = canonical_size
         self.canonical_level = canonical_level
 
-    def forward(self, features: List[Tensor], boxes: List[Tensor]) -> Tensor:
-        """``features``: the pooled levels ``Tensor[B, C, H_l, W_l]``; ``boxes``: per image ``Tensor[R_i, 4]``.
+    def forward(self, features: List[Tensor], boxes: Union[List[Tensor], Tensor]) -> Tensor:
+        """``features``: the pooled levels ``Tensor[B, C, H_l, W_l]``; ``boxes``: per image
+        ``Tensor[R_i, 4]``, or all RoIs as ``Tensor[K, 5]`` ``(batch index, x1, y1, x2, y2)``.
 
         Returns:
-            Tensor[sum R_i, C, S, S] (float32 for reduced-precision features), in the order of the
-            concatenated boxes.
+            Tensor[K, C, S, S] in the features' dtype (bfloat16 features are sampled and accumulated
+            in float32 by ``roi_align``, with float32 RoI coordinates), in the order of the boxes.
         """
         feats = features[: len(self.strides)]
         dev = feats[0].device
-        batch_idx = torch.cat([torch.full((b.shape[0],), i, dtype=torch.float32, device=dev) for i, b in enumerate(boxes)])
-        all_boxes = torch.cat([b.float() for b in boxes])
-        rois = torch.cat([batch_idx[:, None], all_boxes], dim=1)
+        if isinstance(boxes, Tensor):
+            rois = boxes.float()
+        else:
+            batch_idx = torch.cat([torch.full((b.shape[0],), i, dtype=torch.float32, device=dev)
+                                   for i, b in enumerate(boxes)])
+            rois = torch.cat([batch_idx[:, None], torch.cat([b.float() for b in boxes])], dim=1)
         K = rois.shape[0]
         C = feats[0].shape[1]
         S = self.output_size
-        levels = assign_fpn_levels(all_boxes, self.min_level, self.max_level, self.canonical_size, self.canonical_level)
-        # Pool in float32 under autocast (as torchvision does): RoI coordinates in bfloat16 would
-        # be rounded to 4 px at x = 700.
-        dtype = torch.float32 if feats[0].dtype in (torch.float16, torch.bfloat16) else feats[0].dtype
-        out = feats[0].new_zeros((K, C, S, S), dtype=dtype)
-        for lvl, (f, stride) in enumerate(zip(feats, self.strides)):  # loop over levels, not RoIs
-            idx = torch.nonzero(levels == lvl).squeeze(1)
-            if idx.numel() == 0:
-                continue
-            pooled = roi_align(f.to(dtype), rois[idx].to(dtype), S, 1.0 / stride, self.sampling_ratio, aligned=True)
-            out = out.index_copy(0, idx, pooled.to(out.dtype))
-        return out
+        if K == 0:
+            return feats[0].new_zeros((0, C, S, S))
+        levels = assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level, self.canonical_size,
+                                   self.canonical_level)
+        # RoIs sorted by level (stable): each level pools one contiguous slice, and one host sync
+        # (the counts) replaces one nonzero per level.
+        order = torch.sort(levels, stable=True).indices
+        counts = torch.bincount(levels, minlength=len(feats)).tolist()
+        rois = rois[order]
+        pooled, start = [], 0
+        for f, stride, n in zip(feats, self.strides, counts):  # loop over levels, not RoIs
+            if n:
+                pooled.append(roi_align(f, rois[start:start + n], S, 1.0 / stride, self.sampling_ratio, aligned=True))
+            start += n
+        pooled = torch.cat(pooled) if len(pooled) > 1 else pooled[0]
+        return torch.empty_like(pooled).index_copy_(0, order, pooled)
 
 
 # ----------------------------------------------------------------------- box head
@@ -235,16 +243,37 @@ def mask_targets(gt_masks: MaskList, gt_index: Tensor, boxes: Tensor, resolution
         gt_index (Tensor[P]): the GT matched to each RoI.
         boxes (Tensor[P, 4]): the RoIs in the same (original-image) pixels as ``gt_masks``.
     Returns:
-        Tensor[P, M, M] float32 in {0, 1}: RoIAlign of the crop, thresholded at 0.5.
+        Tensor[P, M, M] float32 in {0, 1}: RoIAlign of the crop, thresholded at 0.5
+        (:func:`build_mask_targets` for one image).
+    """
+    return build_mask_targets([gt_masks], torch.zeros_like(gt_index), gt_index, boxes, resolution)
+
+
+def build_mask_targets(gt_masks: Sequence[MaskList], image_index: Tensor, gt_index: Tensor, boxes: Tensor,
+                       resolution: int) -> Tensor:
+    """:func:`mask_targets` of a whole batch in one RoIAlign call.
+
+    Args:
+        gt_masks: per image its GT masks (crops in original-image pixels).
+        image_index (Tensor[P]), gt_index (Tensor[P]): each RoI's image and its matched GT in that image.
+        boxes (Tensor[P, 4]): the RoIs in their image's original pixels.
+    Every image's crops are padded (zeros) to one common size and concatenated; padding past a
+    crop's own zero border changes no sample, so the result equals each image alone (tested).
+    Returns:
+        Tensor[P, M, M] float32 in {0, 1}.
     """
     if boxes.shape[0] == 0:
         return boxes.new_zeros((0, resolution, resolution))
+    h = max(int(m.crops.shape[1]) for m in gt_masks)
+    w = max(int(m.crops.shape[2]) for m in gt_masks)
     # One extra zero pixel on every side: bilinear samples past the crop's edge must see background.
-    crops = F.pad(gt_masks.crops.float(), (1, 1, 1, 1))[:, None]
-    origins = (gt_masks.origins - 1).to(boxes.dtype)
-    rel = boxes.float() - origins[gt_index].repeat(1, 2)
-    rois = torch.cat([gt_index[:, None].float(), rel], dim=1)
-    t = roi_align(crops, rois, resolution, 1.0, sampling_ratio=0, aligned=True)
+    crops = torch.cat([F.pad(m.crops, (1, 1 + w - m.crops.shape[2], 1, 1 + h - m.crops.shape[1])) for m in gt_masks])
+    origins = torch.cat([m.origins for m in gt_masks]) - 1
+    first = torch.tensor([0] + [len(m) for m in gt_masks[:-1]], device=boxes.device).cumsum(0)
+    gt = first[image_index] + gt_index
+    rel = boxes.float() - origins[gt].to(torch.float32).repeat(1, 2)
+    rois = torch.cat([gt[:, None].float(), rel], dim=1)
+    t = roi_align(crops.float()[:, None], rois, resolution, 1.0, sampling_ratio=0, aligned=True)
     return (t[:, 0] >= 0.5).float()
 
 
@@ -356,23 +385,32 @@ class RoIHeads(nn.Module):
         self.proposal_append_gt = proposal_append_gt
         self.mask_inference_chunk = max(1, int(mask_inference_chunk))
 
-    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
-        """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index."""
-        rois, classes, matched_gt = [], [], []
-        for props, gt, lab in zip(proposals, gt_boxes, gt_labels):  # loop over images
-            if self.proposal_append_gt:
-                props = torch.cat([props, gt.to(props.dtype)])
-            matched, labels = match_boxes(gt, props, self.fg_iou_thresh, self.bg_iou_thresh)
-            pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
-            idx = torch.cat([pos, neg])
-            m = matched[idx]
-            cls = torch.full_like(idx, self.num_classes)
-            if gt.shape[0]:
-                cls = torch.where(labels[idx] == FOREGROUND, lab[m], cls)
-            rois.append(props[idx])
-            classes.append(cls)
-            matched_gt.append(m)
-        return rois, classes, matched_gt
+    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor],
+                         generator: Optional[torch.Generator] = None):
+        """RoIs for the heads, all images at once: proposals (+ GT boxes) matched and sampled on the
+        padded ``[B, G, R]`` batch.
+
+        Returns:
+            rois (Tensor[K, 5]) ``(image, x1, y1, x2, y2)`` in resized pixels, grouped by image;
+            classes (Tensor[K]) (background = K classes); matched (Tensor[K]) GT index within the
+            image; gt (Tensor[B, G, 4]) the padded GT boxes (``gt[rois[:, 0], matched]``).
+        """
+        dev = proposals[0].device
+        if self.proposal_append_gt:
+            proposals = [torch.cat([p, g.to(p.dtype)]) for p, g in zip(proposals, gt_boxes)]
+        props, prop_valid = pad_boxes(proposals, dev)
+        gt, gt_valid = pad_boxes(gt_boxes, dev)
+        matched, labels = match_boxes_batched(gt, gt_valid, props, self.fg_iou_thresh, self.bg_iou_thresh,
+                                              box_valid=prop_valid)
+        pos, neg = sample_balanced_masks(labels, self.batch_size_per_image, self.positive_fraction, generator)
+        b, r = torch.nonzero(pos | neg, as_tuple=True)
+        m = matched[b, r]
+        lab = torch.nn.utils.rnn.pad_sequence(list(gt_labels), batch_first=True) if gt.shape[1] else None
+        cls = torch.full_like(b, self.num_classes)
+        if lab is not None:
+            cls = torch.where(pos[b, r], lab[b, m], cls)
+        rois = torch.cat([b[:, None].to(torch.float32), props[b, r]], dim=1)
+        return rois, cls, m, gt
 
     def forward(
         self,
@@ -397,23 +435,19 @@ class RoIHeads(nn.Module):
         return self._forward_infer(features, proposals, image_sizes)
 
     def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales):
-        rois, classes, matched = self.sample_proposals(proposals, gt_boxes, gt_labels)
+        rois, gt_classes, matched, gt = self.sample_proposals(proposals, gt_boxes, gt_labels)
         x = self.box_head(self.box_pooler(features, rois))
         cls_logits, deltas = self.box_predictor(x)
-        gt_classes = torch.cat(classes)
-        matched_boxes = torch.cat([g[m] if g.shape[0] else torch.zeros_like(r) for g, m, r in zip(gt_boxes, matched, rois)])
-        losses = box_losses(cls_logits, deltas, gt_classes, torch.cat(rois), matched_boxes, self.box_weights,
+        image = rois[:, 0].long()
+        matched_boxes = gt[image, matched] if gt.shape[1] else torch.zeros_like(rois[:, 1:])
+        losses = box_losses(cls_logits, deltas, gt_classes, rois[:, 1:], matched_boxes, self.box_weights,
                             self.smooth_l1_beta)
-        fg_rois, fg_classes, targets = [], [], []
-        for i, (r, c, m) in enumerate(zip(rois, classes, matched)):  # loop over images
-            fg = torch.nonzero(c < self.num_classes).squeeze(1)
-            fg_rois.append(r[fg])
-            fg_classes.append(c[fg])
-            sx, sy = scales[i, 0], scales[i, 1]
-            boxes_orig = r[fg] / torch.stack([sx, sy, sx, sy])
-            targets.append(mask_targets(gt_masks[i], m[fg], boxes_orig, self.mask_head.resolution))
+        fg = torch.nonzero(gt_classes < self.num_classes).squeeze(1)
+        fg_rois, fg_image = rois[fg], image[fg]
+        boxes_orig = fg_rois[:, 1:] / scales[fg_image].repeat(1, 2)  # in the GT masks' (original) pixels
+        targets = build_mask_targets(gt_masks, fg_image, matched[fg], boxes_orig, self.mask_head.resolution)
         mask_logits = self.mask_head(self.mask_pooler(features, fg_rois))
-        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(fg_classes), torch.cat(targets))
+        losses["loss_mask"] = mask_loss(mask_logits, gt_classes[fg], targets)
         return losses
 
     def _forward_infer(self, features, proposals, image_sizes):

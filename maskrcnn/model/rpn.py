@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
-from maskrcnn.model.matching import match_boxes, sample_balanced
+from maskrcnn.model.matching import match_boxes_batched, pad_boxes, sample_balanced_masks
 from maskrcnn.ops import batched_nms
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -88,18 +88,22 @@ def find_top_proposals(
     """
     B = logits[0].shape[0]
     dev = logits[0].device
-    all_boxes, all_scores, all_levels = [], [], []
-    for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+    # Top-k per level (levels differ in size), then one gather and one decode for all levels.
+    all_idx, all_scores, all_levels = [], [], []
+    start = 0
+    for lvl, lg in enumerate(logits):
         k = min(pre_nms_topk, lg.shape[1])
         scores, idx = lg.float().topk(k, dim=1)  # [B, k]
-        d = dl.gather(1, idx[..., None].expand(B, k, 4))
-        boxes = decode_boxes(d.reshape(-1, 4), an[idx.reshape(-1)], RPN_BOX_WEIGHTS).reshape(B, k, 4)
-        all_boxes.append(boxes)
+        all_idx.append(idx + start)
         all_scores.append(scores)
-        all_levels.append(torch.full((B, k), lvl, dtype=torch.long, device=dev))
-    boxes = torch.cat(all_boxes, dim=1)  # [B, N, 4]
+        all_levels.append(torch.full((k,), lvl, dtype=torch.long, device=dev))
+        start += lg.shape[1]
+    idx = torch.cat(all_idx, dim=1)  # [B, N] into the levels' concatenation
     scores = torch.cat(all_scores, dim=1)
-    levels = torch.cat(all_levels, dim=1)
+    levels = torch.cat(all_levels)[None].expand(B, -1)
+    n = idx.shape[1]
+    d = torch.cat(deltas, dim=1).gather(1, idx[..., None].expand(B, n, 4))
+    boxes = decode_boxes(d.reshape(-1, 4), torch.cat(anchors)[idx.reshape(-1)], RPN_BOX_WEIGHTS).reshape(B, n, 4)
     hw = torch.tensor(image_sizes, dtype=torch.float32, device=dev)  # [B, 2]
     x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])
     y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])
@@ -128,37 +132,27 @@ def rpn_losses(
     batch_size_per_image: int,
     positive_fraction: float,
     smooth_l1_beta: float,
+    generator: Optional[torch.Generator] = None,
 ) -> Dict[str, Tensor]:
-    """Objectness and box losses.
+    """Objectness and box losses, for all images at once.
 
     Args:
         logits (Tensor[B, A]), deltas (Tensor[B, A, 4]): all levels concatenated.
         anchors (Tensor[A, 4]); gt_boxes: per image ``Tensor[G_i, 4]`` in resized-image pixels.
+        generator: for the random sample (:func:`sample_balanced_masks`).
+    Matching, sampling and targets run on the padded ``[B, G, A]`` batch (no loop over images);
+    the result equals doing each image alone with the same random keys (tested).
     """
     B = logits.shape[0]
-    img_ids, anchor_ids, obj_targets = [], [], []
-    pos_img, pos_anchor, pos_targets = [], [], []
-    for b in range(B):  # matching differs per image; vectorised within the image
-        gt = gt_boxes[b]
-        matched, labels = match_boxes(gt, anchors, fg_iou_thresh, bg_iou_thresh, allow_low_quality=True)
-        pos, neg = sample_balanced(labels, batch_size_per_image, positive_fraction)
-        idx = torch.cat([pos, neg])
-        img_ids.append(torch.full_like(idx, b))
-        anchor_ids.append(idx)
-        obj_targets.append(torch.cat([torch.ones_like(pos), torch.zeros_like(neg)]).float())
-        pos_img.append(torch.full_like(pos, b))
-        pos_anchor.append(pos)
-        if pos.numel():
-            pos_targets.append(encode_boxes(anchors[pos], gt[matched[pos]], RPN_BOX_WEIGHTS))
-        else:
-            pos_targets.append(torch.zeros((0, 4), device=logits.device))
+    gt, gt_valid = pad_boxes(gt_boxes, logits.device)
+    matched, labels = match_boxes_batched(gt, gt_valid, anchors, fg_iou_thresh, bg_iou_thresh, allow_low_quality=True)
+    pos, neg = sample_balanced_masks(labels, batch_size_per_image, positive_fraction, generator)
     norm = float(batch_size_per_image * B)
-    img_ids, anchor_ids = torch.cat(img_ids), torch.cat(anchor_ids)
-    loss_cls = F.binary_cross_entropy_with_logits(
-        logits[img_ids, anchor_ids].float(), torch.cat(obj_targets), reduction="sum"
-    ) / norm
-    pred = deltas[torch.cat(pos_img), torch.cat(pos_anchor)].float()
-    loss_box = box_regression_loss(pred, torch.cat(pos_targets), smooth_l1_beta) / norm
+    b, a = torch.nonzero(pos | neg, as_tuple=True)
+    loss_cls = F.binary_cross_entropy_with_logits(logits[b, a].float(), pos[b, a].float(), reduction="sum") / norm
+    pb, pa = torch.nonzero(pos, as_tuple=True)
+    target = encode_boxes(anchors[pa], gt[pb, matched[pb, pa]], RPN_BOX_WEIGHTS)
+    loss_box = box_regression_loss(deltas[pb, pa].float(), target, smooth_l1_beta) / norm
     return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
 
 

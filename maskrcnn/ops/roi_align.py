@@ -33,7 +33,6 @@ by ``tools/compare_twins_torchvision.py``.
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple, Union
 
 import torch
@@ -110,7 +109,6 @@ def roi_align_reference(
 
 def _roi_align_chunk(input, bidx, y1, x1, bin_h, bin_w, gh, gw, ph, pw):
     N, C, H, W = input.shape
-    k = bidx.shape[0]
     dev = input.device
     cdt = y1.dtype
     GH = max(int(gh.max()), 1)

@@ -102,4 +102,40 @@ def test_the_cache_builder_shows_a_progress_bar(tmp_path, dsb_dir, capsys):
     assert main(["--format", "dsb2018", "--root", str(dsb_dir), "--out", str(tmp_path / "c.npz")]) == 0
     captured = capsys.readouterr()
     n = len(DSB2018Dataset(str(dsb_dir)))
-    assert f"cache: 100%" in captured.err and f"{n}/{n}" in captured.err and "wrote" in captured.out
+    assert "cache: 100%" in captured.err and f"{n}/{n}" in captured.err and "wrote" in captured.out
+
+
+def test_cache_written_by_workers_is_the_same_file_content_and_maps_images(tmp_path):
+    reader = _Mixed()
+    write_cache(reader, str(tmp_path / "a.npz"))
+    write_cache(reader, str(tmp_path / "b.npz"), workers=2)
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), k
+    cache = CacheDataset(str(tmp_path / "b.npz"))
+    assert isinstance(cache._image_bytes, np.memmap)  # images are read from the file, not loaded
+    for i in range(4):
+        _same(cache.load(i), reader.load(i))
+
+
+def test_cache_with_deflated_images_still_reads(tmp_path):
+    """Caches written before the images were stored uncompressed (np.savez_compressed) read the same."""
+    reader = _Mixed()
+    write_cache(reader, str(tmp_path / "new.npz"))
+    with np.load(tmp_path / "new.npz") as z:
+        np.savez_compressed(tmp_path / "old.npz", **{k: z[k] for k in z.files})
+    old = CacheDataset(str(tmp_path / "old.npz"))
+    assert not isinstance(old._image_bytes, np.memmap)
+    for i in range(4):
+        _same(old.load(i), reader.load(i))
+
+
+def test_mask_bits_of_many_images_unpack_at_unaligned_offsets(tmp_path, sartorius_dir):
+    reader = SartoriusDataset(str(sartorius_dir))
+    write_cache(reader, str(tmp_path / "s.npz"), workers=2)
+    cache = CacheDataset(str(tmp_path / "s.npz"))
+    starts = cache._bit_offsets[cache._inst_offsets[:-1]]
+    assert (starts % 8 != 0).any()  # some image's masks start inside a byte
+    for i in range(len(reader)):
+        _same(cache.load(i), reader.load(i))

@@ -123,3 +123,42 @@ def test_bad_coco_inputs_are_named(tmp_path, coco_dir):
     (d / "broken.json").write_text("{not json")
     with pytest.raises(CocoFormatError, match="broken.json: not valid json"):
         CocoDataset(str(d / "broken.json"), str(d / "images"))
+
+
+def test_mixed_polygon_rle_and_crowd_annotations_keep_file_order(tmp_path):
+    """Annotations parse into flat arrays as the json loads; masks and labels still come in file order."""
+    H, W = 24, 32
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "imgs" / "b.png")
+    dense_rle = np.zeros((H, W), np.uint8, order="F")
+    dense_rle[3:9, 20:27] = 1
+    rle = mask_utils.encode(dense_rle)
+    rle["counts"] = rle["counts"].decode()
+    p1 = [[2.0, 2.0, 10.0, 2.0, 10.0, 8.0, 2.0, 8.0]]
+    p2 = [[12.5, 12.5, 18.0, 12.5, 15.0, 20.0], [1.0, 15.0, 5.0, 15.0, 5.0, 22.0]]  # two parts
+    anns = [
+        {"id": 5, "image_id": 2, "category_id": 1, "segmentation": p1, "iscrowd": 0},
+        {"id": 6, "image_id": 1, "category_id": 2, "segmentation": p1, "iscrowd": 0},  # the other image
+        {"id": 7, "image_id": 2, "category_id": 2, "segmentation": rle, "iscrowd": 0},
+        {"id": 8, "image_id": 2, "category_id": 1, "segmentation": p2, "iscrowd": 1},  # crowd: not an object
+        {"id": 9, "image_id": 2, "category_id": 2, "segmentation": p2, "iscrowd": 0},
+    ]
+    doc = {"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W},
+                      {"id": 2, "file_name": "b.png", "height": H, "width": W}],
+           "annotations": anns, "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    ds = CocoDataset(str(tmp_path / "ann.json"), str(tmp_path / "imgs"))
+    s = ds.load(1)
+    assert s.instances.labels.tolist() == [0, 1, 1] and s.meta["num_crowd"] == 1
+    want = [mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p1, H, W))),
+            dense_rle,
+            mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(p2, H, W)))]
+    got = s.instances.masks.to_dense()
+    for k in range(3):
+        assert torch.equal(got[k], torch.from_numpy(want[k].astype(bool))), k
+    assert ds.load(0).instances.labels.tolist() == [1]
+    doc["annotations"].append({"id": 10, "image_id": 3, "category_id": 1, "segmentation": p1})
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(CocoFormatError, match="annotation 10 refers to unknown image 3"):
+        CocoDataset(str(tmp_path / "bad.json"), str(tmp_path / "imgs"))

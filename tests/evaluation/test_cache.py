@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from maskrcnn.evaluation.cache import PredictionCache, pack_instances, unpack_instances, settings_key

@@ -58,7 +58,6 @@ def test_sweep_equals_scoring_each_subset_directly(seed):
 
 
 def test_tuning_finds_score_area_and_mask_thresholds(tmp_path):
-    rng = np.random.default_rng(0)
     items = []
     for i in range(4):
         # Class 0 images: real cells score 0.8, false positives score 0.35.

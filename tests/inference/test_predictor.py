@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.config import ConfigError, TestConfig as Cfg
+from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.data.rle import decode
 from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.predict_cli import main, predict_images, timing_summary, write_predictions

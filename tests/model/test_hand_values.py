@@ -173,9 +173,10 @@ def _roi_heads(batch_size, fraction, append_gt=True):
     (64, 1.0, False, 3, 3),  # without the GT boxes appended
 ])
 def test_roi_sampling_counts_and_classes(batch_size, fraction, append_gt, n_fg, n_bg):
-    rois, classes, matched = _roi_heads(batch_size, fraction, append_gt).sample_proposals(
+    rois, classes, matched, gt = _roi_heads(batch_size, fraction, append_gt).sample_proposals(
         [PROPOSALS], [GT_ROI], [GT_ROI_LABELS])
-    rois, classes, matched = rois[0], classes[0], matched[0]
+    assert bool((rois[:, 0] == 0).all()) and torch.equal(gt[0], GT_ROI)  # one image: index 0, its GT boxes
+    rois = rois[:, 1:]
     assert int((classes < 2).sum()) == n_fg and int((classes == 2).sum()) == n_bg
     for box, c, m in zip(rois.tolist(), classes.tolist(), matched.tolist()):
         assert EXPECTED_CLASS[tuple(box)] == c, box
