@@ -145,6 +145,13 @@ class AugmentConfig:
     scale_range: Tuple[float, float] = (1.0, 1.0)
     crop_size: Tuple[int, int] = (0, 0)  # (h, w); 0 = no crop
     min_area: int = 4  # instances cut below this many pixels by a crop are dropped
+    # Colour and stain (probabilities, applied in this order): RGB -> gray (in 3 channels),
+    # 1 - image, haematoxylin/eosin/DAB jitter of +-stain_sigma, a random channel permutation.
+    to_gray: float = 0.0
+    invert: float = 0.0
+    stain_jitter: float = 0.0
+    stain_sigma: float = 0.2
+    channel_shuffle: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
     gamma: float = 0.0
@@ -161,6 +168,9 @@ class DataConfig:
     class_agnostic: bool = False
     classes: Tuple[str, ...] = ()  # empty: the reader's own class list
     split_file: str = ""  # written on first use and reused
+    # A compact .npz copy of the dataset (maskrcnn.data.cache), written from the source reader on
+    # first use and read instead of it afterwards (DSB2018: ~30 ms instead of ~400 ms per image).
+    cache_file: str = ""
     num_folds: int = 5
     fold: int = 0
     batch_size: int = 2  # images per batch per process
