@@ -97,6 +97,10 @@ class MaskHeadConfig:
     conv_dim: int = 256
     norm: str = ""  # "" | gn
     mask_threshold: float = 0.5
+    # Initial bias of the mask logits. The predictor reads ReLU features, so where they are zero
+    # (most background) its probability is sigmoid(bias); from 0 (p = 0.5) AdamW moves the bias
+    # by at most ~lr per step, and a short run ends with background near 0.45 (boxy masks).
+    predictor_bias_init: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ DSB_DOMAINS = ("fluorescence", "brightfield", "histology")
 def imaging_domain(image: torch.Tensor) -> str:
     """The imaging domain of a DSB2018 image ``Tensor[C, H, W]`` in [0, 1].
 
-    ``histology`` when the channels differ (stained tissue, H&E-like; 108 of the 664 stage1_train
+    ``histology`` when the channels differ (stained tissue, H&E-like; 107 of the 664 stage1_train
     images, all 256x320), else ``fluorescence`` for a dark background (mean < 0.5; 541 images) and
     ``brightfield`` for a bright one (16 images, 1024x1024, dark nuclei on a light background).
     """
