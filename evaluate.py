@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from maskrcnn import cli
+
 
 def _score(args) -> int:
-    from maskrcnn.data.rle import RLEError
     from maskrcnn.evaluation.score import format_report, score_files
-    from maskrcnn.evaluation.submission import SubmissionError
 
-    try:
-        result = score_files(args.submission, args.labels, order=args.order)
-    except (SubmissionError, RLEError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = score_files(args.submission, args.labels, order=args.order)
     if result.errors:
         shown = result.errors[: args.max_errors]
         for e in shown:
@@ -61,7 +57,7 @@ def _labels(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="evaluate.py", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a submission CSV against a label CSV")
@@ -94,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _evaluate(argv) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv=None) -> int:
+    """The exit code of ``evaluate.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``)."""
+    return cli.run(_evaluate, argv)
 
 
 if __name__ == "__main__":

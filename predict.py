@@ -5,7 +5,7 @@
 """
 import sys
 
-from maskrcnn.inference.run import main
+from maskrcnn.inference.predict_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,6 @@
 Multi-GPU / multi-node: ``torchrun --nproc_per_node=N train.py CONFIG.yaml`` (``torchrun`` sets
 RANK/WORLD_SIZE/LOCAL_RANK; each process drives one GPU; only rank 0 writes files).
 """
-import argparse
 import os
 import sys
 
@@ -12,23 +11,30 @@ import sys
 # set before torch loads its OpenMP runtime.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from maskrcnn.config import ConfigError, load_config
+from maskrcnn import cli
+from maskrcnn.config import load_config
 from maskrcnn.engine.launch import main_train
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _train(argv) -> int:
+    parser = cli.ArgumentParser(prog="train.py", description=__doc__)
     parser.add_argument("config", help="YAML config file (see configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last_checkpoint")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from <output_dir>/last_checkpoint")
+    start.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an output_dir that holds an earlier run's checkpoints (removes them)",
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.01")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.set)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    return main_train(cfg, resume=args.resume, progress=not args.no_progress)
+    cfg = load_config(args.config, args.set)
+    return main_train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+
+
+def main(argv=None) -> int:
+    """The exit code of ``train.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``)."""
+    return cli.run(_train, argv)
 
 
 if __name__ == "__main__":

@@ -8,28 +8,25 @@ predictions are mapped back (``View.invert``), merged, post-processed and encode
 Side by side, the vectorised pieces against the obvious per-instance loops they replace
 (sequential greedy clustering; painting masks one by one into the label image).
 
-    nice python bench/bench_inference.py --cells 1000 --tta d4 --repeats 3 [--device cuda]
+    nice python -m bench.bench_inference --cells 1000 --tta d4 --repeats 3 [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.config import TestConfig  # noqa: E402
-from maskrcnn.data.rle import encode_crops  # noqa: E402
-from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances  # noqa: E402
-from maskrcnn.inference.postprocess import foreground_pixels, postprocess  # noqa: E402
-from maskrcnn.inference.tta import parse_tta  # noqa: E402
-from maskrcnn.ops import get_ext  # noqa: E402
-from maskrcnn.structures import Instances, MaskList  # noqa: E402
+from maskrcnn.config import TestConfig
+from maskrcnn.data.rle import encode_crops
+from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances
+from maskrcnn.inference.postprocess import foreground_pixels, postprocess
+from maskrcnn.inference.tta import parse_tta
+from maskrcnn.ops import get_ext
+from maskrcnn.structures import Instances, MaskList
 
 
 def synthetic_view(n, H, W, crop, rmin, rmax, seed, view_seed, device, drop=0.05, fp=0.05, jitter=0.7):
@@ -166,12 +163,12 @@ def main():
     # Side by side: vectorised vs per-instance loops, on the last image.
     allv = Instances.cat(back)
     vid = torch.cat([torch.full((len(b),), k, device=device) for k, b in enumerate(back)])
-    binary = MaskList(allv.masks.crops >= 0.5, allv.masks.origins, allv.image_size)
+    binary = [MaskList(b.masks.crops >= 0.5, b.masks.origins, b.image_size) for b in back]
     t0 = time.perf_counter()
-    i, j, w = cross_view_edges(binary, vid, 0.5, method="sparse")
+    i, j, w, _ = cross_view_edges(binary, 0.5, method="sparse")
     sync(device)
     t1 = time.perf_counter()
-    i2, j2, w2 = cross_view_edges(binary, vid, 0.5, method="pairs")
+    i2, j2, w2, _ = cross_view_edges(binary, 0.5, method="pairs")
     sync(device)
     t2 = time.perf_counter()
     same = torch.equal(torch.sort(i * len(vid) + j).values, torch.sort(i2 * len(vid) + j2).values)

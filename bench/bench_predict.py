@@ -6,24 +6,22 @@ view returns up to ``detections_per_image`` (1000) instances: the merge and post
 work at the Sartorius cap. Random boxes are larger than cells, so crops (and merge cost) are a
 pessimistic bound. Runs ``predict.py``'s main once without TTA and once with ``--tta``.
 
-    nice python bench/bench_predict.py --device cuda --images 4 --tta d4
+    nice python -m bench.bench_predict --device cuda --images 4 --tta d4
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.config import load_config, to_dict  # noqa: E402
-from maskrcnn.data.synthetic import main as write_synthetic  # noqa: E402
-from maskrcnn.inference.run import main as predict_main  # noqa: E402
-from maskrcnn.model import build_model  # noqa: E402
+from maskrcnn.config import load_config, to_dict
+from maskrcnn.data.synthetic import main as write_synthetic
+from maskrcnn.inference.predict_cli import main as predict_main
+from maskrcnn.model import build_model
 
 
 def main():

@@ -11,26 +11,24 @@
    - numpy dense: ``rle.decode`` per row (vectorised, but one full-image mask per object);
    - naive: a Python decoder (loop over runs, ``flat[s:s + n] = 1`` per run), stacked per image.
 
-    python bench/data.py [--dsb ../shared/data/dsb2018/stage1_train] [--cache dsb.npz] [--limit N] [--rle-images 606]
+    python -m bench.data [--dsb ../shared/data/dsb2018/stage1_train] [--cache dsb.npz] [--limit N] [--rle-images 606]
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.data import rle  # noqa: E402
-from maskrcnn.data.dsb2018 import DSB2018Dataset  # noqa: E402
-from maskrcnn.data.images import read_image  # noqa: E402
-from maskrcnn.data.synthetic import SyntheticCells  # noqa: E402
-from maskrcnn.structures import MaskList  # noqa: E402
+from maskrcnn.data import rle
+from maskrcnn.data.dsb2018 import DSB2018Dataset
+from maskrcnn.data.images import read_image
+from maskrcnn.data.synthetic import SyntheticCells
+from maskrcnn.structures import MaskList
 
 
 def naive_dsb_load(ds: DSB2018Dataset, index: int) -> MaskList:

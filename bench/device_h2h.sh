@@ -46,7 +46,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
 fi
 
 SET=(${EXTRA_SET:-})
-H2H=(bench/head_to_head.py --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json --device "$DEVICE")
+H2H=(-m bench.head_to_head --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json --device "$DEVICE")
 INFER=(${INFER_SIZE:-520 704})
 
 # ---- speed: each model alone on the GPU

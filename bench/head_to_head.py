@@ -20,7 +20,7 @@ Phases, each writing ``<out>/results.json`` as it ends (a cut-off run keeps what
    both models validated the same way: one image at a time, float32 (the model's checkpoint is
    ``<out>/<model>/model_final.pth``).
 
-    python bench/head_to_head.py --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json \
+    python -m bench.head_to_head --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json \
         --device cuda --train-seconds 240 --out output/h2h
 """
 from __future__ import annotations
@@ -28,21 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.config import load_config  # noqa: E402
-from maskrcnn.data import build_dataset, build_reader  # noqa: E402
-from maskrcnn.engine.trainer import Trainer, amp_context  # noqa: E402
-from maskrcnn.engine.validate import run_validation  # noqa: E402
-from maskrcnn.model import build_model  # noqa: E402
-from maskrcnn.structures import Instances, MaskList  # noqa: E402
+from maskrcnn.config import load_config
+from maskrcnn.data import build_dataset, build_reader
+from maskrcnn.engine.trainer import Trainer, amp_context
+from maskrcnn.engine.validate import run_validation
+from maskrcnn.model import build_model
+from maskrcnn.structures import Instances, MaskList
 
 
 class TorchvisionMaskRCNN(nn.Module):
@@ -256,7 +254,8 @@ def main(argv=None):
         torch.manual_seed(run_cfg.train.seed)
         model = build(name, run_cfg, device)
         t = time.perf_counter()
-        trainer = Trainer(run_cfg, model=model, train_dataset=train_ds, val_dataset=val_ds, device=device, progress=False)
+        trainer = Trainer(run_cfg, model=model, train_dataset=train_ds, val_dataset=val_ds, device=device, progress=False,
+                          overwrite=True)  # a rerun with the same --out replaces its runs
         trainer.train()
         wall = time.perf_counter() - t
         # One validation protocol for both: one image at a time, float32, our post-processing and

@@ -5,7 +5,7 @@ ellipses; predictions: jittered copies of 90% of them plus 5% false positives). 
 builds dense masks and computes IoU by a float matrix product per image (chunked over ground
 truth to bound memory), then the same matching; it is timed on a subset when it is slow.
 
-    python bench/metric.py [--images 240] [--cells 800] [--ref-images 4] [--device cpu|cuda] [--threads N]
+    python -m bench.metric [--images 240] [--cells 800] [--ref-images 4] [--device cpu|cuda] [--threads N]
 
 Prints per-image times, the ratio, and a check that both give the same scores.
 """
@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 import warnings
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.evaluation.kaggle import (  # noqa: E402
+from maskrcnn.evaluation.kaggle import (
     Candidates,
     KaggleEvaluator,
     image_precisions_from_candidates,
 )
-from maskrcnn.structures import MaskList  # noqa: E402
+from maskrcnn.structures import MaskList
 
 
 def synthetic_image(rng, H, W, n_cells, device):
@@ -159,7 +157,7 @@ def time_csv_scoring(data, expected_map):
     import tempfile
 
     from maskrcnn.evaluation.score import score_files
-    from maskrcnn.evaluation.submission import masks_to_rows, write_labels, write_submission
+    from maskrcnn.inference.submission import masks_to_rows, write_labels, write_submission
 
     with tempfile.TemporaryDirectory() as d:
         labels, sub = os.path.join(d, "labels.csv"), os.path.join(d, "submission.csv")

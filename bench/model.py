@@ -1,9 +1,9 @@
 """Model benchmark: training and inference speed and peak memory, ours vs our pure-torch twins vs
 torchvision's Mask R-CNN, side by side.
 
-    python bench/model.py                         # CPU: R50-FPN, batch 1, 520x704
-    python bench/model.py --device cuda --amp bf16 --channels-last
-    python bench/model.py --tv-python /work/tvenv/bin/python   # torchvision from another venv
+    python -m bench.model                         # CPU: R50-FPN, batch 1, 520x704
+    python -m bench.model --device cuda --amp bf16 --channels-last
+    python -m bench.model --tv-python /work/tvenv/bin/python   # torchvision from another venv
 
 Every configuration runs in its own subprocess (a fresh peak-memory counter; the twins via
 ``MASKRCNN_FORCE_FALLBACK=1``). Both models see the same 520x704 image (torchvision with
@@ -30,8 +30,6 @@ import time
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 try:  # the torchvision venv lacks pyyaml; the bench builds its configs in code and needs none
     import yaml  # noqa: F401
 except ImportError:

@@ -1,8 +1,8 @@
 """Speed of the compiled ops against their pure-PyTorch twins (CPU) or torchvision (CUDA).
 
-    python bench/ops.py                    # CPU: compiled vs twin, ratios side by side
-    python bench/ops.py --quick            # fewer sizes and repeats (a smoke run)
-    python bench/ops.py --device cuda      # ours vs torchvision.ops on the GPU, + mask IoU CUDA vs CPU
+    python -m bench.ops                    # CPU: compiled vs twin, ratios side by side
+    python -m bench.ops --quick            # fewer sizes and repeats (a smoke run)
+    python -m bench.ops --device cuda      # ours vs torchvision.ops on the GPU, + mask IoU CUDA vs CPU
 
 Sizes are Mask R-CNN's: batch 2, 256 channels, FPN levels P2 (200 x 200, stride 4) to P5
 (25 x 25, stride 32) of an 800 x 800 input, 512 RoIs per level sized for that level, 7 x 7 (box
@@ -13,20 +13,14 @@ float product. Times are medians; "x" = baseline time / our time (higher is bett
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-
-import maskrcnn.ops as ops  # noqa: E402
-from maskrcnn.ops import _ext  # noqa: E402
-from maskrcnn.structures import MaskList  # noqa: E402
+import maskrcnn.ops as ops
+from maskrcnn.structures import MaskList
 
 LEVELS = [  # (name, feature size, stride, box side range in image pixels: FPN level assignment)
     ("P2", 200, 4, (16, 112)),
@@ -34,17 +28,6 @@ LEVELS = [  # (name, feature size, stride, box side range in image pixels: FPN l
     ("P4", 50, 16, (224, 448)),
     ("P5", 25, 32, (448, 800)),
 ]
-
-
-@contextlib.contextmanager
-def twins():
-    """Run the public ops on their pure-PyTorch twins, as without a built extension."""
-    saved = (_ext._C, _ext._warned)
-    _ext._C, _ext._warned = None, True
-    try:
-        yield
-    finally:
-        _ext._C, _ext._warned = saved
 
 
 def timeit(fn, repeat, device):
@@ -112,7 +95,7 @@ def header(base_name, extra=""):
 
 
 def bench_cpu(args):
-    if _ext._C is None:
+    if ops.get_ext() is None:
         raise SystemExit("maskrcnn._C is not built: python setup.py build_ext --inplace")
     g = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; twin = pure-PyTorch reference")
@@ -137,9 +120,15 @@ def bench_cpu(args):
                     xg.grad = None
                     ops.roi_align(xg, rois, out, 1 / stride, 2, True).backward(gout)
 
+                def twin_fwd():
+                    return ops.roi_align_reference(xf, rois, out, 1 / stride, 2, True)
+
+                def twin_bwd():
+                    xg.grad = None
+                    ops.roi_align_reference(xg, rois, out, 1 / stride, 2, True).backward(gout)
+
                 if twin_times is None:
-                    with twins():
-                        twin_times = (timeit(fwd, args.twin_repeat, "cpu"), timeit(bwd, args.twin_repeat, "cpu"))
+                    twin_times = (timeit(twin_fwd, args.twin_repeat, "cpu"), timeit(twin_bwd, args.twin_repeat, "cpu"))
                 row(f"roi_align fwd {name} {size}x{size} -> {out}x{out} {fmt_name}", timeit(fwd, args.repeat, "cpu"),
                     twin_times[0])
                 row(f"roi_align fwd+bwd {name} {size}x{size} -> {out}x{out} {fmt_name}",
@@ -155,8 +144,7 @@ def bench_cpu(args):
     t_dense = timeit(lambda: ops.mask_iou_dense_reference(dense, dense), 1, "cpu")
     t_ours_dense = timeit(lambda: ops.mask_iou(dense, dense), args.repeat, "cpu")
     t_ours_crop = timeit(lambda: ops.crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins), args.repeat, "cpu")
-    with twins():
-        t_twin_crop = timeit(lambda: ops.crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins), 1, "cpu")
+    t_twin_crop = timeit(lambda: ops.crop_mask_intersection_reference(ml.crops, ml.origins, ml.crops, ml.origins), 1, "cpu")
     row("mask_iou 800x800 dense in (vs dense product)", t_ours_dense, t_dense)
     row("crop_mask_iou 800x800 crops (vs dense product)", t_ours_crop, t_dense)
     row("crop_mask_iou 800x800 crops (vs crop twin)", t_ours_crop, t_twin_crop)

@@ -4,21 +4,18 @@ Batched NMS cost grows with the square of the boxes given at once; one call over
 images is ~B times the work of B calls of one image each (the results are identical: boxes of
 different images never suppress each other).
 
-    python bench/proposals.py [--device cuda] [--batch 8] [--size 512] [--pre-nms 2000]
+    python -m bench.proposals [--device cuda] [--batch 8] [--size 512] [--pre-nms 2000]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maskrcnn.model.rpn import find_top_proposals  # noqa: E402
-from maskrcnn.ops import batched_nms  # noqa: E402
+from maskrcnn.model.rpn import find_top_proposals
+from maskrcnn.ops import batched_nms
 
 
 def joint(logits, deltas, anchors, sizes, pre, post, thresh):

@@ -4,7 +4,7 @@ Runs the real trainer (``maskrcnn.engine.trainer.Trainer``: loader, AMP, optimis
 a few iterations per mode on synthetic cells of a chosen size, and prints images/s (median over
 the iterations after ``--skip`` warm-up ones) and the ratio to full precision.
 
-    python bench/train_speed.py [--config configs/dsb2018_r50_gn.yaml] [--device cuda]
+    python -m bench.train_speed [--config configs/dsb2018_r50_gn.yaml] [--device cuda]
         [--modes fp32 bf16 fp16] [--iters 30] [--skip 10] [--batch 8] [--size 512 512] [--set k=v ...]
 
 The config's model and solver are used as they are; its data section is replaced by synthetic
@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 

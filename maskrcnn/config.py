@@ -4,23 +4,30 @@
 - ``--set a.b=v`` overrides (values parsed as YAML: ``--set solver.lr=0.01``,
   ``--set model.anchors.sizes=[8,16,32,64,128]``).
 - An unknown key is an error that lists the valid keys at that level; a value of the wrong type
-  is an error naming the key.
+  is an error naming the key. Keys that older versions wrote (``RETIRED_KEYS``) are dropped from
+  files and saved checkpoint configs, with a warning when they held a non-default value.
+- ``apply_thresholds`` / ``override_test_config`` replace ``test`` fields (tuned thresholds,
+  command-line settings), checked like a config file.
 
 Modules never receive the whole config: builders (e.g. ``maskrcnn.model.build_model``) map the
 relevant section to explicit constructor arguments.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
+from maskrcnn.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration file, key or value; the message names the key and what is wrong."""
 
 
@@ -96,7 +103,6 @@ class MaskHeadConfig:
     num_convs: int = 4
     conv_dim: int = 256
     norm: str = ""  # "" | gn
-    mask_threshold: float = 0.5
     # Initial bias of the mask logits. The predictor reads ReLU features, so where they are zero
     # (most background) its probability is sigmoid(bias); from 0 (p = 0.5) AdamW moves the bias
     # by at most ~lr per step, and a short run ends with background near 0.45 (boxy masks).
@@ -376,15 +382,36 @@ def to_dict(cfg) -> Dict[str, Any]:
     return conv(cfg)
 
 
-def from_dict(values: Dict[str, Any]) -> Config:
-    return _build(Config, values)
+# Keys that older versions wrote and that no longer exist: (default, why). Files and checkpoints
+# holding them still load; the key is dropped, with a warning when it held another value.
+RETIRED_KEYS = {
+    "model.mask_head.mask_threshold": (
+        0.5, "it reached only MaskRCNN.predict, never post-processing; test.mask_thresh binarises masks"),
+}
+
+
+def _drop_retired(values: Dict[str, Any], source: str) -> Dict[str, Any]:
+    values = copy.deepcopy(values)
+    for key, (default, why) in RETIRED_KEYS.items():
+        *parents, leaf = key.split(".")
+        node = values
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            value = node.pop(leaf)
+            if value != default:
+                warnings.warn(f"{source}: {key}={value!r} is ignored: {why}", UserWarning, stacklevel=3)
+    return values
+
+
+def from_dict(values: Dict[str, Any], overrides: Sequence[str] = (), source: str = "saved config") -> Config:
+    """A Config from a plain dict (e.g. a checkpoint's ``config``), then ``key=value`` overrides."""
+    return _build(Config, _merge(_drop_retired(values, source), parse_overrides(overrides)))
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (with its ``base:`` chain) and apply ``key=value`` overrides."""
-    data = _load_yaml(path) if path else {}
-    data = _merge(data, parse_overrides(overrides))
-    return _build(Config, data)
+    return from_dict(_load_yaml(path) if path else {}, overrides, source=path or "config")
 
 
 def dump_config(cfg: Config, path: str) -> None:
@@ -392,3 +419,30 @@ def dump_config(cfg: Config, path: str) -> None:
     from maskrcnn.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ------------------------------------------------------------------- test settings
+def override_test_config(test_cfg: TestConfig, values: Dict[str, Any], source: str = "overrides") -> TestConfig:
+    """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file.
+
+    Raises ConfigError naming ``source`` and the key for an unknown field or a bad value.
+    """
+    merged = dict(to_dict(test_cfg))
+    merged.update(values)
+    try:
+        return _build(Config, {"test": merged}).test
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
+    """``test_cfg`` with the fields of a thresholds YAML file (``evaluate.py tune`` writes one).
+
+    The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
+    top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
+    """
+    data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
+    section = data["test"] if "test" in data else data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
+    return override_test_config(test_cfg, section, source=path)

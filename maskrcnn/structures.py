@@ -6,7 +6,7 @@
   Cells are small, so a crop costs a few hundred pixels where a full-image mask costs 366k.
 - ``Instances``: boxes, labels and optionally scores and masks of one image.
 
-Conventions (../shared/CONVENTIONS.md): boxes are ``x1, y1, x2, y2`` floats in absolute
+Conventions (docs/conventions.md): boxes are ``x1, y1, x2, y2`` floats in absolute
 pixels of the image they refer to, no ``+1``; pixel ``i`` covers ``[i, i + 1)``.
 """
 from __future__ import annotations
@@ -226,15 +226,6 @@ class MaskList:
         new_origins = torch.stack([x0, y0], dim=1)
         crops = _gather_windows(self.crops, new_origins - self.origins, h, w)
         return MaskList(crops, new_origins, self.image_size)
-
-    def iou(self, other: "MaskList") -> Tensor:
-        """IoU matrix ``Tensor[N, M]`` between two lists of binary masks of the same image."""
-        from maskrcnn.ops import crop_mask_iou  # ops import structures lazily; avoid a cycle
-
-        if self.image_size != other.image_size:
-            raise ValueError(f"MaskList.iou: image sizes differ ({self.image_size} vs {other.image_size})")
-        a, b = self.threshold(), other.threshold()
-        return crop_mask_iou(a.crops, a.origins, b.crops, b.origins)
 
 
 def _gather_windows(src: Tensor, origins: Tensor, h: int, w: int) -> Tensor:

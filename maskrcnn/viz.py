@@ -11,9 +11,9 @@ Command line::
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
+import sys
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskrcnn import cli
 from maskrcnn.structures import Instances, MaskList, Sample
 
 GT_COLOUR = (0, 255, 0)
@@ -152,10 +153,16 @@ def _load_masks(spec: str, image_id: str, size, order: str, column: str) -> Mask
     return _masks_from_csv(spec, image_id, size, order, column)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The exit code of ``python -m maskrcnn.viz argv`` (user errors: one ``error:`` line and 2)."""
+    return cli.run(_viz, argv)
+
+
+def _viz(argv: Sequence[str]) -> None:
     from maskrcnn.data.images import read_image
 
-    p = argparse.ArgumentParser(description="Draw ground-truth (green) and predicted (red) outlines on an image.")
+    p = cli.ArgumentParser(prog="python -m maskrcnn.viz",
+                           description="Draw ground-truth (green) and predicted (red) outlines on an image.")
     p.add_argument("--image", required=True)
     p.add_argument("--gt", default="", help="labels csv (id, annotation) or a folder of mask PNGs")
     p.add_argument("--pred", default="", help="submission csv (id, predicted) or a folder of mask PNGs")
@@ -175,4 +182,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,8 @@
 import pytest
 
-from maskrcnn.config import ConfigError, dump_config, from_dict, load_config, to_dict
+import yaml
+
+from maskrcnn.config import ConfigError, TestConfig as _TestConfig, apply_thresholds, dump_config, from_dict, load_config, to_dict
 
 
 def test_base_inheritance_and_overrides(tmp_path):
@@ -11,6 +13,12 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.solver.max_iter == 7  # override wins over both
     assert cfg.model.roi_heads.num_classes == 3  # inherited untouched
     assert cfg.model.anchors.sizes == (4.0, 8.0, 16.0, 32.0, 64.0)
+    # Nested sections merge key by key, at every depth.
+    (tmp_path / "base2.yaml").write_text("model:\n  backbone:\n    name: resnet50\n    freeze_at: 3\n  roi_heads:\n    num_classes: 3\n")
+    (tmp_path / "child2.yaml").write_text("base: base2.yaml\nmodel:\n  backbone:\n    name: resnet101\n")
+    cfg = load_config(str(tmp_path / "child2.yaml"), ["model.roi_heads.num_classes=5"])
+    assert cfg.model.backbone.name == "resnet101" and cfg.model.backbone.freeze_at == 3
+    assert cfg.model.roi_heads.num_classes == 5  # override wins over the base
 
 
 def test_unknown_key_lists_valid_keys(tmp_path):
@@ -18,6 +26,15 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(str(tmp_path / "c.yaml"))
     assert "solver.learning_rate" in str(e.value) and "max_iter" in str(e.value)
+    (tmp_path / "a.yaml").write_text("model:\n  backbone:\n    nam: resnet50\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(tmp_path / "a.yaml"))
+    assert "model.backbone.nam" in str(e.value)
+    for valid in ("name", "norm", "freeze_at", "stride_in_1x1"):
+        assert valid in str(e.value)
+    (tmp_path / "b.yaml").write_text("model:\n  rpn:\n    pre_nms_topk_train: many\n")
+    with pytest.raises(ConfigError, match="model.rpn.pre_nms_topk_train"):  # a bad value in a file
+        load_config(str(tmp_path / "b.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -27,6 +44,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
         ("train.seed=1.5", "train.seed: expected an integer"),
         ("data.class_agnostic=3", "expected true or false"),
         ("solver.betas=[0.9]", "expected 2 values"),
+        ("model.channels_last=3", "model.channels_last: expected true or false"),
         ("nonsense", "must look like key.path=value"),
     ],
 )
@@ -50,3 +68,45 @@ def test_dump_and_reload_round_trip(tmp_path):
     dump_config(cfg, str(path))
     assert load_config(str(path)) == cfg
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_retired_keys_of_old_files_and_checkpoints_are_dropped(tmp_path):
+    import warnings
+
+    old = to_dict(load_config(None))
+    old["model"]["mask_head"]["mask_threshold"] = 0.5  # what every earlier checkpoint holds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_dict(old) == load_config(None)
+    old["model"]["mask_head"]["mask_threshold"] = 0.3  # it never changed anything: dropped, with a note
+    with pytest.warns(UserWarning, match=r"model\.mask_head\.mask_threshold=0\.3 is ignored.*test\.mask_thresh"):
+        cfg = from_dict(old, source="old.pth")
+    assert cfg == load_config(None) and cfg.test.mask_thresh == (0.5,)
+    (tmp_path / "old.yaml").write_text("model:\n  mask_head:\n    mask_threshold: 0.5\n    num_convs: 2\n")
+    assert load_config(str(tmp_path / "old.yaml")).model.mask_head.num_convs == 2
+    with pytest.raises(ConfigError, match="mask_threshold"):  # a new setting of it is a mistake
+        load_config(None, ["model.mask_head.mask_threshold=0.3"])
+
+
+def test_thresholds_file_overrides_test_fields(tmp_path):
+    base = _TestConfig()
+    p = tmp_path / "tuned.yaml"
+    p.write_text(yaml.safe_dump({"test": {"score_thresh": [0.15, 0.35, 0.55], "min_area": [75, 150, 75]},
+                                 "tuning": {"mAP": 0.31}}))
+    cfg = apply_thresholds(base, str(p))
+    assert cfg.score_thresh == (0.15, 0.35, 0.55) and cfg.min_area == (75, 150, 75)
+    assert cfg.mask_thresh == base.mask_thresh
+    p.write_text(yaml.safe_dump({"mask_thresh": 0.45}))
+    assert apply_thresholds(base, str(p)).mask_thresh == (0.45,)
+    p.write_text(yaml.safe_dump({"score_treshold": 0.45}))
+    with pytest.raises(ConfigError, match="score_treshold"):
+        apply_thresholds(base, str(p))
+    p.write_text(yaml.safe_dump({"min_area": "big"}))
+    with pytest.raises(ConfigError, match="min_area"):
+        apply_thresholds(base, str(p))
+    p.write_text("score_thresh: [0.3]\nbogus: 1\n")  # a tuned file's top-level keys are TestConfig fields
+    with pytest.raises(ConfigError, match="bogus"):
+        apply_thresholds(base, str(p))
+    p.write_text("test:\n  score_thresh: 0.4\n  min_area: [10, 20]\n")
+    cfg = apply_thresholds(base, str(p))
+    assert (cfg.score_thresh, cfg.min_area, cfg.mask_thresh) == ((0.4,), (10, 20), base.mask_thresh)

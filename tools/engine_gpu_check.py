@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from maskrcnn.config import load_config  # noqa: E402
-from maskrcnn.engine.checkpoint import load_checkpoint, load_model  # noqa: E402
+from maskrcnn.inference.checkpoint import load_checkpoint, load_model  # noqa: E402
 from maskrcnn.engine.curves import read_metrics  # noqa: E402
 from maskrcnn.engine.trainer import Trainer, seed_everything  # noqa: E402
 from maskrcnn.model import build_model  # noqa: E402
@@ -61,10 +61,10 @@ def check_resume(config, root, iters):
     k = iters // 2
     ref_dir, run_dir = os.path.join(root, "ref"), os.path.join(root, "run")
     ref_cfg = _cfg(config, ref_dir, iters, "bf16", k)
-    Trainer(ref_cfg, model=_model_failing_at(ref_cfg, 0), progress=False).train()
+    Trainer(ref_cfg, model=_model_failing_at(ref_cfg, 0), progress=False, overwrite=True).train()
     cfg = _cfg(config, run_dir, iters, "bf16", k)
     try:
-        Trainer(cfg, model=_model_failing_at(cfg, k + 2), progress=False).train()
+        Trainer(cfg, model=_model_failing_at(cfg, k + 2), progress=False, overwrite=True).train()
         return "FAIL resume: the injected failure did not happen"
     except RuntimeError as e:
         if "injected failure" not in str(e):
@@ -84,7 +84,7 @@ def check_resume(config, root, iters):
 
 def check_fp16(config, root, iters):
     out = os.path.join(root, "fp16")
-    Trainer(_cfg(config, out, iters, "fp16", iters), progress=False).train()
+    Trainer(_cfg(config, out, iters, "fp16", iters), progress=False, overwrite=True).train()
     ck = load_checkpoint(os.path.join(out, "model_final.pth"))
     finite = all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     scale = (ck["scaler"] or {}).get("scale")

@@ -51,4 +51,4 @@ if [ $ok -ne 0 ]; then
 fi
 MASKRCNN_REQUIRE_EXT=1 timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/ops -q -rs -p no:cacheprovider --durations=5 "${DESELECT[@]}" \
   2>&1 | tee "$LOG/tests.log" | tail -15
-PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} $PY bench/ops.py --device cuda --repeat ${REPEAT:-10} 2>&1 | tee "$LOG/bench_cuda.log"
+PYTHONUNBUFFERED=1 timeout ${BENCH_TIMEOUT:-240} $PY -m bench.ops --device cuda --repeat ${REPEAT:-10} 2>&1 | tee "$LOG/bench_cuda.log"

@@ -13,20 +13,19 @@ What it holds:
 ``CacheDataset`` (``data.format: cache``, ``data.root: file.npz``) yields the same ``Sample``s as
 the source reader (image, boxes, labels, masks; crops padded by one pixel).
 
-Command line::
+Command line (``maskrcnn/data/make_cache.py``)::
 
-    python -m maskrcnn.data.cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
+    python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import time
 import zipfile
 import zlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -251,26 +250,3 @@ class CacheDataset:
         crops[inst, y, x] = bits
         origins = torch.from_numpy(bx[:, :2] - pad)
         return MaskList(torch.from_numpy(crops), origins, image_size)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    from maskrcnn.config import DataConfig
-    from maskrcnn.data.loader import build_reader
-
-    p = argparse.ArgumentParser(description="Write a compact single-file cache (.npz) of a dataset.")
-    p.add_argument("--format", required=True, choices=["dsb2018", "sartorius", "coco", "synthetic", "cache"])
-    p.add_argument("--root", default="", help="dataset folder (as data.root)")
-    p.add_argument("--ann-file", default="", help="annotation file (as data.ann_file; coco, sartorius)")
-    p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--image-codec", default="webp", choices=IMAGE_CODECS, help="lossless codec for 8-bit images")
-    args = p.parse_args(argv)
-    reader = build_reader(DataConfig(format=args.format, root=args.root, ann_file=args.ann_file))
-    t = time.time()
-    summary = write_cache(reader, args.out, image_codec=args.image_codec, progress=True)
-    print(f"wrote {args.out}: {summary['images']} images, {summary['instances']} instances, "
-          f"{summary['file_bytes'] / 1e6:.2f} MB (images {summary['image_bytes'] / 1e6:.2f} MB) "
-          f"in {time.time() - t:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

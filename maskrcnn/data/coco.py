@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn.data.images import read_image
 from maskrcnn.data.transforms import clip_to_image
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
 
@@ -39,7 +40,7 @@ def _decode(rles) -> np.ndarray:
         return mask_utils.decode(rles)
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserError, ValueError):
     """A problem in a COCO json or its images; the message names the file, image and annotation."""
 
 

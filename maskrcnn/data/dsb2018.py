@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from maskrcnn.data.images import convert_channels, is_gray, open_image, read_image
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
 DSB_CLASSES = ("nucleus",)
@@ -40,7 +41,7 @@ def imaging_domain(image: torch.Tensor) -> str:
     return "fluorescence" if float(image.mean()) < 0.5 else "brightfield"
 
 
-class DSB2018FormatError(ValueError):
+class DSB2018FormatError(UserError, ValueError):
     """A problem with a DSB2018 folder; the message names the file."""
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file that exists but cannot be decoded or has an unsupported layout."""
 
 

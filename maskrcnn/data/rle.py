@@ -1,4 +1,4 @@
-"""Kaggle run-length encoding (../shared/CONVENTIONS.md).
+"""Kaggle run-length encoding: the one codec of the package (docs/conventions.md).
 
 An RLE string is space-separated ``start length`` pairs, starts 1-indexed. Pixels are numbered
 row-major (``order="row"``: Sartorius; decode with ``reshape(height, width)``) or column-major
@@ -7,15 +7,17 @@ row-major (``order="row"``: Sartorius; decode with ``reshape(height, width)``) o
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from maskrcnn.errors import UserError
+
 ORDERS = ("row", "col")
 
 
-class RLEError(ValueError):
+class RLEError(UserError, ValueError):
     """A malformed run-length encoding; the message names the source, row and value."""
 
 
@@ -47,6 +49,8 @@ def parse_rle(rle: str, height: int, width: int, *, source: Optional[str] = None
     except ValueError:
         bad = next(t for t in tokens if not t.lstrip("-").isdigit())
         raise RLEError(f"{where}RLE holds a non-integer value {bad!r}") from None
+    except OverflowError:
+        raise RLEError(f"{where}RLE holds a number too large for a pixel index") from None
     if nums.size % 2:
         raise RLEError(f"{where}RLE has an odd number of values ({nums.size}); it must be start/length pairs")
     runs = nums.reshape(-1, 2)
@@ -58,9 +62,10 @@ def parse_rle(rle: str, height: int, width: int, *, source: Optional[str] = None
     if (lengths < 1).any():
         k = int(np.argmax(lengths < 1))
         raise RLEError(f"{where}RLE pair {k} has length {lengths[k]}; lengths must be >= 1")
-    ends = starts - 1 + lengths  # exclusive, 0-indexed
-    if (ends > n_pixels).any():
-        k = int(np.argmax(ends > n_pixels))
+    ends = starts - 1 + np.minimum(lengths, n_pixels + 1)  # exclusive, 0-indexed (no int64 overflow)
+    past = (starts > n_pixels) | (ends > n_pixels)
+    if past.any():
+        k = int(np.argmax(past))
         raise RLEError(
             f"{where}RLE pair {k} (start {starts[k]}, length {lengths[k]}) runs past the image's "
             f"{n_pixels} pixels ({height}x{width})"
@@ -169,83 +174,107 @@ def decode_many(rles, height: int, width: int, order: str = "row", *, source: Op
 def _text(rle) -> str:
     if rle is None or (isinstance(rle, float) and np.isnan(rle)):
         return ""
-    return str(rle)
+    return str(rle).strip()
 
 
-def parse_rle_batch(rles: Sequence[str], height: int, width: int, *, source: Optional[str] = None,
-                    rows: Optional[Sequence[int]] = None, strict: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-    """Parse and validate many RLE strings of one image at once.
+def parse_rle_batch(rles: Sequence[str], height: int, width: int, strict: bool = True
+                    ) -> Tuple[np.ndarray, np.ndarray, List[int]]:
+    """Parse and check many RLE strings of one image at once.
 
     Returns:
-        (runs int64[K, 2], owner int64[K]): 0-indexed ``(start, length)`` runs and the index (into
-        ``rles``) of the string each run belongs to; runs of a string stay in their order.
-
-    Raises:
-        RLEError: as ``parse_rle``, naming ``source`` and the row (``rows[k]`` if given, else ``k``).
+        ``(runs int64[K, 2], owner int64[K], bad)``: 0-indexed ``(start, length)`` runs, the index
+        (into ``rles``) of the string each run comes from (a string's runs stay in order), and the
+        indices of the strings that fail ``parse_rle``'s checks, whose runs are left out. Callers
+        that need the reason run ``parse_rle`` on one of those (``decode_crops`` raises with it;
+        submission validation lists every one).
     """
     n = len(rles)
-    texts = [r if isinstance(r, str) else _text(r) for r in rles]
-    row_of = (lambda k: k) if rows is None else (lambda k: rows[k])
-
-    def slow():  # exact per-row validation, only to name the first bad row
-        for k, t in enumerate(texts):
-            parse_rle(t, height, width, source=source, row=row_of(k), strict=strict)
-        raise AssertionError("unreachable: the fast parser failed but no row is malformed")
-
+    texts = [_text(r) for r in rles]
     if n == 0:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    # One C-level parse of all rows joined by a -1 sentinel (a valid RLE holds no negative number).
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64), []
+    # One C-level parse of all strings joined by a -1 sentinel (a valid RLE holds no negative
+    # number); any other outcome is sorted out string by string.
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         try:
             nums = np.fromstring(" -1 ".join(texts), dtype=np.int64, sep=" ")
         except (ValueError, DeprecationWarning):
-            slow()
+            nums = None
+    if nums is None or int((nums == -1).sum()) != n - 1:
+        return _parse_one_by_one(texts, height, width, strict)
     sentinel = nums == -1
-    if int(sentinel.sum()) != n - 1 or (nums < -1).any():
-        slow()
     owner = np.cumsum(sentinel)[~sentinel]
     nums = nums[~sentinel]
-    counts = np.bincount(owner, minlength=n)
-    odd = np.flatnonzero(counts % 2)
-    if odd.size:
-        k = int(odd[0])
-        raise RLEError(f"{_where(source, row_of(k))}RLE has an odd number of values ({counts[k]}); it must be start/length pairs")
-    runs = nums.reshape(-1, 2)
-    owner = owner[0::2]
+    bad_str = np.bincount(owner, minlength=n) % 2 == 1
+    keep = ~bad_str[owner]  # the numbers of strings with an even count
+    runs = nums[keep].reshape(-1, 2)
+    owner = owner[keep][0::2]
     starts, lengths = runs[:, 0], runs[:, 1]
     n_pixels = int(height) * int(width)
-    ends = starts - 1 + lengths
-    bad = (starts < 1) | (lengths < 1) | (ends > n_pixels)
+    ends = starts - 1 + np.minimum(lengths, n_pixels + 1)  # no int64 overflow
+    bad_run = (starts < 1) | (lengths < 1) | (starts > n_pixels) | (ends > n_pixels)
     if strict and runs.shape[0] > 1:
         same = owner[1:] == owner[:-1]
-        bad[1:] |= same & (starts[1:] - 1 < ends[:-1])
-    if bad.any():
-        slow()
-    return np.stack([starts - 1, lengths], axis=1), owner
+        bad_run[1:] |= same & (starts[1:] - 1 < ends[:-1])
+    bad_str[owner[bad_run]] = True
+    ok = ~bad_str[owner]
+    return np.stack([starts[ok] - 1, lengths[ok]], axis=1), owner[ok], np.flatnonzero(bad_str).tolist()
+
+
+def _parse_one_by_one(texts: Sequence[str], height: int, width: int, strict: bool):
+    runs, owner, bad = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.int64)], []
+    for k, t in enumerate(texts):  # the error path only
+        try:
+            r = parse_rle(t, height, width, strict=strict)
+        except RLEError:
+            bad.append(k)
+            continue
+        runs.append(r)
+        owner.append(np.full(len(r), k, dtype=np.int64))
+    return np.concatenate(runs), np.concatenate(owner), bad
 
 
 def decode_crops(rles: Sequence[str], height: int, width: int, order: str = "row", pad: int = 1, *,
                  source: Optional[str] = None, rows: Optional[Sequence[int]] = None, strict: bool = True):
     """Decode many RLE strings of one image straight into a bool ``MaskList`` (crops, no full-image masks).
 
+    ``strict=False`` accepts unsorted or overlapping runs (label files). Raises RLEError for the first
+    malformed string, naming ``source`` and its row (``rows[k]`` if given, else ``k``).
+    Returns ``runs_to_crops`` of the parsed runs.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    runs, owner, bad = parse_rle_batch(rles, height, width, strict)
+    if bad:
+        k = bad[0]
+        parse_rle(_text(rles[k]), height, width, source=source, row=k if rows is None else rows[k], strict=strict)
+        raise AssertionError("unreachable: parse_rle_batch rejected a string that parse_rle accepts")
+    return runs_to_crops(runs, owner, len(rles), height, width, order, pad)
+
+
+def runs_to_crops(runs: np.ndarray, owner: np.ndarray, n: int, height: int, width: int, order: str = "row",
+                  pad: int = 1):
+    """Bool ``MaskList`` of ``n`` objects from their parsed runs (``parse_rle_batch``).
+
     Runs are split where they wrap from one image line to the next, each object's extent is found
     from its runs, and all crops are filled at once (one index per foreground pixel, no loop).
-    Crops are the tight box plus ``pad`` pixels; an empty string gives an all-zero crop near (0, 0)
-    (readers decide whether that is an error).
+    Crops are the tight box plus ``pad`` pixels; an object without runs gets an all-zero crop near
+    (0, 0) (readers decide whether that is an error).
 
+    Args:
+        runs (int64[K, 2]): 0-indexed ``(start, length)``; owner (int64[K]): the object of each run.
     Returns:
-        MaskList: ``crops (Tensor[N, h, w] bool)``, ``origins (Tensor[N, 2])``, ``image_size (height, width)``.
+        MaskList: ``crops (Tensor[n, h, w] bool)``, ``origins (Tensor[n, 2])``, ``image_size (height, width)``.
     """
     from maskrcnn.structures import MaskList
 
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     H, W = int(height), int(width)
-    n = len(rles)
     if n == 0:
         return MaskList.empty((H, W))
-    runs, owner = parse_rle_batch(rles, H, W, source=source, rows=rows, strict=strict)
+    runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    owner = np.asarray(owner, dtype=np.int64)
     L = W if order == "row" else H  # pixels per line (a line is a row, or a column for "col")
     s = runs[:, 0]
     e = s + runs[:, 1]  # exclusive

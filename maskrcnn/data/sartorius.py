@@ -1,7 +1,7 @@
 """Sartorius Cell Instance Segmentation: ``train.csv`` + ``train/<id>.png``, and unlabeled images.
 
 ``train.csv`` has one row per object (``id, annotation, width, height, cell_type, ...``); the
-annotation is a row-major RLE (../shared/CONVENTIONS.md). Each image holds one cell type; classes
+annotation is a row-major RLE (docs/conventions.md). Each image holds one cell type; classes
 are ``shsy5y, astro, cort`` (or one class ``cell`` with ``class_agnostic``). ``train_semi_supervised/``
 holds unlabeled images whose cell type is the file name's prefix before ``[``.
 
@@ -20,13 +20,14 @@ import torch
 
 from maskrcnn.data.images import read_image
 from maskrcnn.data.rle import decode_crops
+from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, Sample
 
 SARTORIUS_CLASSES = ("shsy5y", "astro", "cort")
 REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
 
 
-class SartoriusFormatError(ValueError):
+class SartoriusFormatError(UserError, ValueError):
     """A problem in a Sartorius-style csv or its images; the message names the file and row."""
 
 

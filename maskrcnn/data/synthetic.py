@@ -21,17 +21,18 @@ Command line: write a synthetic dataset in a real layout, so that readers are ex
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import os
+import sys
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maskrcnn import cli
 from maskrcnn.structures import Instances, MaskList, Sample
 
 CELL_TYPES = ("shsy5y", "astro", "cort")  # Sartorius' class order; synthetic shapes mimic each
@@ -161,27 +162,10 @@ def _shape_params(rng: np.random.Generator, kind: str, k: int, scale: float):
     return a, b, alpha, harm, phase, n_len, n_ang, n_width, n_on, contrast
 
 
-def render_image(rng: np.random.Generator, kind: str, height: int, width: int,
-                 cells_per_image: Tuple[int, int]) -> Tuple[torch.Tensor, MaskList]:
-    """Render one image of cell type ``kind``: ``(image Tensor[1, H, W] float32, bool MaskList)``."""
-    lo, hi = cells_per_image
-    n_want = int(rng.integers(lo, hi + 1))
-    scale = float(np.clip(np.sqrt(height * width / (128 * 160)), 1.0, 2.0)) ** 0.5
-    k = max(4 * n_want, 8)
-    a, b, alpha, harm, phase, n_len, n_ang, n_width, n_on, contrast = _shape_params(rng, kind, k, scale)
-    # Size used for spacing: the body radius (neurites may cross neighbours, as in real cultures).
-    sizes = a * 0.5 + b * 0.5
-    keep, cx, cy = _place(rng, n_want, sizes, height, width, margin=4.0)
-    n = keep.size
-    image_bg = _background(rng, height, width)
-    if n == 0:
-        image = _finish(rng, image_bg)
-        return image, MaskList.empty((height, width))
-    sel = lambda v: v[keep]  # noqa: E731 - local shorthand
-    a, b, alpha, harm, phase = sel(a), sel(b), sel(alpha), sel(harm), sel(phase)
-    n_len, n_ang, n_width, n_on, contrast = sel(n_len), sel(n_ang), sel(n_width), sel(n_on), sel(contrast)
-    cx, cy = cx[keep], cy[keep]
-
+def _cell_shapes(cx, cy, a, b, alpha, harm, phase, n_len, n_ang, n_width, n_on):
+    """Each cell's shape on a square crop around it: ``(mask, body, rho, limit)`` bool/float64
+    ``[n, S, S]`` (cell, body without neurites, normalised radius, the body's outline at that angle)
+    and the crops' integer origins ``ox, oy`` (int64[n])."""
     extent = a * (1 + harm.sum(1)) + np.where(n_on, n_len, 0).max(1) + 4  # per-cell reach from centre
     half = int(np.ceil(extent.max()))
     S = 2 * half + 1
@@ -210,7 +194,32 @@ def render_image(rng: np.random.Generator, kind: str, height: int, width: int,
     t = np.clip(px * tx[:, :, None, None] + py * ty[:, :, None, None], 0, n_len[:, :, None, None])
     dist = np.hypot(px - t * tx[:, :, None, None], py - t * ty[:, :, None, None])
     neurite = ((dist < n_width[:, :, None, None]) & n_on[:, :, None, None]).any(1)
-    mask = body | neurite
+    return body | neurite, body, rho, limit, ox, oy
+
+
+def render_image(rng: np.random.Generator, kind: str, height: int, width: int,
+                 cells_per_image: Tuple[int, int]) -> Tuple[torch.Tensor, MaskList]:
+    """Render one image of cell type ``kind``: ``(image Tensor[1, H, W] float32, bool MaskList)``."""
+    lo, hi = cells_per_image
+    n_want = int(rng.integers(lo, hi + 1))
+    scale = float(np.clip(np.sqrt(height * width / (128 * 160)), 1.0, 2.0)) ** 0.5
+    k = max(4 * n_want, 8)
+    a, b, alpha, harm, phase, n_len, n_ang, n_width, n_on, contrast = _shape_params(rng, kind, k, scale)
+    # Size used for spacing: the body radius (neurites may cross neighbours, as in real cultures).
+    sizes = a * 0.5 + b * 0.5
+    keep, cx, cy = _place(rng, n_want, sizes, height, width, margin=4.0)
+    n = keep.size
+    image_bg = _background(rng, height, width)
+    if n == 0:
+        image = _finish(rng, image_bg)
+        return image, MaskList.empty((height, width))
+    sel = lambda v: v[keep]  # noqa: E731 - local shorthand
+    a, b, alpha, harm, phase = sel(a), sel(b), sel(alpha), sel(harm), sel(phase)
+    n_len, n_ang, n_width, n_on, contrast = sel(n_len), sel(n_ang), sel(n_width), sel(n_on), sel(contrast)
+    cx, cy = cx[keep], cy[keep]
+
+    mask, body, rho, limit, ox, oy = _cell_shapes(cx, cy, a, b, alpha, harm, phase, n_len, n_ang, n_width, n_on)
+    S = mask.shape[-1]
 
     # Keep only the part inside the image; drop cells that show fewer than 12 pixels.
     ys = oy[:, None] + np.arange(S)[None]
@@ -340,8 +349,14 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
         atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Write a synthetic cell dataset in a real layout.")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The exit code of ``python -m maskrcnn.data.synthetic argv`` (user errors: one ``error:`` line and 2)."""
+    return cli.run(_write_synthetic, argv)
+
+
+def _write_synthetic(argv: Sequence[str]) -> None:
+    p = cli.ArgumentParser(prog="python -m maskrcnn.data.synthetic",
+                           description="Write a synthetic cell dataset in a real layout.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num-images", type=int, default=48)
     p.add_argument("--layout", default="sartorius", choices=["sartorius", "dsb2018", "coco"])
@@ -356,4 +371,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

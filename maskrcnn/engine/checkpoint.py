@@ -1,6 +1,7 @@
-"""Checkpoints: atomic writes, RNG state, the run directory's files, and ``load_model``.
+"""Writing training checkpoints: atomic saves, RNG state and the run directory's files. Reading
+them (``load_checkpoint``, ``load_model``) is ``maskrcnn.inference.checkpoint``.
 
-A training checkpoint is one ``torch.save``'d dict (the cross-team format):
+A training checkpoint is one ``torch.save``'d dict:
 
     {"model": state_dict, "config": to_dict(cfg), "iteration": int,
      "optimizer": ..., "scheduler": ..., "scaler": ... | None,
@@ -14,25 +15,48 @@ Files in a run directory (``train.output_dir``):
 - ``model_<iteration:07d>.pth``: periodic full checkpoints (the last ``train.keep_checkpoints``);
 - ``last_checkpoint``: a text file naming the newest full checkpoint (what ``--resume`` reads);
 - ``model_final.pth``: the full checkpoint at ``max_iter``;
-- ``model_best.pth``: model + config of the best validation score (no optimiser state).
+- ``model_best.pth``: model + config of the best validation score (no optimiser state);
+- ``run.lock``: present while a run uses the directory (its pid, host and start time): one run
+  per directory (``RunDirectory.lock``).
 """
 from __future__ import annotations
 
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from maskrcnn.fileio import atomic_open, atomic_write_text
+from maskrcnn.engine.curves import CURVES_FILE, METRICS_FILE
+from maskrcnn.errors import UserError
+from maskrcnn.fileio import FolderLock, FolderLocked, atomic_open, atomic_write_text, describe_holder, orphan_temp_files
+from maskrcnn.inference.checkpoint import load_checkpoint
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL = "model_final.pth"
 BEST = "model_best.pth"
+CONFIG_FILE = "config.yaml"
+LOCK_FILE = "run.lock"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+_CHECKPOINT = re.compile(r"^model_.*\.pth$")  # periodic, final, best and superseded bests
+
+
+class RunError(UserError, RuntimeError):
+    """A training run refused at start, before it changed anything; the message is one line,
+    ``what (where)``. The front end reports it without a traceback (exit code 2)."""
+
+
+class RunDirectoryError(RunError):
+    """``train.output_dir`` cannot be used as asked: another run holds it, or it holds an earlier
+    run's checkpoints and neither resume nor overwrite was asked for."""
+
+
+class ResumeError(RunError):
+    """A run cannot be resumed as asked: a config change it cannot honour, a checkpoint with
+    non-finite values, unreadable or not fitting the model, or a training set that changed."""
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -44,19 +68,6 @@ def atomic_save(obj: Any, path: str) -> None:
     """
     with atomic_open(path, "wb", fsync=True) as f:
         torch.save(obj, f)
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """The checkpoint dict at ``path`` on the CPU; clear errors for a missing or unreadable file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise RuntimeError(f"{path}: not a maskrcnn checkpoint (expected a dict with a 'model' state_dict)")
-    return ck
 
 
 # ------------------------------------------------------------------------------ RNG state
@@ -96,11 +107,110 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------- run directory
 class RunDirectory:
-    """The checkpoint files of one run directory (rank 0 writes; every rank may read)."""
+    """The files of one run directory (rank 0 writes and holds the lock; every rank may read)."""
 
     def __init__(self, output_dir: str, keep: int = 2):
         self.output_dir = output_dir
         self.keep = keep
+        self._lock: Optional[FolderLock] = None
+
+    # ------------------------------------------------------------ one run at a time
+    def lock(self) -> Optional[str]:
+        """Take the directory for this process (creating it); returns a warning when the lock of a
+        run that died was taken over, else None.
+
+        Raises:
+            RunDirectoryError: another live run holds it (the message names its pid and host).
+        """
+        os.makedirs(self.output_dir, exist_ok=True)
+        lock = FolderLock(self.path(LOCK_FILE))
+        try:
+            stale = lock.acquire()
+        except FolderLocked as e:
+            raise RunDirectoryError(
+                f"another training run is using train.output_dir ({e}): wait for it to end or choose another "
+                f"train.output_dir ({self.path(LOCK_FILE)})"
+            ) from None
+        self._lock = lock
+        if stale:
+            return (f"took over {self.path(LOCK_FILE)} from {describe_holder(stale)}, which is no longer running "
+                    f"(killed or crashed)")
+        return None
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @staticmethod
+    def is_run_file(name: str) -> bool:
+        """Whether the trainer writes a file of this name (checkpoints, markers, logs, curves)."""
+        return name in (LAST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, CURVES_FILE) or bool(_CHECKPOINT.match(name))
+
+    def checkpoint_files(self) -> List[str]:
+        """Names of checkpoints and the ``last_checkpoint`` marker present (an earlier run's work)."""
+        if not os.path.isdir(self.output_dir):
+            return []
+        return sorted(n for n in os.listdir(self.output_dir) if n == LAST_CHECKPOINT or _CHECKPOINT.match(n))
+
+    def periodic_files(self) -> List[str]:
+        """Names of the periodic checkpoints ``model_<iteration>.pth`` present, oldest first."""
+        if not os.path.isdir(self.output_dir):
+            return []
+        return sorted(n for n in os.listdir(self.output_dir) if _PERIODIC.match(n))
+
+    def remove_orphan_temp_files(self) -> List[str]:
+        """Remove temp files of writes killed before their rename (the lock holder alone calls this:
+        no other process writes these names here); returns their names."""
+        removed = []
+        for path in orphan_temp_files(self.output_dir, self.is_run_file):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(os.path.basename(path))
+        return removed
+
+    def remove_run_files(self) -> List[str]:
+        """Remove an earlier run's checkpoints, marker, metrics, curves and config (``--overwrite``);
+        other files (``log.txt``, the user's own) stay. Returns the names removed."""
+        removed = []
+        for name in sorted(os.listdir(self.output_dir)):
+            if self.is_run_file(name) and os.path.isfile(self.path(name)):
+                os.remove(self.path(name))
+                removed.append(name)
+        return removed
+
+    def demote_final(self, iteration: int) -> Optional[str]:
+        """A finished run continued to a larger ``max_iter``: ``model_final.pth`` (at ``iteration``)
+        becomes the periodic checkpoint of that iteration, so that the directory never holds a
+        "final" checkpoint of an unfinished run. Returns the new name (None if nothing to do)."""
+        final = self.path(FINAL)
+        name = self.periodic_name(iteration)
+        if not os.path.isfile(final) or os.path.exists(self.path(name)):
+            return None
+        os.replace(final, self.path(name))
+        atomic_write_text(self.path(LAST_CHECKPOINT), name + "\n")
+        return name
+
+    def set_aside_best(self, iteration: int) -> Optional[str]:
+        """On resume from ``iteration``: a ``model_best.pth`` saved after that iteration belongs to the
+        trajectory being replaced; it is renamed ``model_best_<its iteration>_before_resume.pth``
+        (kept, but no longer taken for this run's best). Returns the new name, or None."""
+        path = self.path(BEST)
+        if not os.path.isfile(path):
+            return None
+        try:
+            best_iteration = int(load_checkpoint(path).get("iteration", -1))
+        except (RuntimeError, TypeError, ValueError):
+            return None  # unreadable: left as it is; the run overwrites it at its first improvement
+        if best_iteration <= iteration:
+            return None
+        name = f"model_best_{best_iteration:07d}_before_resume.pth"
+        os.replace(path, self.path(name))
+        return name
+
+    # ------------------------------------------------------------------ checkpoints
 
     def path(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
@@ -138,36 +248,7 @@ class RunDirectory:
     def _prune(self, keep_name: str) -> None:
         if self.keep <= 0:
             return
-        periodic = sorted(n for n in os.listdir(self.output_dir) if _PERIODIC.match(n))
+        periodic = self.periodic_files()
         for n in periodic[: max(len(periodic) - self.keep, 0)]:
             if n != keep_name:
                 os.remove(self.path(n))
-
-
-# --------------------------------------------------------------------------- inference
-def load_model(path: str, device: Any = "cpu") -> Tuple[nn.Module, Any]:
-    """Rebuild the model saved in checkpoint ``path`` and load its weights.
-
-    Args:
-        path: any checkpoint written by the trainer (periodic, final or best).
-        device: where to put the model (``"cpu"``, ``"cuda"``, a ``torch.device``).
-
-    Returns:
-        ``(model, cfg)``: the model in eval mode on ``device`` and the run's ``Config``.
-    """
-    from maskrcnn.config import from_dict
-    from maskrcnn.model import build_model
-
-    ck = load_checkpoint(path)
-    if "config" not in ck:
-        raise RuntimeError(f"{path}: checkpoint has no 'config'; it was not written by maskrcnn's trainer")
-    cfg = from_dict(ck["config"])
-    model = build_model(cfg.model, load_weights=False)  # the checkpoint holds every weight
-    missing, unexpected = model.load_state_dict(ck["model"], strict=False)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"{path}: weights do not fit the model its config builds "
-            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
-        )
-    return model.to(device).eval(), cfg

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from maskrcnn.device import resolve_device
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -56,7 +58,7 @@ def init_distributed(
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank, key="train.device")
     if world_size <= 1:
         return dev
     if backend is None:
@@ -66,20 +68,6 @@ def init_distributed(
     if not is_distributed():
         dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     return dev
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available; ``cuda`` -> ``cuda:local_rank``; errors name the value."""
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"train.device: unknown device {device!r}; choose auto, cpu or cuda")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device is {device!r} but CUDA is not available on this machine")
-        if device == "cuda":
-            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device(device)
 
 
 def cleanup() -> None:

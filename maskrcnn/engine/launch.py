@@ -4,32 +4,28 @@ from __future__ import annotations
 import logging
 import sys
 
-from maskrcnn.config import Config, ConfigError
+from maskrcnn.config import Config
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
 
 logger = logging.getLogger("maskrcnn.engine")
 
 
-def main_train(cfg: Config, resume: bool = False, progress: bool = True) -> int:
+def main_train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> int:
     """Run ``cfg`` to the end in this process (joining torchrun's group when launched by it).
 
-    Returns a process exit code: 0 done, 2 a configuration error or a missing file, 3 a non-finite loss.
+    Returns a process exit code: 0 done, 3 a non-finite loss. The user's mistakes (a configuration
+    error, a missing file, a run refused at start: ``RunError``) propagate as ``UserError`` for
+    the front end's ``maskrcnn.cli.run`` to report (exit 2).
     """
     rank = 0
     try:
         device = du.init_distributed(device=cfg.train.device) if du.launched_by_torchrun() else None
         rank = du.get_rank()
         try:
-            summary = Trainer(cfg, resume=resume, device=device, progress=progress).train()
+            summary = Trainer(cfg, resume=resume, device=device, progress=progress, overwrite=overwrite).train()
         finally:
             du.cleanup()
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:  # a data folder, annotation file or checkpoint named by the config
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3

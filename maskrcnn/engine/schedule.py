@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Iterable, List
+from typing import List
 
 import torch
 from torch import nn
@@ -161,5 +161,17 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> W
     return WarmupSchedule(optimizer, cfg)
 
 
-def current_lrs(optimizer: torch.optim.Optimizer) -> Iterable[float]:
-    return [g["lr"] for g in optimizer.param_groups]
+def set_schedule_position(scheduler: WarmupSchedule, iteration: int) -> List[float]:
+    """Put ``scheduler`` (built from the current config) after ``iteration`` completed steps and set
+    the optimiser's rates to what the schedule gives there; returns those rates.
+
+    A resumed run does this instead of restoring the saved scheduler: the schedule is a pure
+    function of (config, iteration), so with an unchanged config the rates are the saved ones, and
+    with a changed ``lr``, ``max_iter``, ``steps``... the new schedule applies from ``iteration`` on.
+    """
+    scheduler.last_epoch = iteration
+    lrs = scheduler.get_lr()
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    return lrs

@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,20 +32,25 @@ from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
 from maskrcnn.config import Config, ConfigError, dump_config, to_dict
+from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
     BEST,
+    CONFIG_FILE,
     FINAL,
     LAST_CHECKPOINT,
+    ResumeError,
     RunDirectory,
+    RunDirectoryError,
     capture_rng_state,
-    load_checkpoint,
+    nonfinite_tensors,
     restore_rng_state,
     unwrap,
 )
 from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
-from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config
+from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
 from maskrcnn.engine.validate import run_validation
+from maskrcnn.inference.checkpoint import load_checkpoint
 
 logger = logging.getLogger("maskrcnn.engine")
 
@@ -76,6 +81,65 @@ def check_train_config(cfg: Config) -> None:
             raise ConfigError(
                 f"test.{key} has {n} values; give one per class (model.roi_heads.num_classes = {nc}) or one for all"
             )
+
+
+# Config keys a resumed run may change; each applies from the resume point on (and is logged):
+# the learning rate and its schedule (evaluated at the resume iteration: a larger max_iter under
+# a cosine schedule continues at the rate the longer schedule has there), optimiser
+# hyperparameters (the saved momentum/Adam state stays valid), clipping, accumulation and mixed
+# precision, the periods and other train.* settings, the batch size (the data position is
+# converted by images seen), loader workers, augmentation, where the data lives (the training
+# split must keep its size), validation settings (test.*), and the initial-weights file (unused
+# on resume: the checkpoint holds every weight). "a.b." entries cover a whole section.
+RESUME_MAY_CHANGE = (
+    "solver.lr", "solver.max_iter", "solver.schedule", "solver.steps", "solver.gamma", "solver.warmup_iters",
+    "solver.warmup_factor", "solver.weight_decay", "solver.momentum", "solver.betas", "solver.clip_grad_norm",
+    "solver.accum_steps", "solver.amp",
+    "train.",
+    "data.batch_size", "data.num_workers", "data.root", "data.ann_file", "data.augment.",
+    "test.",
+    "model.backbone.weights", "model.backbone.weights_channel_order", "model.backbone.weights_pixel_std",
+    "model.channels_last",
+)
+# Refused although inside a section above: the epoch's data order is drawn from the seed, so a
+# new seed mid-epoch would repeat some images and skip others.
+RESUME_MAY_NOT_CHANGE = ("train.seed",)
+
+
+def may_change_on_resume(key: str) -> bool:
+    """Whether config key ``key`` (``section.name``) may differ from the checkpoint's on resume."""
+    if key in RESUME_MAY_NOT_CHANGE:
+        return False
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+
+
+def _why_fixed(key: str) -> str:
+    if key.startswith("model."):
+        return "the model the checkpoint holds"
+    if key.startswith("data."):
+        return "the training data and its train/val split"
+    if key.startswith("solver."):
+        return "the saved optimiser state"
+    if key == "train.seed":
+        return "the data order of the epoch in progress"
+    return "not resumable"
+
+
+def config_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` for every flattened key whose value differs (keys
+    only one side has, from an older or newer version of the config, are left out)."""
+
+    def flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(saved), flat(current)
+    return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
 
 
 def seed_everything(seed: int) -> None:
@@ -143,14 +207,28 @@ def _run_logging(output_dir: Optional[str], console: bool):
 class Trainer:
     """Trains one model from a ``Config``; ``Trainer(cfg).train()`` is the whole run.
 
+    Construction claims ``train.output_dir`` for this run before any expensive work: it takes the
+    directory's lock (one run per directory), removes temp files of killed writes, refuses a new
+    run over an earlier run's checkpoints unless ``overwrite``, and with ``resume`` checks the
+    checkpoint (config changes it can honour, finite values) and restores it. ``train()`` releases
+    the directory at the end, on errors too; call ``close()`` instead when not training.
+
     Args:
         cfg: the run's configuration (sections solver, train, data, model, test).
-        resume: continue from ``<output_dir>/last_checkpoint`` when it exists.
+        resume: continue from ``<output_dir>/last_checkpoint`` when it exists; the keys in
+            ``RESUME_MAY_CHANGE`` may differ from the checkpoint's config and apply from the resume
+            point on; other changes are refused (``ResumeError``).
         model: use this module instead of ``build_model(cfg.model)`` (tests use stand-ins).
         train_dataset, val_dataset: instead of ``build_dataset(cfg.data, "train"/"val")``;
             ``val_dataset=None`` with ``train.eval_period > 0`` builds the validation split.
         device: defaults to ``train.device`` (``cuda:LOCAL_RANK`` under torchrun).
         progress: show the tqdm bar on rank 0.
+        overwrite: start a new run even where an earlier run left checkpoints (they are removed).
+
+    Raises (at construction, before anything is changed):
+        RunDirectoryError: another run holds ``train.output_dir``, or it holds an earlier run's
+            checkpoints and neither ``resume`` nor ``overwrite`` is set.
+        ResumeError: the checkpoint cannot be continued as asked.
     """
 
     def __init__(
@@ -162,16 +240,34 @@ class Trainer:
         val_dataset: Optional[Dataset] = None,
         device: Optional[torch.device] = None,
         progress: bool = True,
+        overwrite: bool = False,
     ):
         check_train_config(cfg)
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.cfg = cfg
         self.resume = resume
+        self.overwrite = overwrite
         self.rank, self.world_size = du.get_rank(), du.get_world_size()
         self.is_main = self.rank == 0
-        self.device = device if device is not None else du.resolve_device(cfg.train.device, du.get_local_rank())
+        self.device = device if device is not None else resolve_device(cfg.train.device, du.get_local_rank(), key="train.device")
         self.progress = progress
         self.run_dir = RunDirectory(cfg.train.output_dir, keep=cfg.train.keep_checkpoints)
         self.metrics = MetricsLog(cfg.train.output_dir)
+        self._resources = contextlib.ExitStack()  # the directory's lock and the log handlers
+        self._closed = False
+        try:
+            self._setup(model, train_dataset, val_dataset)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, model: Optional[nn.Module], train_dataset: Optional[Dataset], val_dataset: Optional[Dataset]) -> None:
+        cfg = self.cfg
+        self.resume_path = self._claim_run_directory()
+        ck = None
+        if self.resume_path is not None:
+            ck = self._read_resume_checkpoint(self.resume_path)
 
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
@@ -179,7 +275,8 @@ class Trainer:
         if model is None:
             from maskrcnn.model import build_model
 
-            model = build_model(cfg.model)
+            # A resumed run takes every weight from the checkpoint: the initial weights file is not read.
+            model = build_model(cfg.model, load_weights=ck is None)
         self.model = model.to(self.device)
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg.solver)
@@ -208,6 +305,112 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.best_iteration: Optional[int] = None
         self.last_val: Dict[str, float] = {}
+        if ck is not None:
+            self.load_state_dict(ck, self.resume_path)
+            if self.is_main:
+                logger.info("resumed from %s at iteration %d (epoch %d, batch %d)",
+                            self.resume_path, self.iteration, self.epoch, self.batch_in_epoch)
+
+    def close(self) -> None:
+        """Release the run directory and detach the log handlers (``train()`` does it at its end)."""
+        self._closed = True
+        self._resources.close()
+
+    # --------------------------------------------------------- run directory
+    def _claim_run_directory(self) -> Optional[str]:
+        """Rank 0 takes the directory and decides where the run starts; every rank gets the answer
+        (the checkpoint to resume from, or None) or raises the same error."""
+        answer: Tuple[Optional[str], Optional[str]] = (None, None)
+        error: Optional[BaseException] = None
+        if self.is_main:
+            try:
+                answer = (self._claim_as_main(), None)
+            except Exception as e:  # every rank must hear of it, or the others would wait forever
+                error = e
+                answer = (None, f"{type(e).__name__}: {e}")
+        path, failure = du.broadcast_object(answer)
+        if error is not None:
+            raise error
+        if failure is not None:
+            raise RunDirectoryError(f"rank 0 could not start the run: {failure}")
+        return path
+
+    def _claim_as_main(self) -> Optional[str]:
+        out = self.cfg.train.output_dir
+        notes: List[str] = []
+        stale = self.run_dir.lock()
+        self._resources.callback(self.run_dir.unlock)
+        if stale:
+            notes.append(stale)
+        removed = self.run_dir.remove_orphan_temp_files()
+        if removed:
+            notes.append(f"removed {len(removed)} temp file(s) of writes killed before they finished: {', '.join(removed)}")
+        path = self.run_dir.latest() if self.resume else None
+        if path is None:
+            earlier = self.run_dir.checkpoint_files()
+            if earlier and not self.overwrite:
+                what = f"last_checkpoint names {self._marker_name()}" if LAST_CHECKPOINT in earlier else "no last_checkpoint"
+                files = ", ".join(n for n in earlier if n != LAST_CHECKPOINT)
+                if self.resume:
+                    raise RunDirectoryError(
+                        f"nothing to resume in train.output_dir ({what}) but it holds an earlier run's {files}: "
+                        f"start over with --overwrite (removes them) or choose another train.output_dir ({out})"
+                    )
+                raise RunDirectoryError(
+                    f"train.output_dir holds an earlier run ({what}; {files}): continue it with --resume, replace it "
+                    f"with --overwrite (removes its checkpoints), or choose another train.output_dir ({out})"
+                )
+            if self.overwrite:
+                removed = self.run_dir.remove_run_files()
+                if removed:
+                    notes.append(f"--overwrite: removed the earlier run's {', '.join(removed)}")
+            if self.resume:
+                notes.append(f"--resume: no checkpoint in {out}; starting a new run")
+        # Logging starts here, once log.txt's folder is ours.
+        self._resources.enter_context(_run_logging(out, console=True))
+        for note in notes:
+            logger.warning(note)
+        return path
+
+    def _marker_name(self) -> str:
+        try:
+            with open(self.run_dir.path(LAST_CHECKPOINT)) as f:
+                return f.read().strip() or "nothing"
+        except OSError:
+            return "?"
+
+    # ------------------------------------------------------------------ resume
+    def _read_resume_checkpoint(self, path: str) -> Dict[str, Any]:
+        """The checkpoint to resume from, refused (``ResumeError``) when its config differs in keys
+        a resumed run cannot change, or its weights hold NaN/inf."""
+        try:
+            ck = load_checkpoint(path)
+        except RuntimeError as e:
+            raise ResumeError(f"cannot resume from an unreadable checkpoint: {e}") from None
+        changes = config_changes(ck.get("config") or {}, to_dict(self.cfg))
+        refused = [(k, a, b) for k, a, b in changes if not may_change_on_resume(k)]
+        if refused:
+            parts = "; ".join(f"{k}: {a!r} -> {b!r} ({_why_fixed(k)})" for k, a, b in refused)
+            raise ResumeError(
+                f"--resume cannot change {parts}. Set them back to the run's values (its "
+                f"{CONFIG_FILE}) or train in another train.output_dir ({path})"
+            )
+        bad = nonfinite_tensors(ck["model"])
+        if bad:
+            first = ck["model"][bad[0]]
+            kind = "NaN" if bool(torch.isnan(first).any()) else "inf"
+            earlier = [n for n in self.run_dir.periodic_files() if self.run_dir.path(n) != path]
+            raise ResumeError(
+                f"the checkpoint's weights are not finite: {bad[0]} holds {kind}"
+                + (f" ({len(bad) - 1} more tensors too)" if len(bad) > 1 else "")
+                + ". Resume from an earlier checkpoint (write its name"
+                + (f", e.g. {earlier[-1]}," if earlier else "")
+                + f" into {LAST_CHECKPOINT}) or start over with --overwrite ({path})"
+            )
+        if self.is_main:
+            for k, a, b in changes:
+                logger.warning("resuming with %s changed: %r -> %r (applies from iteration %s on)", k, a, b, ck.get("iteration"))
+        return ck
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
@@ -221,21 +424,54 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng,
-            "loader": {"epoch": self.epoch, "batch": self.batch_in_epoch, "batch_size": self.cfg.data.batch_size},
+            "loader": {
+                "epoch": self.epoch,
+                "batch": self.batch_in_epoch,
+                "batch_size": self.cfg.data.batch_size,
+                "num_images": len(self.train_dataset),
+            },
             "best": {"score": self.best_score, "iteration": self.best_iteration},
             "world_size": self.world_size,
         }
 
     def load_state_dict(self, ck: Dict[str, Any], path: str) -> None:
-        unwrap(self.model).load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
+        """Restore a checkpoint into this trainer; the current config's solver settings (learning
+        rate and schedule, optimiser hyperparameters) apply from the checkpoint's iteration on."""
+        iteration = int(ck["iteration"])
+        loader = ck.get("loader") or {}
+        if "num_images" in loader and int(loader["num_images"]) != len(self.train_dataset):
+            raise ResumeError(
+                f"the training split has {len(self.train_dataset)} images but the checkpoint was trained on "
+                f"{loader['num_images']}: the data changed, and the saved data position would mean other images "
+                f"({path})"
+            )
+        saved_epoch = (ck.get("scheduler") or {}).get("last_epoch", iteration)
+        if saved_epoch != iteration:
+            raise ResumeError(f"the checkpoint is inconsistent: its scheduler is at step {saved_epoch} but its iteration is {iteration} ({path})")
+        try:
+            unwrap(self.model).load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ResumeError(f"the checkpoint's weights do not fit the model: {str(e).splitlines()[0]} ({path})") from None
+        # This config's hyperparameters (lr, weight decay, momentum, betas) win over the saved ones;
+        # the optimiser's per-parameter state (momentum buffers, Adam moments) is the checkpoint's.
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ResumeError(f"the checkpoint's optimiser state does not fit this model and optimiser: {e} ({path})") from None
+        for group, values in zip(self.optimizer.param_groups, fresh):
+            group.update(values)
+        self._check_finite_optimizer_state(path)
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
-        self.iteration = int(ck["iteration"])
+        self.iteration = iteration
+        old_lr = [g.get("lr") for g in (ck["optimizer"].get("param_groups") or [])]
+        new_lr = set_schedule_position(self.scheduler, iteration)
+        if self.is_main and old_lr and any(abs(a - b) > 1e-12 * max(abs(a), abs(b), 1e-30) for a, b in zip(old_lr, new_lr)):
+            logger.warning("learning rate at iteration %d: %.4g (the checkpoint's) -> %.4g (this config's schedule)",
+                           iteration, old_lr[0], new_lr[0])
         best = ck.get("best") or {}
         self.best_score, self.best_iteration = best.get("score"), best.get("iteration")
-        loader = ck.get("loader") or {}
         self.epoch, self.batch_in_epoch = int(loader.get("epoch", 0)), int(loader.get("batch", 0))
         old_world = int(ck.get("world_size", 1))
         rng = ck.get("rng") or []
@@ -252,44 +488,18 @@ class Trainer:
             restore_rng_state(rng[self.rank])
         else:
             seed_everything(self.cfg.train.seed + self.rank + self.iteration)
-        if self.scheduler.last_epoch != self.iteration:
-            raise RuntimeError(f"{path}: scheduler is at step {self.scheduler.last_epoch} but iteration is {self.iteration}")
 
-    def _maybe_resume(self) -> None:
-        path = self.run_dir.latest() if self.resume else None
-        if self.resume and path is None:
-            if self.is_main:
-                logger.info("--resume: no checkpoint in %s; starting a new run", self.cfg.train.output_dir)
-        if path is not None:
-            ck = load_checkpoint(path)
-            self._warn_config_changes(ck.get("config") or {}, path)
-            self.load_state_dict(ck, path)
-            if self.is_main:
-                logger.info("resumed from %s at iteration %d (epoch %d, batch %d)", path, self.iteration, self.epoch, self.batch_in_epoch)
-                self.metrics.truncate_after(self.iteration)
-        elif self.is_main:
-            self.metrics.reset()
-            marker = self.run_dir.path(LAST_CHECKPOINT)
-            if os.path.exists(marker):
-                # A new run in an old run's folder: --resume after an early crash must not pick up
-                # the old run's checkpoint.
-                logger.warning("%s holds an earlier run's checkpoints; starting a new run (no --resume)", self.cfg.train.output_dir)
-                os.remove(marker)
-
-    def _warn_config_changes(self, saved: Dict[str, Any], path: str) -> None:
-        def flat(d, prefix=""):
-            out = {}
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    out.update(flat(v, f"{prefix}{k}."))
-                else:
-                    out[f"{prefix}{k}"] = v
-            return out
-
-        old, new = flat(saved), flat(to_dict(self.cfg))
-        changed = sorted(k for k in new if k in old and old[k] != new[k])
-        if changed and self.is_main:
-            logger.warning("resuming %s with changed config keys: %s", path, ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed))
+    def _check_finite_optimizer_state(self, path: str) -> None:
+        names = {id(p): n for n, p in unwrap(self.model).named_parameters()}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                        raise ResumeError(
+                            f"the checkpoint's optimiser state is not finite: {key} of {names.get(id(p), '?')}. Resume "
+                            f"from an earlier checkpoint (write its name into {LAST_CHECKPOINT}) or start over with "
+                            f"--overwrite ({path})"
+                        )
 
     # ------------------------------------------------------------------- data
     def _batches(self) -> Iterator[list]:
@@ -314,16 +524,17 @@ class Trainer:
 
     # ------------------------------------------------------------------- train
     def train(self) -> Dict[str, Any]:
-        """Run to ``solver.max_iter``; returns ``{"iteration", "best_score", "best_iteration", "last_val"}``."""
+        """Run to ``solver.max_iter``; returns ``{"iteration", "best_score", "best_iteration", "last_val"}``.
+
+        The run directory is released at the end, also when training fails or is interrupted.
+        """
+        if self._closed:
+            raise RuntimeError("this Trainer has finished (or was closed); build a new one to train again")
         cfg = self.cfg
-        out_dir = cfg.train.output_dir
-        if self.is_main:
-            os.makedirs(out_dir, exist_ok=True)
-        du.barrier()
-        with _run_logging(out_dir if self.is_main else None, console=self.is_main):
-            self._maybe_resume()
+        try:
             if self.is_main:
-                dump_config(cfg, os.path.join(out_dir, "config.yaml"))
+                self._start_files()
+            du.barrier()
             model = self.model
             if self.world_size > 1:
                 ids = [self.device.index] if self.device.type == "cuda" else None
@@ -333,12 +544,33 @@ class Trainer:
             self._loop(model)
             if self.is_main:
                 self._draw()
+        finally:
+            self.close()
         return {
             "iteration": self.iteration,
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
             "last_val": dict(self.last_val),
         }
+
+    def _start_files(self) -> None:
+        """Rank 0, before the first step: the metrics file, the checkpoints and the config match the
+        point the run starts from."""
+        out = self.cfg.train.output_dir
+        if self.resume_path is None:
+            self.metrics.reset()
+        else:
+            self.metrics.truncate_after(self.iteration)
+            aside = self.run_dir.set_aside_best(self.iteration)
+            if aside:
+                logger.warning("model_best.pth was saved after iteration %d by the run being resumed; kept as %s",
+                               self.iteration, aside)
+            if os.path.basename(self.resume_path) == FINAL and self.iteration < self.cfg.solver.max_iter:
+                name = self.run_dir.demote_final(self.iteration)
+                if name:
+                    logger.info("continuing a finished run to iteration %d: %s is now %s",
+                                self.cfg.solver.max_iter, FINAL, name)
+        dump_config(self.cfg, os.path.join(out, CONFIG_FILE))
 
     def _loop(self, model: nn.Module) -> None:
         cfg, s = self.cfg, self.cfg.solver
@@ -363,30 +595,8 @@ class Trainer:
         try:
             while self.iteration < max_iter:
                 t_start = time.perf_counter()
-                data_time = 0.0
                 self.optimizer.zero_grad(set_to_none=True)
-                components: Dict[str, float] = defaultdict(float)
-                for micro in range(accum):
-                    t_data = time.perf_counter()
-                    batch = next(batches)
-                    images = [smp.image.to(self.device, non_blocking=True) for smp in batch]
-                    targets = [smp.instances.to(self.device) for smp in batch]
-                    data_time += time.perf_counter() - t_data
-                    sync = model.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with self.autocast():
-                            losses = model(images, targets)
-                        total = sum(v.float() for v in losses.values())
-                        # One device sync for all components (they are logged every iteration anyway).
-                        host = torch.stack([v.detach().float() for v in losses.values()] + [total.detach()]).tolist()
-                        values = dict(zip(losses.keys(), host[:-1]))
-                        self._check_finite(host[-1], values)
-                        scaled = total / accum
-                        if self.scaler is not None:
-                            scaled = self.scaler.scale(scaled)
-                        scaled.backward()
-                    for k, v in values.items():
-                        components[k] += v / accum
+                components, data_time = self._forward_backward(model, batches, accum, is_ddp)
                 step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
                 grad_norm = self._step()
                 with warnings.catch_warnings():
@@ -396,7 +606,6 @@ class Trainer:
                     self.scheduler.step()
                 self.iteration += 1
 
-                components = dict(components)
                 components["loss"] = sum(components.values())
                 for k, v in components.items():
                     window[k].append(v)
@@ -425,6 +634,38 @@ class Trainer:
                     self._checkpoint(self.run_dir.periodic_name(self.iteration))
         finally:
             bar.close()
+
+    def _forward_backward(self, model: nn.Module, batches: Iterator[list], accum: int,
+                          is_ddp: bool) -> Tuple[Dict[str, float], float]:
+        """Losses and gradients of one optimiser step over ``accum`` micro-batches.
+
+        Returns the loss components averaged over the micro-batches, and the seconds spent
+        waiting for data.
+        """
+        data_time = 0.0
+        components: Dict[str, float] = defaultdict(float)
+        for micro in range(accum):
+            t_data = time.perf_counter()
+            batch = next(batches)
+            images = [smp.image.to(self.device, non_blocking=True) for smp in batch]
+            targets = [smp.instances.to(self.device) for smp in batch]
+            data_time += time.perf_counter() - t_data
+            sync = model.no_sync() if is_ddp and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    losses = model(images, targets)
+                total = sum(v.float() for v in losses.values())
+                # One device sync for all components (they are logged every iteration anyway).
+                host = torch.stack([v.detach().float() for v in losses.values()] + [total.detach()]).tolist()
+                values = dict(zip(losses.keys(), host[:-1]))
+                self._check_finite(host[-1], values)
+                scaled = total / accum
+                if self.scaler is not None:
+                    scaled = self.scaler.scale(scaled)
+                scaled.backward()
+            for k, v in values.items():
+                components[k] += v / accum
+        return dict(components), data_time
 
     def _check_finite(self, total: float, values: Dict[str, float]) -> None:
         bad = not math.isfinite(total)

@@ -30,8 +30,8 @@ Outputs (atomic): ``ablation.md`` and ``ablation.csv`` with columns
 Variant | Backbone | Iterations | Ensemble | Normalization | Color aug | TTA | mAP | <per class>,
 and ``results.json`` with each variant's summary and cache directory.
 
-All calls into the other teams' code (dataset, checkpoint loading, Predictor, postprocess) are
-in ``Backend``; tests pass a fake one.
+The calls into data and inference (dataset, checkpoint loading, Predictor, postprocess) are in
+``Backend``, so tests can pass a fake one.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from maskrcnn.config import Config, ConfigError, TestConfig, load_config, read_yaml_mapping, to_dict
+from maskrcnn.config import (Config, ConfigError, TestConfig, apply_thresholds, load_config, override_test_config,
+                             read_yaml_mapping, to_dict)
 from maskrcnn.evaluation.cache import PredictionCache, settings_key, weights_fingerprint
 from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
@@ -157,9 +158,9 @@ def load_ablation_spec(path: str) -> AblationSpec:
                         variants, split, max_images, str(data.get("device", "auto")))
 
 
-# ---------------------------------------------------------- calls into the other teams' code
+# ------------------------------------------------------------- calls into data and inference
 class Backend:
-    """The few calls ablation makes into data, engine and inference code (tests fake this)."""
+    """The few calls ablation makes into data and inference code (tests fake this)."""
 
     def dataset(self, cfg: Config, split: str):
         from maskrcnn.data import build_dataset
@@ -169,36 +170,27 @@ class Backend:
     def checkpoint_info(self, path: str) -> Tuple[Optional[Config], Optional[int]]:
         """The run's Config and iteration saved in a checkpoint (None when absent)."""
         from maskrcnn.config import from_dict
+        from maskrcnn.inference.checkpoint import load_checkpoint
 
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = from_dict(ck["config"]) if isinstance(ck, dict) and "config" in ck else None
-        it = ck.get("iteration") if isinstance(ck, dict) else None
+        ck = load_checkpoint(path)
+        cfg = from_dict(ck["config"], source=path) if "config" in ck else None
+        it = ck.get("iteration")
         return cfg, (int(it) if it is not None else None)
 
     def load_model(self, path: str, device: str, overrides: Sequence[str] = ()):
-        """Model of a checkpoint (``{"model", "config", ...}``), with ``key=value`` overrides of its
-        saved config (e.g. the input normalisation); the backbone's own pretrained file is not read."""
-        from maskrcnn.config import _merge, from_dict, parse_overrides
-        from maskrcnn.model import build_model
+        """Model of a checkpoint with ``key=value`` overrides of its saved config (e.g. the input
+        normalisation); the backbone's own pretrained file is not read."""
+        from maskrcnn.inference.checkpoint import load_model
 
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-            raise ValueError(f"{path}: not a maskrcnn checkpoint (needs 'model' and 'config' entries)")
-        try:
-            cfg = from_dict(_merge(ck["config"], parse_overrides(overrides)))
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        model = build_model(cfg.model, load_weights=False, verbose=False)
-        model.load_state_dict(ck["model"], strict=True)
-        return model.to(device).eval()
+        return load_model(path, device, overrides=overrides)[0]
 
     def predictor(self, variant: Variant, test_cfg: TestConfig, device: str):
-        from maskrcnn.inference.predictor import Predictor, resolve_device
+        from maskrcnn.device import resolve_device
+        from maskrcnn.inference.predictor import build_predictor
 
         dev = str(resolve_device(device))
         models = [self.load_model(w, dev, variant.set) for w in variant.weights]
-        return Predictor(models, tta=tuple(variant.tta), merge_iou=test_cfg.merge_iou,
-                         min_views=test_cfg.tta_min_views, device=dev)
+        return build_predictor(models, test_cfg, device=dev)  # test_cfg.tta is the variant's
 
     def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
         from maskrcnn.inference.postprocess import postprocess
@@ -208,24 +200,15 @@ class Backend:
 
 # ------------------------------------------------------------------------------- helpers
 def variant_test_config(base: TestConfig, v: Variant) -> TestConfig:
-    """The config's test section with the variant's merge settings, thresholds file and overrides."""
-    from maskrcnn.config import from_dict
-
-    values = dict(to_dict(base))
-    if v.thresholds:
-        from maskrcnn.evaluation.tuning import load_thresholds
-
-        values.update({k: list(x) for k, x in load_thresholds(v.thresholds).items()})
-    values.update(v.test)
+    """The config's test section with the variant's thresholds file, overrides and merge settings."""
+    test_cfg = apply_thresholds(base, v.thresholds) if v.thresholds else base
+    values = dict(v.test)
     if v.merge_iou is not None:
         values["merge_iou"] = v.merge_iou
     if v.min_views is not None:
         values["tta_min_views"] = v.min_views
     values["tta"] = list(v.tta)
-    try:
-        return from_dict({"test": values}).test
-    except ConfigError as e:
-        raise ConfigError(f"variant {v.name!r}: {e}") from None
+    return override_test_config(test_cfg, values, source=f"variant {v.name!r}")
 
 
 def data_settings(cfg: Config, split: str, max_images: int) -> dict:
@@ -236,8 +219,12 @@ def data_settings(cfg: Config, split: str, max_images: int) -> dict:
 
 
 def prediction_settings(v: Variant, test_cfg: TestConfig, data: dict) -> dict:
-    """Everything that changes raw predictions; post-processing settings are left out on purpose."""
-    return {
+    """Everything that changes raw predictions; post-processing settings are left out on purpose.
+
+    ``test.mask_thresh`` counts only when views are merged (TTA or an ensemble), where it decides
+    which masks match; a single view's raw predictions do not depend on it.
+    """
+    settings = {
         "format": CACHE_FORMAT,
         "weights": [weights_fingerprint(w) for w in v.weights],
         "tta": list(v.tta),
@@ -246,6 +233,9 @@ def prediction_settings(v: Variant, test_cfg: TestConfig, data: dict) -> dict:
         "set": list(v.set),
         **data,
     }
+    if len(v.weights) > 1 or v.tta:
+        settings["merge_mask_thresh"] = list(test_cfg.mask_thresh)
+    return settings
 
 
 def class_name_of(sample, class_names: Sequence[str]) -> Optional[str]:
@@ -316,7 +306,7 @@ class _GT:
 def _ground_truth(spec: AblationSpec, cfg: Config, backend: Backend, data: dict, class_names: Sequence[str],
                   dataset_holder: dict) -> Tuple[List[_GT], str]:
     """The split's ground truth, from ``labels_<hash>.csv`` when written before, else from the dataset."""
-    from maskrcnn.evaluation.submission import label_masks, read_labels, write_labels
+    from maskrcnn.inference.submission import label_masks, read_labels, write_labels
 
     path = os.path.join(spec.output_dir, f"labels_{settings_key(data)}.csv")
     if os.path.isfile(path):
@@ -406,7 +396,7 @@ def run_ablation_file(path: str, device: Optional[str] = None, max_images: Optio
 def write_split_labels(config: str, split: str, out: str, order: str = "row", overrides: Sequence[str] = (),
                        backend: Optional[Backend] = None) -> int:
     """Write the ground truth of a dataset split as a label CSV (``evaluate.py labels``)."""
-    from maskrcnn.evaluation.submission import write_labels
+    from maskrcnn.inference.submission import write_labels
 
     cfg = load_config(config, overrides)
     ds = (backend or Backend()).dataset(cfg, split)

@@ -1,6 +1,6 @@
 """The Kaggle cell-segmentation metric (Sartorius 2021, Data Science Bowl 2018).
 
-For one image and each IoU threshold ``t`` in 0.50, 0.55, ..., 0.95 (../shared/CONVENTIONS.md)::
+For one image and each IoU threshold ``t`` in 0.50, 0.55, ..., 0.95 (docs/conventions.md)::
 
     precision(t) = TP(t) / (TP(t) + FP(t) + FN(t)) = TP(t) / (P + G - TP(t))
 
@@ -31,8 +31,9 @@ Decisions this module makes, and why:
 Speed: masks stay crops. IoU > 0.5 needs ``inter > max(area_p, area_g) / 2`` and ``inter`` is
 bounded by the area of the two tight boxes' intersection, so an N x M box computation leaves
 about one candidate pair per object; only those pairs have their pixels counted, inside the box
-intersection (``pair_intersections``). That is ~20x less work than ``crop_mask_iou`` over all
-pairs whose crop windows touch, which the slow reference test in tests/evaluation checks against.
+intersection (``maskrcnn.ops.crop_pair_intersections``). That is ~20x less work than
+``crop_mask_iou`` over all pairs whose crop windows touch, which the slow reference test in
+tests/evaluation checks against.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 
 # Thresholds in percent, so that "IoU > t" can be decided on integers.
@@ -66,13 +68,6 @@ class Candidates:
     num_pred: int
     num_gt: int
 
-    def subset_pred(self, keep: np.ndarray) -> "Candidates":
-        """Candidates among the predictions ``keep`` (bool[P]), renumbered 0..keep.sum()-1."""
-        new_index = np.cumsum(keep) - 1
-        e = keep[self.pred_idx]
-        return Candidates(new_index[self.pred_idx[e]], self.gt_idx[e], self.inter[e], self.union[e],
-                          int(keep.sum()), self.num_gt)
-
 
 def as_masklist(x: Union[MaskList, Instances], what: str = "masks") -> MaskList:
     if isinstance(x, MaskList):
@@ -82,52 +77,6 @@ def as_masklist(x: Union[MaskList, Instances], what: str = "masks") -> MaskList:
             raise ValueError(f"{what}: Instances without masks cannot be scored by the mask metric")
         return x.masks
     raise TypeError(f"{what}: expected MaskList or Instances, got {type(x).__name__}")
-
-
-def pair_intersections(a: MaskList, b: MaskList, ii: torch.Tensor, jj: torch.Tensor,
-                       window: torch.Tensor, max_elements: int = 1 << 22) -> torch.Tensor:
-    """Pixel counts of ``a[ii[k]] & b[jj[k]]`` for K pairs: ``Tensor[K]`` int64.
-
-    Each pair is compared inside ``window[k]`` (xyxy int64, the intersection of the two masks'
-    tight boxes: no shared pixel lies outside it). Pairs are sorted by window area and processed
-    in chunks padded to the chunk's largest window, so a few large masks do not inflate the rest.
-    """
-    K = int(ii.shape[0])
-    out = torch.zeros(K, dtype=torch.long, device=a.device)
-    if K == 0:
-        return out
-    wh = (window[:, 2:] - window[:, :2]).clamp(min=0)  # [K, 2] (w, h)
-    order = torch.argsort(wh[:, 0] * wh[:, 1])
-    wh_sorted = wh[order].cpu()
-    start = 0
-    while start < K:  # chunks of pairs, each bounded to ~max_elements gathered pixels
-        w_max, h_max = int(wh_sorted[start:, 0].max()), int(wh_sorted[start:, 1].max())
-        # The chunk may grow while (its size) x (its largest window) stays under the budget.
-        area_run = (wh_sorted[start:, 0].cummax(0).values * wh_sorted[start:, 1].cummax(0).values).clamp(min=1)
-        n_fit = int(((torch.arange(1, K - start + 1) * area_run) <= max_elements).sum())
-        stop = start + max(1, n_fit)
-        sel = order[start:stop]
-        w_c = max(1, int(wh_sorted[start:stop, 0].max()))
-        h_c = max(1, int(wh_sorted[start:stop, 1].max()))
-        i, j, win = ii[sel], jj[sel], window[sel]
-        ys = win[:, 1, None] + torch.arange(h_c, device=a.device)  # [p, h_c] image rows
-        xs = win[:, 0, None] + torch.arange(w_c, device=a.device)
-        valid = (ys < win[:, 3, None])[:, :, None] & (xs < win[:, 2, None])[:, None, :]
-        va = _gather(a, i, ys, xs)
-        vb = _gather(b, j, ys, xs)
-        out[sel] = (va & vb & valid).flatten(1).sum(1)
-        start = stop
-    return out
-
-
-def _gather(m: MaskList, idx: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """``m``'s masks ``idx`` sampled at image rows ``ys [p, h]`` x columns ``xs [p, w]`` (False outside crops)."""
-    _, h, w = m.crops.shape
-    cy = ys - m.origins[idx, 1, None]
-    cx = xs - m.origins[idx, 0, None]
-    ok = ((cy >= 0) & (cy < h))[:, :, None] & ((cx >= 0) & (cx < w))[:, None, :]
-    v = m.crops[idx[:, None, None], cy.clamp(0, h - 1)[:, :, None], cx.clamp(0, w - 1)[:, None, :]]
-    return v & ok
 
 
 def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -> Candidates:
@@ -164,7 +113,7 @@ def candidate_pairs(pred: MaskList, gt: MaskList, mask_threshold: float = 0.5) -
     if ii.numel() == 0:
         return Candidates(empty, empty, empty, empty, P, G)
     window = torch.stack([x0, y0, x1, y1], dim=1)
-    inter = pair_intersections(pred, gt, ii, jj, window)
+    inter = crop_pair_intersections(pred.crops, pred.origins, gt.crops, gt.origins, ii, jj, window)
     union = pa[ii] + ga[jj] - inter
     keep = 2 * inter > union
     to_np = lambda t: t[keep].cpu().numpy().astype(np.int64)
@@ -207,11 +156,6 @@ def greedy_match(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, un
     return selected
 
 
-def true_positives(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """int64[10]: how many of the matched pairs (``inter``, ``union`` int64[K]) have IoU > t, per t."""
-    return (100 * inter[None, :] > THRESHOLDS_PCT[:, None] * union[None, :]).sum(axis=1)
-
-
 def precisions_from_counts(tp: np.ndarray, num_pred, num_gt) -> np.ndarray:
     """precision(t) = TP / (P + G - TP), broadcasting; 1 where P = G = 0 (see module doc)."""
     tp = np.asarray(tp)
@@ -219,11 +163,27 @@ def precisions_from_counts(tp: np.ndarray, num_pred, num_gt) -> np.ndarray:
     return np.where(denom > 0, tp / np.maximum(denom, 1), 1.0)
 
 
+def precisions_from_pairs(pred_idx: np.ndarray, gt_idx: np.ndarray, inter: np.ndarray, union: np.ndarray,
+                          num_pred, num_gt, pair_image: Optional[np.ndarray] = None) -> np.ndarray:
+    """float64[I, 10] precisions of I images from their candidate pairs (int64[E] each).
+
+    The pairs are matched one-to-one (``greedy_match``), TP(t) counts the matched pairs with
+    IoU > t per image, and ``precisions_from_counts`` gives the precisions. ``num_pred``,
+    ``num_gt`` (int[I]): objects per image; ``pair_image`` (int64[E]): the image of each pair
+    (default: all in image 0); node ids of different images must differ (offset them).
+    """
+    num_pred, num_gt = np.atleast_1d(num_pred), np.atleast_1d(num_gt)
+    sel = greedy_match(pred_idx, gt_idx, inter, union)
+    image = np.zeros(int(sel.sum()), dtype=np.int64) if pair_image is None else pair_image[sel]
+    passes = 100 * inter[sel][None, :] > THRESHOLDS_PCT[:, None] * union[sel][None, :]  # [10, S]
+    tp = np.stack([np.bincount(image, weights=passes[t], minlength=num_pred.size)
+                   for t in range(len(THRESHOLDS_PCT))], axis=1)  # [I, 10]
+    return precisions_from_counts(tp, num_pred, num_gt)
+
+
 def image_precisions_from_candidates(c: Candidates) -> np.ndarray:
     """float64[10] precisions of one image from its candidate pairs."""
-    sel = greedy_match(c.pred_idx, c.gt_idx, c.inter, c.union)
-    tp = true_positives(c.inter[sel], c.union[sel])
-    return precisions_from_counts(tp, c.num_pred, c.num_gt)
+    return precisions_from_pairs(c.pred_idx, c.gt_idx, c.inter, c.union, c.num_pred, c.num_gt)[0]
 
 
 def image_precisions(pred: Union[MaskList, Instances], gt: Union[MaskList, Instances],
@@ -284,15 +244,6 @@ class KaggleEvaluator:
         self._ids.add(image_id)
         self.results.append(ImageResult(str(image_id), class_name, prec, len(p), len(g)))
         return float(prec.mean())
-
-    def add_precisions(self, image_id: str, precisions: np.ndarray, num_pred: int, num_gt: int,
-                       class_name: Optional[str] = None) -> None:
-        """Record an image scored elsewhere (e.g. a tuning sweep)."""
-        if image_id in self._ids:
-            raise ValueError(f"image {image_id!r} was already added to the evaluator")
-        self._ids.add(image_id)
-        self.results.append(ImageResult(str(image_id), class_name, np.asarray(precisions, dtype=np.float64),
-                                        int(num_pred), int(num_gt)))
 
     def __len__(self) -> int:
         return len(self.results)

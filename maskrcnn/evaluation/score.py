@@ -1,22 +1,22 @@
 """Score a submission file against a label file (``python evaluate.py score``).
 
 Image ids and sizes come from the label file; an image missing from the submission counts as
-an image with no prediction; the submission is validated as Kaggle would (see submission.py).
+an image with no prediction; the submission is validated as Kaggle would (``maskrcnn.inference.submission``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional
 
+from maskrcnn.data.rle import runs_to_crops
 from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
-from maskrcnn.evaluation.submission import (
+from maskrcnn.inference.submission import (
     find_overlaps,
     group_rows,
     label_masks,
     parse_image_rows,
     read_labels,
     read_submission,
-    runs_to_masklist,
 )
 from maskrcnn.structures import MaskList
 
@@ -57,7 +57,7 @@ def score_files(submission_path: str, labels_path: str, order: str = "row",
             parsed, errs = parse_image_rows(img_rows, img.height, img.width, f"{submission_path}: ")
             errors.extend(errs)
             errors.extend(f"{submission_path}: {m}" for m in find_overlaps(parsed))
-            pred = runs_to_masklist(parsed.runs, parsed.owner, len(parsed.rows), img.height, img.width, order)
+            pred = runs_to_crops(parsed.runs, parsed.owner, len(parsed.rows), img.height, img.width, order, pad=0)
         ev.add(image_id, pred, gt, class_name=img.cell_type)
     return ScoreResult(ev.summary(), errors, ev.per_image(), len(rows), missing)
 

@@ -2,12 +2,15 @@
 
 Sweeps, for each class, the score threshold, the mask threshold and the minimum area, scoring
 with the Kaggle metric, and writes the best as YAML with ``TestConfig``'s keys (``score_thresh``,
-``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds``.
+``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds`` and an
+ablation variant's ``thresholds`` (both read it with ``maskrcnn.config.apply_thresholds``).
 
-How the sweep mirrors ``maskrcnn.inference.postprocess`` and stays fast:
+The sweep calls post-processing's own rules (``maskrcnn.inference.postprocess``: ``image_class``,
+``remove_overlaps``) and the metric's own matching (``maskrcnn.evaluation.kaggle``:
+``candidate_pairs``, ``precisions_from_pairs``), and stays fast this way:
 
 - Each image belongs to the class post-processing gives it under the starting ``TestConfig``
-  (most frequent label among instances passing their class's score threshold); with
+  (``image_class``: most frequent label among instances passing their class's score threshold); with
   ``image_class: relabel`` all its instances are judged by that class's thresholds, so classes
   are tuned independently on their own images.
 - For each mask threshold, each image's masks are binarised and their overlaps resolved once
@@ -19,14 +22,14 @@ How the sweep mirrors ``maskrcnn.inference.postprocess`` and stays fast:
   post-processing would hand a dropped small mask's pixels to a worse-scoring neighbour.
 - Each (score threshold, min area) is then a subset of predictions: the one-to-one matching
   runs on the surviving candidate pairs of all images of the class at once.
-After the sweep, the chosen thresholds are scored again through the real ``postprocess``
-(when it is importable) and that exact figure is reported too.
+After the sweep, the chosen thresholds are scored again through ``postprocess`` itself and that
+exact figure is reported too (``--no-verify`` skips it).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,13 +37,8 @@ import yaml
 
 from maskrcnn.config import TestConfig
 from maskrcnn.fileio import atomic_write_text
-from maskrcnn.evaluation.kaggle import (
-    THRESHOLDS_PCT,
-    KaggleEvaluator,
-    candidate_pairs,
-    greedy_match,
-    precisions_from_counts,
-)
+from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
+from maskrcnn.inference.postprocess import image_class, postprocess, remove_overlaps
 from maskrcnn.structures import Instances, MaskList
 
 DEFAULT_SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 19))  # 0.05 .. 0.90
@@ -71,53 +69,6 @@ def _value_for(values: Sequence, c: int):
     return values[0] if len(values) == 1 else values[c]
 
 
-def image_class(inst: Instances, score_thresh: Sequence[float]) -> int:
-    """Class post-processing gives the image: most frequent label among instances passing their
-    class's score threshold (all instances when none pass); ties: larger summed score. -1 when empty."""
-    if len(inst) == 0:
-        return -1
-    labels = inst.labels.cpu().numpy()
-    scores = inst.scores.double().cpu().numpy()
-    values = np.asarray(list(score_thresh), dtype=np.float32).astype(np.float64)  # as postprocess compares
-    if values.size > 1 and labels.max() >= values.size:
-        raise ValueError(f"score_thresh has {values.size} values (one per class), but class {labels.max()} was predicted")
-    passing = scores >= (values[0] if values.size == 1 else values[labels])
-    if passing.any():
-        labels, scores = labels[passing], scores[passing]
-    nc = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=nc)
-    ssum = np.bincount(labels, weights=scores, minlength=nc)
-    ssum = np.where(counts == counts.max(), ssum, -1.0)
-    return int(ssum.argmax())
-
-
-def resolve_overlaps(masks: MaskList, min_keep: float) -> Tuple[MaskList, torch.Tensor]:
-    """Each pixel to the first (best-ranked) mask covering it; masks keeping < ``min_keep`` of their
-    pixels (or none) are dropped and the rest repainted, until stable. Returns (masks, alive[N])."""
-    n = len(masks)
-    H, W = masks.image_size
-    n_idx, iy, ix = torch.nonzero(masks.crops, as_tuple=True)
-    y = masks.origins[n_idx, 1] + iy
-    x = masks.origins[n_idx, 0] + ix
-    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    n_idx, iy, ix, flat = n_idx[inside], iy[inside], ix[inside], (y * W + x)[inside]
-    area = torch.bincount(n_idx, minlength=n)
-    alive = torch.ones(n, dtype=torch.bool)
-    while True:  # rounds over all masks at once; each round drops at least one mask
-        live_px = alive[n_idx]
-        owner = torch.full((H * W,), n, dtype=torch.int64)
-        owner.scatter_reduce_(0, flat[live_px], n_idx[live_px], reduce="amin")
-        won = live_px & (owner[flat] == n_idx)
-        kept = torch.bincount(n_idx[won], minlength=n)
-        ok = alive & (kept >= 1) & (kept.double() >= min_keep * area.double())
-        if torch.equal(ok, alive):
-            break
-        alive = ok
-    crops = torch.zeros_like(masks.crops, dtype=torch.bool)
-    crops[n_idx[won], iy[won], ix[won]] = True
-    return MaskList(crops, masks.origins, masks.image_size), alive
-
-
 @dataclass
 class _Prepared:
     """Per image, for one mask threshold: predictions in score order and their candidate pairs."""
@@ -132,16 +83,16 @@ class _Prepared:
     num_gt: int
 
 
-def prepare_image(item: TuneItem, mask_thresh: float, remove_overlaps: bool, min_keep: float) -> _Prepared:
+def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: float) -> _Prepared:
     """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT."""
     inst = item.get_pred()
     order = torch.sort(inst.scores, descending=True, stable=True).indices
     masks = inst.masks[order].threshold(mask_thresh)
     scores = inst.scores[order].double().cpu().numpy()
-    if remove_overlaps and len(masks):
-        masks, alive = resolve_overlaps(masks, min_keep)
+    if len(masks):  # min_area 0 here: the sweep filters areas itself
+        masks, alive = remove_overlaps(masks, min_keep, torch.zeros(len(masks), dtype=torch.long), remove)
     else:
-        alive = masks.crops.flatten(1).any(1) if len(masks) else torch.zeros(0, dtype=torch.bool)
+        alive = torch.zeros(0, dtype=torch.bool)
     areas = masks.areas().long().cpu().numpy() if len(masks) else np.zeros(0, np.int64)
     c = candidate_pairs(masks, item.gt)
     return _Prepared(scores, areas, alive.cpu().numpy(), c.pred_idx, c.gt_idx, c.inter, c.union, len(item.gt))
@@ -167,18 +118,13 @@ def sweep_group(prepared: List[_Prepared], score_grid: Sequence[float], area_gri
     e_pred = cat("pred_idx") + offs[e_img]
     e_gt = cat("gt_idx") + goffs[e_img]
     e_inter, e_union = cat("inter"), cat("union")
-    # Which thresholds each candidate pair passes, once: bool[10, E].
-    passes = 100 * e_inter[None, :] > THRESHOLDS_PCT[:, None] * e_union[None, :]
     for si, s in enumerate(score_grid):
         for ai, a in enumerate(area_grid):
             # Compare in float32 as postprocess does (scores are float32; so is its threshold).
             keep = alive & (scores >= float(np.float32(s))) & (areas >= max(int(a), 1))
             num_pred = np.bincount(img_of_pred[keep], minlength=n_img)
             e = keep[e_pred]
-            sel = np.flatnonzero(e)[greedy_match(e_pred[e], e_gt[e], e_inter[e], e_union[e])]
-            tp = np.stack([np.bincount(e_img[sel], weights=passes[t, sel], minlength=n_img)
-                           for t in range(len(THRESHOLDS_PCT))], axis=1)  # [n_img, 10]
-            prec = precisions_from_counts(tp, num_pred, gcounts)
+            prec = precisions_from_pairs(e_pred[e], e_gt[e], e_inter[e], e_union[e], num_pred, gcounts, e_img[e])
             out[si, ai] = prec.mean()
     return out
 
@@ -189,7 +135,7 @@ class TuneResult:
     per_class: Dict[str, dict]  # class name -> {"mAP", "num_images", "score_thresh", ...}
     sweep_mAP: float  # all images, with the chosen thresholds, as the sweep scores them
     base_mAP: float  # all images with the starting TestConfig, as the sweep scores them
-    exact_mAP: Optional[float] = None  # through the real postprocess, when available
+    exact_mAP: Optional[float] = None  # through postprocess itself (None with verify=False)
     num_images: int = 0
 
 
@@ -207,7 +153,7 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     groups, prepared = [], [[None] * len(items) for _ in mask_grid]
     for k, it in enumerate(items):
         loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
-        g = image_class(loaded.pred, base.score_thresh)
+        g = image_class(loaded.pred, base.score_thresh)  # postprocess's own rule
         if g >= nc:
             raise ValueError(f"image {it.image_id}: predicted class {g} but only {nc} class names were given")
         groups.append(g)
@@ -254,12 +200,8 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     return res
 
 
-def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig) -> Optional[float]:
-    """mAP of ``items`` through the inference team's ``postprocess``; None when it is not importable."""
-    try:
-        from maskrcnn.inference.postprocess import postprocess
-    except ImportError:
-        return None
+def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig) -> float:
+    """mAP of ``items`` through ``postprocess`` itself (the sweep's figures are exact up to min_area)."""
     ev = KaggleEvaluator()
     for it in items:
         ev.add(it.image_id, postprocess(it.get_pred(), test_cfg), it.gt, it.class_name)
@@ -280,37 +222,6 @@ def write_thresholds(result: TuneResult, path: str, class_names: Sequence[str], 
     atomic_write_text(path, "\n".join(lines) + "\n" + body)
 
 
-def load_thresholds(path: str) -> Dict[str, tuple]:
-    """``{score_thresh, mask_thresh, min_area}`` from a tuned YAML (top level or under ``test:``).
-
-    Raises ValueError naming the file for an unknown or missing key or a non-list value.
-    """
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if isinstance(data, dict) and "test" in data and isinstance(data["test"], dict):
-        data = data["test"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {', '.join(THRESHOLD_KEYS)}")
-    unknown = sorted(set(data) - set(THRESHOLD_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(THRESHOLD_KEYS)}")
-    out = {}
-    for k in THRESHOLD_KEYS:
-        if k not in data:
-            continue
-        v = data[k]
-        v = [v] if isinstance(v, (int, float)) else v
-        if not isinstance(v, list) or not v:
-            raise ValueError(f"{path}: {k} must be a number or a non-empty list, got {v!r}")
-        out[k] = tuple(int(x) if k == "min_area" else float(x) for x in v)
-    return out
-
-
-def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
-    """``test_cfg`` with the thresholds of a tuned YAML file."""
-    return dataclasses.replace(test_cfg, **load_thresholds(path))
-
-
 # ---------------------------------------------------------------------------------- CLI
 def add_tune_arguments(p) -> None:
     p.add_argument("--predictions", required=True, help="a prediction cache directory (written by `evaluate.py ablate`)")
@@ -328,7 +239,7 @@ def add_tune_arguments(p) -> None:
 def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
     """Cached raw predictions (loaded lazily) joined with their ground truth from a label CSV."""
     from maskrcnn.evaluation.cache import PredictionCache
-    from maskrcnn.evaluation.submission import label_masks, read_labels
+    from maskrcnn.inference.submission import label_masks, read_labels
 
     cache = PredictionCache.open(cache_dir)
     labels = read_labels(labels_path)

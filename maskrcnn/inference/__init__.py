@@ -1,7 +1,9 @@
-"""Inference: TTA views, mask-level merging of views and models, post-processing, submission rows."""
+"""Inference: loading checkpoints, TTA views, mask-level merging of views and models, post-processing,
+Kaggle CSV files (submissions and labels), and predict.py's command line (``predict_cli``)."""
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predictor import Predictor, load_model
+from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.tta import View, parse_tta
 
-__all__ = ["Predictor", "View", "load_model", "merge_instances", "parse_tta", "postprocess"]
+__all__ = ["Predictor", "View", "build_predictor", "load_model", "merge_instances", "parse_tta", "postprocess"]

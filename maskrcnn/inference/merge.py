@@ -7,8 +7,10 @@ models with different backbones or configs merge like views.
 Algorithm (``merge_instances``):
 
 1. Instances of all views are pooled and ranked by score (ties: earlier view, then earlier index).
-   Instances whose mask is empty at ``mask_threshold`` are dropped (they cannot match anything).
-2. Edges: pairs from *different* views whose binary masks (``crop >= mask_threshold``) have
+   Each soft mask is binarised at its own class's mask threshold (``test.mask_thresh``: one value
+   per class, or one for all); instances whose binary mask is empty are dropped (they cannot match
+   anything).
+2. Edges (``cross_view_edges``): pairs from *different* views whose binary masks have
    IoU > ``iou_threshold``, from the intersections of all pairs that share a pixel (a sparse
    product of pixel-incidence matrices; equal to ``crop_mask_iou``; only the edge list is kept,
    never an N x N matrix).
@@ -31,11 +33,13 @@ Algorithm (``merge_instances``):
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from maskrcnn.inference.postprocess import foreground_pixels, per_class
+from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -80,52 +84,6 @@ def candidate_pairs(boxes: Tensor, areas: Tensor, view_ids: Tensor, iou_threshol
     return torch.cat(ii), torch.cat(jj)
 
 
-def pairwise_mask_iou(crops: Tensor, origins: Tensor, boxes: Tensor, areas: Tensor, ii: Tensor, jj: Tensor,
-                      max_elements: int = 1 << 23) -> Tensor:
-    """IoU ``Tensor[P]`` of binary crop masks ``ii[p]`` and ``jj[p]``, counted inside their boxes' overlap.
-
-    Args:
-        crops (Tensor[N, h, w]) bool; origins (Tensor[N, 2]) int64 ``(x0, y0)``;
-        boxes (Tensor[N, 4]) tight boxes of the masks (inside the crops); areas (Tensor[N]) pixel counts.
-    Same result as ``crop_mask_iou(...)[ii, jj]`` (the tests check it), at the cost of the listed pairs
-    times the overlap of their boxes: each pair's overlap region is laid out flat, pairs sorted by
-    region size and chunked (at most ``max_elements`` pixels), so little goes to padding.
-    """
-    P = ii.shape[0]
-    dev = crops.device
-    out = torch.zeros(P, dtype=torch.float32, device=dev)
-    if P == 0:
-        return out
-    n, h, w = crops.shape
-    flat_crops = torch.cat([crops.reshape(-1), crops.new_zeros(1)])
-    bl = boxes.long()
-    x0 = torch.maximum(bl[ii, 0], bl[jj, 0])
-    y0 = torch.maximum(bl[ii, 1], bl[jj, 1])
-    rw = (torch.minimum(bl[ii, 2], bl[jj, 2]) - x0).clamp(min=0)
-    rh = (torch.minimum(bl[ii, 3], bl[jj, 3]) - y0).clamp(min=0)
-    region = rw * rh
-    order = torch.sort(region, stable=True).indices
-    inter = torch.zeros(P, dtype=torch.long, device=dev)
-    largest = max(1, int(region.max()))
-    chunk = max(1, max_elements // largest)
-    # The region lies inside both tight boxes, hence inside both crops, and all crops share one
-    # width w: pixel (dy, dx) of the region sits at the same offset dy * w + dx from each pair's
-    # region corner in both crops, so one offset tensor serves both lookups.
-    base_i = ii * (h * w) + (y0 - origins[ii, 1]) * w + (x0 - origins[ii, 0])
-    base_j = jj * (h * w) + (y0 - origins[jj, 1]) * w + (x0 - origins[jj, 0])
-    for s in range(0, P, chunk):  # chunks of pairs (ascending region size) bound memory
-        sel = order[s:s + chunk]
-        k = torch.arange(max(1, int(region[sel].max())), device=dev)  # flat position in the region
-        wr = rw[sel, None].clamp(min=1)
-        off = k + torch.div(k, wr, rounding_mode="floor") * (w - wr)
-        off = torch.where(k < region[sel, None], off, -1)  # padding reads a spare False at the end
-        both = flat_crops.take(torch.where(off >= 0, base_i[sel, None] + off, n * h * w)) & \
-            flat_crops.take(torch.where(off >= 0, base_j[sel, None] + off, n * h * w))
-        inter[sel] = both.sum(1)
-    union = areas[ii].long() + areas[jj].long() - inter
-    return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), out)
-
-
 def pixel_intersections(n_idx: Tensor, flat: Tensor, n: int, num_pixels: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Pixel counts of every pair of masks that share a pixel, as a sparse matrix product.
 
@@ -167,43 +125,55 @@ def _edges_from_pixels(n_idx, flat, n, num_pixels, areas, view_ids, iou_threshol
 
 
 def _edges_from_pairs(masks: MaskList, areas, view_ids, iou_threshold):
-    crops = masks.crops != 0
-    boxes = MaskList(crops, masks.origins, masks.image_size).tight_boxes()
+    boxes = masks.tight_boxes()
     i, j = candidate_pairs(boxes, areas, view_ids, iou_threshold)
-    iou = pairwise_mask_iou(crops, masks.origins, boxes, areas, i, j)
+    b = boxes.long()
+    window = torch.cat([torch.maximum(b[i, :2], b[j, :2]), torch.minimum(b[i, 2:], b[j, 2:])], dim=1)
+    inter = crop_pair_intersections(masks.crops, masks.origins, masks.crops, masks.origins, i, j, window)
+    union = areas[i].long() + areas[j].long() - inter
+    iou = torch.where(union > 0, inter.float() / union.clamp(min=1).float(), torch.zeros_like(inter, dtype=torch.float32))
     ok = iou > iou_threshold
     return i[ok], j[ok], iou[ok]
 
 
-def cross_view_edges(masks: MaskList, view_ids: Tensor, iou_threshold: float,
-                     method: str = "sparse") -> Tuple[Tensor, Tensor, Tensor]:
+def cross_view_edges(views: Sequence[MaskList], iou_threshold: float,
+                     method: str = "sparse") -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sparse pairs ``(i, j)``, ``i < j``, from different views whose binary masks have IoU > threshold.
 
     Args:
-        masks: binary crop masks of one image (all views pooled).
-        view_ids (Tensor[N]): int64 view of each mask.
+        views: each view's binary crop masks (nonzero = foreground) of one image. Masks are
+            numbered view-major: view 0's, then view 1's, and so on.
         method: ``sparse`` (``pixel_intersections``; falls back to ``pairs`` where the sparse
-            product is unsupported) or ``pairs`` (``candidate_pairs`` + ``pairwise_mask_iou``).
+            product is unsupported) or ``pairs`` (``candidate_pairs`` + ``crop_pair_intersections``).
     Returns:
-        i (Tensor[E]), j (Tensor[E]) int64 and iou (Tensor[E]) float32.
+        i (Tensor[E]), j (Tensor[E]) int64 and iou (Tensor[E]) float32; areas (Tensor[N]) int64,
+        each mask's pixels inside the image.
 
     Either way only the edges are kept, never an N x N matrix; ``crop_mask_iou`` on all window pairs
     of 8 views of 1,000 cells took minutes on CPU, as its cost follows the crops' padded windows.
+    Pixel lists are built view by view: the views' crops are never padded into one tensor.
     """
-    from maskrcnn.inference.postprocess import foreground_pixels
-
     if method not in ("sparse", "pairs"):
         raise ValueError(f"cross_view_edges: method must be 'sparse' or 'pairs', got {method!r}")
-    binary = MaskList(masks.crops != 0, masks.origins, masks.image_size)
-    n_idx, _, flat = foreground_pixels(binary)
-    areas = torch.bincount(n_idx, minlength=len(masks))
+    dev = views[0].device
+    H, W = views[0].image_size
+    counts = [len(v) for v in views]
+    view_ids = torch.cat([torch.full((c,), k, dtype=torch.long, device=dev) for k, c in enumerate(counts)])
+    px_n, px_flat, start = [], [], 0
+    for v in views:  # a loop over views
+        n_idx, _, flat = foreground_pixels(v)
+        px_n.append(n_idx + start)
+        px_flat.append(flat)
+        start += len(v)
+    n_idx, flat = torch.cat(px_n), torch.cat(px_flat)
+    areas = torch.bincount(n_idx, minlength=start)
     if method == "sparse":
-        H, W = masks.image_size
         try:
-            return _edges_from_pixels(n_idx, flat, len(masks), H * W, areas, view_ids, iou_threshold)
+            return (*_edges_from_pixels(n_idx, flat, start, H * W, areas, view_ids, iou_threshold), areas)
         except _SPARSE_UNSUPPORTED:
             pass
-    return _edges_from_pairs(binary, areas, view_ids, iou_threshold)
+    pooled = MaskList.cat([MaskList(v.crops != 0, v.origins, v.image_size) for v in views])
+    return (*_edges_from_pairs(pooled, areas, view_ids, iou_threshold), areas)
 
 
 def greedy_clusters_reference(n: int, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
@@ -273,7 +243,7 @@ def merge_instances(
     views: Sequence[Instances],
     iou_threshold: float = 0.5,
     min_views: int = 1,
-    mask_threshold: float = 0.5,
+    mask_threshold: Union[float, Sequence[float]] = 0.5,
     num_views: Optional[int] = None,
     max_elements: int = 1 << 24,
 ) -> Instances:
@@ -284,7 +254,8 @@ def merge_instances(
             and soft (float) ``masks``; crop sizes may differ between views.
         iou_threshold: two instances of different views match when their binary masks' IoU is above it.
         min_views: keep a cluster seen in at least this many views.
-        mask_threshold: binarises soft masks for matching (the averaged masks stay soft).
+        mask_threshold: binarises soft masks for matching (the averaged masks stay soft): one value,
+            or one per class (``test.mask_thresh``), each instance at its own class's value.
         num_views: the divisor of the fused score (default ``len(views)``).
         max_elements: bound on the elements of the temporary ``[members, h, w]`` averaging chunk.
     Returns:
@@ -294,8 +265,53 @@ def merge_instances(
     Views are never concatenated into one padded crop tensor: pixels lists are built per view and
     soft masks are accumulated view by view, so memory is about the views' own crops.
     """
-    from maskrcnn.inference.postprocess import foreground_pixels
+    V = _check_views(views, min_views, num_views)
+    if len(views) == 1 and min_views <= 1 and V == 1:
+        return views[0]
+    size, dev = views[0].image_size, views[0].boxes.device
+    out_dtype = next((v.masks.crops.dtype for v in views if v.masks.is_soft), torch.float32)
+    gi, gj, iou, areas = cross_view_edges([_binary(v, mask_threshold) for v in views], iou_threshold)
+    scores = torch.cat([v.scores.float() for v in views])
+    view_ids = torch.cat([torch.full((len(v),), k, dtype=torch.long, device=dev) for k, v in enumerate(views)])
 
+    # Rank by score; the stable sort keeps view order, then index order, for ties. Masks empty at
+    # their threshold cannot match anything and are dropped.
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[areas[order] > 0]
+    n = int(order.numel())
+    if n == 0:
+        return Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
+                         torch.zeros(0, device=dev),
+                         MaskList(torch.zeros((0, 1, 1), dtype=out_dtype, device=dev),
+                                  torch.zeros((0, 2), dtype=torch.long, device=dev), size))
+    # Re-index the edges by rank, higher rank first.
+    rank = torch.full((scores.shape[0],), -1, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(n, device=dev)
+    ri, rj = rank[gi], rank[gj]
+    seed_of = greedy_clusters(n, torch.minimum(ri, rj), torch.maximum(ri, rj), iou)
+    m_g, m_cl, K = _one_member_per_view(seed_of, order, view_ids[order], V)
+
+    w = scores[m_g].clamp(min=1e-12)  # weights of the soft-mask and box averages
+    wsum = torch.zeros(K, device=dev).index_add_(0, m_cl, w)
+    fused = torch.zeros(K, device=dev).index_add_(0, m_cl, scores[m_g]) / V
+    u_org, acc = _sum_weighted_masks(views, view_ids, m_g, m_cl, K, w, max_elements)
+    acc = acc / wsum[:, None, None]
+    boxes_all = torch.cat([v.boxes.float() for v in views])
+    boxes = torch.zeros((K, 4), device=dev).index_add_(0, m_cl, boxes_all[m_g] * w[:, None]) / wsum[:, None]
+    labels_all = torch.cat([v.labels for v in views])
+    num_classes = int(labels_all.max()) + 1
+    votes = torch.zeros((K * num_classes,), device=dev).index_add_(0, m_cl * num_classes + labels_all[m_g], w)
+    labels = votes.view(K, num_classes).argmax(dim=1)
+
+    kept = torch.nonzero(torch.bincount(m_cl, minlength=K) >= min_views, as_tuple=True)[0]
+    kept = kept[torch.sort(fused[kept], descending=True, stable=True).indices]
+    out_masks = MaskList(acc[kept].to(out_dtype), u_org[kept], size)
+    return Instances(size, boxes[kept].to(views[0].boxes.dtype), labels[kept],
+                     fused[kept].to(views[0].scores.dtype), out_masks)
+
+
+def _check_views(views: Sequence[Instances], min_views: int, num_views: Optional[int]) -> int:
+    """The divisor of the fused score (``num_views`` or the number of views), after checking ``views``."""
     if len(views) == 0:
         raise ValueError("merge_instances needs at least one view")
     size = views[0].image_size
@@ -307,77 +323,44 @@ def merge_instances(
     V = len(views) if num_views is None else int(num_views)
     if min_views > V:
         raise ValueError(f"min_views={min_views} exceeds the number of views ({V})")
-    if len(views) == 1 and min_views <= 1 and V == 1:
-        return views[0]
-    dev = views[0].boxes.device
-    H, W = size
-    counts = [len(v) for v in views]
-    starts = [sum(counts[:k]) for k in range(len(views))]
-    n_all = sum(counts)
-    view_ids = torch.cat([torch.full((c,), k, dtype=torch.long, device=dev) for k, c in enumerate(counts)])
-    scores_all = torch.cat([v.scores.float() for v in views])
-    labels_all = torch.cat([v.labels for v in views])
-    boxes_all = torch.cat([v.boxes.float() for v in views])
-    origins_all = torch.cat([v.masks.origins for v in views])
-    ext_all = torch.cat([torch.tensor(v.masks.crops.shape[1:], device=dev).repeat(len(v), 1) for v in views])
-    out_dtype = next((v.masks.crops.dtype for v in views if v.masks.is_soft), torch.float32)
+    return V
 
-    # Foreground pixels of the binary masks, per view, renumbered globally (still sorted by mask).
-    px_n, px_flat = [], []
-    for k, v in enumerate(views):  # a loop over views
-        b = v.masks.crops >= mask_threshold if v.masks.is_soft else v.masks.crops
-        n_idx, _, flat = foreground_pixels(MaskList(b, v.masks.origins, size))
-        px_n.append(n_idx + starts[k])
-        px_flat.append(flat)
-    n_idx = torch.cat(px_n)
-    flat = torch.cat(px_flat)
-    areas = torch.bincount(n_idx, minlength=n_all)
 
-    # Rank by score; the stable sort keeps view order, then index order, for ties. Masks empty at
-    # mask_threshold cannot match anything and are dropped.
-    order = torch.sort(scores_all, descending=True, stable=True).indices
-    order = order[areas[order] > 0]
-    n = int(order.numel())
-    num_classes = int(labels_all.max()) + 1 if n_all else 1
-    if n == 0:
-        return Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
-                         torch.zeros(0, device=dev),
-                         MaskList(torch.zeros((0, 1, 1), dtype=out_dtype, device=dev),
-                                  torch.zeros((0, 2), dtype=torch.long, device=dev), size))
-    try:
-        gi, gj, iou = _edges_from_pixels(n_idx, flat, n_all, H * W, areas, view_ids, iou_threshold)
-    except _SPARSE_UNSUPPORTED:  # no sparse product here: box-pruned pairs on a pooled binary copy
-        pooled = MaskList.cat([MaskList(v.masks.crops >= mask_threshold if v.masks.is_soft else v.masks.crops,
-                                        v.masks.origins, size) for v in views])
-        gi, gj, iou = _edges_from_pairs(pooled, areas, view_ids, iou_threshold)
-    # Re-index the edges by rank, higher rank first.
-    rank = torch.full((n_all,), -1, dtype=torch.long, device=dev)
-    rank[order] = torch.arange(n, device=dev)
-    ri, rj = rank[gi], rank[gj]
-    seed_of = greedy_clusters(n, torch.minimum(ri, rj), torch.maximum(ri, rj), iou)
+def _binary(view: Instances, mask_threshold: Union[float, Sequence[float]]) -> MaskList:
+    """The view's masks binarised at each instance's class threshold (bool masks pass through)."""
+    m = view.masks
+    if not m.is_soft:
+        return m
+    thresholds = [mask_threshold] if isinstance(mask_threshold, (int, float)) else list(mask_threshold)
+    t = per_class(thresholds, view.labels, "mask_thresh").to(m.crops.dtype)
+    return MaskList(m.crops >= t[:, None, None], m.origins, m.image_size)
 
-    # One member per (cluster, view): items are in rank order, so the first of each pair wins.
-    vid = view_ids[order]
+
+def _one_member_per_view(seed_of: Tensor, order: Tensor, vid: Tensor, V: int) -> Tuple[Tensor, Tensor, int]:
+    """Cluster members, at most one per (cluster, view): items are in rank order, so the first of
+    each (cluster, view) wins. Returns the pooled index of each member, its cluster (0..K-1, in
+    the order of the seeds' ranks) and K."""
+    n = int(seed_of.numel())
+    dev = seed_of.device
     key = seed_of * V + vid
     first = torch.full((n * V,), n, dtype=torch.long, device=dev).scatter_reduce(
         0, key, torch.arange(n, device=dev), reduce="amin")
     member = first[key] == torch.arange(n, device=dev)
     _, cluster = torch.unique(seed_of, return_inverse=True)  # seeds ascending = by rank
-    K = int(cluster.max()) + 1
     m_idx = torch.nonzero(member, as_tuple=True)[0]
-    m_cl = cluster[m_idx]
-    m_g = order[m_idx]  # pooled index of each member
-    count = torch.bincount(m_cl, minlength=K)
-    keep = count >= min_views
+    return order[m_idx], cluster[m_idx], int(cluster.max()) + 1
 
-    m_score = scores_all[m_g]
-    w = m_score.clamp(min=1e-12)  # weights of the soft-mask and box averages
-    wsum = torch.zeros(K, device=dev).index_add_(0, m_cl, w)
-    fused = torch.zeros(K, device=dev).index_add_(0, m_cl, m_score) / V
 
-    # Union window of each cluster's crop windows (each member's own crop size).
-    m_org = origins_all[m_g]
-    m_end = m_org + ext_all[m_g].flip(1)  # (x0 + w, y0 + h)
+def _sum_weighted_masks(views: Sequence[Instances], view_ids: Tensor, m_g: Tensor, m_cl: Tensor, K: int,
+                        w: Tensor, max_elements: int) -> Tuple[Tensor, Tensor]:
+    """Each cluster's union window of its members' crop windows, ``origins (Tensor[K, 2])``, and the
+    weighted sum of its members' soft masks on that window, ``Tensor[K, Hc, Wc]`` float32."""
+    dev = w.device
+    origins = torch.cat([v.masks.origins for v in views])
+    ext = torch.cat([torch.tensor(v.masks.crops.shape[1:], device=dev).repeat(len(v), 1) for v in views])
+    starts = [sum(len(u) for u in views[:k]) for k in range(len(views))]
+    m_org = origins[m_g]
+    m_end = m_org + ext[m_g].flip(1)  # (x0 + w, y0 + h), each member's own crop size
     big = torch.iinfo(torch.long).max
     u_org = torch.stack([
         torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, c], reduce="amin")
@@ -404,14 +387,4 @@ def merge_instances(
             base = m_cl[c] * (Hc * Wc) + d[:, 1] * Wc + d[:, 0]
             vals = crops.index_select(0, m_g[c] - starts[k]).float() * w[c, None, None]
             acc.index_add_(0, (base[:, None, None] + grid).reshape(-1), vals.reshape(-1))
-    acc = acc.view(K, Hc, Wc) / wsum[:, None, None]
-
-    boxes = torch.zeros((K, 4), device=dev).index_add_(0, m_cl, boxes_all[m_g] * w[:, None]) / wsum[:, None]
-    votes = torch.zeros((K * num_classes,), device=dev).index_add_(0, m_cl * num_classes + labels_all[m_g], w)
-    labels = votes.view(K, num_classes).argmax(dim=1)
-
-    kept = torch.nonzero(keep, as_tuple=True)[0]
-    kept = kept[torch.sort(fused[kept], descending=True, stable=True).indices]
-    out_masks = MaskList(acc[kept].to(out_dtype), u_org[kept], size)
-    return Instances(size, boxes[kept].to(views[0].boxes.dtype), labels[kept],
-                     fused[kept].to(views[0].scores.dtype), out_masks)
+    return u_org, acc.view(K, Hc, Wc)

@@ -49,8 +49,15 @@ def per_class(values: Sequence[float], labels: Tensor, name: str, dtype=torch.fl
     return vals[labels]
 
 
-def majority_class(labels: Tensor, scores: Tensor, passing: Tensor) -> int:
-    """The most frequent label among ``passing`` instances (all when none pass); ties: larger score sum."""
+def image_class(instances: Instances, score_thresh: Sequence[float]) -> int:
+    """The image's class (step 1 of the module doc): the most frequent label among the instances
+    that pass their own class's score threshold (all when none pass); ties: the larger summed score.
+    -1 for no instances. Validation, tuning and submissions all use this rule."""
+    if len(instances) == 0:
+        return -1
+    order = torch.sort(instances.scores, descending=True, stable=True).indices  # fixes the summation order
+    labels, scores = instances.labels[order], instances.scores[order]
+    passing = scores >= per_class(score_thresh, labels, "score_thresh").to(scores.dtype)
     if bool(passing.any()):
         labels, scores = labels[passing], scores[passing]
     nc = int(labels.max()) + 1
@@ -114,7 +121,8 @@ def foreground_pixels(masks: MaskList):
 
 
 def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled: bool = True):
-    """Give each pixel to the best-ranked mask covering it; drop masks left too small.
+    """Give each pixel to the best-ranked mask covering it; drop masks left too small (step 4 of the
+    module doc; threshold tuning resolves each mask threshold's overlaps with it too).
 
     Args:
         masks: binary masks, ranked by position (0 = best score).
@@ -179,8 +187,7 @@ def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
     labels = inst.labels
     scores = inst.scores
     if test_cfg.image_class != "none":
-        passing = scores >= per_class(test_cfg.score_thresh, labels, "score_thresh").to(scores.dtype)
-        c = majority_class(labels, scores, passing)
+        c = image_class(inst, test_cfg.score_thresh)
         if test_cfg.image_class == "relabel":
             labels = torch.full_like(labels, c)
         else:

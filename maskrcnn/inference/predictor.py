@@ -6,25 +6,18 @@ resizes its input itself) share one code path.
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.config import Config, ConfigError, TestConfig, from_dict, load_config, read_yaml_mapping, to_dict
+from maskrcnn.config import TestConfig
+from maskrcnn.device import resolve_device
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
 from maskrcnn.structures import Instances, MaskList
-
-
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """``"auto"``/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _sync(device: torch.device) -> None:
@@ -43,7 +36,8 @@ class Predictor:
         merge_iou: mask IoU above which instances of two views are the same object.
         min_views: keep merged objects seen in at least this many of the ``len(models) * len(views)`` views.
         device: where the models run and the merge happens ("auto": cuda when available).
-        mask_threshold: binarises soft masks for matching views (the merged masks stay soft).
+        mask_threshold: binarises soft masks for matching views (the merged masks stay soft): one
+            value, or one per class (``test.mask_thresh``), each instance at its own class's value.
         batch_size: views of one image run through a model together (more memory, faster on GPU).
         output_device: where ``predict_raw`` returns its Instances.
         amp: ``""`` (float32), ``"bf16"`` or ``"fp16"``: autocast the models' forward (GPU); their
@@ -59,7 +53,7 @@ class Predictor:
         merge_iou: float = 0.5,
         min_views: int = 1,
         device: Union[str, torch.device, None] = "auto",
-        mask_threshold: float = 0.5,
+        mask_threshold: Union[float, Sequence[float]] = 0.5,
         batch_size: int = 1,
         output_device: Union[str, torch.device] = "cpu",
         amp: str = "",
@@ -79,7 +73,8 @@ class Predictor:
             )
         self.merge_iou = float(merge_iou)
         self.min_views = int(min_views)
-        self.mask_threshold = float(mask_threshold)
+        self.mask_threshold = (float(mask_threshold) if isinstance(mask_threshold, (int, float))
+                               else tuple(float(t) for t in mask_threshold))
         self.batch_size = max(1, int(batch_size))
         self.output_device = torch.device(output_device)
         if amp not in _AMP:
@@ -137,6 +132,14 @@ class Predictor:
 _AMP = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def build_predictor(models: Union[nn.Module, Sequence[nn.Module]], test_cfg: TestConfig, **runtime) -> Predictor:
+    """The Predictor of ``test_cfg``: its ``tta`` views, ``merge_iou``, ``tta_min_views`` and
+    ``mask_thresh`` (matching threshold per class). ``runtime``: where and how it runs
+    (``device``, ``batch_size``, ``output_device``, ``amp``), which no config holds."""
+    return Predictor(models, tta=test_cfg.tta, merge_iou=test_cfg.merge_iou, min_views=test_cfg.tta_min_views,
+                     mask_threshold=test_cfg.mask_thresh, **runtime)
+
+
 def _as_soft(inst: Instances) -> Instances:
     """Model output with float32 boxes, scores and soft masks (bool masks become 0/1)."""
     if inst.scores is None or inst.masks is None:
@@ -144,65 +147,3 @@ def _as_soft(inst: Instances) -> Instances:
     m = inst.masks
     return Instances(inst.image_size, inst.boxes.float(), inst.labels, inst.scores.float(),
                      MaskList(m.crops.float(), m.origins, m.image_size))
-
-
-# ------------------------------------------------------------------ checkpoints, thresholds
-def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Optional[str] = None) -> Tuple[nn.Module, Config]:
-    """A model in eval mode and its Config from a checkpoint.
-
-    ``path`` is either an engine checkpoint (``{"model": state_dict, "config": dict, ...}``, loaded by
-    ``maskrcnn.engine.checkpoint.load_model``) or a bare state dict, which needs ``config`` (a YAML
-    file). ``config`` also replaces a checkpoint's own config. Backbone weight files named in a
-    config are never read (the checkpoint holds every weight; Kaggle kernels run offline).
-    """
-    from maskrcnn.engine.checkpoint import load_model as load_engine_checkpoint
-    from maskrcnn.model import build_model
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, or a pickle of arbitrary objects
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if isinstance(ck, dict) and isinstance(ck.get("model"), dict) and "config" in ck and not config:
-        return load_engine_checkpoint(path, device)
-    if isinstance(ck, dict) and isinstance(ck.get("model"), dict):
-        state = ck["model"]
-    elif isinstance(ck, dict) and ck and all(isinstance(v, Tensor) for v in ck.values()):
-        state = ck
-    else:
-        raise ValueError(f"{path}: neither a checkpoint with a 'model' entry nor a state dict")
-    if not config:
-        raise ValueError(f"{path} is a bare state dict without a config: pass --config CONFIG.yaml")
-    cfg = load_config(config)
-    model = build_model(cfg.model, load_weights=False, verbose=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: the weights do not fit the model built from {config}: missing {list(missing)[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {list(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    return model.to(device).eval(), cfg
-
-
-def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
-    """``test_cfg`` with the fields of a thresholds YAML file (evaluation's tuning output) replaced.
-
-    The file holds TestConfig fields, either at the top level or under a ``test:`` section (other
-    top-level sections are then ignored, e.g. tuning metadata). Unknown ``test`` keys are errors.
-    """
-    data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
-    section = data["test"] if "test" in data else data
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
-    return override_test_config(test_cfg, section, source=path)
-
-
-def override_test_config(test_cfg: TestConfig, values: dict, source: str = "overrides") -> TestConfig:
-    """``test_cfg`` with ``values`` (TestConfig field -> value) replaced, checked like a config file."""
-    merged = dict(to_dict(test_cfg))
-    merged.update(values)
-    try:
-        return from_dict({"test": merged}).test
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None

@@ -1,26 +1,25 @@
-"""Mask R-CNN with a ResNet/ResNeXt-FPN backbone: ``build_model(cfg.model)`` maps the config section
-to explicit constructor arguments (modules never see the config)."""
+"""Mask R-CNN with an FPN on a backbone (ResNet / ResNeXt): ``build_model(cfg.model)`` maps the config
+section to explicit constructor arguments (modules never see the config); ``build_backbone``
+picks the backbone by name and checks it against the contract (``maskrcnn.model.backbone.Backbone``)."""
 from __future__ import annotations
 
 import warnings
 
 import torch
 
-from maskrcnn.config import ConfigError, ModelConfig
+from maskrcnn.config import BackboneConfig, ConfigError, ModelConfig
 from maskrcnn.model.anchors import AnchorGenerator
-from maskrcnn.model.backbone import NORMS, RESNET_DEPTHS, build_resnet
+from maskrcnn.model.backbone import NORMS, RESNET_DEPTHS, Backbone, build_resnet, check_backbone
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.mask_rcnn import MaskRCNN
 from maskrcnn.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiLevelRoIPooler, RoIHeads
 from maskrcnn.model.rpn import RPN, RPNHead
 
-__all__ = ["MaskRCNN", "build_model"]
+__all__ = ["Backbone", "MaskRCNN", "build_backbone", "build_model"]
 
 
 def _check(cfg: ModelConfig) -> None:
     b, inp = cfg.backbone, cfg.input
-    if b.name not in RESNET_DEPTHS:
-        raise ConfigError(f"model.backbone.name: unknown backbone {b.name!r}; valid: {', '.join(RESNET_DEPTHS)}")
     if b.norm not in NORMS:
         raise ConfigError(f"model.backbone.norm: unknown norm {b.norm!r}; valid: {', '.join(NORMS)}")
     for key, v in (("model.fpn.norm", cfg.fpn.norm), ("model.mask_head.norm", cfg.mask_head.norm)):
@@ -55,18 +54,30 @@ def _check(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.backbone.weights_channel_order: auto | rgb | bgr, got {b.weights_channel_order!r}")
 
 
+def build_backbone(b: BackboneConfig, in_channels: int) -> Backbone:
+    """The backbone ``b.name`` names (a plain ``if`` per family), checked against the contract."""
+    if b.name in RESNET_DEPTHS:
+        backbone = build_resnet(
+            b.name, in_channels=in_channels, norm=b.norm, freeze_at=b.freeze_at, groups=b.groups,
+            width_per_group=b.width_per_group, stem_out_channels=b.stem_out_channels,
+            res2_out_channels=b.res2_out_channels, stride_in_1x1=b.stride_in_1x1,
+        )
+    else:
+        raise ConfigError(f"model.backbone.name: unknown backbone {b.name!r}; valid: {', '.join(RESNET_DEPTHS)}")
+    check_backbone(backbone)
+    return backbone
+
+
 def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = True) -> MaskRCNN:
     """Build Mask R-CNN from ``cfg`` (a ``ModelConfig``); imports ``cfg.backbone.weights`` if set
     and ``load_weights`` (a checkpoint restore passes ``load_weights=False``)."""
     _check(cfg)
     b, inp, r, h, m = cfg.backbone, cfg.input, cfg.rpn, cfg.roi_heads, cfg.mask_head
     try:
-        backbone = build_resnet(
-            b.name, in_channels=inp.in_channels, norm=b.norm, freeze_at=b.freeze_at, groups=b.groups,
-            width_per_group=b.width_per_group, stem_out_channels=b.stem_out_channels,
-            res2_out_channels=b.res2_out_channels, stride_in_1x1=b.stride_in_1x1,
-        )
+        backbone = build_backbone(b, inp.in_channels)
         fpn = FPN(backbone.out_channels, cfg.fpn.out_channels, cfg.fpn.norm)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(f"model.backbone/fpn: {e}") from None
     anchors = AnchorGenerator(cfg.anchors.sizes, cfg.anchors.aspect_ratios, fpn.strides,
@@ -100,7 +111,7 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         backbone, fpn, rpn, roi_heads, in_channels=inp.in_channels, pixel_mean=inp.pixel_mean,
         pixel_std=inp.pixel_std, min_size_train=inp.min_size_train, max_size_train=inp.max_size_train,
         min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
-        size_divisibility=inp.size_divisibility, channels_last=False, mask_threshold=m.mask_threshold,
+        size_divisibility=inp.size_divisibility, channels_last=False,
     )
     if b.norm == "frozen_bn" and not b.weights and load_weights:  # (restoring a checkpoint: no warning)
         warnings.warn(

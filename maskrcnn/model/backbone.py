@@ -1,7 +1,9 @@
-"""ResNet and ResNeXt bottom-up backbones (He et al. 2016; Xie et al. 2017) with a choice of norm.
+"""The backbone contract, and ResNet / ResNeXt bottom-up backbones (He et al. 2016; Xie et al.
+2017) with a choice of norm.
 
-Returns the outputs of the four residual stages ``res2..res5`` (strides 4, 8, 16, 32), which the
-FPN turns into P2..P6.
+Every backbone is a ``Backbone``: four feature maps C2..C5 at strides 4, 8, 16, 32 with
+``out_channels`` channels, which the FPN turns into P2..P6. ResNet returns the outputs of its
+four residual stages ``res2..res5``.
 
 Parameter names follow detectron2's layout (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``,
 ``res2.0.shortcut.weight``) so that ``maskrcnn.model.weights`` maps torchvision, detectron2 and
@@ -16,7 +18,7 @@ Norms:
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +157,31 @@ class Stem(nn.Module):
         return F.max_pool2d(F.relu_(self.conv1(x)), kernel_size=3, stride=2, padding=1)
 
 
-class ResNet(nn.Module):
+class Backbone(nn.Module):
+    """The contract of a backbone; the FPN and the rest of the model rely on nothing else.
+
+    - ``forward(x: Tensor[B, C, H, W]) -> [C2, C3, C4, C5]``: four maps, ``C_k`` of shape
+      ``[B, out_channels[k - 2], ~H / 2^k, ~W / 2^k]`` (strides 4, 8, 16, 32);
+    - ``out_channels``: the four maps' channel counts; ``strides``: ``(4, 8, 16, 32)``.
+
+    ``check_backbone`` verifies what a backbone declares. A new backbone is a subclass and one
+    ``if`` in ``maskrcnn.model.build_backbone``.
+    """
+
+    strides: Tuple[int, ...] = (4, 8, 16, 32)
+    out_channels: List[int]
+
+
+def check_backbone(backbone: nn.Module) -> None:
+    """ValueError naming what is wrong when ``backbone`` does not declare the ``Backbone`` contract."""
+    channels = list(getattr(backbone, "out_channels", None) or [])
+    strides = tuple(getattr(backbone, "strides", ()))
+    if len(channels) != 4 or strides != Backbone.strides:
+        raise ValueError(f"{type(backbone).__name__} must give 4 maps at strides {Backbone.strides} "
+                         f"(out_channels {channels}, strides {strides})")
+
+
+class ResNet(Backbone):
     """ResNet / ResNeXt returning the outputs of ``res2..res5``.
 
     Args:

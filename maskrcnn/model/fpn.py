@@ -1,4 +1,4 @@
-"""Feature Pyramid Network (Lin et al. 2017): res2..res5 -> P2..P6, all with the same width.
+"""Feature Pyramid Network (Lin et al. 2017): a backbone's C2..C5 -> P2..P6, all with the same width.
 
 ``P_k = output_k(lateral_k(C_k) + upsample(P_{k+1} path))`` for k = 5..2 (nearest-neighbour
 2x upsampling in the top-down path), and ``P6 = max_pool(P5, kernel 1, stride 2)`` as in Mask R-CNN's
@@ -18,7 +18,7 @@ FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
 
 class FPN(nn.Module):
     """Args:
-        in_channels: channels of res2..res5.
+        in_channels: channels of the backbone's four maps C2..C5 (``Backbone.out_channels``).
         out_channels: channels of every P level.
         norm: "" or "gn" (GroupNorm after each lateral and output conv).
 
@@ -28,7 +28,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256, norm: str = ""):
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"FPN expects 4 inputs (res2..res5), got {len(in_channels)}")
+            raise ValueError(f"FPN expects 4 inputs (C2..C5), got {len(in_channels)}")
         self.out_channels = out_channels
         self.strides = FPN_STRIDES
         self.lateral = nn.ModuleList(ConvNorm(c, out_channels, 1, norm=norm) for c in in_channels)

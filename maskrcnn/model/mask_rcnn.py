@@ -7,7 +7,7 @@ input images' pixel coordinates, with soft (probability) masks as a ``MaskList``
 
 Inside: resize (a scale factor, or min/max size), repeat 1 -> 3 channels if the model takes 3,
 normalise with ``pixel_mean`` / ``pixel_std`` (in [0, 1] units), pad to a multiple of
-``size_divisibility`` -> ResNet -> FPN -> RPN -> RoI heads -> detections mapped back to the
+``size_divisibility`` -> backbone -> FPN -> RPN -> RoI heads -> detections mapped back to the
 original pixels and masks pasted into crops of the original image.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.model.backbone import ResNet
+from maskrcnn.model.backbone import Backbone
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.roi_heads import RoIHeads, paste_masks
 from maskrcnn.model.rpn import RPN
@@ -35,12 +35,11 @@ class MaskRCNN(nn.Module):
         scale: resize factor used when the min size is 0 (e.g. 2.0 to upscale small cells).
         size_divisibility: pad the batch to a multiple of this.
         channels_last: run the convolutions in channels-last memory format.
-        mask_threshold: default threshold of :meth:`predict`.
     """
 
     def __init__(
         self,
-        backbone: ResNet,
+        backbone: Backbone,
         fpn: FPN,
         rpn: RPN,
         roi_heads: RoIHeads,
@@ -54,7 +53,6 @@ class MaskRCNN(nn.Module):
         scale: float = 1.0,
         size_divisibility: int = 32,
         channels_last: bool = False,
-        mask_threshold: float = 0.5,
     ):
         super().__init__()
         if in_channels not in (1, 3):
@@ -80,7 +78,6 @@ class MaskRCNN(nn.Module):
         self.scale = float(scale)
         self.size_divisibility = int(size_divisibility)
         self.channels_last = bool(channels_last)
-        self.mask_threshold = float(mask_threshold)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -209,17 +206,17 @@ class MaskRCNN(nn.Module):
         return results
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], mask_threshold: Optional[float] = None) -> List[Instances]:
-        """Eval-mode forward with binary masks: ``MaskList.threshold(mask_threshold)`` of the soft masks
-        (default: the configured ``mask_threshold``). Restores the previous train/eval mode."""
+    def predict(self, images: Sequence[Tensor], mask_threshold: float = 0.5) -> List[Instances]:
+        """Eval-mode forward with binary masks ``MaskList.threshold(mask_threshold)``, for notebooks.
+        Restores the previous train/eval mode. Submissions and validation binarise in
+        post-processing instead, at ``test.mask_thresh`` (``maskrcnn.inference.postprocess``)."""
         was_training = self.training
         self.eval()
         try:
             results = self(images)
         finally:
             self.train(was_training)
-        t = self.mask_threshold if mask_threshold is None else float(mask_threshold)
-        return [r.replace(masks=r.masks.threshold(t)) for r in results]
+        return [r.replace(masks=r.masks.threshold(float(mask_threshold))) for r in results]
 
 
 def _indices_by_size(images: Sequence[Tensor]) -> List[List[int]]:

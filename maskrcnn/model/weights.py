@@ -28,9 +28,16 @@ MSRA weights (and detectron2's COCO R-50/R-101 models) need ``stride_in_1x1: tru
 
 Tensors whose shapes differ are skipped (e.g. box/mask predictors with another class count), and
 a report of what was loaded, skipped, missing and unused is printed.
+
+Loading never runs code from the file: ``.pth`` files go through ``torch.load(weights_only=True)``
+and ``.pkl`` files through a restricted unpickler that builds only containers, numbers, strings
+and numpy arrays (``SafeWeightsUnpickler``); any other global a pickle names (``os.system``, a
+class, a torch tensor) is refused with ``UnsafePickleError`` before it is looked up.
 """
 from __future__ import annotations
 
+import codecs
+import collections
 import os
 import pickle
 import re
@@ -41,6 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.errors import UserError
+
 STEM = "backbone.stem.conv1.weight"
 TORCHVISION_STD = (58.395, 57.12, 57.375)  # ImageNet std x 255, RGB
 MSRA_STD = (1.0, 1.0, 1.0)
@@ -49,8 +58,12 @@ FAIR_STD_BGR = (57.375, 57.12, 58.395)
 CLASS_HEADS = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred", "roi_heads.mask_head.predictor")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that cannot be read or recognised; the message names the file."""
+
+
+class UnsafePickleError(WeightsError):
+    """A ``.pkl`` names a global outside what weights pickles hold; nothing in it was run."""
 
 
 @dataclass
@@ -100,17 +113,102 @@ def _short(items: Sequence[str], limit: int = 12) -> str:
 
 
 # ---------------------------------------------------------------------- reading
+def _numpy_internals() -> Tuple[object, object]:
+    """numpy's ``multiarray`` and ``numeric`` modules (``numpy._core`` in 2.x, ``numpy.core`` in 1.x),
+    imported here rather than by the name a pickle gives (numpy 2 warns on ``numpy.core``)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    return multiarray, numeric
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as pickles of ``bytes`` with protocol < 3 use it, and nothing else."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise UnsafePickleError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin1 text is expected")
+    return codecs.encode(text, "latin1")
+
+
+def _empty_bytes(*args: object) -> bytes:
+    """``bytes()`` as protocol < 3 pickles of ``b""`` call it; never ``bytes(n)`` (an allocation bomb)."""
+    if args:
+        raise UnsafePickleError(f"refused bytes({type(args[0]).__name__}, ...): only bytes() is expected")
+    return b""
+
+
+def _safe_globals() -> Dict[Tuple[str, str], object]:
+    """The globals numpy arrays and scalars, dicts and strings reference in a pickle, by every
+    name numpy 1.x / 2.x and Python 2 / 3 write them under, mapped to the objects themselves."""
+    multiarray, numeric = _numpy_internals()
+    table: Dict[Tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("_codecs", "encode"): _latin1_bytes,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct  # ndarray, protocols 0-4
+        table[(f"{core}.multiarray", "scalar")] = multiarray.scalar  # np.float32(1.0) and friends
+        if hasattr(numeric, "_frombuffer"):  # contiguous arrays, protocol 5
+            table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    for builtins in ("builtins", "__builtin__"):  # Python 2 pickles name the module __builtin__
+        table[(builtins, "set")] = set
+        table[(builtins, "frozenset")] = frozenset
+        table[(builtins, "bytes")] = _empty_bytes
+    return table
+
+
+class SafeWeightsUnpickler(pickle.Unpickler):
+    """An unpickler for weights pickles (detectron2 ``.pkl``, Caffe2/MSRA ``.pkl``) that builds
+    only dicts, lists, tuples, numbers, strings, bytes and numpy arrays/scalars/dtypes.
+
+    A pickle calls a global only after ``find_class`` returns it, so refusing there means a
+    crafted file (``__reduce__`` returning ``os.system``) runs nothing. numpy's own globals are
+    returned from a fixed table, never imported by the name the file gives.
+    """
+
+    _allowed: Optional[Dict[Tuple[str, str], object]] = None
+
+    def __init__(self, file, path: str):
+        super().__init__(file, encoding="latin1")  # Python 2 str blobs (Caffe2) are bytes as latin1
+        self.path = path
+        if SafeWeightsUnpickler._allowed is None:
+            SafeWeightsUnpickler._allowed = _safe_globals()
+
+    def find_class(self, module: str, name: str):
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise UnsafePickleError(
+                f"refused to load the global {module}.{name} from a weights pickle: a .pkl may hold only dicts, "
+                f"lists, numbers, strings and numpy arrays, so nothing in the file was run ({self.path})"
+            )
+        return found
+
+
+def load_weights_pickle(path: str) -> object:
+    """The object in the weights pickle ``path``, built by ``SafeWeightsUnpickler``.
+
+    Raises:
+        UnsafePickleError: the file names a global weights pickles do not hold (the message names it).
+        WeightsError: the file is not a readable pickle.
+    """
+    try:
+        with open(path, "rb") as f:
+            return SafeWeightsUnpickler(f, path).load()
+    except WeightsError:
+        raise
+    except Exception as e:  # corrupt, truncated or not a pickle
+        raise WeightsError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from None
+
+
 def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
     """Tensors of a ``.pth``/``.pt`` (torch) or ``.pkl`` (pickled numpy) file, and its extra fields
     (e.g. detectron2's ``__author__``)."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {path} (weights are read from local files only)")
     if path.endswith(".pkl"):
-        try:
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        except Exception as e:  # corrupt or not a pickle
-            raise WeightsError(f"{path}: cannot unpickle ({type(e).__name__}: {e})") from None
+        data = load_weights_pickle(path)
     else:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -125,7 +223,7 @@ def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
             break
     tensors: Dict[str, Tensor] = {}
     for k, v in data.items():
-        if isinstance(v, np.ndarray):
+        if isinstance(v, np.ndarray) and (v.dtype.kind in "biuf"):  # not strings or objects
             tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
         elif isinstance(v, Tensor):
             tensors[k] = v

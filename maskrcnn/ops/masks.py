@@ -37,41 +37,69 @@ def _window_pairs(a_origins, a_hw, b_origins, b_hw):
     return ii, jj, x0[ii, jj], y0[ii, jj], x1[ii, jj], y1[ii, jj]
 
 
+def crop_pair_intersections(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins: Tensor, ii: Tensor,
+                            jj: Tensor, window: Tensor, max_elements: int = 1 << 22) -> Tensor:
+    """Pixel counts of ``a[ii[k]] & b[jj[k]]`` for K listed pairs: ``Tensor[K]`` int64.
+
+    Args:
+        a_crops (Tensor[N, ha, wa]), b_crops (Tensor[M, hb, wb]): bool crops (crop sizes may differ).
+        a_origins (Tensor[N, 2]), b_origins (Tensor[M, 2]): int64 ``(x0, y0)``.
+        ii (Tensor[K]), jj (Tensor[K]): int64 indices of the pairs.
+        window (Tensor[K, 4]): int64 ``xyxy`` image region holding every shared pixel of pair k
+            (e.g. the intersection of the two tight boxes, or of the two crop windows).
+    Pairs are sorted by window area and processed in chunks padded to the chunk's largest window
+    (at most ~``max_elements`` gathered pixels each), so a few large masks do not inflate the rest.
+    The one pair-intersection primitive: the metric's candidate pairs, TTA merging's box-pruned
+    pairs and the pure-PyTorch twin of ``crop_mask_intersection`` count pixels with it.
+    """
+    K = int(ii.shape[0])
+    out = torch.zeros(K, dtype=torch.long, device=a_crops.device)
+    if K == 0:
+        return out
+    wh = (window[:, 2:] - window[:, :2]).clamp(min=0)  # [K, 2] (w, h)
+    order = torch.argsort(wh[:, 0] * wh[:, 1])
+    wh_sorted = wh[order].cpu()
+    start = 0
+    while start < K:  # chunks of pairs, each bounded to ~max_elements gathered pixels
+        # The chunk may grow while (its size) x (its largest window) stays under the budget.
+        area_run = (wh_sorted[start:, 0].cummax(0).values * wh_sorted[start:, 1].cummax(0).values).clamp(min=1)
+        n_fit = int(((torch.arange(1, K - start + 1) * area_run) <= max_elements).sum())
+        stop = start + max(1, n_fit)
+        sel = order[start:stop]
+        w_c = max(1, int(wh_sorted[start:stop, 0].max()))
+        h_c = max(1, int(wh_sorted[start:stop, 1].max()))
+        win = window[sel]
+        ys = win[:, 1, None] + torch.arange(h_c, device=a_crops.device)  # [p, h_c] image rows
+        xs = win[:, 0, None] + torch.arange(w_c, device=a_crops.device)
+        valid = (ys < win[:, 3, None])[:, :, None] & (xs < win[:, 2, None])[:, None, :]
+        va = _gather(a_crops, a_origins, ii[sel], ys, xs)
+        vb = _gather(b_crops, b_origins, jj[sel], ys, xs)
+        out[sel] = (va & vb & valid).flatten(1).sum(1)
+        start = stop
+    return out
+
+
+def _gather(crops: Tensor, origins: Tensor, idx: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """Crops ``idx`` sampled at image rows ``ys [p, h]`` x columns ``xs [p, w]`` (False outside the crops)."""
+    _, h, w = crops.shape
+    cy = ys - origins[idx, 1, None]
+    cx = xs - origins[idx, 0, None]
+    ok = ((cy >= 0) & (cy < h))[:, :, None] & ((cx >= 0) & (cx < w))[:, None, :]
+    v = crops[idx[:, None, None], cy.clamp(0, h - 1)[:, :, None], cx.clamp(0, w - 1)[:, None, :]]
+    return v & ok
+
+
 def crop_mask_intersection_reference(
     a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins: Tensor, max_elements: int = 1 << 24
 ) -> Tensor:
     """Pure-PyTorch pixel counts of ``a_i & b_j``: ``Tensor[N, M]`` int64. The fallback and oracle."""
     N, M = a_crops.shape[0], b_crops.shape[0]
-    dev = a_crops.device
-    out = torch.zeros((N, M), dtype=torch.long, device=dev)
+    out = torch.zeros((N, M), dtype=torch.long, device=a_crops.device)
     if N == 0 or M == 0:
         return out
-    a = a_crops != 0
-    b = b_crops != 0
-    ii, jj, x0, y0, x1, y1 = _window_pairs(a_origins, a.shape[1:], b_origins, b.shape[1:])
-    P = ii.shape[0]
-    if P == 0:
-        return out
-    h = min(a.shape[1], b.shape[1])
-    w = min(a.shape[2], b.shape[2])
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    chunk = max(1, max_elements // (h * w))
-    for s in range(0, P, chunk):  # chunks of pairs bound memory
-        sl = slice(s, min(P, s + chunk))
-        i, j = ii[sl], jj[sl]
-        ys = y0[sl, None] + ar_h  # [p, h] image rows of the overlap window
-        xs = x0[sl, None] + ar_w
-        vy = ys < y1[sl, None]
-        vx = xs < x1[sl, None]
-        ya = (ys - a_origins[i, 1, None]).clamp(0, a.shape[1] - 1)
-        xa = (xs - a_origins[i, 0, None]).clamp(0, a.shape[2] - 1)
-        yb = (ys - b_origins[j, 1, None]).clamp(0, b.shape[1] - 1)
-        xb = (xs - b_origins[j, 0, None]).clamp(0, b.shape[2] - 1)
-        va = a[i[:, None, None], ya[:, :, None], xa[:, None, :]]
-        vb = b[j[:, None, None], yb[:, :, None], xb[:, None, :]]
-        both = va & vb & vy[:, :, None] & vx[:, None, :]
-        out[i, j] = both.flatten(1).sum(dim=1)
+    ii, jj, x0, y0, x1, y1 = _window_pairs(a_origins, a_crops.shape[1:], b_origins, b_crops.shape[1:])
+    window = torch.stack([x0, y0, x1, y1], dim=1)
+    out[ii, jj] = crop_pair_intersections(a_crops != 0, a_origins, b_crops != 0, b_origins, ii, jj, window, max_elements)
     return out
 
 

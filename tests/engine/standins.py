@@ -50,14 +50,20 @@ class TinyDataset(Dataset):
 
 
 class TinyModel(nn.Module):
-    """Per-pixel foreground logits; optional faults: an exception or a NaN loss at forward call k."""
+    """Per-pixel foreground logits; optional faults: an exception (``fail_with``, RuntimeError by
+    default) or a NaN loss at forward call k, or a NaN loss once the weights have moved more than
+    ``diverge_above`` from where they started (a stand-in for a learning rate too high: the
+    distance travelled grows with the rate)."""
 
-    def __init__(self, fail_at: int = 0, nan_at: int = 0):
+    def __init__(self, fail_at: int = 0, nan_at: int = 0, diverge_above: float = 0.0, fail_with: type = RuntimeError):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
         self.norm = nn.GroupNorm(2, 4)
         self.conv2 = nn.Conv2d(4, 1, 1)
         self.fail_at, self.nan_at, self.calls = fail_at, nan_at, 0
+        self.fail_with = fail_with
+        self.diverge_above = diverge_above
+        self.start = [p.detach().clone() for p in self.parameters()]  # not in the state dict
 
     def forward(self, images, targets=None):
         x = torch.stack(images)
@@ -73,7 +79,7 @@ class TinyModel(nn.Module):
             return out
         self.calls += 1
         if self.fail_at and self.calls == self.fail_at:
-            raise RuntimeError(f"injected failure at forward call {self.calls}")
+            raise self.fail_with(f"injected failure at forward call {self.calls}")
         target = torch.stack([t.masks.to_dense().any(0).float() for t in targets])
         flat_l, flat_t = logits.flatten().float(), target.flatten()
         pick = torch.randperm(flat_l.numel(), device=flat_l.device)[: flat_l.numel() // 2]  # like RoI sampling
@@ -83,11 +89,19 @@ class TinyModel(nn.Module):
         }
         if self.nan_at and self.calls >= self.nan_at:
             losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        if self.diverge_above and self.distance() > self.diverge_above:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
         return losses
 
+    def distance(self) -> float:
+        """Largest change of any weight since construction."""
+        return max(float((p.detach() - s).abs().max()) for p, s in zip(self.parameters(), self.start))
 
-def tiny_config(output_dir: str, **solver) -> Config:
-    """A config for the stand-ins: a few iterations, frequent checkpoints and validation."""
+
+def tiny_config(output_dir: str, *overrides: str, **solver) -> Config:
+    """A config for the stand-ins: a few iterations, frequent checkpoints and validation; more
+    ``key=value`` overrides and ``solver.<key>=value`` as keywords."""
+    extra = list(overrides)
     overrides = [
         f"train.output_dir={output_dir}",
         "train.device=cpu",
@@ -103,5 +117,5 @@ def tiny_config(output_dir: str, **solver) -> Config:
         "solver.steps=[4]",
         "test.score_thresh=[0.5]",
     ]
-    overrides += [f"solver.{k}={v}" for k, v in solver.items()]
+    overrides += [f"solver.{k}={v}" for k, v in solver.items()] + extra
     return load_config(None, overrides)

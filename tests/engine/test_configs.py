@@ -22,8 +22,17 @@ def test_recipe_is_valid(path):
     cfg = load_config(path)
     check_train_config(cfg)
     build_model(cfg.model, load_weights=False, verbose=False)
-    # The detection cap can only be reached when the RPN proposes more boxes (CONVENTIONS.md).
+    # The detection cap can only be reached when the RPN proposes more boxes (docs/conventions.md).
     assert cfg.model.rpn.post_nms_topk_test > cfg.model.roi_heads.detections_per_image
+
+
+def test_shipped_configs_inherit():
+    r50, x101, r101, small = (load_config(os.path.join(ROOT, "configs", f"{n}.yaml")) for n in ("r50", "x101", "r101", "small"))
+    assert x101.model.backbone.name == "resnext101_32x8d"
+    assert r101.model.backbone.name == "resnet101"
+    assert x101.model.anchors == r50.model.anchors and x101.model.rpn == r50.model.rpn
+    assert small.data.format == "synthetic"
+    assert r50.model.rpn.post_nms_topk_test > r50.model.roi_heads.detections_per_image
 
 
 def test_per_class_thresholds_must_match_the_classes():

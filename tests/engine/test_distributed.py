@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 
 
@@ -18,6 +18,18 @@ def _worker(rank, world, init_file, tmp):
     torch.set_num_threads(1)
     du.init_distributed(backend="gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, device="cpu")
     try:
+        # Another run holds "busy" (the test's process): rank 0 is refused, and rank 1 must hear of
+        # it and stop too instead of waiting for rank 0 forever.
+        from maskrcnn.engine.checkpoint import RunDirectoryError
+
+        try:
+            Trainer(tiny_config(os.path.join(tmp, "busy")), model=TinyModel(), train_dataset=TinyDataset(7),
+                    val_dataset=TinyDataset(3), progress=False)
+        except RunDirectoryError as e:
+            assert "another training run is using train.output_dir" in str(e), str(e)
+            assert rank == 0 or "rank 0 could not start the run" in str(e), str(e)
+        else:
+            raise AssertionError("a run on a directory held by another process was not refused")
 
         def run(name, resume=False, **faults):
             torch.manual_seed(100 + rank)  # different initial weights per rank: DDP must broadcast rank 0's
@@ -41,7 +53,11 @@ def _worker(rank, world, init_file, tmp):
 
 
 def test_two_gloo_processes(tmp_path):
+    from maskrcnn.fileio import FolderLock
+
     init_file = tmp_path / "pg_init"
+    busy = FolderLock(tmp_path / "busy" / "run.lock")
+    busy.acquire()
     ctx = mp.spawn(_worker, args=(2, str(init_file), str(tmp_path)), nprocs=2, join=False)
     deadline = time.time() + 240
     while not ctx.join(timeout=5):
@@ -49,9 +65,11 @@ def test_two_gloo_processes(tmp_path):
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the two-process run did not finish in 240 s (a collective hung?)")
+    busy.release()
 
-    ref = [torch.load(tmp_path / f"ref_rank{r}.pth") for r in (0, 1)]
-    resumed = [torch.load(tmp_path / f"crash_rank{r}.pth") for r in (0, 1)]
+    assert not (tmp_path / "ref" / "run.lock").exists()  # rank 0 held it and let it go
+    ref = [torch.load(tmp_path / f"ref_rank{r}.pth", weights_only=True) for r in (0, 1)]
+    resumed = [torch.load(tmp_path / f"crash_rank{r}.pth", weights_only=True) for r in (0, 1)]
     for k in ref[0]:
         assert torch.equal(ref[0][k], ref[1][k]), f"ranks differ in {k}"
         assert torch.equal(ref[0][k], resumed[0][k]), f"resumed run differs in {k}"

@@ -129,5 +129,9 @@ def test_bad_solver_values_are_clear_errors(changes, words):
         assert w in str(e.value)
 
 
-def test_steps_are_not_checked_for_cosine():
-    check_solver_config(SolverConfig(schedule="cosine", steps=(5000,), max_iter=100, warmup_iters=10))
+def test_steps_are_not_checked_for_cosine_and_do_not_apply():
+    cfg = SolverConfig(schedule="cosine", steps=(5000,), max_iter=100, warmup_iters=10)
+    check_solver_config(cfg)  # no error for a step past max_iter: cosine has no steps
+    cfg = SolverConfig(schedule="cosine", steps=(20, 40), gamma=0.1, max_iter=100, warmup_iters=10)
+    assert lr_factor(cfg, 50) == pytest.approx(0.5)  # 0.5 (1 + cos(pi / 2)); the steps are ignored
+    assert lr_factor(cfg, 25) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train as train_cli
-from maskrcnn.engine.checkpoint import load_checkpoint, load_model
+from maskrcnn.inference.checkpoint import load_checkpoint, load_model
 from maskrcnn.engine.curves import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,3 +99,69 @@ def test_torchrun_two_cpu_processes(tmp_path):
     records = read_metrics(str(out / "metrics.jsonl"))
     assert [r["iteration"] for r in records if "loss" in r] == [1, 2]
     assert [r["val/num_images"] for r in records if "val/mAP" in r] == [2]
+
+
+def _files(folder):
+    return {n: (folder / n).read_bytes() for n in sorted(os.listdir(folder)) if n != "log.txt"}
+
+
+def test_train_cli_resume_that_changes_the_model_is_one_error_line(run, capsys):
+    _, out, cfg = run
+    before = _files(out)
+    rc = train_cli.main([str(cfg), "--resume", "--no-progress", "--set", f"train.output_dir={out}",
+                         "model.fpn.out_channels=16"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "model.fpn.out_channels: 32 -> 16" in err and "model_final.pth" in err
+    assert _files(out) == before
+
+
+def test_train_cli_new_run_over_a_finished_run_is_refused(run, capsys):
+    _, out, cfg = run
+    before = _files(out)
+    assert train_cli.main([str(cfg), "--no-progress", "--set", f"train.output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--resume" in err and "--overwrite" in err and str(out) in err
+    assert _files(out) == before
+    capsys.readouterr()
+    assert train_cli.main([str(cfg), "--resume", "--overwrite"]) == 2  # argparse: the two exclude each other
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0] and "--help" in err[0]
+
+
+def test_train_cli_resume_with_a_larger_max_iter_on_the_real_model(run, tmp_path, capsys):
+    import shutil
+
+    _, out, cfg = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    rc = train_cli.main([str(cfg), "--resume", "--no-progress", "--set", f"train.output_dir={copy}",
+                         "solver.max_iter=4", "solver.lr=0.0005"])
+    assert rc == 0, capsys.readouterr().err
+    ck = load_checkpoint(str(copy / "model_final.pth"))
+    assert ck["iteration"] == 4 and ck["config"]["solver"]["lr"] == 0.0005
+    train = [r for r in read_metrics(str(copy / "metrics.jsonl")) if "loss" in r]
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]
+    assert train[-1]["lr"] == pytest.approx(0.0005 * 0.1)  # solver.steps=[2]: gamma 0.1 after iteration 2
+
+
+def test_train_cli_directory_in_use_is_refused_naming_the_holder(run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    _, _, cfg = run
+    busy = tmp_path / "busy"
+    code = ("import sys\nfrom maskrcnn.fileio import FolderLock\n"
+            f"FolderLock({str(busy / 'run.lock')!r}).acquire()\nprint('ready', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        rc = train_cli.main([str(cfg), "--no-progress", "--set", f"train.output_dir={busy}"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and f"pid {holder.pid} on host" in err, err
+        assert sorted(os.listdir(busy)) == ["run.lock"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

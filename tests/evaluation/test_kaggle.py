@@ -217,20 +217,3 @@ def test_evaluator_means_per_image_scores_and_per_class():
 def test_evaluator_without_images():
     s = KaggleEvaluator().summary()
     assert s["num_images"] == 0 and np.isnan(s["mAP"])
-
-
-@pytest.mark.parametrize("max_elements", [1, 300, 1 << 22])
-def test_pair_intersections_in_chunks_with_mixed_sizes(max_elements):
-    from maskrcnn.evaluation.kaggle import pair_intersections
-
-    rng = np.random.default_rng(7)
-    h, w = 70, 90
-    a = np.concatenate([random_blobs(rng, 12, h, w, rmin=2, rmax=6), random_blobs(rng, 2, h, w, rmin=25, rmax=40)])
-    b = np.concatenate([random_blobs(rng, 10, h, w, rmin=2, rmax=6), random_blobs(rng, 2, h, w, rmin=25, rmax=40)])
-    ma, mb = dense(a), dense(b)
-    ii, jj = (torch.from_numpy(x.reshape(-1)) for x in np.meshgrid(np.arange(len(a)), np.arange(len(b)), indexing="ij"))
-    ba, bb = ma.tight_boxes().long(), mb.tight_boxes().long()
-    window = torch.cat([torch.maximum(ba[ii, :2], bb[jj, :2]), torch.minimum(ba[ii, 2:], bb[jj, 2:])], dim=1)
-    got = pair_intersections(ma, mb, ii, jj, window, max_elements=max_elements)
-    expected = (a[ii.numpy()] & b[jj.numpy()]).reshape(len(ii), -1).sum(1)
-    np.testing.assert_array_equal(got.numpy(), expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.evaluation.submission import masks_to_rows, write_labels, write_submission
+from maskrcnn.inference.submission import masks_to_rows, write_labels, write_submission
 from tests.evaluation.shapes import dense, random_blobs, rect
 
 import evaluate

@@ -4,16 +4,8 @@ import torch
 
 from maskrcnn import config
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.evaluation.tuning import (
-    TuneItem,
-    image_class,
-    load_thresholds,
-    prepare_image,
-    resolve_overlaps,
-    sweep_group,
-    tune_thresholds,
-    write_thresholds,
-)
+from maskrcnn.evaluation.tuning import TuneItem, prepare_image, sweep_group, tune_thresholds, write_thresholds
+from maskrcnn.inference.postprocess import remove_overlaps
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
 
@@ -33,9 +25,9 @@ def test_overlap_resolution_of_a_score_prefix_is_the_prefix_of_the_resolution(se
     # The property the sweep relies on: a mask's fate depends only on better-ranked masks.
     rng = np.random.default_rng(seed)
     masks = dense(random_blobs(rng, 30, H, W, rmin=3, rmax=10))
-    full, alive = resolve_overlaps(masks, 0.5)
+    full, alive = remove_overlaps(masks, 0.5, torch.zeros(len(masks), dtype=torch.long))
     for k in (1, 7, 18, 29):
-        part, alive_k = resolve_overlaps(masks[torch.arange(k)], 0.5)
+        part, alive_k = remove_overlaps(masks[torch.arange(k)], 0.5, torch.zeros(k, dtype=torch.long))
         assert torch.equal(alive_k, alive[:k])
         assert torch.equal(part.crops, full.crops[:k])
 
@@ -58,17 +50,11 @@ def test_sweep_equals_scoring_each_subset_directly(seed):
             total = 0.0
             for it in items:
                 order = torch.sort(it.pred.scores, descending=True, stable=True).indices
-                resolved, alive = resolve_overlaps(it.pred.masks[order].threshold(0.5), 0.5)
+                binary = it.pred.masks[order].threshold(0.5)
+                resolved, alive = remove_overlaps(binary, 0.5, torch.zeros(len(binary), dtype=torch.long))
                 keep = alive & (it.pred.scores[order] >= s) & (resolved.areas() >= max(a, 1))
                 total += image_score(resolved[torch.nonzero(keep)[:, 0]], it.gt)
             assert got[si, ai] == pytest.approx(total / len(items), abs=1e-12)
-
-
-def test_image_class_follows_postprocess_rule():
-    inst = soft_instances(np.zeros((4, H, W), bool) | rect(H, W, 0, 4, 0, 4), [0.9, 0.2, 0.3, 0.25], labels=[0, 1, 1, 1])
-    assert image_class(inst, (0.5, 0.5)) == 0  # only class 0 passes its threshold
-    assert image_class(inst, (0.5, 0.1)) == 1  # now three of class 1 pass
-    assert image_class(inst[[]], (0.5,)) == -1
 
 
 def test_tuning_finds_score_area_and_mask_thresholds(tmp_path):
@@ -93,9 +79,9 @@ def test_tuning_finds_score_area_and_mask_thresholds(tmp_path):
     assert res.sweep_mAP == pytest.approx(1.0) and res.base_mAP == pytest.approx(0.5)
     path = str(tmp_path / "tuned.yaml")
     write_thresholds(res, path, ["a", "b"])
-    loaded = load_thresholds(path)
-    assert loaded["min_area"] == tuple(res.thresholds["min_area"])
-    assert loaded["score_thresh"] == tuple(res.thresholds["score_thresh"])
+    loaded = config.apply_thresholds(config.TestConfig(), path)
+    assert loaded.min_area == tuple(res.thresholds["min_area"])
+    assert loaded.score_thresh == tuple(res.thresholds["score_thresh"])
 
 
 def test_tuning_the_mask_threshold():
@@ -113,19 +99,10 @@ def test_tuning_the_mask_threshold():
     assert res.sweep_mAP == pytest.approx(1.0) and res.base_mAP == pytest.approx(0.0)
 
 
-def test_load_thresholds_errors(tmp_path):
-    p = tmp_path / "t.yaml"
-    p.write_text("score_thresh: [0.3]\nbogus: 1\n")
-    with pytest.raises(ValueError, match="bogus"):
-        load_thresholds(str(p))
-    p.write_text("test:\n  score_thresh: 0.4\n  min_area: [10, 20]\n")
-    assert load_thresholds(str(p)) == {"score_thresh": (0.4,), "min_area": (10, 20)}
-
-
 def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     import evaluate
     from maskrcnn.evaluation.cache import PredictionCache
-    from maskrcnn.evaluation.submission import write_labels
+    from maskrcnn.inference.submission import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "x"})
     gts = []
@@ -143,4 +120,4 @@ def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == "mAP 1.0000"
-    assert load_thresholds(out)["score_thresh"] == (0.5,)
+    assert config.apply_thresholds(config.TestConfig(), out).score_thresh == (0.5,)

@@ -68,3 +68,16 @@ def random_blobs(n: int, H: int, W: int, seed: int = 0, rmin: int = 2, rmax: int
         out.append(m)
         taken |= m
     return torch.stack(out) if out else torch.zeros((0, H, W), dtype=torch.bool)
+
+
+# A real model small enough for CPU tests (loading, predict.py end to end).
+TINY_MODEL = """
+model:
+  backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
+  fpn: {out_channels: 32, norm: gn}
+  rpn: {pre_nms_topk_test: 100, post_nms_topk_test: 60}
+  roi_heads: {num_classes: 3, box_fc_dim: 32, detections_per_image: 50, score_thresh: 0.0}
+  mask_head: {num_convs: 1, conv_dim: 32, norm: gn}
+  input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
+test: {score_thresh: [0.0]}
+"""

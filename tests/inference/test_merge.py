@@ -130,7 +130,8 @@ def test_cross_view_edges_equal_thresholded_crop_mask_iou():
     full = crop_mask_iou(ml.crops, ml.origins, ml.crops, ml.origins)
     counts = []
     for t, method in ((0.2, "sparse"), (0.4, "sparse"), (0.6, "sparse"), (0.2, "pairs"), (0.4, "pairs"), (0.6, "pairs")):
-        i, j, iou = cross_view_edges(ml, vid, t, method=method)
+        i, j, iou, areas = cross_view_edges([ml[torch.nonzero(vid == k)[:, 0]] for k in range(4)], t, method=method)
+        assert torch.equal(areas, dense.flatten(1).sum(1))
         expect = (full > t) & (vid[:, None] != vid[None, :]) & torch.ones_like(full, dtype=torch.bool).triu(1)
         got = torch.zeros_like(expect)
         got[i, j] = True
@@ -160,3 +161,15 @@ def test_views_with_different_crop_sizes_and_the_fallback_without_sparse_product
     again = merge_instances([a, b], min_views=2)
     assert torch.equal(again.scores, merged.scores)
     assert torch.equal(again.masks.to_dense(), merged.masks.to_dense())
+
+
+def test_each_instance_is_matched_at_its_own_class_mask_threshold():
+    H, W = 24, 24
+    core = torch.zeros((1, H, W))
+    core[0, 8:16, 8:16] = 0.9
+    halo = core.clone()
+    halo[0, 4:20, 4:20] = torch.where(halo[0, 4:20, 4:20] > 0, halo[0, 4:20, 4:20], torch.tensor(0.4))
+    for labels, thresholds, merged_count in (([0], 0.5, 1), ([0], 0.3, 2), ([1], (0.3, 0.5), 1), ([0], (0.3, 0.5), 2)):
+        a = _instances(core, [0.9], labels=labels)
+        b = _instances(halo, [0.8], labels=labels)  # at 0.3 the halo makes it 4x the core: IoU 0.25
+        assert len(merge_instances([a, b], iou_threshold=0.5, mask_threshold=thresholds)) == merged_count

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.postprocess import fill_holes, postprocess
+from maskrcnn.inference.postprocess import fill_holes, image_class, postprocess
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -111,6 +111,15 @@ def test_image_class_is_the_most_frequent_label():
     assert len(postprocess(_inst(d, scores, labels), cfg)) == 0
     out = postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, min_area=(0,)))
     assert out.labels.tolist() == [2] * 5
+
+
+def test_image_class_counts_instances_passing_their_own_class_threshold():
+    d = torch.zeros((4, 8, 8))
+    d[:, 0:4, 0:4] = 0.9
+    inst = _inst(d, [0.9, 0.2, 0.3, 0.25], labels=[0, 1, 1, 1])
+    assert image_class(inst, (0.5, 0.5)) == 0  # only class 0 passes its threshold
+    assert image_class(inst, (0.5, 0.1)) == 1  # now three of class 1 pass
+    assert image_class(inst[[]], (0.5,)) == -1
 
 
 def test_fill_holes_fills_enclosed_background_only():

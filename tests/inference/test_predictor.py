@@ -6,14 +6,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from maskrcnn.config import ConfigError, TestConfig as Cfg
 from maskrcnn.data.rle import decode
-from maskrcnn.inference.predictor import Predictor, apply_thresholds, load_model
-from maskrcnn.inference.run import main, predict_images, timing_summary
-from tests.inference.stub_model import IdStubModel, draw_objects, object_score, random_blobs
+from maskrcnn.inference.predictor import Predictor, build_predictor
+from maskrcnn.inference.predict_cli import main, predict_images, timing_summary, write_predictions
+from tests.inference.stub_model import TINY_MODEL, IdStubModel, draw_objects, object_score, random_blobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")  # subprocesses on busy shared CPUs
@@ -43,6 +42,13 @@ def test_one_view_is_the_model_output():
     assert torch.equal(raw.masks.crops, direct.masks.crops) and torch.equal(raw.scores, direct.scores)
 
 
+def test_build_predictor_takes_every_setting_from_the_test_config():
+    cfg = Cfg(tta=("hflip", "vflip"), merge_iou=0.6, tta_min_views=2, mask_thresh=(0.4, 0.5, 0.6))
+    pred = build_predictor([IdStubModel(), IdStubModel()], cfg, device="cpu", batch_size=3)
+    assert pred.num_views == 6 and [v.name for v in pred.views][1:] == ["hflip", "vflip"]
+    assert (pred.merge_iou, pred.min_views, pred.mask_threshold, pred.batch_size) == (0.6, 2, (0.4, 0.5, 0.6), 3)
+
+
 def _write_images(folder, specs):
     """specs: name -> (bool masks, writer kind)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,8 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
     paths = sorted(str(p) for p in (tmp_path / "images").iterdir())
     pred = Predictor(IdStubModel(), tta="hflip,rot90,transpose", min_views=2, device="cpu")
     out = tmp_path / "submission.csv"
-    timings = predict_images(pred, paths, Cfg(score_thresh=(0.0,), image_class="none"), str(out), progress=False)
+    cfg = Cfg(score_thresh=(0.0,), image_class="none")
+    timings = write_predictions(predict_images(pred, paths, cfg, progress=False), str(out))
     assert len(timings) == 4 and "merge" in timing_summary(timings)
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -83,53 +90,11 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
         assert match.sum(0).tolist() == [1] * masks.shape[0] and len(rles) == masks.shape[0]
 
 
-def test_thresholds_file_overrides_test_fields(tmp_path):
-    base = Cfg()
-    p = tmp_path / "tuned.yaml"
-    p.write_text(yaml.safe_dump({"test": {"score_thresh": [0.15, 0.35, 0.55], "min_area": [75, 150, 75]},
-                                 "tuning": {"mAP": 0.31}}))
-    cfg = apply_thresholds(base, str(p))
-    assert cfg.score_thresh == (0.15, 0.35, 0.55) and cfg.min_area == (75, 150, 75)
-    assert cfg.mask_thresh == base.mask_thresh
-    p.write_text(yaml.safe_dump({"mask_thresh": 0.45}))
-    assert apply_thresholds(base, str(p)).mask_thresh == (0.45,)
-    p.write_text(yaml.safe_dump({"score_treshold": 0.45}))
-    with pytest.raises(ConfigError, match="score_treshold"):
-        apply_thresholds(base, str(p))
-    p.write_text(yaml.safe_dump({"min_area": "big"}))
-    with pytest.raises(ConfigError, match="min_area"):
-        apply_thresholds(base, str(p))
-
-
-def test_load_model_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        load_model(str(tmp_path / "nope.pth"))
-    torch.save({"w": torch.zeros(2)}, tmp_path / "bare.pth")
-    with pytest.raises(ValueError, match="bare state dict without a config: pass --config"):
-        load_model(str(tmp_path / "bare.pth"))
-    (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(RuntimeError, match="junk.pth: not a readable checkpoint"):
-        load_model(str(tmp_path / "junk.pth"))
-    (tmp_path / "cfg.yaml").write_text(TINY_MODEL)
-    with pytest.raises(ValueError, match="do not fit the model .*missing"):
-        load_model(str(tmp_path / "bare.pth"), config=str(tmp_path / "cfg.yaml"))
-
-
-TINY_MODEL = """
-model:
-  backbone: {name: resnet18, norm: gn, freeze_at: 0, stem_out_channels: 32, res2_out_channels: 32}
-  fpn: {out_channels: 32, norm: gn}
-  rpn: {pre_nms_topk_test: 100, post_nms_topk_test: 60}
-  roi_heads: {num_classes: 3, box_fc_dim: 32, detections_per_image: 50, score_thresh: 0.0}
-  mask_head: {num_convs: 1, conv_dim: 32, norm: gn}
-  input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
-test: {score_thresh: [0.0]}
-"""
 
 
 def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path):
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.evaluation.submission import write_labels
+    from maskrcnn.inference.submission import write_labels
     from maskrcnn.model import build_model
     from maskrcnn.structures import MaskList
 

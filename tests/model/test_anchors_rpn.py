@@ -6,7 +6,6 @@ from maskrcnn.model.anchors import AnchorGenerator, cell_anchors
 from maskrcnn.model.box_coder import SCALE_CLAMP, decode_boxes, encode_boxes
 from maskrcnn.model.matching import BACKGROUND, FOREGROUND, IGNORE, match_boxes, sample_balanced
 from maskrcnn.model.rpn import RPNHead, find_top_proposals
-from maskrcnn.ops import nms
 
 
 def test_cell_anchors_sizes_and_ratios():
@@ -85,19 +84,46 @@ def test_rpn_head_layout_matches_anchor_order():
     torch.testing.assert_close(deltas[0][b, k], raw_d[b, a, :, y, xx])
 
 
+def _decode_by_hand(d, a):
+    """The box-coder formulas with weights (1, 1, 1, 1), written out (not ``decode_boxes``)."""
+    w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+    cx, cy = a[:, 0] + w / 2 + d[:, 0] * w, a[:, 1] + h / 2 + d[:, 1] * h
+    pw, ph = w * torch.exp(d[:, 2]), h * torch.exp(d[:, 3])
+    return torch.stack([cx - pw / 2, cy - ph / 2, cx + pw / 2, cy + ph / 2], 1)
+
+
+def _nms_by_hand(boxes, scores, thr):
+    """Greedy NMS one box at a time in float64 (not ``maskrcnn.ops.nms``)."""
+    b = boxes.double().tolist()
+    order = sorted(range(len(b)), key=lambda i: (-float(scores[i]), i))
+
+    def iou(p, q):
+        iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+        ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+        inter = iw * ih
+        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    kept = []
+    for i in order:
+        if all(iou(b[i], b[k]) <= thr for k in kept):
+            kept.append(i)
+    return torch.tensor(kept, dtype=torch.long)
+
+
 def _proposals_reference(logits, deltas, anchors, sizes, pre, post, thr):
-    """The obvious loops over images and levels."""
+    """The obvious loops over images and levels, with decoding and NMS written out by hand."""
     out = []
     for b, (h, w) in enumerate(sizes):
         boxes_all, scores_all = [], []
         for lg, dl, an in zip(logits, deltas, anchors):
             s, i = lg[b].topk(min(pre, lg.shape[1]))
-            bx = decode_boxes(dl[b, i], an[i], (1, 1, 1, 1))
+            bx = _decode_by_hand(dl[b, i], an[i])
             bx[:, 0::2] = bx[:, 0::2].clamp(0, w)
             bx[:, 1::2] = bx[:, 1::2].clamp(0, h)
             ok = (bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])
             bx, s = bx[ok], s[ok]
-            k = nms(bx, s, thr)
+            k = _nms_by_hand(bx, s, thr)
             boxes_all.append(bx[k])
             scores_all.append(s[k])
         bx, s = torch.cat(boxes_all), torch.cat(scores_all)

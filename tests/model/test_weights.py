@@ -1,12 +1,14 @@
 """Weight import from synthetic files with the real key naming schemes (torchvision, Caffe2, detectron2)."""
+import os
 import pickle
+import struct
 
 import numpy as np
 import pytest
 import torch
 
 from maskrcnn.model import build_model
-from maskrcnn.model.weights import WeightsError, import_weights
+from maskrcnn.model.weights import WeightsError, import_weights, read_weights_file
 from tests.model.helpers import tiny_model_config
 
 IMAGENET = ["model.input.in_channels=3", "model.input.pixel_mean=[0.485,0.456,0.406]",
@@ -281,3 +283,112 @@ def test_torchvision_detection_heads_move_background_last(tmp_path):
     torch.testing.assert_close(s["rpn.head.conv.weight"], sd["rpn.head.conv.0.0.weight"])
     torch.testing.assert_close(s["fpn.output.2.bias"], sd["backbone.fpn.layer_blocks.2.0.bias"])
     torch.testing.assert_close(s["roi_heads.mask_head.convs.0.weight"], sd["roi_heads.mask_head.0.0.weight"])
+
+
+# ------------------------------------------------------------------ safe unpickling
+class _Payload:
+    """A pickle whose loading would create ``marker`` (a harmless stand-in for ``os.system``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("where", ["top", "inside_model", "as_the_file"])
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, protocol, where):
+    marker = tmp_path / "payload_ran"
+    blobs = bottleneck_blobs("detectron2")
+    obj = {
+        "top": {"model": blobs, "__author__": "Detectron2 Model Zoo", "cfg": _Payload(marker)},
+        "inside_model": {"model": {**blobs, "res2.0.conv1.weight": _Payload(marker)}},
+        "as_the_file": _Payload(marker),
+    }[where]
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    cfg = tiny_model_config(*SLIM_R50, *IMAGENET, "model.backbone.norm=frozen_bn", "model.fpn.norm=''",
+                            f"model.backbone.weights={path}")
+    with pytest.raises(WeightsError) as e:
+        build_model(cfg)  # the way a config's model.backbone.weights reaches the file
+    assert not marker.exists()
+    msg = str(e.value)
+    assert f"{os.mkdir.__module__}.mkdir" in msg and str(path) in msg and "nothing in the file was run" in msg
+
+
+def test_a_pickled_torch_tensor_or_class_is_refused(tmp_path):
+    path = tmp_path / "tensors.pkl"
+    path.write_bytes(pickle.dumps({"conv1.weight": torch.zeros(2)}))
+    with pytest.raises(WeightsError, match=r"torch\..*rebuild"):
+        read_weights_file(str(path))
+    path.write_bytes(pickle.dumps({"w": np.zeros(2), "big": bytes(8)}, protocol=2))  # bytes(8) is fine as data
+    assert read_weights_file(str(path))[0]["w"].shape == (2,)
+    # bytes(n) called by the pickle itself would allocate n bytes: only bytes() is accepted
+    path.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.")
+    with pytest.raises(WeightsError, match="bytes"):
+        read_weights_file(str(path))
+
+
+def _numpy1_names(data: bytes) -> bytes:
+    """A protocol < 4 pickle as numpy 1.x writes it (``numpy.core``; 2.x writes ``numpy._core``)."""
+    return data.replace(b"numpy._core.", b"numpy.core.")
+
+
+# numpy 1.x names are checked with protocols 0 and 2, where globals are newline-ended text.
+@pytest.mark.parametrize("protocol, numpy1", [(0, False), (2, False), (4, False), (5, False), (0, True), (2, True)])
+def test_real_shaped_detectron2_pickles_load_with_every_protocol(tmp_path, protocol, numpy1):
+    d2 = d2_model_final()
+    d2["matching_heuristics"] = True  # as detectron2's converted files carry
+    d2["model"]["pixel_mean"] = np.float64(103.53)  # a numpy scalar among the arrays
+    data = pickle.dumps(d2, protocol=protocol)
+    if numpy1:
+        data = _numpy1_names(data)
+        assert b"numpy.core.multiarray" in data
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(data)
+    tensors, extras = read_weights_file(str(path))
+    assert extras == {"__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    assert set(tensors) == set(d2_model_final()["model"])
+    for k, v in d2_model_final()["model"].items():
+        assert tensors[k].dtype == torch.float32 and torch.equal(tensors[k], torch.from_numpy(v)), k
+    model = build_model(tiny_model_config(*SLIM_R50, *IMAGENET, "model.backbone.norm=frozen_bn", "model.fpn.norm=''",
+                                          "model.mask_head.num_convs=4", "model.backbone.stride_in_1x1=true"),
+                        load_weights=False)
+    rep = import_weights(model, str(path), verbose=False)
+    assert rep.scheme == "detectron2" and "fpn.lateral.0.weight" in rep.loaded
+
+
+def _py2_pickle(obj) -> bytes:
+    """Python 2.7 cPickle protocol-2 bytes (as Detectron's Caffe2 ``.pkl`` files) of dicts, str and arrays:
+    str as SHORT_BINSTRING/BINSTRING, arrays through ``numpy.core.multiarray._reconstruct`` with their
+    data as a byte string, which Python 3 reads back as latin1 text."""
+    if isinstance(obj, str):
+        b = obj.encode("latin1")
+        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<I", len(b)) + b)
+    if isinstance(obj, int):
+        return b"J" + struct.pack("<i", obj)
+    if isinstance(obj, dict):
+        return b"}(" + b"".join(_py2_pickle(k) + _py2_pickle(v) for k, v in obj.items()) + b"u"
+    if isinstance(obj, np.ndarray):
+        code = obj.dtype.str[1:]  # e.g. 'f4'
+        dtype = (b"cnumpy\ndtype\n" + _py2_pickle(code) + b"K\x00K\x01\x87R"
+                 + b"(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+        shape = b"(" + b"".join(_py2_pickle(int(s)) for s in obj.shape) + b"t"
+        data = np.ascontiguousarray(obj, dtype="<" + code).tobytes().decode("latin1")
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+                + b"(K\x01" + shape + dtype + b"\x89" + _py2_pickle(data) + b"tb")
+    raise TypeError(type(obj))
+
+
+def test_python2_caffe2_pickle_loads(tmp_path):
+    blobs = bottleneck_blobs("caffe2")
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(b"\x80\x02" + _py2_pickle({"blobs": blobs, "__author__": "MSRA"}) + b".")
+    assert pickle.loads(path.read_bytes(), encoding="latin1")["blobs"].keys() == blobs.keys()  # a valid pickle
+    model = build_model(tiny_model_config(*SLIM_R50, *IMAGENET, "model.backbone.norm=frozen_bn",
+                                          "model.fpn.norm=''", "model.backbone.stride_in_1x1=true"), load_weights=False)
+    rep = import_weights(model, str(path), verbose=False)
+    assert rep.scheme == "caffe2" and not [n for n in rep.missing if n.startswith("backbone.")]
+    torch.testing.assert_close(model.state_dict()["backbone.res4.5.conv3.weight"],
+                               torch.from_numpy(blobs["res4_5_branch2c_w"]))

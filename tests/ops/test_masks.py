@@ -6,6 +6,7 @@ from maskrcnn.ops import (
     crop_mask_intersection_reference,
     crop_mask_iou,
     crop_mask_nms,
+    crop_pair_intersections,
     greedy_suppress_reference,
     mask_iou,
     mask_iou_dense_reference,
@@ -50,6 +51,15 @@ def test_hand_case():
     bo = torch.tensor([[2, 2]])
     torch.testing.assert_close(crop_mask_iou(ac, ao, bc, bo), want)
     assert crop_mask_intersection_reference(ac, ao, bc, bo).tolist() == [[4]]
+
+
+def test_iou_of_masklists_of_different_padding():
+    dense = torch.zeros((2, 8, 8), dtype=torch.bool)
+    dense[0, 0:4, 0:4] = True  # 16 px
+    dense[1, 2:6, 2:6] = True  # 16 px, 4 in common
+    a, b = MaskList.from_dense(dense), MaskList.from_dense(dense, pad=3)
+    iou = crop_mask_iou(a.crops, a.origins, b.crops, b.origins)
+    assert iou[0, 1].item() == pytest.approx(4 / 28) and iou[1, 0].item() == pytest.approx(4 / 28)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -152,3 +162,18 @@ def test_cuda_matches_cpu_on_many_cells():
     cpu = crop_mask_iou(crops, origins, crops, origins)
     gpu = crop_mask_iou(crops.cuda(), origins.cuda(), crops.cuda(), origins.cuda())
     assert torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("max_elements", [1, 300, 1 << 22])
+def test_crop_pair_intersections_in_chunks_with_mixed_sizes(max_elements):
+    g = torch.Generator().manual_seed(7)
+    h, w = 70, 90
+    a = torch.cat([random_blobs(g, 12, h, w, max_r=6), random_blobs(g, 3, h, w, max_r=40, empty_every=9)])
+    b = torch.cat([torch.roll(a, shifts=(1, 2), dims=(1, 2)), random_blobs(g, 4, h, w, max_r=10)])  # overlaps
+    ma, mb = MaskList.from_dense(a, pad=1), MaskList.from_dense(b, pad=3)  # different crop sizes
+    ii, jj = (x.reshape(-1) for x in torch.meshgrid(torch.arange(len(a)), torch.arange(len(b)), indexing="ij"))
+    ba, bb = ma.tight_boxes().long(), mb.tight_boxes().long()
+    window = torch.cat([torch.maximum(ba[ii, :2], bb[jj, :2]), torch.minimum(ba[ii, 2:], bb[jj, 2:])], dim=1)
+    got = crop_pair_intersections(ma.crops, ma.origins, mb.crops, mb.origins, ii, jj, window, max_elements=max_elements)
+    assert torch.equal(got, (a[ii] & b[jj]).flatten(1).sum(1))
+    assert int((got > 0).sum()) >= 10 and int(got.max()) > 100  # small and large overlaps

@@ -1,0 +1,109 @@
+"""What every front end shares: one error convention and one argument parser.
+
+``train.py``, ``predict.py``, ``evaluate.py`` and the ``python -m maskrcnn.*`` commands call their
+``main(argv)`` through :func:`run`:
+
+- a user's mistake (``maskrcnn.errors.UserError`` and the errors derived from it, a file that is
+  missing, unreadable or a folder where a file was expected, an unknown or malformed argument) is
+  printed as one line ``error: <what is wrong> (<where>)`` on stderr and the exit code is 2;
+- anything else is a bug of ours and keeps its traceback (exit 1);
+- ``--debug`` anywhere on the command line, or ``MASKRCNN_DEBUG=1``, shows the traceback of user
+  errors too;
+- Ctrl-C ends with ``interrupted`` and exit 130, without a traceback;
+- ``SystemExit`` becomes the return value (``SystemExit("message")``: an ``error:`` line and 2), so
+  ``main(argv)`` returns its exit code to a caller in the same process (tests, notebooks).
+
+:class:`ArgumentParser` reports its own errors the same way (one line, exit 2, instead of
+argparse's usage block) and shows each option's default in ``--help``.
+
+This module imports nothing from the package, so a command at any layer may use it.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from maskrcnn.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "MASKRCNN_DEBUG"
+
+# OS errors that describe the user's files or machine, not a bug: a path that is missing, not
+# readable or writable, a folder given for a file (or the reverse), a full or read-only disk.
+_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
+
+
+def user_error_message(exc: BaseException) -> Optional[str]:
+    """The one-line message for ``exc`` when it is the user's mistake, else None (a bug)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
+        if exc.filename is not None and exc.strerror:
+            where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            return f"{exc.strerror.lower()} ({where})"
+        return str(exc)
+    return None
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Call ``main(argv)`` (``sys.argv[1:]`` by default) under the error convention; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse (--help: 0; errors: 2, already printed), or sys.exit(...) in main
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        print(f"error: {e.code}", file=sys.stderr)  # SystemExit("message"): a message for the user
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - sorted into the user's mistakes and our bugs below
+        message = user_error_message(e)
+        if message is None or debug:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0 if code is None else int(code)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and appends ``(default: X)`` to options that have a real default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, "", [], ()) or default is argparse.SUPPRESS
+                or action.option_strings == [] and action.nargs in (None, 1)):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the front ends' conventions: one-line errors (exit 2), defaults in ``--help``,
+    and ``--debug`` listed (``run`` acts on it wherever it stands)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        if self.add_help:
+            self.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of errors (also MASKRCNN_DEBUG=1)")
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
