@@ -235,6 +235,9 @@ class TestConfig:
     remove_overlaps: bool = True
     overlap_min_keep: float = 0.5  # drop a mask that lost more than half its pixels to overlaps
     fill_holes: bool = False
+    # Score = detection score x mean mask probability inside the binarised mask (Sartorius 1st
+    # place), before the score threshold and the overlap ranking; needs soft masks.
+    mask_rescore: bool = False
     # The image's cell type is its most frequent predicted class (Sartorius images hold one type):
     # relabel = give every instance that class (and its thresholds) | filter = drop the other classes
     # | none = each instance keeps its own class.

@@ -241,8 +241,11 @@ def _cached_reader(cfg):
         write_cache(source, path, progress=True)
     reader = CacheDataset(path, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     if list(reader.image_ids) != list(source.image_ids):
-        raise ValueError(f"data.cache_file {path} holds {len(reader.image_ids)} images that differ from the "
-                         f"{len(source.image_ids)} of data.root {cfg.root!r}; delete it to rebuild it")
+        from maskrcnn.config import ConfigError
+
+        raise ConfigError(f"the dataset cache holds {len(reader.image_ids)} images that differ from the "
+                          f"{len(source.image_ids)} of data.root {cfg.root!r}; delete it to rebuild it "
+                          f"(data.cache_file {path})")
     return reader
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from maskrcnn.config import load_config
+from maskrcnn.config import ConfigError, load_config
 from maskrcnn.data import build_dataset, build_loader
 from maskrcnn.data.splits import make_folds
 from maskrcnn.structures import Sample
@@ -115,5 +115,5 @@ def test_cache_file_is_written_on_first_use_then_read(tmp_path, capsys):
     assert build_dataset(cfg, "val").image_ids == build_dataset(_cfg(tmp_path), "val").image_ids
     # A cache made from another dataset is refused, not silently used.
     other = _cfg(tmp_path, f"data.cache_file={tmp_path / 'c' / 'cells.npz'}", "data.synthetic.num_images=13")
-    with pytest.raises(ValueError, match=r"cells.npz holds 12 images that differ from the 13"):
+    with pytest.raises(ConfigError, match=r"cache holds 12 images that differ from the 13 .*cells.npz\)$"):
         build_dataset(other, "all")
