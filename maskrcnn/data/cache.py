@@ -159,6 +159,7 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
     carry = np.zeros(0, dtype=bool)  # mask bits not yet packed (fewer than 8)
     nbits = 0
     blob_path = out + ".images.tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     pool = None
     if workers > 0 and n > 1:
         import multiprocessing as mp

@@ -5,6 +5,12 @@ reader yields 3-channel images for all of them, so batches mix freely. One class
 
 Each mask PNG is decoded and immediately cropped to its nonzero box (``Image.getbbox`` runs in C),
 so an image with 375 nuclei never holds 375 full-size masks.
+
+Each sample's ``meta["cell_type"]`` is its imaging domain (``imaging_domain``): ``fluorescence``,
+``brightfield`` or ``histology``. The data has one class (``nucleus``); the domain is what the
+scores differ by (a model trained on the mostly-fluorescence set scores several times lower on
+the stained images), and the trainer's validation, ``evaluate.py ablate`` and ``evaluate.py
+score`` report one column per ``cell_type``.
 """
 from __future__ import annotations
 
@@ -15,11 +21,24 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from maskrcnn.data.images import is_gray, open_image, read_image
+from maskrcnn.data.images import convert_channels, is_gray, open_image, read_image
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
 DSB_CLASSES = ("nucleus",)
+DSB_DOMAINS = ("fluorescence", "brightfield", "histology")
+
+
+def imaging_domain(image: torch.Tensor) -> str:
+    """The imaging domain of a DSB2018 image ``Tensor[C, H, W]`` in [0, 1].
+
+    ``histology`` when the channels differ (stained tissue, H&E-like; 107 of the 664 stage1_train
+    images, all 256x320), else ``fluorescence`` for a dark background (mean < 0.5; 541 images) and
+    ``brightfield`` for a bright one (16 images, 1024x1024, dark nuclei on a light background).
+    """
+    if not is_gray(image):
+        return "histology"
+    return "fluorescence" if float(image.mean()) < 0.5 else "brightfield"
 
 
 class DSB2018FormatError(UserError, ValueError):
@@ -146,7 +165,9 @@ class DSB2018Dataset:
     def load(self, index: int) -> Sample:
         image_id = self.image_ids[index]
         path = self.image_path(image_id)
-        image = read_image(path, channels=self.channels)
+        raw = read_image(path)
+        domain = imaging_domain(raw)  # before any conversion to gray
+        image = convert_channels(raw, self.channels, path)
         H, W = int(image.shape[1]), int(image.shape[2])
         if self.labeled:
             masks = read_mask_crops(self.mask_paths(image_id), (H, W))
@@ -154,8 +175,8 @@ class DSB2018Dataset:
             masks = MaskList.empty((H, W))
         labels = torch.zeros(len(masks), dtype=torch.long)
         inst = Instances((H, W), masks.tight_boxes(), labels, None, masks)
-        meta = {"path": path, "class_names": self.class_names, "cell_type": None}
+        meta = {"path": path, "class_names": self.class_names, "cell_type": domain}
         return Sample(image, inst, image_id, meta)
 
 
-__all__ = ["DSB2018Dataset", "DSB2018FormatError", "read_mask_crops", "DSB_CLASSES"]
+__all__ = ["DSB2018Dataset", "DSB2018FormatError", "read_mask_crops", "imaging_domain", "DSB_CLASSES", "DSB_DOMAINS"]

@@ -188,8 +188,15 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wo
 
 # ------------------------------------------------------------------- datasets
 def build_reader(cfg):
-    """The reader of ``cfg.format`` (a ``DataConfig``), unsplit and unaugmented."""
+    """The reader of ``cfg.format`` (a ``DataConfig``), unsplit and unaugmented.
+
+    With ``cfg.cache_file`` set (and a format other than ``cache``) the source is read once into
+    that ``.npz`` cache, which is then read instead; a cache whose image ids differ from the
+    source's is an error (delete the file to rebuild it).
+    """
     fmt = cfg.format
+    if cfg.cache_file and fmt != "cache":
+        return _cached_reader(cfg)
     if fmt == "synthetic":
         from maskrcnn.data.synthetic import SyntheticCells
 
@@ -219,6 +226,27 @@ def build_reader(cfg):
         return CacheDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     raise ValueError(f"unknown data.format {fmt!r}; expected synthetic, sartorius, sartorius_unlabeled, coco, "
                      f"dsb2018 or cache")
+
+
+def _cached_reader(cfg):
+    import dataclasses
+    import os
+
+    from maskrcnn.data.cache import CacheDataset, write_cache
+
+    source = build_reader(dataclasses.replace(cfg, cache_file=""))
+    path = cfg.cache_file
+    if not os.path.isfile(path):
+        print(f"writing the dataset cache {path} from {cfg.root or cfg.format} (once)", flush=True)
+        write_cache(source, path, progress=True)
+    reader = CacheDataset(path, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
+    if list(reader.image_ids) != list(source.image_ids):
+        from maskrcnn.config import ConfigError
+
+        raise ConfigError(f"the dataset cache holds {len(reader.image_ids)} images that differ from the "
+                          f"{len(source.image_ids)} of data.root {cfg.root!r}; delete it to rebuild it "
+                          f"(data.cache_file {path})")
+    return reader
 
 
 def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 0, reader=None) -> SampleDataset:

@@ -9,7 +9,9 @@ deterministic given its seed (the dataset seeds it from ``(seed, epoch, image in
 
 Per-sample transforms: ``HFlip``, ``VFlip``, ``Rot90`` (exact), ``Affine`` (small rotation and
 scale jitter: ``grid_sample`` on the image, and on the crops with one grid per instance),
-``RandomCrop``, ``Photometric`` (brightness/contrast/gamma), ``Blur``, ``Noise``. ``CopyPaste``
+``RandomCrop``, colour and stain transforms (``ToGray``, ``Invert``, ``StainJitter``,
+``ChannelShuffle``: the DSB2018 winners' recipe against colour domains that the training set
+holds few of), ``Photometric`` (brightness/contrast/gamma), ``Blur``, ``Noise``. ``CopyPaste``
 works on a batch (instances of one image pasted into another image of the batch, or into the same
 image when the batch holds one). ``build_transforms`` / ``build_batch_transform`` map an
 ``AugmentConfig`` to them.
@@ -203,6 +205,49 @@ def photometric(image: Tensor, brightness: float = 0.0, contrast: float = 1.0, g
     return ((out - mean) * contrast + mean + brightness).clamp_(0, 1)
 
 
+# Luma weights of ITU-R BT.601 (as PIL's "L" conversion and maskrcnn.data.images.convert_channels).
+_LUMA = (0.299, 0.587, 0.114)
+
+# Stain vectors of haematoxylin, eosin and DAB in optical density (rows; Ruifrok & Johnston 2001,
+# "Quantification of histochemical staining by color deconvolution"), normalised to unit length.
+_STAIN_OD = torch.tensor([[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]], dtype=torch.float64)
+_STAIN_OD = _STAIN_OD / _STAIN_OD.norm(dim=1, keepdim=True)
+_OD_FLOOR = 1.0 / 255.0  # darkest intensity taken into optical density: -log(1/255) ~ 5.5
+
+
+def to_gray(image: Tensor) -> Tensor:
+    """RGB ``image (Tensor[3, H, W])`` -> its BT.601 luma repeated in 3 channels; 1-channel images unchanged."""
+    if image.shape[0] != 3:
+        return image
+    w = torch.tensor(_LUMA, dtype=image.dtype, device=image.device)
+    return (image * w[:, None, None]).sum(0, keepdim=True).clamp_(0, 1).expand(3, -1, -1).contiguous()
+
+
+def invert(image: Tensor) -> Tensor:
+    """``1 - image``: bright nuclei on a dark background (fluorescence) <-> dark on bright (brightfield, H&E)."""
+    return 1.0 - image
+
+
+def stain_jitter(image: Tensor, alpha: Sequence[float], beta: Sequence[float]) -> Tensor:
+    """Perturb the haematoxylin, eosin and DAB content of an RGB ``image (Tensor[3, H, W])``.
+
+    Colour deconvolution (Ruifrok & Johnston 2001): optical density ``OD = -ln(max(I, 1/255))``
+    per channel, stain concentrations ``C = OD @ inv(S)`` with ``S`` the unit stain vectors
+    (rows: H, E, DAB); then ``C' = C * alpha + beta`` per stain and back, ``I' = exp(-C' @ S)``,
+    clipped to [0, 1] (Tellez et al. 2018, "H&E stain augmentation"). ``alpha = 1, beta = 0`` is
+    the identity up to the floor on dark pixels. 1-channel images are returned unchanged.
+    """
+    if image.shape[0] != 3:
+        return image
+    c, h, w = image.shape
+    od = -torch.log(image.double().clamp(min=_OD_FLOOR)).reshape(3, -1)  # [3, HW]
+    conc = torch.linalg.solve(_STAIN_OD.T, od)  # S^T C^T = OD^T: concentrations [3, HW]
+    a = torch.as_tensor(alpha, dtype=torch.float64).reshape(3, 1)
+    b = torch.as_tensor(beta, dtype=torch.float64).reshape(3, 1)
+    out = torch.exp(-(_STAIN_OD.T @ (conc * a + b)))
+    return out.reshape(c, h, w).clamp_(0, 1).to(image.dtype)
+
+
 def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of ``image (Tensor[C, H, W])`` with reflected borders."""
     r = max(1, int(math.ceil(2.5 * sigma)))
@@ -269,6 +314,44 @@ class RandomCrop:
         if (ch, cw) == (H, W):
             return sample
         return crop(sample, x0, y0, cw, ch, self.min_area)
+
+
+class ToGray:
+    """RGB to gray, kept in 3 channels (``to_gray``): colour stops being a cue."""
+
+    def __call__(self, sample: Sample, g: torch.Generator) -> Sample:
+        return Sample(to_gray(sample.image), sample.instances, sample.image_id, dict(sample.meta))
+
+
+class Invert:
+    """``1 - image`` (``invert``): a fluorescence image then looks like a brightfield one and back."""
+
+    def __call__(self, sample: Sample, g: torch.Generator) -> Sample:
+        return Sample(invert(sample.image), sample.instances, sample.image_id, dict(sample.meta))
+
+
+class StainJitter:
+    """``stain_jitter`` with ``alpha ~ U[1 - sigma, 1 + sigma]`` and ``beta ~ U[-sigma, sigma]`` per stain.
+
+    On a gray image it tints dark structures with a random stain mix, so fluorescence images
+    (after ``Invert``) and gray brightfield ones pass for stained tissue."""
+
+    def __init__(self, sigma: float):
+        self.sigma = float(sigma)
+
+    def __call__(self, sample: Sample, g: torch.Generator) -> Sample:
+        alpha = (1 + self.sigma * (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1)).tolist()
+        beta = (self.sigma * (2 * torch.rand(3, generator=g, dtype=torch.float64) - 1)).tolist()
+        return Sample(stain_jitter(sample.image, alpha, beta), sample.instances, sample.image_id, dict(sample.meta))
+
+
+class ChannelShuffle:
+    """A random permutation of the colour channels (a no-op on gray images, whose channels are equal)."""
+
+    def __call__(self, sample: Sample, g: torch.Generator) -> Sample:
+        c = int(sample.image.shape[0])
+        perm = torch.randperm(c, generator=g)
+        return Sample(sample.image[perm], sample.instances, sample.image_id, dict(sample.meta))
 
 
 class Photometric:
@@ -415,7 +498,12 @@ class CopyPaste:
 
 # ------------------------------------------------------------------- builders
 def build_transforms(cfg) -> Compose:
-    """Per-sample pipeline from an ``AugmentConfig``: affine -> crop -> flips -> rot90 -> photometric -> blur -> noise."""
+    """Per-sample pipeline from an ``AugmentConfig``: affine -> crop -> flips -> rot90 -> gray -> invert ->
+    stain jitter -> channel shuffle -> photometric -> blur -> noise.
+
+    Colour first turns an image gray (histology -> gray), then inverts it (fluorescence <->
+    brightfield), then stains it (an inverted fluorescence image -> stained-tissue-like), then
+    permutes the channels (other hues); each has its own probability."""
     steps = []
     if cfg.rotate_prob > 0 and (cfg.rotate_degrees > 0 or tuple(cfg.scale_range) != (1.0, 1.0)):
         steps.append((cfg.rotate_prob, Affine(cfg.rotate_degrees, tuple(cfg.scale_range))))
@@ -429,6 +517,14 @@ def build_transforms(cfg) -> Compose:
         steps.append((cfg.vflip, VFlip()))
     if cfg.rot90 > 0:
         steps.append((cfg.rot90, Rot90()))
+    if cfg.to_gray > 0:
+        steps.append((cfg.to_gray, ToGray()))
+    if cfg.invert > 0:
+        steps.append((cfg.invert, Invert()))
+    if cfg.stain_jitter > 0 and cfg.stain_sigma > 0:
+        steps.append((cfg.stain_jitter, StainJitter(cfg.stain_sigma)))
+    if cfg.channel_shuffle > 0:
+        steps.append((cfg.channel_shuffle, ChannelShuffle()))
     if cfg.brightness > 0 or cfg.contrast > 0 or cfg.gamma > 0:
         steps.append((1.0, Photometric(cfg.brightness, cfg.contrast, cfg.gamma)))
     if cfg.blur_prob > 0:

@@ -13,6 +13,9 @@ The sweep calls post-processing's own rules (``maskrcnn.inference.postprocess``:
   (``image_class``: most frequent label among instances passing their class's score threshold); with
   ``image_class: relabel`` all its instances are judged by that class's thresholds, so classes
   are tuned independently on their own images.
+- ``mask_rescore`` (in the starting ``TestConfig``) is honoured: for each mask threshold the
+  scores are rescored at that threshold before the sweep, as ``postprocess`` does. ``fill_holes``
+  is not swept (the exact re-score applies it).
 - For each mask threshold, each image's masks are binarised and their overlaps resolved once
   (each pixel to the best-scoring mask; a mask keeping less than ``overlap_min_keep`` of its
   pixels is dropped, repeated until stable), then its candidate pairs (IoU > 0.5) with the
@@ -39,7 +42,7 @@ from maskrcnn.config import TestConfig
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
-from maskrcnn.inference.postprocess import image_class, postprocess, remove_overlaps
+from maskrcnn.inference.postprocess import image_class, postprocess, remove_overlaps, rescore
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
@@ -85,12 +88,20 @@ class _Prepared:
     num_gt: int
 
 
-def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: float) -> _Prepared:
-    """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT."""
+def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: float,
+                  mask_rescore: bool = False) -> _Prepared:
+    """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT.
+
+    With ``mask_rescore`` the scores are post-processing's rescored ones (``rescore`` at this mask
+    threshold), so the score sweep and the overlap order see what ``postprocess`` would.
+    """
     inst = item.get_pred()
-    order = torch.sort(inst.scores, descending=True, stable=True).indices
+    scores = inst.scores
+    if mask_rescore and len(inst):
+        scores = rescore(scores, inst.masks, torch.full_like(scores, float(mask_thresh)))
+    order = torch.sort(scores, descending=True, stable=True).indices
     masks = inst.masks[order].threshold(mask_thresh)
-    scores = inst.scores[order].double().cpu().numpy()
+    scores = scores[order].double().cpu().numpy()
     if len(masks):  # min_area 0 here: the sweep filters areas itself
         masks, alive = remove_overlaps(masks, min_keep, torch.zeros(len(masks), dtype=torch.long), remove)
     else:
@@ -171,7 +182,8 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
         groups.append(g)
         if g >= 0:
             for mi, mt in enumerate(mask_grid):
-                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep)
+                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep,
+                                                base.mask_rescore)
     # Images with no prediction score the same whatever the thresholds; they stay in the means.
     empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
     results = {c: np.zeros((len(mask_grid), len(score_grid), len(area_grid))) for c in range(nc)}

@@ -7,8 +7,13 @@
    class with the larger summed score. ``test_cfg.image_class``: ``relabel`` (default) gives every
    instance that class, so a cell whose type the classifier got wrong is kept and judged by the
    image's thresholds; ``filter`` drops the instances of other classes; ``none`` skips this step.
-2. Per-class score threshold, then per-class mask threshold (``crop >= t``). Every threshold field
-   of ``TestConfig`` holds one value per class, or one value for all classes.
+2. Optional mask rescoring (``mask_rescore``, soft masks only): each score becomes
+   score x the mean mask probability inside the mask binarised at its class's mask threshold
+   (0 for an empty mask), and the instances are ranked again by it, so the steps below (score
+   threshold, overlap priority) see the rescored score. The image's class (step 1) is chosen on
+   the detection scores. Sartorius 2021 1st place rescored this way (+0.01 mAP there).
+   Then the per-class score threshold, then the per-class mask threshold (``crop >= t``). Every
+   threshold field of ``TestConfig`` holds one value per class, or one value for all classes.
 3. Optional hole filling (``fill_holes``): background pixels of a crop that cannot reach the crop's
    border through 4-connected background are set, by iterative dilation from the border.
 4. Overlap removal (``remove_overlaps``): each pixel goes to the best-scoring mask covering it
@@ -63,6 +68,39 @@ def image_class(instances: Instances, score_thresh: Sequence[float]) -> int:
     ssum = torch.bincount(labels, weights=scores.double(), minlength=nc)
     ssum = torch.where(counts == counts.max(), ssum, torch.full_like(ssum, -1.0))
     return int(ssum.argmax())
+
+
+def mask_confidence(crops: Tensor, thresh: Tensor) -> Tensor:
+    """Mean probability inside each binarised soft mask: ``Tensor[N]`` float32.
+
+    Args:
+        crops (Tensor[N, h, w]): soft mask crops (probabilities in [0, 1]).
+        thresh (Tensor[N]): each mask's threshold; the mask is ``crop >= thresh``.
+    Returns:
+        ``sum(crop[crop >= t]) / count(crop >= t)``; 0 for a mask with no pixel at or above ``t``.
+    """
+    n = crops.shape[0]
+    flat = crops.reshape(n, -1).float()
+    inside = flat >= thresh.to(flat.dtype)[:, None]
+    total = torch.where(inside, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).sum(1)
+    count = inside.sum(1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+
+def rescore(scores: Tensor, masks: MaskList, thresh: Tensor) -> Tensor:
+    """Mask rescoring (step 2 of the module doc): ``scores * mask_confidence(masks.crops, thresh)``.
+
+    Args:
+        scores (Tensor[N]): detection scores.
+        masks: soft masks (N crops).
+        thresh (Tensor[N]): each instance's mask threshold.
+    Raises ValueError for binary masks (they carry no confidence to combine).
+    """
+    if not masks.is_soft:
+        raise ValueError("test.mask_rescore needs soft masks (raw predictions), got binary masks")
+    if len(masks) == 0:
+        return scores
+    return scores * mask_confidence(masks.crops, thresh).to(scores.dtype)
 
 
 def fill_holes(crops: Tensor, check_every: int = 8) -> Tensor:
@@ -167,10 +205,11 @@ def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
     Args:
         instances: with ``scores``, ``labels`` and ``masks`` (soft float or bool ``MaskList``).
         test_cfg: ``score_thresh``, ``mask_thresh``, ``min_area`` (one per class or one for all),
-            ``image_class``, ``fill_holes``, ``remove_overlaps``, ``overlap_min_keep``.
+            ``image_class``, ``mask_rescore``, ``fill_holes``, ``remove_overlaps``, ``overlap_min_keep``.
     Returns:
         Instances with bool masks cropped to their tight boxes, ``boxes`` = those tight boxes,
-        sorted by decreasing score. See the module docstring for the order of the steps.
+        sorted by decreasing score (the rescored score with ``mask_rescore``). See the module
+        docstring for the order of the steps.
     """
     if instances.scores is None or instances.masks is None:
         raise ValueError("postprocess needs instances with scores and masks")
@@ -191,6 +230,10 @@ def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
         else:
             keep = labels == c
             inst, labels, scores = inst[keep], labels[keep], scores[keep]
+    if test_cfg.mask_rescore and len(inst):
+        scores = rescore(scores, inst.masks, per_class(test_cfg.mask_thresh, labels, "mask_thresh"))
+        order = torch.sort(scores, descending=True, stable=True).indices
+        inst, labels, scores = inst[order], labels[order], scores[order]
     keep = scores >= per_class(test_cfg.score_thresh, labels, "score_thresh").to(scores.dtype)
     inst, labels, scores = inst[keep], labels[keep], scores[keep]
     if len(inst) == 0:

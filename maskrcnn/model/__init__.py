@@ -90,13 +90,17 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
         min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta,
     )
+    mask_head = MaskHead(fpn.out_channels, h.num_classes, m.pooler_resolution, m.resolution, m.num_convs, m.conv_dim,
+                         m.norm)
+    if m.predictor_bias_init:
+        torch.nn.init.constant_(mask_head.predictor.bias, m.predictor_bias_init)
     pooled_strides = fpn.strides[:4]  # RoIs are pooled from P2..P5
     box_pooler = MultiLevelRoIPooler(h.box_pooler_resolution, pooled_strides, h.pooler_sampling_ratio)
     box_head = BoxHead(fpn.out_channels, h.box_pooler_resolution, h.box_fc_dim)
     roi_heads = RoIHeads(
         box_pooler, box_head, BoxPredictor(box_head.out_channels, h.num_classes),
         MultiLevelRoIPooler(m.pooler_resolution, pooled_strides, h.pooler_sampling_ratio),
-        MaskHead(fpn.out_channels, h.num_classes, m.pooler_resolution, m.resolution, m.num_convs, m.conv_dim, m.norm),
+        mask_head,
         num_classes=h.num_classes, batch_size_per_image=h.batch_size_per_image,
         positive_fraction=h.positive_fraction, fg_iou_thresh=h.fg_iou_thresh, bg_iou_thresh=h.bg_iou_thresh,
         box_weights=h.bbox_reg_weights, smooth_l1_beta=h.smooth_l1_beta, score_thresh=h.score_thresh,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.data.dsb2018 import DSB2018Dataset, DSB2018FormatError
+from maskrcnn.data.dsb2018 import DSB2018Dataset, DSB2018FormatError, imaging_domain
 from maskrcnn.data.images import ImageReadError
 
 from .conftest import DSB_ROOT
@@ -63,6 +63,30 @@ def test_bad_dsb_inputs(dsb_dir, tmp_path):
     (d / ids[3] / "images" / f"{ids[3]}.png").unlink()
     with pytest.raises(FileNotFoundError, match=f"{ids[3]}.png not found"):
         DSB2018Dataset(str(d))
+
+
+def test_imaging_domain_from_colour_and_background():
+    dark = torch.full((3, 8, 8), 0.05)
+    dark[:, 2:5, 2:5] = 0.9  # bright nuclei on black
+    assert imaging_domain(dark) == "fluorescence"
+    assert imaging_domain(1 - dark) == "brightfield"
+    assert imaging_domain(dark[:1]) == "fluorescence"
+    stained = (1 - dark).clone()
+    stained[1] *= 0.6  # purple: red and blue above green
+    assert imaging_domain(stained) == "histology"
+
+
+def test_reader_reports_the_domain_as_cell_type(dsb_dir, tmp_path):
+    assert {DSB2018Dataset(str(dsb_dir)).load(i).meta["cell_type"] for i in range(3)} == {"fluorescence"}
+    # A colour image read as gray keeps its colour domain.
+    d = tmp_path / "d"
+    shutil.copytree(dsb_dir, d)
+    i0 = sorted(os.listdir(d))[0]
+    p = d / i0 / "images" / f"{i0}.png"
+    a = np.asarray(Image.open(p)).copy()
+    a[..., 1] = a[..., 1] // 2
+    Image.fromarray(a).save(p)
+    assert DSB2018Dataset(str(d), channels=1).load(0).meta["cell_type"] == "histology"
 
 
 def test_strata_are_size_modality_and_brightness(dsb_dir):

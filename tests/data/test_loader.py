@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from maskrcnn.config import load_config
+from maskrcnn.config import ConfigError, load_config
 from maskrcnn.data import build_dataset, build_loader
 from maskrcnn.data.splits import make_folds
 from maskrcnn.structures import Sample
@@ -98,3 +98,22 @@ def test_unaugmented_dataset_returns_reader_samples(tmp_path):
     assert ds[(3, 0)].image_id == s.image_id
     with pytest.raises(ValueError, match="unknown data.format 'nope'"):
         build_dataset(load_config(None, ["data.format=nope"]).data)
+
+
+def test_cache_file_is_written_on_first_use_then_read(tmp_path, capsys):
+    cfg = _cfg(tmp_path, f"data.cache_file={tmp_path / 'c' / 'cells.npz'}")
+    first = build_dataset(cfg, "all")
+    assert (tmp_path / "c" / "cells.npz").is_file() and "writing the dataset cache" in capsys.readouterr().out
+    assert type(first.reader).__name__ == "CacheDataset"
+    plain = build_dataset(_cfg(tmp_path), "all")
+    again = build_dataset(cfg, "all")
+    assert "writing" not in capsys.readouterr().out
+    for k in (0, 5):
+        assert torch.equal(again[k].image, plain[k].image)
+        assert torch.equal(again[k].instances.masks.to_dense(), plain[k].instances.masks.to_dense())
+    # The folds are the source's: same split with or without the cache.
+    assert build_dataset(cfg, "val").image_ids == build_dataset(_cfg(tmp_path), "val").image_ids
+    # A cache made from another dataset is refused, not silently used.
+    other = _cfg(tmp_path, f"data.cache_file={tmp_path / 'c' / 'cells.npz'}", "data.synthetic.num_images=13")
+    with pytest.raises(ConfigError, match=r"cache holds 12 images that differ from the 13 .*cells.npz\)$"):
+        build_dataset(other, "all")

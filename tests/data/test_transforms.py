@@ -202,3 +202,88 @@ def test_transforms_handle_images_without_objects():
         out = t(s, g)
         assert len(out.instances) == 0
         assert tuple(out.image.shape[-2:]) == out.instances.image_size
+
+
+# ------------------------------------------------------------------ colour and stain
+def _rgb_sample():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, H, W, generator=g) * 0.9 + 0.05
+    return _sample(_two_masks(), image=image)
+
+
+def test_invert_maps_image_to_one_minus_image_and_keeps_instances():
+    s = _rgb_sample()
+    out = T.Invert()(s, torch.Generator())
+    assert torch.allclose(out.image, 1 - s.image)
+    assert out.instances is s.instances
+    assert torch.allclose(T.invert(T.invert(s.image)), s.image)
+
+
+def test_to_gray_gives_equal_channels_holding_the_bt601_luma():
+    s = _rgb_sample()
+    out = T.ToGray()(s, torch.Generator())
+    assert out.image.shape == s.image.shape
+    luma = 0.299 * s.image[0] + 0.587 * s.image[1] + 0.114 * s.image[2]
+    for c in range(3):
+        assert torch.allclose(out.image[c], luma, atol=1e-6)
+    gray = s.image[:1].expand(3, -1, -1)
+    assert torch.allclose(T.to_gray(gray), gray, atol=1e-6)  # gray stays as it was
+    one = s.image[:1]
+    assert T.to_gray(one) is one
+
+
+def test_channel_shuffle_permutes_channels_and_leaves_gray_images_alone():
+    s = _rgb_sample()
+    seen = set()
+    for seed in range(12):
+        out = T.ChannelShuffle()(s, torch.Generator().manual_seed(seed))
+        perm = []
+        for c in range(3):
+            match = [k for k in range(3) if torch.equal(out.image[c], s.image[k])]
+            assert len(match) == 1
+            perm.append(match[0])
+        assert sorted(perm) == [0, 1, 2]
+        seen.add(tuple(perm))
+    assert len(seen) > 2  # several permutations, not one fixed order
+    gray = _sample(_two_masks(), image=torch.rand(1, H, W).expand(3, -1, -1).contiguous())
+    assert torch.equal(T.ChannelShuffle()(gray, torch.Generator().manual_seed(1)).image, gray.image)
+
+
+def test_stain_jitter_identity_and_scaling_one_stain():
+    s = _rgb_sample()
+    same = T.stain_jitter(s.image, [1, 1, 1], [0, 0, 0])
+    assert torch.allclose(same, s.image, atol=1e-5)
+    # A pixel holding only haematoxylin at concentration c: I = exp(-c * h). Doubling alpha_H
+    # doubles its optical density and leaves the other stains at zero.
+    h = T._STAIN_OD[0]
+    img = torch.exp(-0.5 * h).float().view(3, 1, 1).expand(3, 4, 4).contiguous()
+    out = T.stain_jitter(img, [2.0, 1.0, 1.0], [0, 0, 0])
+    assert torch.allclose(out[:, 0, 0].double(), torch.exp(-1.0 * h), atol=1e-5)
+    # beta adds stain everywhere: white turns into the eosin colour.
+    white = torch.ones(3, 2, 2)
+    pink = T.stain_jitter(white, [1, 1, 1], [0, 0.3, 0])
+    assert torch.allclose(pink[:, 0, 0].double(), torch.exp(-0.3 * T._STAIN_OD[1]), atol=1e-5)
+    # The random transform stays in range, keeps the instances and tints a gray image.
+    gray = _sample(_two_masks(), image=torch.rand(1, H, W).expand(3, -1, -1).contiguous())
+    out = T.StainJitter(0.3)(gray, torch.Generator().manual_seed(0))
+    assert out.instances is gray.instances
+    assert float(out.image.min()) >= 0 and float(out.image.max()) <= 1
+    assert not torch.equal(out.image[0], out.image[1])
+    one = torch.rand(1, H, W)
+    assert T.stain_jitter(one, [2, 2, 2], [0.1, 0.1, 0.1]) is one
+
+
+def test_colour_steps_are_built_in_order_from_the_config():
+    cfg = AugmentConfig(hflip=0, vflip=0, to_gray=0.1, invert=0.5, stain_jitter=0.5, stain_sigma=0.2,
+                        channel_shuffle=0.3)
+    pipe = T.build_transforms(cfg)
+    assert [type(t).__name__ for _, t in pipe.steps] == ["ToGray", "Invert", "StainJitter", "ChannelShuffle"]
+    assert [p for p, _ in pipe.steps] == [0.1, 0.5, 0.5, 0.3]
+    assert len(T.build_transforms(AugmentConfig(hflip=0, vflip=0, stain_jitter=0.5, stain_sigma=0))) == 0
+    # Deterministic given the generator; every image stays in [0, 1].
+    s = _rgb_sample()
+    for seed in range(5):
+        a = pipe(s, torch.Generator().manual_seed(seed))
+        b = pipe(s, torch.Generator().manual_seed(seed))
+        assert torch.equal(a.image, b.image)
+        assert float(a.image.min()) >= 0 and float(a.image.max()) <= 1

@@ -143,3 +143,23 @@ def test_tune_without_class_names_is_one_error_naming_the_fix(tmp_path, capsys):
     assert evaluate.main(args + ["--config", str(tmp_path / "syn.yaml")]) == 0
     captured = capsys.readouterr()
     assert "class cort" in captured.out and "tune: 1/1 img (100%)" in captured.err
+
+def test_tuning_with_mask_rescore_sweeps_the_rescored_scores():
+    # Real cells: box score 0.6, mask probability 0.95 (rescored 0.57). False positives: box score
+    # 0.8 but unsure masks at 0.55 (rescored 0.44). Only the rescored score separates them.
+    items = []
+    for i in range(3):
+        gt = [rect(H, W, 4 + 12 * k, 12 + 12 * k, 4, 14) for k in range(3)]
+        fp = [rect(H, W, 4 + 12 * k, 12 + 12 * k, 40, 50) for k in range(3)]
+        soft = torch.from_numpy(np.array(gt + fp).astype(np.float32))
+        soft = soft * torch.tensor([0.95] * 3 + [0.55] * 3)[:, None, None]
+        ml = MaskList.from_dense(soft)
+        inst = Instances((H, W), ml.tight_boxes(), torch.zeros(6, dtype=torch.long),
+                         torch.tensor([0.6] * 3 + [0.8] * 3), ml)
+        items.append(TuneItem(f"im{i}", inst, dense(gt)))
+    grid = dict(score_grid=[0.1, 0.5, 0.7], mask_grid=[0.5], area_grid=[0])
+    plain = tune_thresholds(items, [], config.TestConfig(score_thresh=(0.1,)), **grid)
+    assert plain.sweep_mAP == pytest.approx(0.5)  # 3 TP + 3 FP, or nothing at 0.7
+    res = tune_thresholds(items, [], config.TestConfig(score_thresh=(0.1,), mask_rescore=True), **grid)
+    assert res.thresholds["score_thresh"] == [0.5]
+    assert res.sweep_mAP == pytest.approx(1.0) and res.exact_mAP == pytest.approx(1.0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.postprocess import fill_holes, image_class, postprocess
+from maskrcnn.inference.postprocess import fill_holes, image_class, mask_confidence, postprocess
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -149,3 +149,44 @@ def test_empty_inputs_and_everything_filtered():
     d[0, 2:5, 2:5] = 0.9
     out = postprocess(_inst(d, [0.1]), Cfg())
     assert len(out) == 0 and out.masks is not None
+
+
+def test_mask_confidence_is_the_mean_probability_inside_the_binarised_mask():
+    crops = torch.zeros((3, 2, 3))
+    crops[0] = torch.tensor([[0.9, 0.7, 0.4], [0.2, 0.0, 0.5]])  # >= 0.5: 0.9, 0.7, 0.5 -> mean 0.7
+    crops[1] = torch.tensor([[0.6, 0.6, 0.6], [0.3, 0.3, 0.3]])  # >= 0.6 (its own threshold): 0.6
+    crops[2] = 0.4                                              # nothing >= 0.5: 0
+    conf = mask_confidence(crops, torch.tensor([0.5, 0.6, 0.5]))
+    assert conf.tolist() == pytest.approx([0.7, 0.6, 0.0])
+
+
+def test_mask_rescore_changes_the_score_threshold_and_the_overlap_priority():
+    H, W = 20, 20
+    d = torch.zeros((2, H, W))
+    d[0, 0:10, 0:10] = 0.55          # A: confident box (0.9), unsure mask: 0.9 * 0.55 = 0.495
+    d[0, 10:12, 0:10] = 0.3          # below the mask threshold: not part of A's mean
+    d[1, 0:10, 4:14] = 1.0           # B: 0.6 * 1.0 = 0.6; shares 60 of its 100 px with A
+    # Without rescoring A ranks first and takes the shared pixels; B keeps 40% < 50%: dropped.
+    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5))
+    assert out.scores.tolist() == pytest.approx([0.9])
+    assert out.masks.areas().tolist() == [100]
+    # Rescored, B ranks first and A is the one dropped; the output carries the rescored score.
+    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5, mask_rescore=True))
+    assert out.scores.tolist() == pytest.approx([0.6])
+    assert torch.equal(out.masks.to_dense()[0], d[1] > 0.5)
+    # Disjoint masks: a score threshold of 0.5 keeps A (0.9) unrescored, drops it (0.495) rescored.
+    d[1] = 0
+    d[1, 12:20, 12:20] = 1.0
+    assert postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,))).scores.tolist() == pytest.approx([0.9, 0.6])
+    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,), mask_rescore=True))
+    assert out.scores.tolist() == pytest.approx([0.6])
+    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.4,), mask_rescore=True))
+    assert out.scores.tolist() == pytest.approx([0.6, 0.495])
+
+
+def test_mask_rescore_needs_soft_masks():
+    d = torch.zeros((1, 10, 10), dtype=torch.bool)
+    d[0, 2:6, 2:6] = True
+    with pytest.raises(ValueError, match="mask_rescore needs soft masks"):
+        postprocess(_inst(d, [0.9]), _cfg(mask_rescore=True))
+    assert len(postprocess(_inst(d, [0.9]), _cfg())) == 1

@@ -23,7 +23,7 @@ def as_objects(inst: Instances):
     out = []
     for k in range(len(inst)):
         out.append((masks[k], float(inst.scores[k]), int(inst.labels[k]), inst.boxes[k]))
-    return sorted(out, key=lambda o: (-o[1], o[0].nonzero()[0].tolist()))
+    return sorted(out, key=lambda o: (-o[1], o[0].nonzero()[:1].tolist()))  # (an empty mask sorts first)
 
 
 def assert_same(a: Instances, b: Instances, boxes: bool = True):

@@ -200,3 +200,18 @@ def test_batchnorm_models_are_not_split_by_size(norm):
         warnings.simplefilter("ignore")  # frozen_bn without weights warns that it cannot train
         bn = build_model(tiny_model_config(f"model.backbone.norm={norm}", "model.fpn.norm=", "model.mask_head.norm="))
     assert gn._padding_changes_features() and not bn._padding_changes_features()
+
+
+def test_mask_predictor_bias_init_sets_the_background_floor():
+    torch.manual_seed(0)
+    plain = build_model(tiny_model_config())
+    assert torch.equal(plain.roi_heads.mask_head.predictor.bias, torch.zeros(2))
+    torch.manual_seed(0)
+    low = build_model(tiny_model_config("model.mask_head.predictor_bias_init=-2.0"))
+    assert torch.equal(low.roi_heads.mask_head.predictor.bias, torch.full((2,), -2.0))
+    # Only the bias differs: zero features (background after the ReLU) give sigmoid(-2) ~ 0.12.
+    same = [n for n, p in low.named_parameters() if n != "roi_heads.mask_head.predictor.bias"
+            and torch.equal(p, plain.get_parameter(n))]
+    assert len(same) == len(list(low.parameters())) - 1
+    logits = low.roi_heads.mask_head.predictor(torch.zeros(1, low.roi_heads.mask_head.predictor.in_channels, 2, 2))
+    assert torch.allclose(logits.sigmoid(), torch.full_like(logits, 0.1192), atol=1e-4)
