@@ -79,6 +79,36 @@ def match_boxes(
     return matched, labels
 
 
+def ignore_inside(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor, iof_thresh: float,
+                  max_elements: int = 1 << 24) -> Tensor:
+    """``labels (Tensor[A])`` with every non-foreground box that lies inside an ignore region set to
+    ``IGNORE``: neither a positive nor a negative, so it gives no loss.
+
+    "Inside" is intersection over the box's own area (IoF) ``>= iof_thresh`` with some box of
+    ``ignore_boxes (Tensor[I, 4])`` (the "crowd" rule of COCO-style detectors: an uncertain region
+    may hold an object, so calling the anchors there background would teach the model to miss it).
+    Foreground boxes keep their label: they match a real ground-truth box by IoU >= fg threshold,
+    which is a trustworthy target whatever the region around it. Returns a new tensor.
+    """
+    if ignore_boxes.shape[0] == 0 or boxes.shape[0] == 0:
+        return labels
+    b = boxes.float()
+    ig = ignore_boxes.float().to(b.device)
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    best = []
+    chunk = max(1, max_elements // ig.shape[0])
+    for s in range(0, b.shape[0], chunk):  # chunks of boxes bound memory; not a loop over instances
+        bb = b[s : s + chunk]
+        iw = torch.minimum(bb[:, None, 2], ig[None, :, 2]) - torch.maximum(bb[:, None, 0], ig[None, :, 0])
+        ih = torch.minimum(bb[:, None, 3], ig[None, :, 3]) - torch.maximum(bb[:, None, 1], ig[None, :, 1])
+        best.append((iw.clamp_(min=0) * ih.clamp_(min=0)).max(dim=1).values)
+    inter = torch.cat(best)
+    inside = inter >= iof_thresh * area.clamp(min=1e-12)
+    out = labels.clone()
+    out[inside & (labels != FOREGROUND)] = IGNORE
+    return out
+
+
 def sample_balanced(
     labels: Tensor, batch_size: int, positive_fraction: float, generator: Optional[torch.Generator] = None
 ) -> Tuple[Tensor, Tensor]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.backbone import ConvNorm
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
-from maskrcnn.model.matching import FOREGROUND, match_boxes, sample_balanced
+from maskrcnn.model.matching import FOREGROUND, ignore_inside, match_boxes, sample_balanced
 from maskrcnn.model.rpn import box_regression_loss, topk_per_group
 from maskrcnn.ops import batched_nms, roi_align
 from maskrcnn.structures import MaskList
@@ -336,6 +336,7 @@ class RoIHeads(nn.Module):
         detections_per_image: int = 1000,
         proposal_append_gt: bool = True,
         mask_inference_chunk: int = 256,
+        ignore_iof_thresh: float = 0.5,
     ):
         super().__init__()
         self.box_pooler = box_pooler
@@ -355,14 +356,23 @@ class RoIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.proposal_append_gt = proposal_append_gt
         self.mask_inference_chunk = max(1, int(mask_inference_chunk))
+        self.ignore_iof_thresh = ignore_iof_thresh
 
-    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
-        """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index."""
+    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor],
+                         ignore_boxes: Optional[List[Tensor]] = None):
+        """Per image: RoIs (proposals + GT boxes), their classes (background = K) and matched GT index.
+
+        Proposals that are not foreground and lie inside an ignore region of ``ignore_boxes`` (per
+        image ``Tensor[I_i, 4]``; IoF >= ``ignore_iof_thresh``) are not sampled: no box or class
+        loss, and (never foreground) no mask loss.
+        """
         rois, classes, matched_gt = [], [], []
-        for props, gt, lab in zip(proposals, gt_boxes, gt_labels):  # loop over images
+        for b, (props, gt, lab) in enumerate(zip(proposals, gt_boxes, gt_labels)):  # loop over images
             if self.proposal_append_gt:
                 props = torch.cat([props, gt.to(props.dtype)])
             matched, labels = match_boxes(gt, props, self.fg_iou_thresh, self.bg_iou_thresh)
+            if ignore_boxes is not None:
+                labels = ignore_inside(labels, props, ignore_boxes[b], self.ignore_iof_thresh)
             pos, neg = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
             idx = torch.cat([pos, neg])
             m = matched[idx]
@@ -383,21 +393,23 @@ class RoIHeads(nn.Module):
         gt_labels: Optional[List[Tensor]] = None,
         gt_masks: Optional[List[MaskList]] = None,
         scales: Optional[Tensor] = None,
+        ignore_boxes: Optional[List[Tensor]] = None,
     ):
         """Args:
             features: P2..P5 (P6, if given, is ignored); proposals: per image ``Tensor[R_i, 4]``;
             image_sizes: resized ``(h, w)``; gt_boxes (resized pixels), gt_labels, gt_masks
-            (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training.
+            (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training;
+            ignore_boxes (resized pixels, optional): per image ignore regions.
         Returns:
             training: dict of losses; inference: per image ``(boxes, scores, labels, mask_probs Tensor[D, M, M])``
             with boxes in resized-image pixels.
         """
         if self.training:
-            return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales)
+            return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes)
         return self._forward_infer(features, proposals, image_sizes)
 
-    def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales):
-        rois, classes, matched = self.sample_proposals(proposals, gt_boxes, gt_labels)
+    def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes=None):
+        rois, classes, matched = self.sample_proposals(proposals, gt_boxes, gt_labels, ignore_boxes)
         x = self.box_head(self.box_pooler(features, rois))
         cls_logits, deltas = self.box_predictor(x)
         gt_classes = torch.cat(classes)
