@@ -1,6 +1,6 @@
 """How good are pseudo-labels? Their cells scored against the true labels the experiment hid.
 
-    python bench/pseudo_label_quality.py --pseudo output/semi/pseudo --labels .devdata/dsb2018.npz
+    python -m bench.pseudo_label_quality --pseudo output/semi/pseudo --labels .devdata/dsb2018.npz
 
 For each pseudo-labelled image with ground truth in ``--labels`` (a dataset cache of the same
 ids): the Kaggle image score of the cells (ignore regions left out), the share of true objects
@@ -9,19 +9,15 @@ share of true objects whose pixels lie mostly (> 0.5) in ignore regions. Mean ov
 imaging domain. Diagnostic only: the labels it reads were never used for training.
 """
 import argparse
-import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from maskrcnn.data.cache import CacheDataset  # noqa: E402
-from maskrcnn.data.pseudo import pseudo_path  # noqa: E402
-from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions  # noqa: E402
-from maskrcnn.inference.pseudo import _covered_fraction  # noqa: E402
-from maskrcnn.structures import IGNORE_LABEL  # noqa: E402
+from maskrcnn.data.cache import CacheDataset
+from maskrcnn.data.pseudo import pseudo_path
+from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
+from maskrcnn.inference.pseudo import _covered_fraction
+from maskrcnn.structures import IGNORE_LABEL
 
 
 def _match_counts(pred, gt):
