@@ -116,27 +116,26 @@ class PseudoLabelSet:
     """The labelled images as a reader for ``write_cache``: each image re-read from its source,
     with the stored pseudo-labels (cells and ignore regions) as its instances."""
 
-    def __init__(self, source, indices: Sequence[int], instances: Sequence, class_names: Sequence[str]):
+    def __init__(self, source, indices: Sequence[int], instances: Sequence, class_names: Sequence[str],
+                 cell_types: Sequence[Optional[str]]):
         self.source = source
         self.root = getattr(source, "root", os.getcwd())
         self._indices = list(indices)
         self._instances = list(instances)
+        self._types = [str(t) for t in cell_types]  # the strata: cell type or imaging domain
         self.image_ids = [source.image_ids[i] for i in self._indices]
         self.class_names = tuple(class_names)
-        self._types: List[str] = []
 
     def __len__(self) -> int:
         return len(self._indices)
 
     def strata(self) -> list:
-        return [str(t) for t in self._types] if len(self._types) == len(self) else ["pseudo"] * len(self)
+        return list(self._types)
 
     def load(self, index: int):
         s = self.source.load(self._indices[index])
         s.instances = self._instances[index].to("cpu")
         s.meta["unlabeled"] = True  # pseudo-labelled: not ground truth (never for validation)
-        if len(self._types) == index:
-            self._types.append(s.meta.get("cell_type"))
         return s
 
 
@@ -271,7 +270,7 @@ def _label(args) -> int:
     print(f"pseudo_label: {len(indices)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on "
           f"{device}; cells: score >= {args.keep} in >= {agree} view(s); ignore regions: score >= {args.ignore}",
           file=sys.stderr)
-    labels, totals, t0 = [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
+    labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
     empty = 0
     bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
     for i in bar:
@@ -281,6 +280,7 @@ def _label(args) -> int:
                                          return_view_counts=True)
         inst, c = pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
         labels.append(inst.to("cpu"))
+        types.append(sample.meta.get("cell_type"))
         for k in totals:
             totals[k] += c[k]
         empty += c["cells"] == 0
@@ -290,7 +290,7 @@ def _label(args) -> int:
                                f"view(s): nothing written (lower --keep or --agree, or check --weights)")
     out_file = os.path.join(args.out, PSEUDO_FILE)
     os.makedirs(args.out, exist_ok=True)
-    dataset = PseudoLabelSet(reader, indices, labels, names)
+    dataset = PseudoLabelSet(reader, indices, labels, names, types)
     info = write_cache(dataset, out_file)
     summary = {
         "images": len(indices), "cells": totals["cells"], "ignored_regions": totals["ignored"],

@@ -74,6 +74,7 @@ def test_flat_folder_round_trip(tmp_path, stub, capsys):
     assert torch.equal(dense[0], A[1]) and torch.equal(dense[1], A[0])  # cell = object 2, region = object 1
     assert b.instances.labels.tolist() == [IGNORE_LABEL] and torch.equal(b.instances.masks.to_dense()[0], B[0])
     assert b.meta["cell_type"] == "astro" and a.meta["unlabeled"] is True
+    assert ds.strata() == ["None", "astro"]
     assert torch.equal(a.image, draw_objects(A))  # the image itself, unchanged
     assert "1 cells, 2 ignore regions" in capsys.readouterr().out
 
