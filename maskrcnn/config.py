@@ -77,6 +77,9 @@ class RPNConfig:
     positive_fraction: float = 0.5
     min_size: float = 0.0
     smooth_l1_beta: float = 1.0 / 9.0
+    # Training: an anchor that is not positive and lies inside an ignore region of the ground truth
+    # (label -1, e.g. an uncertain pseudo-label) by intersection over its own area >= this is not sampled.
+    ignore_iof_thresh: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class RoIHeadsConfig:
     detections_per_image: int = 1000
     smooth_l1_beta: float = 0.0
     proposal_append_gt: bool = True  # add GT boxes to the proposals in training
+    ignore_iof_thresh: float = 0.5  # as rpn.ignore_iof_thresh, for the sampled proposals
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,16 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class PseudoConfig:
+    """A pseudo-labelled dataset (``python -m maskrcnn.pseudo_label``) mixed into the training split."""
+
+    path: str = ""  # the .npz the tool wrote; empty: no pseudo-labels
+    # Fraction of each epoch's training images drawn from the pseudo-labelled set: the labelled
+    # images are repeated to reach it (0: each image of both sets once per epoch).
+    ratio: float = 0.0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | cache
     root: str = ""
@@ -199,10 +213,14 @@ class DataConfig:
     cache_file: str = ""
     num_folds: int = 5
     fold: int = 0
+    # A json list of image ids (or {"ids": [...]}): the training split keeps only these images
+    # (e.g. the labelled quarter of a semi-supervised run); validation is unchanged.
+    train_ids_file: str = ""
     batch_size: int = 2  # images per batch per process
     num_workers: int = 2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
 
 # ---------------------------------------------------------------------- training

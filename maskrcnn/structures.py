@@ -19,6 +19,10 @@ from torch import Tensor
 
 Index = Union[int, slice, Tensor, Sequence[int]]
 
+# The label of an ignore region in training ground truth (an uncertain pseudo-label): the model
+# takes no loss from anchors and proposals inside it (maskrcnn.model.matching.ignore_inside).
+IGNORE_LABEL = -1
+
 
 @dataclass
 class ImageList:
@@ -248,7 +252,9 @@ class Instances:
     Attributes:
         image_size (tuple[int, int]): ``(H, W)`` of the image the boxes refer to.
         boxes (Tensor[N, 4]): float xyxy in pixels.
-        labels (Tensor[N]): int64 class index in ``[0, num_classes)`` (no background class).
+        labels (Tensor[N]): int64 class index in ``[0, num_classes)`` (no background class); in
+            training ground truth, ``IGNORE_LABEL`` (-1) marks an ignore region (an uncertain
+            pseudo-label): anchors and proposals inside it are neither positive nor negative.
         scores (Tensor[N] | None): confidence, for predictions.
         masks (MaskList | None): instance masks (bool, or soft float for raw predictions).
     """

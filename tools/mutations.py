@@ -41,6 +41,8 @@ RLE = ["tests/data/test_rle_hand.py", "tests/data/test_rle.py"]
 TTA = ["tests/inference/test_tta.py"]
 POST = ["tests/inference/test_postprocess_thresholds.py", "tests/inference/test_postprocess.py"]
 KAGGLE = ["tests/evaluation/test_kaggle.py", "tests/evaluation/test_kaggle_candidates.py"]
+IGNORE = ["tests/model/test_ignore_regions.py"]
+PSEUDO = ["tests/inference/test_pseudo_labels.py", "tests/test_pseudo_label_cli.py"]
 ENGINE = ["tests/engine/test_step_by_hand.py", "tests/engine/test_fp16_resume.py", "tests/engine/test_schedule.py",
           "tests/engine/test_trainer.py"]
 
@@ -386,4 +388,31 @@ MUTATIONS: List[Mutation] = [
     M("tiling_ignored", "test.tile_size is read but large images are predicted whole",
       [("maskrcnn/inference/predictor.py", "if image.dim() == 3 and self.tile_size and max(image.shape[-2:]) > self.tile_size:",
         "if False:")], ["tests/inference/test_tiling.py"]),
+    # ------------------------------------------------------------- pseudo-labels and ignore regions
+    M("rpn_ignore_regions_unused", "the RPN samples anchors inside ignore regions as background",
+      [("maskrcnn/model/rpn.py", "        labels = ignore_inside(labels, anchors, ig, ig_valid, ignore_iof_thresh)",
+        "        pass")], IGNORE),
+    M("roi_ignore_regions_unused", "the RoI heads sample proposals inside ignore regions as background",
+      [("maskrcnn/model/roi_heads.py", "            labels = ignore_inside(labels, props, ig, ig_valid, self.ignore_iof_thresh)",
+        "            pass")], IGNORE),
+    M("ignore_iof_strict", "an anchor exactly at the IoF threshold is not ignored (>= became >)",
+      [("maskrcnn/model/matching.py", "inside = torch.cat(best, dim=1) >= iof_thresh * area.clamp(min=1e-12)",
+        "inside = torch.cat(best, dim=1) > iof_thresh * area.clamp(min=1e-12)")], IGNORE),
+    M("ignore_overrides_positives", "ignore regions also take out positives (objects next to uncertain ones)",
+      [("maskrcnn/model/matching.py", "return labels.masked_fill(inside & (labels != FOREGROUND), IGNORE)",
+        "return labels.masked_fill(inside, IGNORE)")], IGNORE),
+    M("ignore_regions_of_padding", "padding rows of the batched ignore regions count as regions",
+      [("maskrcnn/model/matching.py", ".masked_fill_(~valid[:, :, None], -1.0)  # [B, I, a]", "  # [B, I, a]")], IGNORE),
+    M("cache_ignore_label_mapped", "the cache maps the ignore label through the class map (-1 read as the last class)",
+      [("maskrcnn/data/cache.py", "np.where(raw < 0, raw, self._label_map[np.maximum(raw, 0)])", "self._label_map[raw]")],
+      ["tests/data/test_pseudo_data.py"]),
+    M("pseudo_agreement_ignored", "pseudo-labels keep cells that the views disagree on",
+      [("maskrcnn/inference/pseudo.py", "confident = (scores >= keep) & (view_counts.to(dev) >= agree)",
+        "confident = scores >= keep")], PSEUDO),
+    M("pseudo_keep_strict", "a detection exactly at --keep is not a cell (>= became >)",
+      [("maskrcnn/inference/pseudo.py", "confident = (scores >= keep) & (view_counts.to(dev) >= agree)",
+        "confident = (scores > keep) & (view_counts.to(dev) >= agree)")], PSEUDO),
+    M("pseudo_duplicates_kept", "uncertain duplicates of cells become ignore regions",
+      [("maskrcnn/inference/pseudo.py", "free = _covered_fraction(regions.masks, cells.masks) <= max_covered",
+        "free = _covered_fraction(regions.masks, cells.masks) <= 1.0")], PSEUDO),
 ]

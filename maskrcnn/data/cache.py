@@ -333,7 +333,9 @@ class CacheDataset:
         H, W = (int(v) for v in self._sizes[index])
         i0, i1 = int(self._inst_offsets[index]), int(self._inst_offsets[index + 1])
         masks = self._masks(i0, i1, (H, W))
-        labels = torch.from_numpy(self._label_map[self._labels[i0:i1]])
+        raw = self._labels[i0:i1]
+        # Negative labels (IGNORE_LABEL: pseudo-labelled regions that give no loss) stay as they are.
+        labels = torch.from_numpy(np.where(raw < 0, raw, self._label_map[np.maximum(raw, 0)]))
         inst = Instances((H, W), masks.tight_boxes(), labels, None, masks)
         meta = dict(self._info["meta"][index])
         meta.update({"class_names": self.class_names, "cache": self.root})

@@ -256,8 +256,10 @@ def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 
     ``strata()``; kept in memory when the path is empty). ``augment=True`` applies
     ``build_transforms(cfg.augment)`` per sample and copy-paste per batch (via ``build_loader``).
     ``reader`` reuses an already built reader (e.g. for train and val of one dataset).
+    The training split keeps only the ids of ``cfg.train_ids_file`` when it is set, and adds the
+    pseudo-labelled images of ``cfg.pseudo.path`` (``maskrcnn.data.pseudo``) when that is set.
     """
-    from maskrcnn.data.splits import load_or_make_folds, split_indices
+    from maskrcnn.data.splits import load_or_make_folds, read_ids_file, restrict_to_ids, split_indices
     from maskrcnn.data.transforms import build_batch_transform, build_transforms
 
     reader = build_reader(cfg) if reader is None else reader
@@ -267,6 +269,13 @@ def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 
         ids = list(reader.image_ids)
         folds = load_or_make_folds(cfg.split_file, ids, reader.strata, cfg.num_folds)
         indices = split_indices(folds, ids, split, cfg.fold, cfg.num_folds)
+        if split == "train" and cfg.train_ids_file:
+            indices = restrict_to_ids(indices, ids, read_ids_file(cfg.train_ids_file), cfg.train_ids_file)
+    if split == "train" and cfg.pseudo.path:
+        from maskrcnn.data.pseudo import build_mixed_reader
+
+        reader = build_mixed_reader(reader, indices, cfg.pseudo, cfg.class_agnostic)
+        indices = None  # every image of the mix
     transform = build_transforms(cfg.augment) if augment else None
     batch_transform = build_batch_transform(cfg.augment) if augment else None
     return SampleDataset(reader, indices, transform, batch_transform, seed)

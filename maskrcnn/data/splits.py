@@ -94,3 +94,57 @@ def split_indices(folds: Dict[str, int], image_ids: Sequence[str], split: str, f
         raise ValueError(f"data.fold={fold} is outside [0, {num_folds}) (data.num_folds={num_folds})")
     want_val = split == "val"
     return [n for n, i in enumerate(image_ids) if (folds[i] == fold) == want_val]
+
+
+def read_ids_file(path: str) -> list:
+    """The image ids in ``path``: a json list of strings or ``{"ids": [...]}`` (``write_ids_file``).
+
+    Raises:
+        ValueError: the file is missing, unreadable, not such a list, or holds duplicates.
+    """
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"ids file {path}: cannot read it ({type(e).__name__}: {e})") from None
+    ids = doc.get("ids") if isinstance(doc, dict) else doc
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"ids file {path}: expected a json list of image id strings or {{\"ids\": [...]}}")
+    if len(set(ids)) != len(ids):
+        dup = sorted(i for i, c in Counter(ids).items() if c > 1)[:3]
+        raise ValueError(f"ids file {path}: duplicate ids (e.g. {dup})")
+    return ids
+
+
+def write_ids_file(path: str, ids: Sequence[str], **meta) -> None:
+    """Write ``{"ids": [...], **meta}`` atomically (``meta``: how the ids were chosen)."""
+    atomic_json({"ids": [str(i) for i in ids], **meta}, path)
+
+
+def restrict_to_ids(indices: Sequence[int], image_ids: Sequence[str], keep: Sequence[str], path: str = "") -> list:
+    """The ``indices`` (into ``image_ids``) whose id is in ``keep``; every id of ``keep`` must be
+    among them (an id outside the split is an error naming ``path``, the ids file)."""
+    present = {image_ids[n]: n for n in indices}
+    missing = [i for i in keep if i not in present]
+    if missing:
+        raise ValueError(f"ids file {path} names {len(missing)} images that are not in the training split "
+                         f"(e.g. {missing[:3]}): validation images or another dataset's ids")
+    want = set(keep)
+    return [n for n in indices if image_ids[n] in want]
+
+
+def labeled_subset(folds: Dict[str, int], strata: Dict[str, str], val_fold: int, fraction: float,
+                   seed: int = 0) -> tuple:
+    """``(labelled ids, unlabelled ids)``, sorted: a stratified ``fraction`` of the training images
+    (fold != ``val_fold``) and the rest, for semi-supervised experiments.
+
+    The training images are dealt round-robin (``make_folds``) into ``round(1 / fraction)`` parts,
+    stratified by ``strata`` (missing: one stratum), and the first part is the labelled one; the
+    result depends only on the ids, strata, ``fraction`` and ``seed``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    train = sorted(i for i, f in folds.items() if int(f) != int(val_fold))
+    parts = max(2, round(1.0 / fraction))
+    part = make_folds(train, [str(strata.get(i, "")) for i in train], parts, seed)
+    return [i for i in train if part[i] == 0], [i for i in train if part[i] != 0]

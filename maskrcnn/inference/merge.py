@@ -246,7 +246,8 @@ def merge_instances(
     mask_threshold: Union[float, Sequence[float]] = 0.5,
     num_views: Optional[int] = None,
     max_elements: int = 1 << 24,
-) -> Instances:
+    return_view_counts: bool = False,
+) -> Union[Instances, Tuple[Instances, Tensor]]:
     """Merge per-view predictions of one image at mask level (see the module docstring).
 
     Args:
@@ -258,15 +259,20 @@ def merge_instances(
             or one per class (``test.mask_thresh``), each instance at its own class's value.
         num_views: the divisor of the fused score (default ``len(views)``).
         max_elements: bound on the elements of the temporary ``[members, h, w]`` averaging chunk.
+        return_view_counts: also return how many views each output object was seen in (its
+            agreement, e.g. for pseudo-labelling).
     Returns:
         Instances with soft ``masks`` (crops on each cluster's union window), fused ``scores``,
         ``labels`` and ``boxes``, sorted by decreasing score. One view is returned as it is.
+        With ``return_view_counts``: ``(instances, counts Tensor[K] int64)``.
 
     Views are never concatenated into one padded crop tensor: pixels lists are built per view and
     soft masks are accumulated view by view, so memory is about the views' own crops.
     """
     V = _check_views(views, min_views, num_views)
     if len(views) == 1 and min_views <= 1 and V == 1:
+        if return_view_counts:
+            return views[0], torch.ones(len(views[0]), dtype=torch.long, device=views[0].boxes.device)
         return views[0]
     size, dev = views[0].image_size, views[0].boxes.device
     out_dtype = next((v.masks.crops.dtype for v in views if v.masks.is_soft), torch.float32)
@@ -280,10 +286,11 @@ def merge_instances(
     order = order[areas[order] > 0]
     n = int(order.numel())
     if n == 0:
-        return Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
-                         torch.zeros(0, device=dev),
-                         MaskList(torch.zeros((0, 1, 1), dtype=out_dtype, device=dev),
-                                  torch.zeros((0, 2), dtype=torch.long, device=dev), size))
+        empty = Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
+                          torch.zeros(0, device=dev),
+                          MaskList(torch.zeros((0, 1, 1), dtype=out_dtype, device=dev),
+                                   torch.zeros((0, 2), dtype=torch.long, device=dev), size))
+        return (empty, torch.zeros(0, dtype=torch.long, device=dev)) if return_view_counts else empty
     # Re-index the edges by rank, higher rank first.
     rank = torch.full((scores.shape[0],), -1, dtype=torch.long, device=dev)
     rank[order] = torch.arange(n, device=dev)
@@ -303,11 +310,13 @@ def merge_instances(
     votes = torch.zeros((K * num_classes,), device=dev).index_add_(0, m_cl * num_classes + labels_all[m_g], w)
     labels = votes.view(K, num_classes).argmax(dim=1)
 
-    kept = torch.nonzero(torch.bincount(m_cl, minlength=K) >= min_views, as_tuple=True)[0]
+    members = torch.bincount(m_cl, minlength=K)
+    kept = torch.nonzero(members >= min_views, as_tuple=True)[0]
     kept = kept[torch.sort(fused[kept], descending=True, stable=True).indices]
     out_masks = MaskList(acc[kept].to(out_dtype), u_org[kept], size)
-    return Instances(size, boxes[kept].to(views[0].boxes.dtype), labels[kept],
-                     fused[kept].to(views[0].scores.dtype), out_masks)
+    out = Instances(size, boxes[kept].to(views[0].boxes.dtype), labels[kept],
+                    fused[kept].to(views[0].scores.dtype), out_masks)
+    return (out, members[kept]) if return_view_counts else out
 
 
 def _check_views(views: Sequence[Instances], min_views: int, num_views: Optional[int]) -> int:

@@ -88,7 +88,7 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
         nms_thresh=r.nms_thresh, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
-        min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta,
+        min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta, ignore_iof_thresh=r.ignore_iof_thresh,
     )
     mask_head = MaskHead(fpn.out_channels, h.num_classes, m.pooler_resolution, m.resolution, m.num_convs, m.conv_dim,
                          m.norm)
@@ -105,7 +105,7 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         positive_fraction=h.positive_fraction, fg_iou_thresh=h.fg_iou_thresh, bg_iou_thresh=h.bg_iou_thresh,
         box_weights=h.bbox_reg_weights, smooth_l1_beta=h.smooth_l1_beta, score_thresh=h.score_thresh,
         nms_thresh=h.nms_thresh, detections_per_image=h.detections_per_image,
-        proposal_append_gt=h.proposal_append_gt,
+        proposal_append_gt=h.proposal_append_gt, ignore_iof_thresh=h.ignore_iof_thresh,
     )
     model = MaskRCNN(
         backbone, fpn, rpn, roi_heads, in_channels=inp.in_channels, pixel_mean=inp.pixel_mean,

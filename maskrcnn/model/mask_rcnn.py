@@ -25,7 +25,7 @@ from maskrcnn.model.fpn import FPN
 from maskrcnn.model.normalize import NORMALIZE_MODES, check_percentiles, normalize_by_ranges, percentile_ranges
 from maskrcnn.model.roi_heads import RoIHeads, paste_masks
 from maskrcnn.model.rpn import RPN
-from maskrcnn.structures import ImageList, Instances, clip_boxes
+from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
 
 
 class MaskRCNN(nn.Module):
@@ -219,8 +219,9 @@ class MaskRCNN(nn.Module):
                 raise ValueError(f"target {i}: image_size {t.image_size} but the image is {tuple(im.shape[-2:])}")
             if t.masks is None:
                 raise ValueError(f"target {i}: ground truth needs masks (a MaskList)")
-            if len(t) and (int(t.labels.min()) < 0 or int(t.labels.max()) >= K):
-                raise ValueError(f"target {i}: labels must be in [0, {K}), got {t.labels.unique().tolist()}")
+            if len(t) and (int(t.labels.min()) < IGNORE_LABEL or int(t.labels.max()) >= K):
+                raise ValueError(f"target {i}: labels must be in [0, {K}) or {IGNORE_LABEL} (an ignore region), "
+                                 f"got {t.labels.unique().tolist()}")
 
     # ----------------------------------------------------------------- forward
     def forward(self, images: Sequence[Tensor], targets: Optional[Sequence[Instances]] = None,
@@ -246,11 +247,19 @@ class MaskRCNN(nn.Module):
             dets = self.roi_heads(features, proposals, batch.image_sizes)
             return self.postprocess(dets, scales, [tuple(im.shape[-2:]) for im in images])
         targets = [t.to(self.device) for t in targets]
+        # Ignore regions (label IGNORE_LABEL) are not objects: they only stop the anchors and
+        # proposals inside them from being sampled (no loss there), so they leave the targets.
+        ignore_boxes = None
+        if len(targets) and bool((torch.cat([t.labels for t in targets]) == IGNORE_LABEL).any()):  # one sync
+            ignore_boxes = [t.boxes[t.labels == IGNORE_LABEL].float() * scales[i].repeat(2)
+                            for i, t in enumerate(targets)]
+            targets = [t[torch.nonzero(t.labels != IGNORE_LABEL).squeeze(1)] for t in targets]
         gt_boxes = [t.boxes.float() * scales[i].repeat(2) for i, t in enumerate(targets)]
-        proposals, losses = self.rpn(features, batch.image_sizes, gt_boxes)
+        extra = {} if ignore_boxes is None else {"ignore_boxes": ignore_boxes}
+        proposals, losses = self.rpn(features, batch.image_sizes, gt_boxes, **extra)
         losses.update(self.roi_heads(
             features, proposals, batch.image_sizes, gt_boxes, [t.labels for t in targets],
-            [t.masks for t in targets], scales,
+            [t.masks for t in targets], scales, **extra,
         ))
         return losses
 

@@ -174,6 +174,43 @@ def match_boxes_batched(
     return matched, labels
 
 
+def ignore_inside(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor, ignore_valid: Optional[Tensor],
+                  iof_thresh: float, max_elements: int = 1 << 24) -> Tensor:
+    """``labels (Tensor[B, A])`` with every non-foreground box that lies inside an ignore region set
+    to ``IGNORE``: neither a positive nor a negative, so it gives no loss. Returns a new tensor.
+
+    Args:
+        labels (Tensor[B, A] int8): from :func:`match_boxes_batched`.
+        boxes: ``Tensor[A, 4]`` shared by every image (anchors) or ``Tensor[B, A, 4]`` (proposals).
+        ignore_boxes (Tensor[B, I, 4]) and ignore_valid (Tensor[B, I] bool, or None: all valid):
+            each image's ignore regions, padded (:func:`pad_boxes`).
+    "Inside" is intersection over the box's own area (IoF) ``>= iof_thresh`` with some region of
+    its image (the "crowd" rule of COCO-style detectors: an uncertain region may hold an object, so
+    calling the anchors there background would teach the model to miss it). Foreground boxes keep
+    their label: they match a real ground-truth box by IoU >= the fg threshold, a trustworthy target
+    whatever the region around it. The ``[B, I, A]`` intersections are computed in chunks of boxes.
+    """
+    B, I = ignore_boxes.shape[:2]
+    A = boxes.shape[-2]
+    if I == 0 or A == 0:
+        return labels
+    bx = (boxes[None] if boxes.dim() == 2 else boxes).float()
+    ig = ignore_boxes.float().to(bx.device)
+    valid = (torch.ones((B, I), dtype=torch.bool, device=bx.device) if ignore_valid is None
+             else ignore_valid.to(bx.device))
+    area = (bx[..., 2] - bx[..., 0]).clamp(min=0) * (bx[..., 3] - bx[..., 1]).clamp(min=0)  # [1 or B, A]
+    best = []
+    chunk = max(1, max_elements // (B * I))
+    for s in range(0, A, chunk):  # chunks of boxes bound memory; not a loop over instances
+        bb = bx[:, None, s : s + chunk]  # [1 or B, 1, a, 4]
+        iw = torch.minimum(bb[..., 2], ig[:, :, None, 2]) - torch.maximum(bb[..., 0], ig[:, :, None, 0])
+        ih = torch.minimum(bb[..., 3], ig[:, :, None, 3]) - torch.maximum(bb[..., 1], ig[:, :, None, 1])
+        inter = (iw.clamp_(min=0) * ih.clamp_(min=0)).masked_fill_(~valid[:, :, None], -1.0)  # [B, I, a]
+        best.append(inter.max(dim=1).values)
+    inside = torch.cat(best, dim=1) >= iof_thresh * area.clamp(min=1e-12)
+    return labels.masked_fill(inside & (labels != FOREGROUND), IGNORE)
+
+
 def sample_balanced_masks(
     labels: Tensor, batch_size: int, positive_fraction: float, generator: Optional[torch.Generator] = None,
     keys: Optional[Tensor] = None,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.backbone import ConvNorm
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
-from maskrcnn.model.matching import match_boxes_batched, pad_boxes, sample_balanced_masks
+from maskrcnn.model.matching import ignore_inside, match_boxes_batched, pad_boxes, sample_balanced_masks
 from maskrcnn.model.rpn import box_regression_loss, topk_per_group
 from maskrcnn.ops import batched_nms, roi_align
 from maskrcnn.structures import MaskList
@@ -365,6 +365,7 @@ class RoIHeads(nn.Module):
         detections_per_image: int = 1000,
         proposal_append_gt: bool = True,
         mask_inference_chunk: int = 256,
+        ignore_iof_thresh: float = 0.5,
     ):
         super().__init__()
         self.box_pooler = box_pooler
@@ -384,11 +385,16 @@ class RoIHeads(nn.Module):
         self.detections_per_image = detections_per_image
         self.proposal_append_gt = proposal_append_gt
         self.mask_inference_chunk = max(1, int(mask_inference_chunk))
+        self.ignore_iof_thresh = ignore_iof_thresh
 
     def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor],
-                         generator: Optional[torch.Generator] = None):
+                         generator: Optional[torch.Generator] = None, ignore_boxes: Optional[List[Tensor]] = None):
         """RoIs for the heads, all images at once: proposals (+ GT boxes) matched and sampled on the
         padded ``[B, G, R]`` batch.
+
+        Proposals that are not foreground and lie inside an ignore region of ``ignore_boxes`` (per
+        image ``Tensor[I_i, 4]``; IoF >= ``ignore_iof_thresh``) are not sampled: no box or class
+        loss, and (never foreground) no mask loss.
 
         Returns:
             rois (Tensor[K, 5]) ``(image, x1, y1, x2, y2)`` in resized pixels, grouped by image;
@@ -402,6 +408,9 @@ class RoIHeads(nn.Module):
         gt, gt_valid = pad_boxes(gt_boxes, dev)
         matched, labels = match_boxes_batched(gt, gt_valid, props, self.fg_iou_thresh, self.bg_iou_thresh,
                                               box_valid=prop_valid)
+        if ignore_boxes is not None:
+            ig, ig_valid = pad_boxes(ignore_boxes, dev)
+            labels = ignore_inside(labels, props, ig, ig_valid, self.ignore_iof_thresh)
         pos, neg = sample_balanced_masks(labels, self.batch_size_per_image, self.positive_fraction, generator)
         b, r = torch.nonzero(pos | neg, as_tuple=True)
         m = matched[b, r]
@@ -421,21 +430,24 @@ class RoIHeads(nn.Module):
         gt_labels: Optional[List[Tensor]] = None,
         gt_masks: Optional[List[MaskList]] = None,
         scales: Optional[Tensor] = None,
+        ignore_boxes: Optional[List[Tensor]] = None,
     ):
         """Args:
             features: P2..P5 (P6, if given, is ignored); proposals: per image ``Tensor[R_i, 4]``;
             image_sizes: resized ``(h, w)``; gt_boxes (resized pixels), gt_labels, gt_masks
-            (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training.
+            (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training;
+            ignore_boxes (resized pixels, optional): per image ignore regions.
         Returns:
             training: dict of losses; inference: per image ``(boxes, scores, labels, mask_probs Tensor[D, M, M])``
             with boxes in resized-image pixels.
         """
         if self.training:
-            return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales)
+            return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes)
         return self._forward_infer(features, proposals, image_sizes)
 
-    def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales):
-        rois, gt_classes, matched, gt = self.sample_proposals(proposals, gt_boxes, gt_labels)
+    def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes=None):
+        rois, gt_classes, matched, gt = self.sample_proposals(proposals, gt_boxes, gt_labels,
+                                                              ignore_boxes=ignore_boxes)
         x = self.box_head(self.box_pooler(features, rois))
         cls_logits, deltas = self.box_predictor(x)
         image = rois[:, 0].long()

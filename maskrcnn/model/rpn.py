@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
-from maskrcnn.model.matching import match_boxes_batched, pad_boxes, sample_balanced_masks
+from maskrcnn.model.matching import ignore_inside, match_boxes_batched, pad_boxes, sample_balanced_masks
 from maskrcnn.ops import batched_nms
 
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
@@ -133,6 +133,8 @@ def rpn_losses(
     positive_fraction: float,
     smooth_l1_beta: float,
     generator: Optional[torch.Generator] = None,
+    ignore_boxes: Optional[List[Tensor]] = None,
+    ignore_iof_thresh: float = 0.5,
 ) -> Dict[str, Tensor]:
     """Objectness and box losses, for all images at once.
 
@@ -140,12 +142,18 @@ def rpn_losses(
         logits (Tensor[B, A]), deltas (Tensor[B, A, 4]): all levels concatenated.
         anchors (Tensor[A, 4]); gt_boxes: per image ``Tensor[G_i, 4]`` in resized-image pixels.
         generator: for the random sample (:func:`sample_balanced_masks`).
+        ignore_boxes: per image ``Tensor[I_i, 4]`` ignore regions (same pixels): anchors that are
+            not positive and lie inside one (IoF >= ``ignore_iof_thresh``) are not sampled
+            (:func:`~maskrcnn.model.matching.ignore_inside`).
     Matching, sampling and targets run on the padded ``[B, G, A]`` batch (no loop over images);
     the result equals doing each image alone with the same random keys (tested).
     """
     B = logits.shape[0]
     gt, gt_valid = pad_boxes(gt_boxes, logits.device)
     matched, labels = match_boxes_batched(gt, gt_valid, anchors, fg_iou_thresh, bg_iou_thresh, allow_low_quality=True)
+    if ignore_boxes is not None:
+        ig, ig_valid = pad_boxes(ignore_boxes, logits.device)
+        labels = ignore_inside(labels, anchors, ig, ig_valid, ignore_iof_thresh)
     pos, neg = sample_balanced_masks(labels, batch_size_per_image, positive_fraction, generator)
     norm = float(batch_size_per_image * B)
     b, a = torch.nonzero(pos | neg, as_tuple=True)
@@ -183,6 +191,7 @@ class RPN(nn.Module):
         positive_fraction: float = 0.5,
         min_size: float = 0.0,
         smooth_l1_beta: float = 1.0 / 9.0,
+        ignore_iof_thresh: float = 0.5,
     ):
         super().__init__()
         self.head = head
@@ -196,13 +205,16 @@ class RPN(nn.Module):
         self.positive_fraction = positive_fraction
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
+        self.ignore_iof_thresh = ignore_iof_thresh
 
     def forward(
-        self, features: List[Tensor], image_sizes: Sequence[Tuple[int, int]], gt_boxes: Optional[List[Tensor]] = None
+        self, features: List[Tensor], image_sizes: Sequence[Tuple[int, int]], gt_boxes: Optional[List[Tensor]] = None,
+        ignore_boxes: Optional[List[Tensor]] = None,
     ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
         """Args:
             features: P2..P6, ``Tensor[B, C, H_l, W_l]``; image_sizes: resized ``(h, w)`` per image;
-            gt_boxes: per image ``Tensor[G_i, 4]`` (training only).
+            gt_boxes: per image ``Tensor[G_i, 4]`` (training only); ignore_boxes: per image
+            ``Tensor[I_i, 4]`` ignore regions (training only, optional).
         Returns:
             proposals (list of ``Tensor[R_i, 4]``, detached), losses (empty dict in eval mode).
         """
@@ -221,6 +233,6 @@ class RPN(nn.Module):
             losses = rpn_losses(
                 torch.cat(logits, dim=1), torch.cat(deltas, dim=1), torch.cat(anchors), gt_boxes,
                 self.fg_iou_thresh, self.bg_iou_thresh, self.batch_size_per_image, self.positive_fraction,
-                self.smooth_l1_beta,
+                self.smooth_l1_beta, ignore_boxes=ignore_boxes, ignore_iof_thresh=self.ignore_iof_thresh,
             )
         return proposals, losses

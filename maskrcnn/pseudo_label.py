@@ -1,0 +1,311 @@
+"""Pseudo-labelling: a trained model labels a folder of unlabelled images for semi-supervised training.
+
+    python -m maskrcnn.pseudo_label label --weights A.pth [B.pth ...] --images DIR --out OUT_DIR \\
+        [--ids IDS.json] [--tta hflip] [--keep 0.7] [--ignore 0.3] [--agree N]
+    python -m maskrcnn.pseudo_label split --split-file FOLDS.json --fold 0 --fraction 0.25 \\
+        --labeled LABELED.json --unlabeled UNLABELED.json
+
+``label`` runs the models (several = an ensemble) on every test-time view of each image
+(``build_predictor``, the same views and merge as ``predict.py``), merges the views at mask level
+(``merge_instances``) and keeps (``maskrcnn.inference.pseudo``):
+
+- cells: fused score ``>= --keep`` and seen in at least ``--agree`` views (default: all of them);
+- ignore regions: the other detections with score ``>= --ignore``: the trainer takes no loss from
+  anchors and proposals inside them (neither object nor background);
+- background: the rest.
+
+It writes ``OUT_DIR/pseudo_labels.npz`` (a dataset cache, ``maskrcnn.data.cache``, readable as
+``data.format: cache``) and ``OUT_DIR/summary.json`` (images, cells, ignored regions, settings),
+both atomically. Train on it next to the labelled data with ``data.pseudo.path: OUT_DIR`` and
+``data.pseudo.ratio`` (``maskrcnn.data.pseudo``; docs/semi_supervised.md).
+
+``--images`` is a flat folder of images (Sartorius ``train_semi_supervised``, any folder; ids are
+the file names, the Sartorius cell type the name's prefix before ``[``) or a DSB2018 folder
+(``<id>/images/<id>.png``; masks, if any, are not read). ``--ids`` keeps only the ids in a json list.
+
+``split`` writes the labelled / unlabelled halves of an experiment: a stratified ``--fraction``
+of the training folds (every fold but ``--fold``) as labelled ids, the rest as unlabelled ids
+(``data.train_ids_file`` takes the first, ``label --ids`` the second).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import List, Optional, Sequence
+
+import torch
+
+from maskrcnn import cli
+from maskrcnn.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+class PseudoLabelError(UserError, ValueError):
+    """A bad argument or input of the pseudo-labelling tool; the message names it."""
+
+
+# ------------------------------------------------------------------------------ images
+class FolderImages:
+    """A flat folder of images as unlabelled samples (ids = file names without suffix).
+
+    The cell type (``meta["cell_type"]``) is the Sartorius name prefix before ``[``, else None.
+    """
+
+    def __init__(self, folder: str, channels: int):
+        self.root = folder
+        self.channels = int(channels)
+        files = sorted(f for f in os.listdir(folder)
+                       if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f)))
+        if not files:
+            raise PseudoLabelError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no "
+                                   f"DSB2018 <id>/images/<id>.png folders")
+        self._files = files
+        self.image_ids = [os.path.splitext(f)[0] for f in files]
+        dup = sorted({i for i in self.image_ids if self.image_ids.count(i) > 1})
+        if dup:
+            raise PseudoLabelError(f"--images {folder}: several files share the id {dup[0]!r}")
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def load(self, index: int):
+        from maskrcnn.data.images import read_image
+        from maskrcnn.structures import Instances, Sample
+
+        path = os.path.join(self.root, self._files[index])
+        image = read_image(path, channels=self.channels)
+        name = self._files[index]
+        meta = {"path": path, "cell_type": name.split("[", 1)[0] if "[" in name else None, "unlabeled": True}
+        return Sample(image, Instances.empty(tuple(image.shape[-2:]), with_masks=True), self.image_ids[index], meta)
+
+
+def open_images(folder: str, channels: int):
+    """The reader of ``--images``: DSB2018 layout (``<id>/images/<id>.png``) or a flat folder."""
+    if not os.path.isdir(folder):
+        raise PseudoLabelError(f"--images {folder}: no such folder")
+    subdirs = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+    if subdirs and any(os.path.isfile(os.path.join(folder, d, "images", f"{d}.png")) for d in subdirs):
+        from maskrcnn.data.dsb2018 import DSB2018Dataset
+
+        return DSB2018Dataset(folder, labeled=False, channels=channels)
+    return FolderImages(folder, channels)
+
+
+def select_ids(reader, ids_file: str) -> List[int]:
+    """Indices of ``reader`` to label: all, or those whose id is in ``ids_file`` (all must exist)."""
+    if not ids_file:
+        return list(range(len(reader)))
+    from maskrcnn.data.splits import read_ids_file
+
+    try:
+        want = read_ids_file(ids_file)
+    except ValueError as e:
+        raise PseudoLabelError(str(e)) from None
+    pos = {i: n for n, i in enumerate(reader.image_ids)}
+    missing = [i for i in want if i not in pos]
+    if missing:
+        raise PseudoLabelError(f"--ids {ids_file}: {len(missing)} ids are not images of --images (e.g. {missing[:3]})")
+    return sorted(pos[i] for i in want)
+
+
+# ------------------------------------------------------------------------------ writing
+class PseudoLabelSet:
+    """The labelled images as a reader for ``write_cache``: each image re-read from its source,
+    with the stored pseudo-labels (cells and ignore regions) as its instances."""
+
+    def __init__(self, source, indices: Sequence[int], instances: Sequence, class_names: Sequence[str],
+                 cell_types: Sequence[Optional[str]]):
+        self.source = source
+        self.root = getattr(source, "root", os.getcwd())
+        self._indices = list(indices)
+        self._instances = list(instances)
+        self._types = [str(t) for t in cell_types]  # the strata: cell type or imaging domain
+        self.image_ids = [source.image_ids[i] for i in self._indices]
+        self.class_names = tuple(class_names)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def strata(self) -> list:
+        return list(self._types)
+
+    def load(self, index: int):
+        s = self.source.load(self._indices[index])
+        s.instances = self._instances[index].to("cpu")
+        s.meta["unlabeled"] = True  # pseudo-labelled: not ground truth (never for validation)
+        return s
+
+
+def class_names_of(cfg, override: str) -> tuple:
+    """The class names the model predicts: ``--classes``, else ``data.classes``, else the defaults of
+    its training format (DSB2018: nucleus; Sartorius: its three cell types)."""
+    k = cfg.model.roi_heads.num_classes
+    if override:
+        names = tuple(c.strip() for c in override.split(",") if c.strip())
+    elif cfg.data.classes:
+        names = tuple(cfg.data.classes)
+    elif cfg.data.class_agnostic:
+        names = ("cell",)
+    elif cfg.data.format == "dsb2018":
+        from maskrcnn.data.dsb2018 import DSB_CLASSES
+
+        names = DSB_CLASSES
+    elif cfg.data.format in ("sartorius", "sartorius_unlabeled"):
+        from maskrcnn.data.sartorius import SARTORIUS_CLASSES
+
+        names = tuple(SARTORIUS_CLASSES)
+    elif k == 1:
+        names = ("cell",)
+    else:
+        raise PseudoLabelError(f"cannot tell the names of the model's {k} classes (data.format "
+                               f"{cfg.data.format!r}, no data.classes): pass --classes a,b,c")
+    if len(names) != k:
+        raise PseudoLabelError(f"{len(names)} class names {names} for a model with {k} classes")
+    return names
+
+
+# ------------------------------------------------------------------------- command line
+def build_parser():
+    p = cli.ArgumentParser(prog="python -m maskrcnn.pseudo_label",
+                           description="Pseudo-label unlabelled images for semi-supervised training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    lab = sub.add_parser("label", help="label a folder of images with a trained model (TTA, ensembles)")
+    lab.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
+    lab.add_argument("--images", required=True, help="flat folder of images, or a DSB2018 folder")
+    lab.add_argument("--out", required=True, help="output folder (pseudo_labels.npz, summary.json)")
+    lab.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
+    lab.add_argument("--ids", default="", help="json list of the image ids to label (default: all)")
+    lab.add_argument("--keep", type=float, default=0.7, help="score from which a detection is a cell")
+    lab.add_argument("--ignore", type=float, default=0.3,
+                     help="score from which a detection that is not a cell is an ignore region (no loss)")
+    lab.add_argument("--agree", type=int, default=0, help="views a cell must be seen in (0: all views)")
+    lab.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip (default: the config's test.tta)")
+    lab.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
+    lab.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="test.* overrides (mask_thresh, min_area, fill_holes, ...)")
+    lab.add_argument("--classes", default="", help="comma-separated class names (default: from the config)")
+    lab.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    lab.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    lab.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
+    lab.add_argument("--no-progress", action="store_true")
+    spl = sub.add_parser("split", help="labelled / unlabelled ids of the training folds")
+    spl.add_argument("--split-file", required=True, help="the folds json (data.split_file)")
+    spl.add_argument("--fold", type=int, default=0, help="the validation fold (left out of both)")
+    spl.add_argument("--fraction", type=float, default=0.25, help="share of the training images that keep their labels")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--labeled", required=True, help="output json of the labelled ids")
+    spl.add_argument("--unlabeled", required=True, help="output json of the unlabelled ids")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit code of ``python -m maskrcnn.pseudo_label argv`` (user errors: one ``error:`` line, exit 2)."""
+    return cli.run(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return _split(args) if args.command == "split" else _label(args)
+
+
+def _split(args) -> int:
+    from maskrcnn.data.splits import labeled_subset, write_ids_file
+
+    if not os.path.isfile(args.split_file):
+        raise PseudoLabelError(f"--split-file {args.split_file}: no such file")
+    try:
+        with open(args.split_file) as f:
+            doc = json.load(f)
+        folds, strata = doc["folds"], doc.get("strata", {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise PseudoLabelError(f"--split-file {args.split_file}: not a folds file ({type(e).__name__}: {e})") from None
+    if not 0.0 < args.fraction < 1.0:
+        raise PseudoLabelError(f"--fraction must be in (0, 1), got {args.fraction}")
+    if args.fold not in set(folds.values()):
+        raise PseudoLabelError(f"--fold {args.fold}: {args.split_file} has folds {sorted(set(folds.values()))}")
+    labeled, unlabeled = labeled_subset(folds, strata, args.fold, args.fraction, args.seed)
+    meta = dict(split_file=args.split_file, val_fold=args.fold, fraction=args.fraction, seed=args.seed)
+    write_ids_file(args.labeled, labeled, role="labelled", **meta)
+    write_ids_file(args.unlabeled, unlabeled, role="unlabelled", **meta)
+    print(f"{len(labeled)} labelled ids -> {args.labeled}; {len(unlabeled)} unlabelled ids -> {args.unlabeled}")
+    return 0
+
+
+def _label(args) -> int:
+    from tqdm import tqdm
+
+    from maskrcnn.data.cache import write_cache
+    from maskrcnn.data.pseudo import PSEUDO_FILE, SUMMARY_FILE
+    from maskrcnn.device import resolve_device
+    from maskrcnn.fileio import atomic_json
+    from maskrcnn.inference.checkpoint import load_model
+    from maskrcnn.inference.merge import merge_instances
+    from maskrcnn.inference.predict_cli import resolve_test_config
+    from maskrcnn.inference.predictor import build_predictor
+    from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device, key="--device")
+    reader_probe = open_images(args.images, 3)  # fails early, before the models load
+    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    cfg = cfgs[0]
+    # resolve_test_config's other options (no tiling here: each image is predicted whole, in every view)
+    args.min_views, args.thresholds, args.tile, args.tile_overlap = None, None, None, None
+    test_cfg = resolve_test_config(args, cfg.test)
+    predictor = build_predictor(list(models), test_cfg, device=device, output_device=device)
+    agree = args.agree or predictor.num_views
+    try:
+        check_thresholds(args.keep, args.ignore, agree, predictor.num_views)
+    except ValueError as e:
+        raise PseudoLabelError(f"--keep/--ignore/--agree: {e}") from None
+    names = class_names_of(cfg, args.classes)
+    channels = cfg.model.input.in_channels
+    reader = reader_probe if getattr(reader_probe, "channels", 3) == channels else open_images(args.images, channels)
+    indices = select_ids(reader, args.ids)
+    if args.limit > 0:
+        indices = indices[: args.limit]
+    print(f"pseudo_label: {len(indices)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on "
+          f"{device}; cells: score >= {args.keep} in >= {agree} view(s); ignore regions: score >= {args.ignore}",
+          file=sys.stderr)
+    labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
+    empty = 0
+    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
+    for i in bar:
+        sample = reader.load(i)
+        views = predictor.predict_views(sample.image)
+        merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
+                                         return_view_counts=True)
+        inst, c = pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
+        labels.append(inst.to("cpu"))
+        types.append(sample.meta.get("cell_type"))
+        for k in totals:
+            totals[k] += c[k]
+        empty += c["cells"] == 0
+        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+    if totals["cells"] == 0:
+        raise PseudoLabelError(f"no detection of the {len(indices)} images reached --keep {args.keep} in {agree} "
+                               f"view(s): nothing written (lower --keep or --agree, or check --weights)")
+    out_file = os.path.join(args.out, PSEUDO_FILE)
+    os.makedirs(args.out, exist_ok=True)
+    dataset = PseudoLabelSet(reader, indices, labels, names, types)
+    info = write_cache(dataset, out_file)
+    summary = {
+        "images": len(indices), "cells": totals["cells"], "ignored_regions": totals["ignored"],
+        "dropped_below_ignore": totals["background"], "images_without_cells": int(empty),
+        "keep": args.keep, "ignore": args.ignore, "agree": agree, "views": predictor.num_views,
+        "tta": list(test_cfg.tta), "merge_iou": test_cfg.merge_iou, "weights": list(args.weights),
+        "images_dir": args.images, "ids": args.ids, "class_names": list(names), "file": out_file,
+        "file_bytes": info["file_bytes"], "seconds": round(time.time() - t0, 1),
+    }
+    atomic_json(summary, os.path.join(args.out, SUMMARY_FILE))
+    print(f"pseudo-labelled {len(indices)} images: {totals['cells']} cells, {totals['ignored']} ignore regions "
+          f"({empty} images without cells) -> {out_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
