@@ -90,23 +90,21 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
         min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta, ignore_iof_thresh=r.ignore_iof_thresh,
     )
-    mask_head = MaskHead(fpn.out_channels, h.num_classes, m.pooler_resolution, m.resolution, m.num_convs, m.conv_dim,
-                         m.norm)
-    if m.predictor_bias_init:
-        torch.nn.init.constant_(mask_head.predictor.bias, m.predictor_bias_init)
     pooled_strides = fpn.strides[:4]  # RoIs are pooled from P2..P5
     box_pooler = MultiLevelRoIPooler(h.box_pooler_resolution, pooled_strides, h.pooler_sampling_ratio)
     box_head = BoxHead(fpn.out_channels, h.box_pooler_resolution, h.box_fc_dim)
     roi_heads = RoIHeads(
         box_pooler, box_head, BoxPredictor(box_head.out_channels, h.num_classes),
         MultiLevelRoIPooler(m.pooler_resolution, pooled_strides, h.pooler_sampling_ratio),
-        mask_head,
+        MaskHead(fpn.out_channels, h.num_classes, m.pooler_resolution, m.resolution, m.num_convs, m.conv_dim, m.norm),
         num_classes=h.num_classes, batch_size_per_image=h.batch_size_per_image,
         positive_fraction=h.positive_fraction, fg_iou_thresh=h.fg_iou_thresh, bg_iou_thresh=h.bg_iou_thresh,
         box_weights=h.bbox_reg_weights, smooth_l1_beta=h.smooth_l1_beta, score_thresh=h.score_thresh,
         nms_thresh=h.nms_thresh, detections_per_image=h.detections_per_image,
         proposal_append_gt=h.proposal_append_gt, ignore_iof_thresh=h.ignore_iof_thresh,
     )
+    if m.predictor_bias_init:  # (set after the heads are built: the random draws of every module stay as without it)
+        torch.nn.init.constant_(roi_heads.mask_head.predictor.bias, m.predictor_bias_init)
     model = MaskRCNN(
         backbone, fpn, rpn, roi_heads, in_channels=inp.in_channels, pixel_mean=inp.pixel_mean,
         pixel_std=inp.pixel_std, min_size_train=inp.min_size_train, max_size_train=inp.max_size_train,
