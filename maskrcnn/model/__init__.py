@@ -50,6 +50,10 @@ def _check(cfg: ModelConfig) -> None:
         raise ConfigError(
             f"model.mask_head.resolution ({m.resolution}) must be 2x or 4x pooler_resolution ({m.pooler_resolution})"
         )
+    for key, v in (("model.rpn.ignore_iof_thresh", cfg.rpn.ignore_iof_thresh),
+                   ("model.roi_heads.ignore_iof_thresh", cfg.roi_heads.ignore_iof_thresh)):
+        if not 0.0 < v <= 1.0:  # 0 would take every background anchor near an ignore region out
+            raise ConfigError(f"{key}: must be in (0, 1] (intersection over the box's own area), got {v}")
     if b.weights_channel_order not in ("auto", "rgb", "bgr"):
         raise ConfigError(f"model.backbone.weights_channel_order: auto | rgb | bgr, got {b.weights_channel_order!r}")
 

@@ -151,3 +151,13 @@ def test_labels_below_the_ignore_label_are_refused():
     image, gt = disks_sample(64, 80)
     with pytest.raises(ValueError, match="ignore region"):
         model([image], [gt.replace(labels=torch.tensor([0, -2, 1]))])
+
+
+@pytest.mark.parametrize("key", ["rpn", "roi_heads"])
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1])
+def test_ignore_iof_thresh_outside_0_1_is_a_config_error(key, value):
+    from maskrcnn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"model.{key}.ignore_iof_thresh"):
+        build_model(tiny_model_config(f"model.{key}.ignore_iof_thresh={value}"))
+    build_model(tiny_model_config(f"model.{key}.ignore_iof_thresh=1.0"))  # the bound itself is fine
