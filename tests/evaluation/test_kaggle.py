@@ -10,7 +10,7 @@ from maskrcnn.evaluation.kaggle import (
     image_score,
 )
 from maskrcnn.structures import Instances, MaskList
-from tests.evaluation.shapes import dense, random_blobs, rect
+from tests.evaluation.shapes import dense, jittered_case, rect
 
 H, W = 40, 48
 
@@ -159,15 +159,8 @@ def reference_precisions(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_dense_reference_on_random_masks(seed):
-    rng = np.random.default_rng(seed)
     h, w = 64, 80
-    gt = random_blobs(rng, int(rng.integers(0, 25)), h, w, overlap=bool(seed % 2), rmax=14)
-    # Predictions: jittered / eroded copies of some GT cells plus random extras, sizes spread widely.
-    keep = gt[rng.random(len(gt)) < 0.8]
-    shift = np.roll(keep, shift=(int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(1, 2))
-    extras = random_blobs(rng, int(rng.integers(0, 8)), h, w, rmin=1, rmax=30)
-    pred = np.concatenate([shift, extras]).astype(bool)
-    pred = pred[rng.permutation(len(pred))]
+    pred, gt = jittered_case(seed, h, w)  # jittered copies of some GT cells plus random extras
     ours = image_precisions(dense(pred, (h, w)), dense(gt, (h, w)))
     np.testing.assert_allclose(ours, reference_precisions(pred, gt), rtol=0, atol=1e-12)
 

@@ -4,7 +4,7 @@ import pytest
 
 from maskrcnn.data.rle import RunMasks, encode
 from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
-from tests.evaluation.shapes import dense, random_blobs
+from tests.evaluation.shapes import dense, jittered_case
 from tests.evaluation.test_kaggle import reference_precisions
 
 
@@ -14,13 +14,8 @@ def _runs(masks, H, W, order="row"):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_run_lists_give_the_pairs_and_scores_of_crops_and_of_the_dense_reference(seed):
-    rng = np.random.default_rng(seed)
     h, w = 64, 80
-    gt = random_blobs(rng, int(rng.integers(0, 25)), h, w, overlap=bool(seed % 2), rmax=14)
-    keep = gt[rng.random(len(gt)) < 0.8]
-    shift = np.roll(keep, shift=(int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(1, 2))
-    extras = random_blobs(rng, int(rng.integers(0, 8)), h, w, rmin=1, rmax=30)
-    pred = np.concatenate([shift, extras]).astype(bool)[rng.permutation(len(shift) + len(extras))]
+    pred, gt = jittered_case(seed, h, w)
     crops = candidate_pairs(dense(pred, (h, w)), dense(gt, (h, w)))
     for order in ("row", "col"):
         runs = candidate_pairs(_runs(pred, h, w, order), _runs(gt, h, w, "row"))
