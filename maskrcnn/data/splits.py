@@ -85,11 +85,15 @@ def load_or_make_folds(path: str, image_ids: Sequence[str], strata_fn, num_folds
 
 
 def split_indices(folds: Dict[str, int], image_ids: Sequence[str], split: str, fold: int, num_folds: int) -> list:
-    """Indices into ``image_ids`` of ``split``: ``train`` (fold != ``fold``), ``val`` (== ``fold``) or ``all``."""
+    """Indices into ``image_ids`` of ``split``: ``train`` (fold != ``fold``), ``val`` (== ``fold``) or ``all``.
+
+    ``fold=-1`` holds nothing back: ``train`` is every image and ``val`` is empty."""
     if split == "all":
         return list(range(len(image_ids)))
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if fold == -1:  # data.fold: -1 trains on every image and holds none back (a model to ship)
+        return list(range(len(image_ids))) if split == "train" else []
     if not 0 <= fold < num_folds:
         raise ValueError(f"data.fold={fold} is outside [0, {num_folds}) (data.num_folds={num_folds})")
     want_val = split == "val"

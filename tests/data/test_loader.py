@@ -52,6 +52,15 @@ def test_splits_are_disjoint_written_once_and_reused(tmp_path):
         build_dataset(_cfg(tmp_path, "data.fold=5"), "val")
 
 
+def test_fold_minus_one_trains_on_every_image_and_holds_none_back(tmp_path):
+    cfg = _cfg(tmp_path, "data.fold=-1")
+    train = build_dataset(cfg, "train")
+    assert sorted(train.image_ids) == sorted(build_dataset(cfg, "all").image_ids) and len(train) == 12
+    assert len(build_dataset(cfg, "val")) == 0
+    with pytest.raises(ValueError, match=r"data.fold=-2 is outside"):
+        build_dataset(_cfg(tmp_path, "data.fold=-2"), "train")
+
+
 def _keys(loader):
     return [[(s.image_id, float(s.image.sum()), len(s.instances)) for s in b] for b in loader]
 
