@@ -70,7 +70,7 @@ DSB_ITERS = 30
 
 def _dsb_config(out, ids_file):
     if os.path.isfile(DSB_CACHE):
-        data = ["data.format=cache", f"data.cache_file={DSB_CACHE}"]
+        data = ["data.format=cache", f"data.root={DSB_CACHE}", "data.cache_file="]
     else:
         data = [f"data.root={os.path.join(DSB_DIR, 'stage1_train')}", "data.cache_file="]
     overrides = data + [
