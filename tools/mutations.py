@@ -541,8 +541,6 @@ MUTATIONS: List[Mutation] = [
         'loss_cls = F.cross_entropy(cls_logits.float(), gt_classes.flip(0), reduction="mean")')], LEARN),
     M("learn_schedule_never_steps", "optimiser: the LR schedule never advances (stuck at the first warm-up rate)",
       [("maskrcnn/engine/trainer.py", "                    self.scheduler.step()\n", "                    pass\n")], LEARN),
-    M("learn_no_zero_grad", "optimiser: gradients are never zeroed (each step adds all earlier gradients)",
-      [("maskrcnn/engine/trainer.py", "self.optimizer.zero_grad(set_to_none=True)", "pass")], LEARN),
     M("learn_targets_of_other_image", "data: each image of a batch is trained with another image's targets",
       [("maskrcnn/engine/trainer.py", "targets = [smp.instances.to(self.device) for smp in batch]",
         "targets = [smp.instances.to(self.device) for smp in batch[::-1]]")], LEARN),

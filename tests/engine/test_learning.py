@@ -1,10 +1,10 @@
 """The model learns: short end-to-end trainings that must reach an accuracy floor, and the DSB CPU
-recipe's first iterations on real images must reduce every loss term.
+recipe's first iterations on real images must reduce its objectness, class and mask losses.
 
 Synthetic cells: configs/small.yaml (slim ResNet-18-GN FPN, AdamW 2e-3 -> here 3e-3, cosine) on 18
 training images of 64 x 64 with 3-6 cells, class-agnostic, 150 iterations of 2 images, validated
-with the Kaggle mAP on the 6 held-out images (fold 0 of 4). Measured with tools at hand
-(/tmp learn script, the same overrides as ``_config`` below; train.seed 0, 1, 2 on the loaded 2-core
+with the Kaggle mAP on the 6 held-out images (fold 0 of 4). Measured with a throwaway script
+running the Trainer with the overrides of ``_config`` below (train.seed 0, 1, 2; the loaded 2-core
 development VM, 2026-12-07):
 
 - fp32: 0.474, 0.429, 0.367 (spread 0.37-0.47);
@@ -82,14 +82,26 @@ def _dsb_config(out, ids_file):
 
 
 @pytest.mark.skipif(DSB_DIR is None and not os.path.isfile(DSB_CACHE), reason="DSB2018 data (../shared/data/dsb2018) not present")
-def test_dsb_cpu_recipe_reduces_every_loss_term_on_real_images(tmp_path):
+def test_dsb_cpu_recipe_reduces_its_loss_terms_on_real_images(tmp_path):
+    # Objectness, classification and mask losses must fall over the first iterations. The two box
+    # losses are summed over *foreground* RoIs/anchors and divided by all sampled ones (detectron2's
+    # normalisation), so they grow while the proposals improve and more RoIs become foreground: in
+    # the recipe's own 700-iteration run (configs/dsb2018_cpu.yaml, 2026-12-07, metrics.jsonl,
+    # 10-iteration means) loss_box went 0.14 -> 0.60 (iteration 60) -> 0.45 (700) and loss_rpn_box
+    # 0.066 -> 0.096 -> 0.038, while rpn_cls 0.69 -> 0.37 (30), cls 0.50 -> 0.30, mask 0.69 -> 0.57.
+    # So the box terms are only required to stay finite and bounded (no divergence).
     torch.set_num_threads(1)
     ids_file = tmp_path / "ids.json"
     ids_file.write_text(json.dumps(DSB_IDS))
     Trainer(_dsb_config(str(tmp_path), str(ids_file)), progress=False).train()
     rows = [r for r in read_metrics(os.path.join(tmp_path, "metrics.jsonl")) if "loss" in r]
     assert len(rows) == DSB_ITERS
-    for term in ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box", "loss_mask"):
-        first = sum(r[term] for r in rows[:5]) / 5
-        last = sum(r[term] for r in rows[-5:]) / 5
-        assert math.isfinite(last) and last < first, f"{term}: mean of the first 5 iterations {first:.4f}, last 5 {last:.4f}"
+
+    def mean(term, part):
+        return sum(r[term] for r in part) / len(part)
+
+    for term in ("loss_rpn_cls", "loss_cls", "loss_mask"):
+        first, last = mean(term, rows[:5]), mean(term, rows[-5:])
+        assert last < first, f"{term}: mean of the first 5 iterations {first:.4f}, of the last 5 {last:.4f}"
+    for term in ("loss_box", "loss_rpn_box"):
+        assert all(math.isfinite(r[term]) and r[term] < 2.0 for r in rows), term
