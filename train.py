@@ -33,7 +33,8 @@ def _train(argv) -> int:
         help="start a new run in an output_dir that holds an earlier run's checkpoints (removes them)",
     )
     start.add_argument("--eval-only", metavar="WEIGHTS", default=None,
-                       help="evaluate this checkpoint on the config's validation split instead of training")
+                       help="evaluate this checkpoint (a file or a model zoo name, e.g. nuclei) on the config's "
+                       "validation split instead of training")
     parser.add_argument("--eval-out", metavar="FILE.json", default=None, help="--eval-only: also write the metrics here")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.01")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
