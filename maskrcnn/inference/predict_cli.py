@@ -180,7 +180,7 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 # ------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
-        prog="predict.py",
+        prog=cli.program("predict.py"),
         description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
                     "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
     )
