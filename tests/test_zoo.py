@@ -202,3 +202,24 @@ def test_the_shipped_nuclei_model_loads_by_name(monkeypatch):
     assert cfg.model.roi_heads.num_classes == 1
     assert os.path.getsize(resolve_weights("nuclei")) < 12 * 2**20  # the issue's ~10 MB
     assert os.path.isfile(resolve_weights("nuclei")[: -len(".pth")] + ".md")  # its model card
+
+
+def test_an_ablation_variant_takes_a_zoo_name(zoo, tmp_path):
+    import yaml
+
+    from maskrcnn.config import ConfigError
+    from maskrcnn.evaluation.ablation import load_ablation_spec
+
+    (zoo / "cells.pth").write_text("weights")
+    (tmp_path / "cfg.yaml").write_text("{}\n")
+    (tmp_path / "local.pth").write_text("weights")
+    spec = tmp_path / "a.yaml"
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "variants": [
+        {"name": "zoo", "weights": "cells"}, {"name": "file", "weights": "local.pth"}]}))
+    s = load_ablation_spec(str(spec))
+    assert s.variants[0].weights == [str(zoo / "cells.pth")] and s.variants[1].weights == [str(tmp_path / "local.pth")]
+    (tmp_path / "cells").write_text("a file beside the spec wins over the zoo name")
+    assert load_ablation_spec(str(spec)).variants[0].weights == [str(tmp_path / "cells")]
+    spec.write_text(yaml.safe_dump({"config": "cfg.yaml", "variants": [{"name": "v", "weights": "cellz"}]}))
+    with pytest.raises(ConfigError, match="weights: cellz not found"):
+        load_ablation_spec(str(spec))
