@@ -58,15 +58,20 @@ def to_half(state: Dict[str, torch.Tensor], where: str) -> Dict[str, Any]:
 
     Returns:
         ``{"state": the fp16 state dict, "max_rel_error": the largest |fp16 - fp32| / max|fp32| of
-        any tensor, "worst": its name, "flushed": nonzero values that became 0}``.
+        any tensor, "worst": its name, "flushed": nonzero values that became 0, "fp32_bytes": the
+        tensors' bytes in float32, "fp16_bytes": in float16}``.
     Raises:
         ExportError: a finite value beyond float16's range (it would become inf), naming the tensor.
     """
-    out, worst, worst_name, flushed = {}, 0.0, "", 0
+    out, worst, worst_name, flushed, fp32_bytes, fp16_bytes = {}, 0.0, "", 0, 0, 0
     for k, v in state.items():
         if not v.is_floating_point():
             out[k] = v
+            fp32_bytes += v.numel() * v.element_size()
+            fp16_bytes += v.numel() * v.element_size()
             continue
+        fp32_bytes += 4 * v.numel()
+        fp16_bytes += 2 * v.numel()
         v32 = v.detach().float()
         peak = float(v32.abs().max()) if v32.numel() else 0.0
         if peak > FP16_MAX:
@@ -79,7 +84,8 @@ def to_half(state: Dict[str, torch.Tensor], where: str) -> Dict[str, Any]:
                 worst, worst_name = err, k
         flushed += int(((h == 0) & (v32 != 0)).sum())
         out[k] = h
-    return {"state": out, "max_rel_error": worst, "worst": worst_name, "flushed": flushed}
+    return {"state": out, "max_rel_error": worst, "worst": worst_name, "flushed": flushed,
+            "fp32_bytes": fp32_bytes, "fp16_bytes": fp16_bytes}
 
 
 def _sha256(path: str) -> str:
@@ -115,7 +121,8 @@ def export(src: str, name: str, out_dir: Optional[str] = None, thresholds: Optio
         overwrite: replace an existing entry's weights and thresholds (never its card).
     Returns:
         what was written and measured: ``weights``, ``card`` (None when one was kept),
-        ``thresholds``, ``source_bytes``, ``bytes``, ``max_rel_error``, ``worst``, ``flushed``.
+        ``thresholds``, ``source_bytes``, ``bytes`` and ``to_half``'s measures (``max_rel_error``,
+        ``worst``, ``flushed``, ``fp32_bytes``, ``fp16_bytes``).
     """
     if not NAME.match(name):
         raise ExportError(f"--name must be letters, digits, '_' or '-' (it becomes a file name), got {name!r}")
@@ -148,7 +155,7 @@ def export(src: str, name: str, out_dir: Optional[str] = None, thresholds: Optio
     return {"weights": weights, "card": card if wrote_card else None,
             "thresholds": os.path.join(out_dir, name + THRESHOLDS_SUFFIX) if thresholds else None,
             "source_bytes": os.path.getsize(src), "bytes": os.path.getsize(weights),
-            **{k: half[k] for k in ("max_rel_error", "worst", "flushed")}}
+            **{k: half[k] for k in ("max_rel_error", "worst", "flushed", "fp32_bytes", "fp16_bytes")}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +185,9 @@ def _run(argv: Sequence[str]) -> int:
     if args.thresholds and not os.path.isfile(args.thresholds):
         raise ConfigError(f"--thresholds: file not found ({args.thresholds})")
     r = export(args.checkpoint, args.name, args.out_dir, args.thresholds, args.overwrite, args.config)
-    print(f"wrote {r['weights']}: {r['bytes'] / 2**20:.2f} MiB, {r['bytes'] / r['source_bytes']:.3f}x the "
-          f"checkpoint's {r['source_bytes'] / 2**20:.2f} MiB (float16 weights, no optimizer state)")
+    print(f"wrote {r['weights']}: {r['bytes'] / 2**20:.2f} MiB; the tensors {r['fp16_bytes'] / 2**20:.2f} MiB in "
+          f"float16, {r['fp32_bytes'] / 2**20:.2f} MiB in float32 ({r['fp16_bytes'] / r['fp32_bytes']:.3f}x); the "
+          f"checkpoint {r['source_bytes'] / 2**20:.2f} MiB ({r['bytes'] / r['source_bytes']:.3f}x: no optimizer state)")
     print(f"fp16 rounding: largest relative error {r['max_rel_error']:.2e} ({r['worst']}), "
           f"{r['flushed']} nonzero value(s) rounded to 0")
     if r["thresholds"]:
