@@ -142,8 +142,8 @@ def load_model(weights: Union[str, Sequence[str]] = "nuclei", device: str = "aut
         UserError subclasses naming the problem: unknown weights (the message lists the zoo's
         names), an unreadable checkpoint, bad thresholds or TTA views, a device that is not there.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if int(batch_size) < 1 or (tile is not None and int(tile) < 0):  # argparse would exit: say it here
+        raise ValueError(f"batch_size must be at least 1 and tile at least 0, got {batch_size} and {tile}")
     names = [weights] if isinstance(weights, str) else [str(w) for w in weights]
     argv = ["--weights", *names, "--images", "", "--device", str(device), "--batch-size", str(batch_size)]
     if config:
@@ -153,8 +153,11 @@ def load_model(weights: Union[str, Sequence[str]] = "nuclei", device: str = "aut
     if thresholds not in ("auto", None):
         argv += ["--thresholds", str(thresholds)]
     if tile is not None:
-        argv += ["--tile", str(tile)]
-    args = build_parser().parse_args(argv)
+        argv += ["--tile", str(int(tile))]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:  # the parser printed the error line; a notebook must not exit
+        raise ValueError(f"load_model: arguments predict.py would refuse: {' '.join(argv)}") from None
     resolve_weight_files(args)
     if thresholds is None:
         args.thresholds = None
