@@ -281,8 +281,9 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
         check_min_views(args.min_views, len(args.weights), len(views))
     resolve_device(args.device, key="--device")
+    given = args.thresholds
     args.thresholds_note = resolve_weight_files(args)
-    if args.thresholds_note:  # the file beside the weights, checked as --thresholds was above
+    if args.thresholds and not given:  # found beside the weights: checked as --thresholds was above
         resolve_test_config(args, TestConfig())
     return paths
 
