@@ -130,6 +130,7 @@ def test_export_writes_half_size_fp16_weights_that_load_as_float32_and_predict_t
     # the card: from the template, with the facts filled in, and TBD where a person must measure
     card = (zoo / "cells.md").read_text()
     assert "# Model card: `cells`" in card and "model_final.pth" in card and "TBD" in card and "$" not in card
+    assert "all but fold 0 of 5 (data.fold 0)" in card  # the tiny config's default split
     assert not [f for f in os.listdir(zoo) if f.endswith(".tmp")]
 
 

@@ -98,12 +98,14 @@ def _sha256(path: str) -> str:
 
 def _card(name: str, src: str, cfg, entry: Dict[str, Any], size: int, params: int) -> str:
     """The model card of a new entry: ``CARD_TEMPLATE.md`` with the checkpoint's facts filled in."""
-    m = cfg.model
+    m, d = cfg.model, cfg.data
+    split = ("every image (data.fold -1: no validation split)" if d.fold < 0
+             else f"all but fold {d.fold} of {d.num_folds} (data.fold {d.fold})")
     with open(CARD_TEMPLATE, encoding="utf-8") as f:
         template = string.Template(f.read())
     return template.safe_substitute(
         name=name, source=os.path.basename(src), iteration=entry["iteration"], exported=entry["zoo"]["exported"],
-        sha256=entry["zoo"]["source_sha256"][:16], data_format=cfg.data.format, data_root=cfg.data.root,
+        sha256=entry["zoo"]["source_sha256"][:16], data_format=d.format, data_root=d.root, split=split,
         backbone=f"{m.backbone.name} ({m.backbone.norm})", params=f"{params / 1e6:.2f}M",
         size=f"{size / 2**20:.1f} MiB", in_channels=m.input.in_channels, scale=m.input.scale,
         normalize=m.input.normalize, num_classes=m.roi_heads.num_classes, tta=", ".join(cfg.test.tta) or "none",
