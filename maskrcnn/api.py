@@ -27,6 +27,7 @@ What the calls return:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -49,20 +50,25 @@ class Detections:
     """One image's final objects, sorted by decreasing score (N objects, image H x W).
 
     Attributes:
-        masks: ``bool[N, H, W]`` (one full-image mask per object; ``instances`` holds them as crops).
         boxes: ``float32[N, 4]`` tight boxes ``x0, y0, x1, y1`` in pixels (x1, y1 exclusive).
         scores: ``float32[N]``.
         classes: ``int64[N]`` class indices into ``class_names``.
         class_names: the model's class names, or None when its config does not name them.
-        instances: the same objects as ``maskrcnn.structures.Instances`` (what predict.py's writers take).
+        instances: the same objects as ``maskrcnn.structures.Instances``, masks as crops around each
+            object (what predict.py's writers take).
+        masks: ``bool[N, H, W]``, one full-image mask per object, made on first access: N * H * W
+            bytes (3,500 nuclei on a 3000 x 3000 image: 31 GB; use ``instances`` or ``segment`` there).
     """
 
-    masks: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     class_names: Optional[List[str]]
     instances: Instances
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        return self.instances.masks.to_dense().numpy()
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -114,7 +120,7 @@ class CellModel:
     def predict(self, image) -> Detections:
         """The final objects of ``image`` (``Detections``; post-processed as predict.py does)."""
         final = self.predict_instances(image)
-        return Detections(masks=final.masks.to_dense().numpy(), boxes=final.boxes.float().numpy(),
+        return Detections(boxes=final.boxes.float().numpy(),
                           scores=final.scores.float().numpy(), classes=final.labels.numpy(),
                           class_names=self.class_names, instances=final)
 
