@@ -57,8 +57,9 @@ class FolderImages:
     def __init__(self, folder: str, channels: int):
         self.root = folder
         self.channels = int(channels)
-        files = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f)))
+        from maskrcnn.data.image_folders import flat_image_files
+
+        files = [os.path.basename(p) for p in flat_image_files(folder)]  # broken symlinks too: named when read
         if not files:
             raise PseudoLabelError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no "
                                    f"DSB2018 <id>/images/<id>.png folders")
@@ -191,6 +192,8 @@ def build_parser():
     lab.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     lab.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     lab.add_argument("--no-progress", action="store_true")
+    lab.add_argument("--strict", action="store_true",
+                     help="stop at an image that cannot be processed (default: leave it out, warn, exit code 3)")
     spl = sub.add_parser("split", help="labelled / unlabelled ids of the training folds")
     spl.add_argument("--split-file", required=True, help="the folds json (data.split_file)")
     spl.add_argument("--fold", type=int, default=0, help="the validation fold (left out of both)")
@@ -247,9 +250,14 @@ def _label(args) -> int:
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
 
+    from maskrcnn.fileio import check_not_input, check_output_path
+    from maskrcnn.inference.guard import check_fits, predict_guarded
+
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device")
+    check_output_path(os.path.join(args.out, PSEUDO_FILE) if args.out else "", "--out")
+    check_not_input(args.out, [args.images, *args.weights, args.config, args.ids], "--out", folder=True)
     reader_probe = open_images(args.images, 3)  # fails early, before the models load
     models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
     cfg = cfgs[0]
@@ -272,20 +280,33 @@ def _label(args) -> int:
           f"{device}; cells: score >= {args.keep} in >= {agree} view(s); ignore regions: score >= {args.ignore}",
           file=sys.stderr)
     labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
-    empty = 0
+    empty, done, skipped = 0, [], []
     bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
     for i in bar:
-        sample = reader.load(i)
-        views = predictor.predict_views(sample.image)
-        merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
-                                         return_view_counts=True)
-        inst, c = pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
+        where = reader_path(reader, i)
+
+        def one_image(i=i, where=where):
+            sample = reader.load(i)
+            check_fits(sample.image, predictor, where)
+            views = predictor.predict_views(sample.image)
+            merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
+                                             return_view_counts=True)
+            return sample, pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
+
+        result, reason = predict_guarded(one_image, where, args.strict)
+        if reason is not None:  # left out of the set (nothing to train on), named below
+            tqdm.write(f"warning: skipped, left out of the pseudo-labels: {reason}", file=sys.stderr)
+            skipped.append(reason)
+            continue
+        sample, (inst, c) = result
+        done.append(i)
         labels.append(inst.to("cpu"))
         types.append(sample.meta.get("cell_type"))
         for k in totals:
             totals[k] += c[k]
         empty += c["cells"] == 0
         bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+    indices = done
     if totals["cells"] == 0:
         raise PseudoLabelError(f"no detection of the {len(indices)} images reached --keep {args.keep} in {agree} "
                                f"view(s): nothing written (lower --keep or --agree, or check --weights)")
@@ -299,12 +320,24 @@ def _label(args) -> int:
         "keep": args.keep, "ignore": args.ignore, "agree": agree, "views": predictor.num_views,
         "tta": list(test_cfg.tta), "merge_iou": test_cfg.merge_iou, "weights": list(args.weights),
         "images_dir": args.images, "ids": args.ids, "class_names": list(names), "file": out_file,
-        "file_bytes": info["file_bytes"], "seconds": round(time.time() - t0, 1),
+        "file_bytes": info["file_bytes"], "seconds": round(time.time() - t0, 1), "skipped": skipped,
     }
     atomic_json(summary, os.path.join(args.out, SUMMARY_FILE))
     print(f"pseudo-labelled {len(indices)} images: {totals['cells']} cells, {totals['ignored']} ignore regions "
           f"({empty} images without cells) -> {out_file}")
+    if skipped:
+        print(f"pseudo_label: {len(skipped)} image(s) could not be processed and are not in {out_file} (exit code 3; "
+              "--strict stops at the first one instead):\n" + "\n".join(f"  {r}" for r in skipped[:10])
+              + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""), file=sys.stderr)
+        return 3
     return 0
+
+
+def reader_path(reader, index: int) -> str:
+    """The file behind ``reader``'s image ``index`` (for messages)."""
+    if hasattr(reader, "image_path"):
+        return reader.image_path(reader.image_ids[index])
+    return os.path.join(reader.root, reader._files[index])
 
 
 if __name__ == "__main__":

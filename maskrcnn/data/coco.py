@@ -177,6 +177,10 @@ class CocoDataset:
             if a is not None:
                 raise CocoFormatError(f"{ann_file}: annotation {a.get('id') if isinstance(a, dict) else a!r} has no "
                                       f"segmentation")
+        if len(store) == 0 and not doc["annotations"]:
+            raise CocoFormatError(f"{ann_file}: no annotations ('annotations' is missing or empty): nothing to learn "
+                                  "from or score against; an image-list json without annotations only serves "
+                                  "predict.py --coco-gt")
         del doc
         n = len(store)
         self._ann_ids = np.frombuffer(store.ids, dtype=np.int64) if n else np.zeros(0, np.int64)
