@@ -76,6 +76,16 @@ def load_coco_json(path: str, object_hook=None) -> dict:
     return doc
 
 
+def check_image_ids(doc: dict, path: str) -> None:
+    """CocoFormatError naming the entry unless every image of ``doc`` has an integer ``id`` (what
+    pycocotools and results files match on: a string id or none cannot be matched)."""
+    for k, im in enumerate(doc.get("images") or []):
+        image_id = im.get("id") if isinstance(im, dict) else None
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise CocoFormatError(f"{path}: images[{k}] has {'no id' if image_id is None else f'the id {image_id!r}'}; "
+                                  "COCO image ids are integers")
+
+
 class _AnnotationStore:
     """Every annotation of a COCO json in flat arrays, filled by ``json.load``'s ``object_hook``
     while the file parses: each annotation's Python objects (its polygon lists of floats) live only

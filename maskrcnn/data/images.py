@@ -81,7 +81,11 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isfile(path_or_bytes) and os.path.getsize(path_or_bytes) == 0:
             raise ImageReadError(f"{where}: cannot decode image: the file is empty (0 bytes)") from None
         raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    _refuse_unrepresentable(im, where)
+    try:
+        _refuse_unrepresentable(im, where)
+    except ImageReadError:
+        im.close()
+        raise
     for w in caught:  # re-issue what was not the bomb warning unchanged; name the file in that one
         if issubclass(w.category, Image.DecompressionBombWarning):
             warnings.warn(f"{where}: {w.message}", Image.DecompressionBombWarning, stacklevel=2)

@@ -149,18 +149,15 @@ def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Di
     Raises OutputError naming the json and the first inputs it does not hold, or an input that two
     json images match.
     """
-    from maskrcnn.data.coco import load_coco_json
+    from maskrcnn.data.coco import check_image_ids, load_coco_json
 
     doc = load_coco_json(gt_path)
     by_name: Dict[str, List[int]] = {}
-    for k, im in enumerate(doc.get("images") or []):
-        image_id = im.get("id") if isinstance(im, dict) else None
-        if isinstance(image_id, bool) or not isinstance(image_id, int):
-            raise OutputError(f"{gt_path}: images[{k}] has {'no id' if image_id is None else f'the id {image_id!r}'}; "
-                              "COCO image ids are integers")
+    check_image_ids(doc, gt_path)
+    for im in doc["images"]:
         base = os.path.basename(str(im.get("file_name", "")))
         for key in {base, os.path.splitext(base)[0]}:
-            by_name.setdefault(key, []).append(image_id)
+            by_name.setdefault(key, []).append(im["id"])
     out, missing = {}, []
     for path, iid in zip(paths, ids):
         found = by_name.get(os.path.basename(path)) or by_name.get(iid) or []
