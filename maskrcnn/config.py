@@ -488,6 +488,18 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
+def reject_repeated_keys(overrides: Sequence[str], where: str = "--set") -> None:
+    """ConfigError naming the key when a user's ``key=value`` list sets one key twice (the later would
+    win without a word). Scripts that layer their own defaults under the user's call
+    ``parse_overrides`` directly, where the last one wins by design."""
+    seen = set()
+    for item in overrides or ():
+        key = item.split("=", 1)[0].strip()
+        if key in seen:
+            raise ConfigError(f"{where}: the key {key!r} is given twice; give it once")
+        seen.add(key)
+
+
 def to_dict(cfg) -> Dict[str, Any]:
     """Plain nested dict (tuples as lists) for saving next to checkpoints."""
 
@@ -614,6 +626,10 @@ def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
     """
     data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
     section = data["test"] if "test" in data else data
+    beside = sorted(k for k in data if k != "test" and k in {f.name for f in dataclasses.fields(TestConfig)})
+    if "test" in data and beside:  # top-level test keys next to a test: section would be ignored
+        raise ConfigError(f"{path}: {', '.join(beside)} at the top level beside a 'test:' section would be ignored; "
+                          "put them inside 'test:'")
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
     return override_test_config(test_cfg, section, source=path)

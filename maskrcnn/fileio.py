@@ -140,6 +140,9 @@ def check_output_path(path: PathLike, what: str = "output") -> None:
         raise OutputPathError(f"{what}: an empty file name")
     if os.path.isdir(path):
         raise OutputPathError(f"{what} is a directory; give a file name inside it ({path})")
+    if len(os.path.basename(path).encode()) > 255:
+        raise OutputPathError(f"{what}: the file name is {len(os.path.basename(path).encode())} bytes, over the "
+                              f"255 a file system allows ({path[:80]}...)")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.exists(existing):

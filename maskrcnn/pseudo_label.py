@@ -229,6 +229,13 @@ def _split(args) -> int:
         raise PseudoLabelError(f"--fraction must be in (0, 1), got {args.fraction}")
     if args.fold not in set(folds.values()):
         raise PseudoLabelError(f"--fold {args.fold}: {args.split_file} has folds {sorted(set(folds.values()))}")
+    from maskrcnn.fileio import check_not_input, check_output_path
+
+    for flag, out in (("--labeled", args.labeled), ("--unlabeled", args.unlabeled)):
+        check_output_path(out, flag)
+        check_not_input(out, [args.split_file], flag)
+    if os.path.realpath(args.labeled) == os.path.realpath(args.unlabeled):
+        raise PseudoLabelError(f"--labeled and --unlabeled are one file: give two ({args.labeled})")
     labeled, unlabeled = labeled_subset(folds, strata, args.fold, args.fraction, args.seed)
     meta = dict(split_file=args.split_file, val_fold=args.fold, fraction=args.fraction, seed=args.seed)
     write_ids_file(args.labeled, labeled, role="labelled", **meta)

@@ -676,6 +676,10 @@ def add_round2_files(f: Files) -> None:
     f.write("dup_model.yaml", TINY_MODEL.replace("model:\n", "model:\n  channels_last: false\n", 1)
             + "model:\n  roi_heads: {num_classes: 1}\n")
     f.write("comments.yaml", "# nothing here yet\n\n# model: ...\n")
+    f.write("thr_beside.yaml", "score_thresh: [0.9]\ntest:\n  mask_thresh: [0.4]\n")
+    f.image("dsb_dangling/ok/images/ok.png", good)
+    os.makedirs(f.p("dsb_dangling", "gone", "images"))
+    os.symlink("missing.png", f.p("dsb_dangling", "gone", "images", "gone.png"))
     f.write("thr_dup.yaml", "score_thresh: [0.4]\nmask_thresh: [0.5]\nscore_thresh: [0.6]\n")
     # label, COCO and DSB files that hold less (or more) than they seem to
     obj = _rect(2, 9, 3, 20)
@@ -748,6 +752,12 @@ def _pseudo_skipped(o: Outcome, f: Files, tmp: str):
     with open(os.path.join(tmp, "pl", "summary.json")) as fh:
         summary = json.load(fh)
     assert summary["images"] == 1 and len(summary["skipped"]) == 1 and "bad.png" in summary["skipped"][0]
+
+
+def _dsb_dangling(o: Outcome, f: Files, tmp: str):
+    assert o.code == 3, o.describe() + o.err[-2000:]
+    assert {r[0] for r in _rows(os.path.join(tmp, "sub.csv"))[1:]} == {"ok", "gone"}
+    assert "broken symlink" in o.err.split("could not be read")[1]
 
 
 def _out(t: str, name: str = "sub.csv") -> str:
@@ -843,6 +853,12 @@ ROUND2: List[Case] = [
     Case("round2 setting: an ensemble of 3 and 1 classes", "predict",
          lambda f, t: predict_args(f, t, weights=[f.p("tiny.pth"), f.p("tiny1.pth")]), ["ensemble", "classes"],
          before_images=True),
+    Case("round2 setting: --set one key twice", "predict",
+         lambda f, t: predict_args(f, t, "--set", "test.min_area=[5]", "test.min_area=[50]"), ["test.min_area", "twice"],
+         before_images=True),
+    Case("round2 setting: thresholds keys beside a test: section", "predict",
+         lambda f, t: predict_args(f, t, "--thresholds", f.p("thr_beside.yaml")), ["score_thresh", "test:"],
+         before_images=True),
     Case("round2 setting: synthetic --cells 10 5", "synthetic",
          lambda f, t: ["--out", os.path.join(t, "syn"), "--cells", "10", "5"], ["--cells", "10"]),
     # ------------------------------------------------ readers: refuse or warn on what they cannot represent
@@ -850,6 +866,8 @@ ROUND2: List[Case] = [
          lambda f, t: predict_args(f, t, images=f.p("imgs_broken_link")), check=_skipped_image_run("gone.png")),
     Case("round2 reader: a symlink loop in the image folder", "predict",
          lambda f, t: predict_args(f, t, images=f.p("imgs_link_loop")), check=_skipped_image_run("loop.png")),
+    Case("round2 reader: a dangling link in a DSB-layout folder", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("dsb_dangling")), check=_dsb_dangling),
     Case("round2 reader: a 3-page TIFF", "predict", lambda f, t: predict_args(f, t, images=f.p("imgs_pages")),
          check=_skipped_image_run("stack.tif")),
     Case("round2 reader: a signed 8-bit TIFF", "predict", lambda f, t: predict_args(f, t, images=f.p("imgs_signed")),
@@ -920,7 +938,7 @@ def run_case(case: Case, f: Files, tmp: str) -> Outcome:
 def injected(marks: Dict[str, str]):
     """Faults a case asks for, undone afterwards: ``no_cuda`` (a machine without CUDA), ``free_gib``
     (that much memory free), ``oom_on`` (predicting an image of that height fails to allocate),
-    ``enospc`` (every atomic write finds the disk full), ``enospc_torch`` (``torch.save`` fails
+    ``enospc`` / ``erofs`` (every atomic write finds the disk full / read-only), ``enospc_torch`` (``torch.save`` fails
     as it does on a full disk), ``interrupt_on`` (Ctrl-C while post-processing the N-th image)."""
     import errno
 
@@ -948,7 +966,9 @@ def injected(marks: Dict[str, str]):
                                    "memory: you tried to allocate 6912000000 bytes. Error code 12")
             return real_raw(self, image)
         patch(Predictor, "predict_raw", failing_raw)
-    if marks.get("enospc"):
+    if marks.get("enospc") or marks.get("erofs"):
+        code = errno.ENOSPC if marks.get("enospc") else errno.EROFS
+
         class FullDisk(io.RawIOBase):
             def __init__(self, path):
                 self.path = path
@@ -957,7 +977,7 @@ def injected(marks: Dict[str, str]):
                 return True
 
             def write(self, data):
-                raise OSError(errno.ENOSPC, "No space left on device", self.path)
+                raise OSError(code, os.strerror(code), self.path)
 
         def full_open(path, mode="r", *a, **k):
             if "x" in mode:

@@ -41,7 +41,7 @@ def dsb_image_files(folder: str) -> List[str]:
     out = []
     for d in sorted(os.listdir(folder)):
         p = os.path.join(folder, d, "images", d + ".png")
-        if os.path.isfile(p):
+        if os.path.isfile(p) or os.path.islink(p):  # a dangling link too: named when read
             out.append(p)
     return out
 

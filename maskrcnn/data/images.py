@@ -72,7 +72,11 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(src)
-            im.load()  # decode now, so a truncated file fails here and names the file
+            try:
+                im.load()  # decode now, so a truncated file fails here and names the file
+            except BaseException:
+                im.close()
+                raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {where}") from None
     except Image.DecompressionBombError as e:

@@ -288,8 +288,13 @@ class LabelImageWriter(Writer):
     def add(self, image_id: str, final: Instances) -> None:
         from maskrcnn.data.images import write_image
 
+        from maskrcnn.fileio import WriteError
+
         name = image_id + LABEL_SUFFIX
-        write_image(os.path.join(self.staging, name), label_image(final))
+        try:
+            write_image(os.path.join(self.staging, name), label_image(final))
+        except WriteError as e:  # name the file the user asked for, not the staging folder's
+            raise WriteError(f"{str(e).split(' writing ')[0]} writing {self.path_for(image_id)}") from e
         self.staged.append(name)
         self.count += 1
 

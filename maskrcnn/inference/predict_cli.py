@@ -37,6 +37,7 @@ from maskrcnn.config import (
     check_class_counts,
     override_test_config,
     parse_overrides,
+    reject_repeated_keys,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
 from maskrcnn.data.images import ImageReadError, read_image
@@ -234,6 +235,7 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     in that order."""
     test_cfg = apply_thresholds(base, args.thresholds) if args.thresholds else base
     if args.set:
+        reject_repeated_keys(args.set)
         over = parse_overrides(args.set)
         if set(over) - {"test"}:
             raise ConfigError(f"--set only takes test.* keys, got {', '.join(sorted(set(over) - {'test'}))}")
@@ -272,8 +274,8 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     views the command line asks for, and the device.
     """
     args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
-    if args.format != "labels" or not args.out:  # labels: a folder (LabelImageWriter checks it)
-        check_output_path(args.out, "--out")
+    # labels: a folder, so the file to check is one inside it
+    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
     check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
