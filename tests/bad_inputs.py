@@ -943,7 +943,7 @@ def injected(marks: Dict[str, str]):
     import errno
 
     from maskrcnn import fileio
-    from maskrcnn.inference import guard, predict_cli
+    from maskrcnn.inference import predict_cli
     from maskrcnn.inference.predictor import Predictor
 
     undo = []
@@ -956,6 +956,8 @@ def injected(marks: Dict[str, str]):
     if marks.get("no_cuda"):
         patch(torch.cuda, "is_available", lambda: False)
     if marks.get("free_gib"):
+        from maskrcnn.inference import guard
+
         patch(guard, "available_memory", lambda device: int(float(marks["free_gib"]) * 2**30))
     if marks.get("oom_on"):
         real_raw = Predictor.predict_raw

@@ -40,7 +40,7 @@ from maskrcnn.config import (
     reject_repeated_keys,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
-from maskrcnn.data.images import ImageReadError, read_image
+from maskrcnn.data.images import read_image
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import check_not_input, check_output_path
