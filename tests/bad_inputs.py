@@ -814,10 +814,10 @@ ROUND2: List[Case] = [
     # ------------------------------------------------ one image must not end the run
     Case("round2 image: too large for memory among good ones", "predict",
          lambda f, t: predict_args(f, t, images=f.p("imgs_big")), check=_skipped_image_run("big.png"),
-         marks={"free_gib": "1"}),
+         marks={"free_gib": "0.1"}),
     Case("round2 image: too large, --strict", "predict",
          lambda f, t: predict_args(f, t, "--strict", images=f.p("imgs_big")), ["big.png", "GiB", "tiles"],
-         marks={"free_gib": "1"}),
+         marks={"free_gib": "0.1"}),
     Case("round2 image: allocation fails while predicting", "predict",
          lambda f, t: predict_args(f, t, images=f.p("imgs_big")), check=_skipped_image_run("big.png"),
          marks={"oom_on": "3000"}),

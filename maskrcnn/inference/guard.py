@@ -7,11 +7,12 @@ read (``ImageReadError``, an OS error), that would not fit in memory at the chos
 reason instead of an exception; the caller writes an empty row, warns and names it in the summary.
 Anything else is a bug of ours and propagates.
 
-The estimate is deliberately a lower bound (``BYTES_PER_PIXEL`` of the resized input, measured on
-the shipped ResNet-50 model's first layers, bench-free: its peak is dominated by the stem's and
-res2's float32 feature maps); an image is refused before the model runs only when even that bound
-exceeds the memory available, so no image that would have fitted is refused. Between the bound
-and the real peak, the allocation failure is caught instead.
+The estimate is deliberately a lower bound (``model_bytes_per_pixel`` of the resized input: the
+float32 output of the backbone's stem, at half resolution, and of its first stage, at a quarter,
+held together with one temporary of that stage; ``C_stem + C_res2 / 2`` bytes per input pixel,
+192 for ResNet-50; the rest of the forward pass comes on top): an image is refused before the
+model runs only when even that bound exceeds the memory available, so no image that would have
+fitted is refused. Between the bound and the real peak, the allocation failure is caught instead.
 """
 from __future__ import annotations
 
@@ -24,10 +25,20 @@ from maskrcnn.data.images import ImageReadError
 
 T = TypeVar("T")
 
-# float32 feature maps alive at the peak of one forward pass, per input pixel, for a 64-channel
-# stem (stride 2) and a 256-channel res2 (stride 4): 64 * 4 / 4 + 256 * 4 / 16 * 2 = 192 bytes.
-# Scaled by the model's stem width (model.backbone.stem_out_channels / 64).
+# The bound for a model whose layers cannot be read (a stub): ResNet-50's 64-channel stem and
+# 256-channel res2, 64 * 4 / 4 + 256 * 4 / 16 * 2 = 192 bytes per input pixel.
 BYTES_PER_PIXEL = 192.0
+
+
+def model_bytes_per_pixel(model: torch.nn.Module) -> float:
+    """``C_stem + C_res2 / 2`` (see the module doc) from ``model``'s first convolution and its
+    backbone's ``out_channels[0]``; ``BYTES_PER_PIXEL`` when they cannot be found."""
+    stem = next((m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    res2 = next((m.out_channels[0] for m in model.modules()
+                 if isinstance(getattr(m, "out_channels", None), (list, tuple)) and m.out_channels), None)
+    if stem is None or res2 is None:
+        return BYTES_PER_PIXEL
+    return float(stem) + float(res2) / 2.0
 
 
 class ImageTooLarge(ImageReadError):
@@ -51,14 +62,15 @@ def available_memory(device: torch.device) -> Optional[int]:
     return None
 
 
-def memory_lower_bound(size: Tuple[int, int], max_scale: float, tile_size: int = 0, batch: int = 1) -> int:
+def memory_lower_bound(size: Tuple[int, int], max_scale: float, tile_size: int = 0, batch: int = 1,
+                       bytes_per_pixel: float = BYTES_PER_PIXEL) -> int:
     """Bytes one forward pass over an image of ``size`` (H, W) needs at least: the largest view
     (``max_scale``), or one tile of ``tile_size`` when tiling applies, times ``batch`` views per call."""
     h, w = size
     if tile_size and max(h, w) > tile_size:
         h, w = min(h, tile_size), min(w, tile_size)
     pixels = h * w * max_scale * max_scale
-    return int(pixels * BYTES_PER_PIXEL * max(batch, 1))
+    return int(pixels * bytes_per_pixel * max(batch, 1))
 
 
 def check_fits(image: torch.Tensor, predictor, where: str) -> None:
@@ -68,7 +80,8 @@ def check_fits(image: torch.Tensor, predictor, where: str) -> None:
     if free is None:
         return
     scale = max((float(v.scale) for v in predictor.views), default=1.0)
-    need = memory_lower_bound(tuple(image.shape[-2:]), scale, predictor.tile_size, batch=predictor.batch_size)
+    per_pixel = max(model_bytes_per_pixel(m) for m in predictor.models)  # the models run one after another
+    need = memory_lower_bound(tuple(image.shape[-2:]), scale, predictor.tile_size, predictor.batch_size, per_pixel)
     if need > free:
         h, w = image.shape[-2:]
         raise ImageTooLarge(

@@ -1,5 +1,6 @@
 """Per-image isolation (maskrcnn.inference.guard): which failures are the image's, and the memory bound."""
 import pytest
+import torch
 
 from maskrcnn.data.images import ImageReadError
 from maskrcnn.inference.guard import (BYTES_PER_PIXEL, ImageTooLarge, is_out_of_memory, memory_lower_bound,
@@ -39,3 +40,14 @@ def test_predict_guarded_skips_the_images_failures_and_keeps_our_bugs():
         predict_guarded(_raise(ImageReadError("a.png: x")), "a.png", strict=True)
     with pytest.raises(RuntimeError, match="invalid"):  # a bug of ours is not the image's fault
         predict_guarded(_raise(RuntimeError("shape is invalid")), "a.png")
+
+
+def test_the_bound_per_pixel_follows_the_models_widths():
+    from maskrcnn.config import load_config
+    from maskrcnn.inference.guard import model_bytes_per_pixel
+    from maskrcnn.model import build_model
+
+    slim = load_config(None, ["model.backbone.name=resnet18", "model.backbone.stem_out_channels=32",
+                              "model.backbone.res2_out_channels=32", "model.fpn.out_channels=32"])
+    assert model_bytes_per_pixel(build_model(slim.model, load_weights=False, verbose=False)) == 32 + 16
+    assert model_bytes_per_pixel(torch.nn.Linear(2, 2)) == BYTES_PER_PIXEL  # layers it cannot read
