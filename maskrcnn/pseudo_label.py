@@ -22,6 +22,9 @@ both atomically. Train on it next to the labelled data with ``data.pseudo.path: 
 ``--images`` is a flat folder of images (Sartorius ``train_semi_supervised``, any folder; ids are
 the file names, the Sartorius cell type the name's prefix before ``[``) or a DSB2018 folder
 (``<id>/images/<id>.png``; masks, if any, are not read). ``--ids`` keeps only the ids in a json list.
+An image that cannot be read or processed (unsupported, too large for memory) is left out with a
+warning, named at the end and in ``summary.json`` (``skipped``), and the exit code is 3
+(``--strict``: stop at it, exit 2).
 
 ``split`` writes the labelled / unlabelled halves of an experiment: a stratified ``--fraction``
 of the training folds (every fold but ``--fold``) as labelled ids, the rest as unlabelled ids
@@ -245,20 +248,14 @@ def _split(args) -> int:
 
 
 def _label(args) -> int:
-    from tqdm import tqdm
-
     from maskrcnn.data.cache import write_cache
     from maskrcnn.data.pseudo import PSEUDO_FILE, SUMMARY_FILE
     from maskrcnn.device import resolve_device
-    from maskrcnn.fileio import atomic_json
+    from maskrcnn.fileio import atomic_json, check_not_input, check_output_path
     from maskrcnn.inference.checkpoint import load_model
-    from maskrcnn.inference.merge import merge_instances
     from maskrcnn.inference.predict_cli import resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
-    from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
-
-    from maskrcnn.fileio import check_not_input, check_output_path
-    from maskrcnn.inference.guard import check_fits, predict_guarded
+    from maskrcnn.inference.pseudo import check_thresholds
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -286,34 +283,8 @@ def _label(args) -> int:
     print(f"pseudo_label: {len(indices)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on "
           f"{device}; cells: score >= {args.keep} in >= {agree} view(s); ignore regions: score >= {args.ignore}",
           file=sys.stderr)
-    labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
-    empty, done, skipped = 0, [], []
-    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
-    for i in bar:
-        where = reader_path(reader, i)
-
-        def one_image(i=i, where=where):
-            sample = reader.load(i)
-            check_fits(sample.image, predictor, where)
-            views = predictor.predict_views(sample.image)
-            merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
-                                             return_view_counts=True)
-            return sample, pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
-
-        result, reason = predict_guarded(one_image, where, args.strict)
-        if reason is not None:  # left out of the set (nothing to train on), named below
-            tqdm.write(f"warning: skipped, left out of the pseudo-labels: {reason}", file=sys.stderr)
-            skipped.append(reason)
-            continue
-        sample, (inst, c) = result
-        done.append(i)
-        labels.append(inst.to("cpu"))
-        types.append(sample.meta.get("cell_type"))
-        for k in totals:
-            totals[k] += c[k]
-        empty += c["cells"] == 0
-        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
-    indices = done
+    t0 = time.time()
+    indices, labels, types, totals, empty, skipped = _label_images(reader, indices, predictor, test_cfg, args, agree)
     if totals["cells"] == 0:
         raise PseudoLabelError(f"no detection of the {len(indices)} images reached --keep {args.keep} in {agree} "
                                f"view(s): nothing written (lower --keep or --agree, or check --weights)")
@@ -338,6 +309,46 @@ def _label(args) -> int:
               + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""), file=sys.stderr)
         return 3
     return 0
+
+
+def _label_images(reader, indices: Sequence[int], predictor, test_cfg, args, agree: int):
+    """Pseudo-label ``reader``'s images ``indices`` one at a time; an image that cannot be processed
+    (``maskrcnn.inference.guard``) is left out with a warning. Returns the indices done, their
+    labels and cell types, the totals, the number without cells and the reasons of those left out."""
+    from tqdm import tqdm
+
+    from maskrcnn.inference.guard import check_fits, predict_guarded
+    from maskrcnn.inference.merge import merge_instances
+    from maskrcnn.inference.pseudo import pseudo_labels
+
+    labels, types, totals = [], [], {"cells": 0, "ignored": 0, "background": 0}
+    empty, done, skipped = 0, [], []
+    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
+    for i in bar:
+        where = reader_path(reader, i)
+
+        def one_image(i=i, where=where):
+            sample = reader.load(i)
+            check_fits(sample.image, predictor, where)
+            views = predictor.predict_views(sample.image)
+            merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
+                                             return_view_counts=True)
+            return sample, pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
+
+        result, reason = predict_guarded(one_image, where, args.strict)
+        if reason is not None:  # left out of the set (nothing to train on), named at the end
+            tqdm.write(f"warning: skipped, left out of the pseudo-labels: {reason}", file=sys.stderr)
+            skipped.append(reason)
+            continue
+        sample, (inst, c) = result
+        done.append(i)
+        labels.append(inst.to("cpu"))
+        types.append(sample.meta.get("cell_type"))
+        for k in totals:
+            totals[k] += c[k]
+        empty += c["cells"] == 0
+        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+    return done, labels, types, totals, empty, skipped
 
 
 def reader_path(reader, index: int) -> str:

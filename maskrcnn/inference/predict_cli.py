@@ -12,8 +12,9 @@ checkpoint, a thresholds file and the command line.
 Everything that can be checked is checked before the first image is predicted
 (``check_arguments``: the output path, the image folder and ids, the test settings, TTA views and
 ``--min-views``, the device; then each checkpoint: readable, finite, fitting its config, and the
-thresholds against its classes). An image that cannot be read does not stop the run: it gets an
-empty row (the submission still lists every id), a warning and a line in the end-of-run summary
+thresholds against its classes; no output is one of the inputs). An image that cannot be read or
+processed (unsupported, too large for memory: ``maskrcnn.inference.guard``) does not stop the run:
+it gets an empty row (the submission still lists every id), a warning and a line in the end-of-run summary
 names it, and the exit code is 3 (``EXIT_SKIPPED``) instead of 0; ``--strict`` stops the run at
 that image instead (exit 2, nothing written).
 
