@@ -253,7 +253,7 @@ def _label(args) -> int:
     from maskrcnn.device import resolve_device
     from maskrcnn.fileio import atomic_json, check_not_input, check_output_path
     from maskrcnn.inference.checkpoint import load_model
-    from maskrcnn.inference.predict_cli import resolve_test_config
+    from maskrcnn.inference.predict_cli import check_same_classes, resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.pseudo import check_thresholds
 
@@ -264,6 +264,7 @@ def _label(args) -> int:
     check_not_input(args.out, [args.images, *args.weights, args.config, args.ids], "--out", folder=True)
     reader_probe = open_images(args.images, 3)  # fails early, before the models load
     models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    check_same_classes(args.weights, cfgs)
     cfg = cfgs[0]
     # resolve_test_config's other options (no tiling here: each image is predicted whole, in every view)
     args.min_views, args.thresholds, args.tile, args.tile_overlap = None, None, None, None
