@@ -111,6 +111,10 @@ def test_arrays_of_every_dtype_are_read_as_the_same_file_would_be(tmp_path):
         t(np.zeros((4, 5, 6), np.uint8))
     with pytest.raises(TypeError, match="numpy array"):
         t(torch.zeros(3, 4, 4))
+    frames = [Image.fromarray(u8), Image.fromarray(255 - u8)]  # a stack: page 0 alone would drop the rest
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="holds 2 pages"):
+        t(Image.open(tmp_path / "stack.tif"))
 
 
 def test_predict_is_the_raw_output_post_processed_as_documented(tiny, tmp_path):
