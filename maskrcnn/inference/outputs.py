@@ -7,6 +7,9 @@
 | ``dsb`` | a file | 2018 Data Science Bowl submission ``ImageId,EncodedPixels``, column-major RLE; validated the same way |
 | ``coco`` | a file | COCO results json (detectron2's ``coco_instances_results.json``): a list of ``{"image_id", "category_id", "segmentation": RLE, "bbox": [x, y, w, h], "score"}`` that ``pycocotools.COCO.loadRes`` reads |
 | ``labels`` | a folder | one label image ``<id>.png`` per input: 16-bit grayscale PNG of the image's size, 0 = background, 1..N = the objects in decreasing score order |
+| ``labels-tif`` | a folder | the same as ``<id>.tif``: 16-bit TIFF (32-bit integer beyond 65535 objects), deflate-compressed; what tifffile, Fiji and napari read |
+| ``geojson`` | a folder | ``<id>.geojson``: a FeatureCollection of the objects' outlines for QuPath (``maskrcnn.inference.polygon_files``) |
+| ``imagej-roi`` | a folder | ``<id>.zip``: one ImageJ polygon ROI per object, for Fiji's ROI Manager (``maskrcnn.inference.polygon_files``) |
 
 COCO ids (``CocoResultsWriter``):
 
@@ -23,12 +26,13 @@ COCO ids (``CocoResultsWriter``):
 
 Label images are PNG (lossless, compressed, and what Cellpose writes: ``*_cp_masks.png``): Pillow
 reads them back as mode ``I;16``, napari (imageio) and Fiji as 16-bit. An object count over 65535
-is an error. Overlaps cannot be stored in one label image: where masks overlap (only when
+is an error (TIFF label images switch to 32-bit instead). Overlaps cannot be stored in one label image: where masks overlap (only when
 ``test.remove_overlaps`` is off), the better-scoring object keeps the pixel, and objects left
 without pixels are dropped, so labels stay consecutive.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,15 +41,19 @@ import numpy as np
 import torch
 
 from maskrcnn.errors import UserError
-from maskrcnn.fileio import atomic_open
+from maskrcnn.fileio import atomic_open, atomic_write_bytes
+from maskrcnn.data.images import encode_png
 from maskrcnn.inference.postprocess import foreground_pixels
 from maskrcnn.inference.submission import (DSB_SUBMISSION_HEADER, SUBMISSION_HEADER, instances_to_rows,
                                            save_submission)
 from maskrcnn.structures import Instances, MaskList
 
-FORMATS = ("csv", "dsb", "coco", "labels")
-DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels"}
+FORMATS = ("csv", "dsb", "coco", "labels", "labels-tif", "geojson", "imagej-roi")
+DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels",
+               "labels-tif": "labels", "geojson": "outlines", "imagej-roi": "rois"}
+FOLDER_FORMATS = ("labels", "labels-tif", "geojson", "imagej-roi")  # --out is a folder, one file per image
 MAX_LABEL = 65535  # 16-bit label images
+MAX_LABEL_32 = 2 ** 31 - 1  # TIFF: 32-bit signed integers (Pillow's mode I)
 LABEL_SUFFIX = ".png"
 
 
@@ -54,10 +62,11 @@ class OutputError(UserError, ValueError):
 
 
 # ------------------------------------------------------------------------ label images
-def label_image(inst: Instances) -> np.ndarray:
+def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
     """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
     score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
-    so the labels are ``1..N`` without gaps.
+    so the labels are ``1..N`` without gaps. ``max_label`` above 65535 allows ``int32[H, W]`` when
+    the objects need it (TIFF).
     """
     H, W = inst.image_size
     masks = inst.masks
@@ -76,11 +85,22 @@ def label_image(inst: Instances) -> np.ndarray:
         present = torch.zeros(n + 2, dtype=torch.bool)
         present[canvas] = True
         present[0] = False
-        if int(present.sum()) > MAX_LABEL:
-            raise OutputError(f"{int(present.sum())} objects do not fit a 16-bit label image (at most {MAX_LABEL})")
+        if int(present.sum()) > max_label:
+            raise OutputError(f"{int(present.sum())} objects do not fit a 16-bit label image (at most {max_label}); "
+                              "--format labels-tif writes 32-bit TIFFs then")
         renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
         canvas = renumber[canvas]
-    return canvas.view(H, W).numpy().astype(np.uint16)
+    wide = n > MAX_LABEL and int(canvas.max()) > MAX_LABEL
+    return canvas.view(H, W).numpy().astype(np.int32 if wide else np.uint16)
+
+
+def encode_label_tiff(labels: np.ndarray) -> bytes:
+    """TIFF bytes of a label image ``uint16[H, W]`` (or ``int32[H, W]``), deflate-compressed."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(labels)).save(buf, format="TIFF", compression="tiff_adobe_deflate")
+    return buf.getvalue()
 
 
 def read_label_image(path: str) -> MaskList:
@@ -257,26 +277,42 @@ class CocoResultsWriter(Writer):
 
 
 class LabelImageWriter(Writer):
-    """One 16-bit label PNG per image in a folder (see the module doc); each written atomically."""
+    """One file per image in a folder, each written atomically: ``encode(final) -> bytes`` (default:
+    the 16-bit label PNG; see ``FOLDER_WRITERS`` for the others)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, suffix: str = LABEL_SUFFIX, encode=None, what: str = "label images",
+                 fmt: str = "labels"):
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise OutputError(f"--format labels writes a folder of label images, but {folder} is a file")
-        self.folder = folder
+            raise OutputError(f"--format {fmt} writes a folder of {what}, but {folder} is a file")
+        self.folder, self.suffix, self.what = folder, suffix, what
+        self.encode = encode if encode is not None else (lambda final: encode_png(label_image(final), compress_level=6))
         self.count = 0
 
     def path_for(self, image_id: str) -> str:
-        return os.path.join(self.folder, image_id + LABEL_SUFFIX)
+        return os.path.join(self.folder, image_id + self.suffix)
 
     def add(self, image_id: str, final: Instances) -> None:
-        from maskrcnn.data.images import write_image
-
-        write_image(self.path_for(image_id), label_image(final))
+        atomic_write_bytes(self.path_for(image_id), self.encode(final))
         self.count += 1
 
     def finish(self) -> str:
-        self.written = f"{self.count} label images in {self.folder}/"
+        self.written = f"{self.count} {self.what} in {self.folder}/"
         return self.written
+
+
+def folder_writer(fmt: str, folder: str, class_names: Optional[Sequence[str]] = None) -> LabelImageWriter:
+    """The writer of a folder format (``FOLDER_FORMATS``)."""
+    from maskrcnn.inference.polygon_files import geojson_bytes, imagej_roi_zip
+
+    if fmt == "labels-tif":
+        return LabelImageWriter(folder, ".tif", lambda f: encode_label_tiff(label_image(f, MAX_LABEL_32)),
+                                "label images", fmt)
+    if fmt == "geojson":
+        return LabelImageWriter(folder, ".geojson", lambda f: geojson_bytes(f, class_names), "GeoJSON outline files",
+                                fmt)
+    if fmt == "imagej-roi":
+        return LabelImageWriter(folder, ".zip", imagej_roi_zip, "ImageJ ROI zips", fmt)
+    return LabelImageWriter(folder)
 
 
 def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequence[str] = (), ids: Sequence[str] = (),
@@ -307,10 +343,10 @@ def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequenc
             return CocoResultsWriter(out, coco_image_ids(coco_gt, paths, ids),
                                      coco_category_ids(coco_gt, class_names, num_classes))
         return CocoResultsWriter(out, {i: k + 1 for k, i in enumerate(ids)}, list(range(1, num_classes + 1)))
-    writer = LabelImageWriter(out)
+    writer = folder_writer(fmt, out, class_names)
     inputs = {os.path.realpath(p) for p in paths}
     clash = [i for i in ids if os.path.realpath(writer.path_for(i)) in inputs]
     if clash:
-        raise OutputError(f"label images would overwrite the input images (e.g. {writer.path_for(clash[0])}): "
+        raise OutputError(f"{writer.what} would overwrite the input images (e.g. {writer.path_for(clash[0])}): "
                           "give --out another folder")
     return writer

@@ -46,7 +46,8 @@ from maskrcnn.fileio import check_output_path
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
-from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
+from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
+                                        model_class_names)
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances
@@ -187,9 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder of <id>/images/<id>.png")
     p.add_argument("--format", choices=FORMATS, default="csv",
                    help="csv: Kaggle submission id,predicted; dsb: DSB2018 submission ImageId,EncodedPixels "
-                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png")
-    p.add_argument("--out", default=None, help="file to write, a folder for --format labels "
-                   f"(default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels: {DEFAULT_OUT['labels']}/)")
+                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png; "
+                        "labels-tif: 16-bit label TIFFs <id>.tif; geojson: outlines <id>.geojson (QuPath); "
+                        "imagej-roi: <id>.zip of ImageJ polygon ROIs (Fiji)")
+    p.add_argument("--out", default=None, help="file to write, a folder for --format labels, labels-tif, geojson, "
+                   f"imagej-roi (default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels, labels-tif: "
+                   f"{DEFAULT_OUT['labels']}/; geojson: {DEFAULT_OUT['geojson']}/; imagej-roi: {DEFAULT_OUT['imagej-roi']}/)")
     p.add_argument("--coco-gt", default=None, metavar="COCO.json",
                    help="--format coco: take image ids (by file name) and category ids from this COCO json "
                         "(default: image ids 1..N in input order, category_id = class + 1)")
@@ -252,7 +256,7 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     views the command line asks for, and the device.
     """
     args.out = args.out or DEFAULT_OUT[args.format]
-    if args.format != "labels":  # labels: a folder (LabelImageWriter checks it)
+    if args.format not in FOLDER_FORMATS:  # a folder: LabelImageWriter checks it
         check_output_path(args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
