@@ -202,7 +202,7 @@ class PseudoConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | cache
+    format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | label_folders | cache
     root: str = ""
     ann_file: str = ""
     class_agnostic: bool = False

@@ -105,33 +105,10 @@ def encode_label_tiff(labels: np.ndarray) -> bytes:
 
 def read_label_image(path: str) -> MaskList:
     """The objects of a label image (0 = background, each other value one object) as a bool MaskList,
-    in increasing label order."""
-    from maskrcnn.data.images import open_image
+    in increasing label order (``maskrcnn.data.label_folders``, the training reader's own)."""
+    from maskrcnn.data.label_folders import masks_from_label_array, read_label_array
 
-    with open_image(path, path) as im:
-        a = np.asarray(im).astype(np.int64)
-    if a.ndim != 2:
-        raise OutputError(f"{path}: a label image has one channel, this one has shape {a.shape}")
-    H, W = a.shape
-    values = np.unique(a)
-    values = values[values != 0]
-    if values.size == 0:
-        return MaskList.empty((H, W))
-    ys, xs = np.nonzero(a)
-    k = np.searchsorted(values, a[ys, xs])
-    y0 = np.full(values.size, H, np.int64)
-    x0 = np.full(values.size, W, np.int64)
-    y1 = np.zeros(values.size, np.int64)
-    x1 = np.zeros(values.size, np.int64)
-    np.minimum.at(y0, k, ys)
-    np.minimum.at(x0, k, xs)
-    np.maximum.at(y1, k, ys + 1)
-    np.maximum.at(x1, k, xs + 1)
-    h, w = int((y1 - y0).max()), int((x1 - x0).max())
-    crops = np.zeros((values.size, h, w), dtype=bool)
-    crops[k, ys - y0[k], xs - x0[k]] = True
-    origins = torch.from_numpy(np.stack([x0, y0], axis=1))
-    return MaskList(torch.from_numpy(crops), origins, (H, W))
+    return masks_from_label_array(read_label_array(path, OutputError))
 
 
 # --------------------------------------------------------------------------- COCO ids
