@@ -205,19 +205,31 @@ def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled:
 
 
 def keep_largest_pieces(masks: MaskList, alive: Tensor, min_area: Tensor):
-    """Step 5 of the module doc: each binary mask reduced to its largest 4-connected piece.
+    """Step 5 of the module doc: each kept binary mask reduced to its largest 4-connected piece.
+
+    Only the kept masks are labelled, each cut to its tight box first (raw predictions hold many
+    more masks, in crops padded to the largest: labelling those would cost ~10x more).
 
     Args:
-        masks: binary masks (N crops).
+        masks: binary masks (N crops); those not ``alive`` are ignored (and come back empty).
         alive (Tensor[N] bool): the masks still kept.
         min_area (Tensor[N]): a mask whose largest piece has fewer pixels (and at least 1) is dropped.
     Returns:
         (MaskList of the same layout, Tensor[N] bool: ``alive`` and large enough).
     """
-    crops = largest_piece(masks.crops)
-    area = crops.flatten(1).sum(1) if len(masks) else torch.zeros(0, dtype=torch.long, device=masks.device)
+    n, h, w = masks.crops.shape
+    out = torch.zeros(masks.crops.numel(), dtype=torch.bool, device=masks.device)
+    idx = torch.nonzero(alive, as_tuple=True)[0]
+    if idx.numel():
+        sub = masks[idx].compact(pad=0)
+        k, y, x = torch.nonzero(largest_piece(sub.crops), as_tuple=True)
+        shift = sub.origins - masks.origins.index_select(0, idx)  # (dx, dy) of each tight box in its crop
+        pos = idx.index_select(0, k) * (h * w) + (y + shift[k, 1]) * w + (x + shift[k, 0])
+        out.index_fill_(0, pos, True)
+    out = out.view(n, h, w)
+    area = out.flatten(1).sum(1)
     alive = alive & (area >= min_area.to(area.device).long().clamp(min=1))
-    return MaskList(crops, masks.origins, masks.image_size), alive
+    return MaskList(out, masks.origins, masks.image_size), alive
 
 
 def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:

@@ -5,12 +5,13 @@ only at a corner are separate pieces, as in ``scipy.ndimage.label``'s default an
 outline sees them). Post-processing keeps each mask's largest piece, so every object of a label
 image, a CSV row or a polygon is one piece.
 
-Labelling is min-label propagation with pointer jumping: every foreground pixel starts with its
-own flat index, then each round takes the minimum over its 4 neighbours (same crop, foreground
-only) and replaces each label ``l`` by the label pixel ``l`` holds now. A label is always the index
-of a pixel of the same piece, so the jump is safe, and it makes the number of rounds grow with
-the logarithm of the piece's geodesic length rather than with the length itself for most shapes
-(a spiral still needs more; the loop runs until nothing changes).
+Labelling works on horizontal runs of foreground pixels (found with one cumulative sum), joined
+where a pixel of one has a pixel of another right below it: min-label propagation over those
+pairs with pointer jumping. Each run starts with its own number; each round every run takes the
+smallest label among itself and the runs it touches, then each label ``l`` is replaced by the
+label run ``l`` holds now (a label is always a run of the same piece, so the jump is safe). The
+rounds grow with the logarithm of a piece's length in runs for most shapes (a spiral needs more;
+the loop runs until nothing changes), and each costs a few gathers over the runs and pairs.
 """
 from __future__ import annotations
 
@@ -30,27 +31,34 @@ def label_pieces(crops: Tensor) -> Tensor:
     """
     n, h, w = crops.shape
     fg = crops.bool()
-    total = n * h * w
-    if total == 0:
-        return torch.zeros(crops.shape, dtype=torch.long, device=crops.device)
-    big = total + 1  # larger than any label: background never wins a minimum
-    idx = torch.arange(1, total + 1, dtype=torch.long, device=crops.device).view(n, h, w)
-    lab = torch.where(fg, idx, torch.full_like(idx, big))
-    bg_fill = torch.full_like(lab, big)
-    while True:
+    out = torch.zeros(n * h * w, dtype=torch.long, device=crops.device)
+    pos = torch.nonzero(fg.reshape(-1), as_tuple=True)[0]  # foreground pixels, row-major
+    if pos.numel() == 0:
+        return out.view(n, h, w)
+    # Horizontal runs are the units: numbered in row-major order, so the smallest run number of a
+    # piece is the run holding its first pixel.
+    starts = fg.clone()
+    starts[:, :, 1:] &= ~fg[:, :, :-1]
+    is_start = starts.reshape(-1).index_select(0, pos)
+    run_of = torch.cumsum(is_start.long(), 0) - 1  # run number of each foreground pixel
+    run_grid = torch.zeros(n * h * w, dtype=torch.long, device=crops.device)
+    run_grid[pos] = run_of
+    # Runs that touch vertically: a foreground pixel with a foreground pixel below it.
+    k, y, x = torch.nonzero(fg[:, :-1, :] & fg[:, 1:, :], as_tuple=True)
+    upper = (k * h + y) * w + x
+    a, b = run_grid.index_select(0, upper), run_grid.index_select(0, upper + w)
+    lab = torch.arange(int(run_of[-1]) + 1, device=crops.device)
+    while True:  # min-label propagation over the touching runs, with pointer jumping
         new = lab.clone()
-        torch.minimum(new[:, 1:, :], lab[:, :-1, :], out=new[:, 1:, :])
-        torch.minimum(new[:, :-1, :], lab[:, 1:, :], out=new[:, :-1, :])
-        torch.minimum(new[:, :, 1:], lab[:, :, :-1], out=new[:, :, 1:])
-        torch.minimum(new[:, :, :-1], lab[:, :, 1:], out=new[:, :, :-1])
-        new = torch.where(fg, new, bg_fill)
-        flat = new.view(-1)
-        jumped = flat.index_select(0, (new.view(-1) - 1).clamp(max=total - 1)).view(n, h, w)
-        new = torch.where(fg, torch.minimum(new, jumped), bg_fill)
+        new.scatter_reduce_(0, a, lab.index_select(0, b), reduce="amin")
+        new.scatter_reduce_(0, b, lab.index_select(0, a), reduce="amin")
+        new = torch.minimum(new, new.index_select(0, new))
         if torch.equal(new, lab):
             break
         lab = new
-    return torch.where(fg, lab, torch.zeros_like(lab))
+    first_pixel = pos[is_start]  # flat index of each run's first pixel
+    out[pos] = first_pixel.index_select(0, lab.index_select(0, run_of)) + 1
+    return out.view(n, h, w)
 
 
 def largest_piece(crops: Tensor) -> Tensor:
