@@ -10,15 +10,15 @@ whole numbers). Two layouts, told apart by the folder itself (``data.root``):
   (Cellpose's own ``*_cp_masks.png`` outputs pair the same way; ``*_flows.tif`` and ``*_seg.npy``
   are ignored).
 
-Every image needs its label image and every label image its image; both are listed before any
-is read, and a missing pair, two files with one name, a size mismatch (naming both files) or a
+Every image needs its label image and every label image its image; all are listed and their
+sizes read from the file headers when the reader is built (before training starts), and a missing pair, two files with one name, a size mismatch (naming both files) or a
 label image that is not one channel of non-negative integers is an error. One class (``cell``,
 or ``data.classes``). Images are yielded with 3 channels (a gray image repeated), as DSB2018's.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -158,21 +158,31 @@ class LabelFolderDataset:
             raise LabelFolderError(f"label images hold one class of objects; got data.classes {list(classes)}")
         self.pairs = find_pairs(root)
         self.image_ids: List[str] = [name for name, _, _ in self.pairs]
-        self._strata: Optional[List[str]] = None
+        self._strata = self._check_sizes()
+
+    def _check_sizes(self) -> List[str]:
+        """Every pair's sizes from the file headers (no pixel decoding), before any training starts;
+        returns the split strata ``WxH/mode`` of the images."""
+        from PIL import Image
+
+        strata = []
+        for _, path, label_path in self.pairs:  # two header reads per pair
+            try:
+                with Image.open(path) as im, Image.open(label_path) as lab:
+                    size, lsize, mode = im.size, lab.size, im.mode
+            except OSError as e:
+                raise LabelFolderError(f"cannot read the header of {path} or {label_path} ({e})") from None
+            if size != lsize:
+                raise LabelFolderError(f"{label_path} is {lsize[0]}x{lsize[1]} (WxH) but its image {path} is "
+                                       f"{size[0]}x{size[1]}")
+            strata.append(f"{size[0]}x{size[1]}/{mode}")
+        return strata
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def strata(self) -> list:
-        """Split strata: ``WxH/mode`` of each image, from the file headers (no pixel decoding)."""
-        if self._strata is None:
-            from PIL import Image
-
-            out = []
-            for _, path, _ in self.pairs:  # one header read per image
-                with Image.open(path) as im:
-                    out.append(f"{im.size[0]}x{im.size[1]}/{im.mode}")
-            self._strata = out
+        """Split strata: ``WxH/mode`` of each image (from the file headers)."""
         return list(self._strata)
 
     def load(self, index: int) -> Sample:

@@ -128,6 +128,8 @@ def model_class_names(data_cfg) -> Optional[List[str]]:
         from maskrcnn.data.sartorius import SARTORIUS_CLASSES
 
         return list(SARTORIUS_CLASSES)
+    if data_cfg.format == "label_folders":
+        return ["cell"]
     if data_cfg.format == "dsb2018":
         from maskrcnn.data.dsb2018 import DSB_CLASSES
 

@@ -98,7 +98,7 @@ def test_errors_name_the_files(tmp_path):
         LabelFolderDataset(str(tmp_path / "b"))
     _pair(tmp_path / "c", img, np.zeros((10, 11), np.uint8))
     with pytest.raises(LabelFolderError, match=r"masks/p.png is 11x10 \(WxH\) but its image .*images/p.png is 12x10"):
-        LabelFolderDataset(str(tmp_path / "c")).load(0)
+        LabelFolderDataset(str(tmp_path / "c"))  # before any image is decoded
     _pair(tmp_path / "d", img, Image.fromarray(np.full((10, 12), 0.5, np.float32), mode="F"))
     with pytest.raises(LabelFolderError, match=r"masks/p.tif: label image holds the non-integer value 0.5"):
         LabelFolderDataset(str(tmp_path / "d")).load(0)
@@ -148,3 +148,36 @@ def test_real_dsb2018_images_as_label_pngs_give_the_dsb_reader_objects(tmp_path)
         a, b = ours.load(k), dsb.load(i)
         assert a.image_id == b.image_id and torch.equal(a.image, b.image)
         assert _objects(a) == _objects(b)
+
+
+def _tiny_folder(root, n=6):
+    rng = np.random.default_rng(0)
+    os.makedirs(root / "images")
+    os.makedirs(root / "masks")
+    for k in range(n):  # test set-up: a few bright rectangles per image, their ids in the label image
+        img, lab = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint16)
+        for v in range(1, 5):
+            y, x = rng.integers(0, 52, 2)
+            lab[y:y + 10, x:x + 9] = v
+        img[lab > 0] = 200
+        Image.fromarray(img).save(root / "images" / f"im{k}.png")
+        Image.fromarray(lab).save(root / "masks" / f"im{k}.tif")
+
+
+def test_train_py_trains_on_a_label_folder_and_names_a_missing_pair(tmp_path, capsys):
+    import train as train_cli
+    from tests.engine.test_train_cli import TINY
+
+    _tiny_folder(tmp_path / "cells")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("format: synthetic", f"format: label_folders\n  root: {tmp_path / 'cells'}\n"
+                                                     f"  split_file: {tmp_path / 'folds.json'}")
+                   .replace("in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]",
+                            "in_channels: 3, pixel_mean: [0.5, 0.5, 0.5], pixel_std: [0.25, 0.25, 0.25]"))
+    torch.set_num_threads(1)
+    assert train_cli.main([str(cfg), "--no-progress", "--set", f"train.output_dir={tmp_path / 'run'}"]) == 0
+    assert os.path.isfile(tmp_path / "run" / "model_final.pth")
+    os.remove(tmp_path / "cells" / "masks" / "im3.tif")
+    assert train_cli.main([str(cfg), "--no-progress", "--set", f"train.output_dir={tmp_path / 'run2'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: 1 image(s) without a label image, e.g. ") and "images/im3.png" in err[-1]
