@@ -18,7 +18,8 @@ The sweep calls post-processing's own rules (``maskrcnn.inference.postprocess``:
   is not swept (the exact re-score applies it).
 - For each mask threshold, each image's masks are binarised and their overlaps resolved once
   (each pixel to the best-scoring mask; a mask keeping less than ``overlap_min_keep`` of its
-  pixels is dropped, repeated until stable), then its candidate pairs (IoU > 0.5) with the
+  pixels is dropped, repeated until stable; with ``one_piece`` each survivor then keeps its
+  largest piece, which depends on its own pixels only), then its candidate pairs (IoU > 0.5) with the
   ground truth are computed once. A mask's fate in that process depends only on better-scoring
   masks, so for a score threshold (a prefix of the score order) the result is exact as a
   subset. The minimum area is applied as a filter on the resolved areas: approximate, since

@@ -3,7 +3,8 @@
 Outlines come from ``maskrcnn.ops.polygons.trace_outlines``: pixel-edge polygons with corner
 coordinates (pixel ``(x, y)`` spans ``[x, x + 1] x [y, y + 1]``), so filling one at the pixel
 centres gives the mask back exactly. Object ``k`` (1-based) is the k-th instance in decreasing
-score order, the id it has in a label image.
+score order, the id it has in a label image (with ``test.remove_overlaps`` on, the default; with it
+off, objects may overlap here, while a label image gives shared pixels to the better one).
 
 GeoJSON (QuPath: File > Import objects, or drag the file onto the image): one ``FeatureCollection``
 per image; one ``Feature`` per object with a ``Polygon`` geometry (outer ring, then its holes;
