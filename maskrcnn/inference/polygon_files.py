@@ -11,7 +11,10 @@ per image; one ``Feature`` per object with a ``Polygon`` geometry (outer ring, t
 rings closed, first vertex repeated) in pixel coordinates, or a ``MultiPolygon`` for an object of
 several pieces (only with ``test.one_piece`` off). ``properties``: ``objectType`` (``detection``),
 ``name`` (the object id), ``classification`` (``{"name": class name, "color": [r, g, b]}``),
-``measurements`` (``{"score": s}``), and ``label``, ``score`` for other readers.
+``measurements`` (``{"score": s}``), and ``label``, ``score`` for other readers. Where a hole
+touches the outside at one pixel corner only (4-connectivity keeps them apart), the traced outline
+passes through that corner twice: the even-odd fill is exact, but strict OGC validators call such a
+ring self-touching (not checked against QuPath here).
 
 ImageJ ROI zip (Fiji: drag the zip onto Fiji, or ROI Manager > More > Open): one ``.roi`` file
 per object, named by its zero-padded id, in ImageJ's binary ROI format (the layout of ImageJ's
