@@ -37,10 +37,15 @@ class LabelFolderError(UserError, ValueError):
     """A problem with an images + label images folder; the message names the file(s)."""
 
 
-def masks_from_label_array(a: np.ndarray) -> MaskList:
+def masks_from_label_array(a: np.ndarray, where: str = "", error=LabelFolderError) -> MaskList:
     """The objects of a label image ``int[H, W]`` (0 background, each positive value one object) as a
     bool MaskList, in increasing label order; each crop is the object's tight box (the crops share
-    the largest box's size)."""
+    the largest box's size).
+
+    With ``where`` (the file), ``error`` naming it when the values look like an ordinary image's
+    grey levels rather than objects: over 20 values whose pixels fill, in the median, under 10% of
+    their boxes (an image given where label images belong).
+    """
     H, W = a.shape
     values = np.unique(a)
     values = values[values != 0]
@@ -56,6 +61,12 @@ def masks_from_label_array(a: np.ndarray) -> MaskList:
     np.minimum.at(x0, k, xs)
     np.maximum.at(y1, k, ys + 1)
     np.maximum.at(x1, k, xs + 1)
+    if where and values.size > 20:
+        fill = np.bincount(k, minlength=values.size) / ((y1 - y0) * (x1 - x0))
+        if np.median(fill) < 0.1:  # a photo's grey levels are scattered pixels, not objects
+            raise error(f"{where}: not a label image: its {values.size} values are scattered pixels (each fills "
+                        f"{np.median(fill):.0%} of its box, median), not objects; give label images "
+                        "(0 = background, one id per object; predict.py --format labels writes them)")
     h, w = int((y1 - y0).max()), int((x1 - x0).max())
     crops = np.zeros((values.size, h, w), dtype=bool)
     crops[k, ys - y0[k], xs - x0[k]] = True
@@ -192,7 +203,7 @@ class LabelFolderDataset:
         a = read_label_array(label_path)
         if a.shape != (H, W):
             raise LabelFolderError(f"{label_path} is {a.shape[1]}x{a.shape[0]} (WxH) but its image {path} is {W}x{H}")
-        masks = masks_from_label_array(a)
+        masks = masks_from_label_array(a, label_path)
         inst = Instances((H, W), masks.tight_boxes(), torch.zeros(len(masks), dtype=torch.long), None, masks)
         return Sample(image, inst, name, {"path": path, "label_path": label_path, "class_names": self.class_names})
 

@@ -108,7 +108,7 @@ def read_label_image(path: str) -> MaskList:
     in increasing label order (``maskrcnn.data.label_folders``, the training reader's own)."""
     from maskrcnn.data.label_folders import masks_from_label_array, read_label_array
 
-    return masks_from_label_array(read_label_array(path, OutputError))
+    return masks_from_label_array(read_label_array(path, OutputError), path, OutputError)
 
 
 # --------------------------------------------------------------------------- COCO ids
@@ -143,14 +143,15 @@ def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Di
     Raises OutputError naming the json and the first inputs it does not hold, or an input that two
     json images match.
     """
-    from maskrcnn.data.coco import load_coco_json
+    from maskrcnn.data.coco import check_image_ids, load_coco_json
 
     doc = load_coco_json(gt_path)
     by_name: Dict[str, List[int]] = {}
+    check_image_ids(doc, gt_path)
     for im in doc["images"]:
         base = os.path.basename(str(im.get("file_name", "")))
         for key in {base, os.path.splitext(base)[0]}:
-            by_name.setdefault(key, []).append(int(im["id"]))
+            by_name.setdefault(key, []).append(im["id"])
     out, missing = {}, []
     for path, iid in zip(paths, ids):
         found = by_name.get(os.path.basename(path)) or by_name.get(iid) or []
@@ -195,6 +196,9 @@ class Writer:
 
     def skip(self, image_id: str) -> None:
         """An image that could not be read: nothing to write (the CSV formats write an empty row)."""
+
+    def abort(self) -> None:
+        """The run failed or was interrupted before ``finish``: drop what was staged."""
 
     def finish(self) -> str:
         raise NotImplementedError
@@ -256,27 +260,69 @@ class CocoResultsWriter(Writer):
 
 
 class LabelImageWriter(Writer):
-    """One file per image in a folder, each written atomically: ``encode(final) -> bytes`` (default:
-    the 16-bit label PNG; see ``FOLDER_WRITERS`` for the others)."""
+    """One file per image in a folder: ``encode(final) -> bytes`` (default: the 16-bit label PNG;
+    ``folder_writer`` gives the other folder formats).
+
+    The files are staged in a hidden sibling folder ``.<folder>.partial.<pid>`` and moved into
+    ``folder`` by ``finish``, so an interrupted or failed run leaves ``folder`` as it was (and a
+    ``.partial`` folder that says what it is), never a half-full folder that looks complete.
+    """
 
     def __init__(self, folder: str, suffix: str = LABEL_SUFFIX, encode=None, what: str = "label images",
                  fmt: str = "labels"):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise OutputError(f"--format {fmt} writes a folder of {what}, but {folder} is a file")
-        self.folder, self.suffix, self.what = folder, suffix, what
+        self.folder, self.suffix, self.what, self.fmt = folder, suffix, what, fmt
         self.encode = encode if encode is not None else (lambda final: encode_png(label_image(final), compress_level=6))
+        parent, name = os.path.split(os.path.abspath(folder))
+        self.staging = os.path.join(parent, f".{name}.partial.{os.getpid()}")
+        self.staged: List[str] = []
         self.count = 0
 
     def path_for(self, image_id: str) -> str:
         return os.path.join(self.folder, image_id + self.suffix)
 
     def add(self, image_id: str, final: Instances) -> None:
-        atomic_write_bytes(self.path_for(image_id), self.encode(final))
+        from maskrcnn.fileio import WriteError
+
+        name = image_id + self.suffix
+        data = self.encode(final)
+        try:
+            atomic_write_bytes(os.path.join(self.staging, name), data)
+        except WriteError as e:  # name the file the user asked for, not the staging folder's
+            raise WriteError(f"{str(e).split(' writing ')[0]} writing {self.path_for(image_id)}") from e
+        self.staged.append(name)
         self.count += 1
 
     def finish(self) -> str:
+        from maskrcnn.fileio import write_failure
+
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            for name in self.staged:  # renames within one file system: quick, each atomic
+                os.replace(os.path.join(self.staging, name), os.path.join(self.folder, name))
+        except OSError as e:
+            failure = write_failure(e, self.folder)
+            if failure is not None:
+                raise failure from e
+            raise
+        self.abort()
         self.written = f"{self.count} {self.what} in {self.folder}/"
         return self.written
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def check_file_names(ids: Sequence[str], suffix: str, what: str = "--format labels") -> None:
+    """OutputError naming the first id whose file ``<id><suffix>`` is longer than a file name may be
+    (255 bytes), before any prediction runs."""
+    for i in ids:
+        if len((i + suffix).encode()) > 255:
+            raise OutputError(f"{what}: the image id {i[:40]}... ({len(i)} characters) is too long for a file name "
+                              f"(at most {255 - len(suffix)} bytes); rename the image")
 
 
 def folder_writer(fmt: str, folder: str, class_names: Optional[Sequence[str]] = None) -> LabelImageWriter:
@@ -323,6 +369,7 @@ def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequenc
                                      coco_category_ids(coco_gt, class_names, num_classes))
         return CocoResultsWriter(out, {i: k + 1 for k, i in enumerate(ids)}, list(range(1, num_classes + 1)))
     writer = folder_writer(fmt, out, class_names)
+    check_file_names(ids, writer.suffix, f"--format {fmt}")
     inputs = {os.path.realpath(p) for p in paths}
     clash = [i for i in ids if os.path.realpath(writer.path_for(i)) in inputs]
     if clash:
