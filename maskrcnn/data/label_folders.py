@@ -77,7 +77,7 @@ def masks_from_label_array(a: np.ndarray, where: str = "", error=LabelFolderErro
 def read_label_array(path: str, error=LabelFolderError) -> np.ndarray:
     """A label image file as ``int64[H, W]``; ``error`` (naming the file) when it is not one channel
     of non-negative whole numbers."""
-    with open_image(path, path) as im:
+    with open_image(path, path, signed_ok=True) as im:  # 32-bit label TIFFs are signed (Pillow's mode I)
         mode = im.mode
         a = np.asarray(im)
     if a.ndim != 2:
