@@ -65,8 +65,9 @@ class OutputError(UserError, ValueError):
 def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
     """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
     score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
-    so the labels are ``1..N`` without gaps. ``max_label`` above 65535 allows ``int32[H, W]`` when
-    the objects need it (TIFF).
+    so the labels are ``1..N`` without gaps. ``max_label``: more objects are an OutputError; above
+    65535 (the Python API's ``segment``, TIFF label images) an image of more than 65535 objects is
+    ``uint32``.
     """
     H, W = inst.image_size
     masks = inst.masks
@@ -76,6 +77,7 @@ def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
         raise ValueError("label_image needs binary masks (run postprocess first)")
     n = len(masks)
     canvas = torch.zeros(H * W, dtype=torch.int64)
+    count = 0
     if n:
         masks = masks.to("cpu")
         n_idx, _, flat = foreground_pixels(masks)
@@ -85,23 +87,26 @@ def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
         present = torch.zeros(n + 2, dtype=torch.bool)
         present[canvas] = True
         present[0] = False
-        if int(present.sum()) > max_label:
-            raise OutputError(f"{int(present.sum())} objects do not fit a 16-bit label image (at most {max_label}); "
+        count = int(present.sum())
+        if count > max_label:
+            raise OutputError(f"{count} objects do not fit a 16-bit label image (at most {max_label}); "
                               "--format labels-tif writes 32-bit TIFFs then")
         renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
         canvas = renumber[canvas]
-    wide = n > MAX_LABEL and int(canvas.max()) > MAX_LABEL
-    return canvas.view(H, W).numpy().astype(np.int32 if wide else np.uint16)
+    return canvas.view(H, W).numpy().astype(np.uint16 if count <= MAX_LABEL else np.uint32)
 
 
 def encode_label_tiff(labels: np.ndarray) -> bytes:
-    """TIFF bytes of a label image ``uint16[H, W]`` (or ``int32[H, W]``), deflate-compressed."""
+    """TIFF bytes of a label image ``uint16[H, W]`` or ``uint32[H, W]``, deflate-compressed (32-bit
+    ids are stored as Pillow's signed mode ``I``: ids stay below 2**31)."""
     from PIL import Image
 
+    a = np.ascontiguousarray(labels)
+    if a.dtype == np.uint32:
+        a = a.astype(np.int32)
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(labels)).save(buf, format="TIFF", compression="tiff_adobe_deflate")
+    Image.fromarray(a).save(buf, format="TIFF", compression="tiff_adobe_deflate")
     return buf.getvalue()
-
 
 def read_label_image(path: str) -> MaskList:
     """The objects of a label image (0 = background, each other value one object) as a bool MaskList,
