@@ -37,6 +37,7 @@ from typing import Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 from maskrcnn.ops._ext import get_ext, has_cuda_ops
 
@@ -185,7 +186,8 @@ def _cpu_convert_to_nhwc(input: Tensor, rois: Tensor, output_size: Tuple[int, in
     per_bin = sampling_ratio * sampling_ratio if sampling_ratio > 0 else 4  # adaptive: ~2 x 2 typical
     samples = rois.shape[0] * output_size[0] * output_size[1] * per_bin
     bar = CPU_NHWC_MIN_SAMPLES_PER_PIXEL_GRAD if needs_grad else CPU_NHWC_MIN_SAMPLES_PER_PIXEL
-    return samples >= bar * n * h * w
+    # A RoI count unknown while tracing (torch.export after NMS) stays NCHW: the same numbers.
+    return guard_or_false(samples >= bar * n * h * w)
 
 
 def roi_align(
