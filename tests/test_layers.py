@@ -10,7 +10,7 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
 LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
-          ("engine",), ("viz", "pseudo_label")]
+          ("engine",), ("viz", "pseudo_label", "export")]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 
 

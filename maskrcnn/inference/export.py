@@ -140,6 +140,13 @@ class ExportableMaskRCNN(nn.Module):
         return boxes, scores, labels, masks
 
 
+class _NoStore(dict):
+    """A cache that keeps nothing."""
+
+    def __setitem__(self, key, value):
+        pass
+
+
 def export_model(model: nn.Module, example: Tensor):
     """``torch.export`` of ``ExportableMaskRCNN(model)`` at the example image's size -> ExportedProgram.
 
@@ -151,13 +158,15 @@ def export_model(model: nn.Module, example: Tensor):
         raise ValueError(f"export: the example image must be Tensor[C, H, W], got {tuple(example.shape)}")
     wrapper = ExportableMaskRCNN(model).eval()
     anchors = model.rpn.anchor_generator
-    saved = dict(anchors._cache)  # tracing must not leave traced anchors in the eager model's cache
+    saved = anchors._cache
+    # The anchors are traced as computed from the feature sizes (constants of the program), and
+    # never stored: traced tensors must not land in the eager model's cache.
+    anchors._cache = _NoStore()
     try:
         with torch.no_grad():
             return torch.export.export(wrapper, (example,), strict=False)
     finally:
-        anchors._cache.clear()
-        anchors._cache.update(saved)
+        anchors._cache = saved
 
 
 def save_exported(program, path: str) -> None:
