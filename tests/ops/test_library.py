@@ -1,5 +1,10 @@
 """The ops on PyTorch's dispatcher (``torch.ops.maskrcnn.*``): schemas, kernels per device, fake
 kernels, autograd and autocast, checked with ``torch.library.opcheck`` (small inputs, empty ones too)."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -7,6 +12,7 @@ import maskrcnn.ops as ops
 from maskrcnn.ops import _library
 from tests.ops.conftest import DEVICES
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPS = ("roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection")
 
 
@@ -130,3 +136,75 @@ def test_public_ops_compile_in_one_graph(ext):
     torch.testing.assert_close(total, want_total)
     assert keep.tolist() == want_keep.tolist() == [0, 2]
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# A stand-in for a maskrcnn._C built before TORCH_LIBRARY: only the pybind11 functions, here the
+# twins behind the old signatures. The code must then define the ops from Python and use them.
+OLD_BUILD = textwrap.dedent(
+    """
+    import sys, types
+    import torch
+
+    def roi_align_forward(input, rois, scale, ph, pw, sr, aligned):
+        from maskrcnn.ops.roi_align import roi_align_reference
+        CALLS.append("roi_align_forward")
+        return roi_align_reference(input, rois, (ph, pw), scale, sr, aligned)
+
+    def roi_align_backward(grad, rois, scale, ph, pw, n, c, h, w, sr, aligned, channels_last=False):
+        from maskrcnn.ops.roi_align import roi_align_reference
+        CALLS.append("roi_align_backward")
+        x = torch.zeros(n, c, h, w, dtype=grad.dtype, requires_grad=True)
+        with torch.enable_grad():
+            return torch.autograd.grad(roi_align_reference(x, rois, (ph, pw), scale, sr, aligned), x, grad)[0]
+
+    def nms(boxes, scores, thr):
+        from maskrcnn.ops.nms import nms_reference
+        CALLS.append("nms")
+        return nms_reference(boxes, scores, thr)
+
+    def greedy_suppress(iou, thr):
+        from maskrcnn.ops.nms import greedy_suppress_reference
+        CALLS.append("greedy_suppress")
+        return greedy_suppress_reference(iou, thr)
+
+    def crop_mask_intersection(a, ao, b, bo):
+        from maskrcnn.ops.masks import crop_mask_intersection_reference
+        CALLS.append("crop_mask_intersection")
+        return crop_mask_intersection_reference(a, ao, b, bo)
+
+    CALLS = []
+    old = types.ModuleType("maskrcnn._C")
+    for f in (roi_align_forward, roi_align_backward, nms, greedy_suppress, crop_mask_intersection):
+        setattr(old, f.__name__, f)
+    old.with_cuda = lambda: False
+    sys.modules["maskrcnn._C"] = old
+
+    import maskrcnn.ops as ops
+    from maskrcnn.ops import _library
+    assert ops.get_ext() is old and _library.defined_in_python()
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]], dtype=torch.float64)
+    out = ops.roi_align(x, rois, 3, 1.0, 2, True)
+    out.sum().backward()
+    xr = x.detach().requires_grad_(True)
+    ops.roi_align_reference(xr, rois, 3, 1.0, 2, True).sum().backward()
+    assert torch.allclose(out, ops.roi_align_reference(x, rois, 3, 1.0, 2, True)) and torch.allclose(x.grad, xr.grad)
+    boxes, scores = torch.tensor([[0, 0, 4, 4], [1, 1, 4, 4.0], [5, 5, 9, 9.0]]), torch.tensor([0.9, 0.8, 0.7])
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 2]
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:5, 2:5] = True
+    assert ops.mask_nms(masks, scores[:2], 0.5).tolist() == [0]
+    torch.library.opcheck(torch.ops.maskrcnn.nms.default, (boxes, scores, 0.5))
+    torch.library.opcheck(torch.ops.maskrcnn.roi_align.default, (x, rois, 1.0, 3, 3, 2, True))
+    print("CALLS", sorted(set(CALLS)))
+    """
+)
+
+
+def test_a_build_from_before_the_dispatcher_registers_its_ops_from_python():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("MASKRCNN_FORCE_FALLBACK", None)
+    proc = subprocess.run([sys.executable, "-c", OLD_BUILD], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kernels = ["crop_mask_intersection", "greedy_suppress", "nms", "roi_align_backward", "roi_align_forward"]
+    assert f"CALLS {kernels}" in proc.stdout
