@@ -8,6 +8,7 @@ import predict
 import train
 from maskrcnn import export, viz
 from maskrcnn.data import make_cache, synthetic
+from maskrcnn.zoo import export as zoo_export
 
 FRONT_ENDS = [
     (train.main, [], "train.py"),
@@ -22,6 +23,7 @@ FRONT_ENDS = [
     (make_cache.main, [], "python -m maskrcnn.data.make_cache"),
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
     (export.main, [], "python -m maskrcnn.export"),
+    (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
 
 
