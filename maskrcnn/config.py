@@ -175,6 +175,8 @@ class ModelConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     channels_last: bool = False
+    # none | regional: torch.compile the static parts (backbone, FPN, heads); maskrcnn/model/compile.py
+    compile: str = "none"
 
 
 # ---------------------------------------------------------------------------- data

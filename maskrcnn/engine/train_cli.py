@@ -39,11 +39,13 @@ def _train(argv) -> int:
     parser.add_argument("--eval-out", metavar="FILE.json", default=None, help="--eval-only: also write the metrics here")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.01")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    parser.add_argument("--compile", choices=("none", "regional"), default=None,
+                        help="torch.compile the backbone, FPN and heads (sets model.compile; default: the config's)")
     args = parser.parse_args(argv)
     if args.eval_out and not args.eval_only:
         parser.error("--eval-out needs --eval-only")
     reject_repeated_keys(args.set)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"model.compile={args.compile}"] if args.compile else []))
     if args.eval_only:
         from maskrcnn.engine.eval_only import main_eval_only
 
