@@ -39,6 +39,7 @@ import torch
 
 from maskrcnn import cli
 from maskrcnn.errors import UserError
+from maskrcnn.progress import progress_mode, track
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -184,8 +185,8 @@ def build_parser():
     lab.add_argument("--agree", type=int, default=0, help="views a cell must be seen in (0: all views)")
     lab.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip (default: the config's test.tta)")
     lab.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    lab.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                     help="test.* overrides (mask_thresh, min_area, fill_holes, ...)")
+    cli.add_set_option(lab, "test.* overrides (mask_thresh, min_area, fill_holes, ...) and the predict-time "
+                            "model.* keys of predict.py --set")
     lab.add_argument("--classes", default="", help="comma-separated class names (default: from the config)")
     lab.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     lab.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -243,7 +244,7 @@ def _label(args) -> int:
     from maskrcnn.fileio import atomic_json
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.inference.merge import merge_instances
-    from maskrcnn.inference.predict_cli import resolve_test_config
+    from maskrcnn.inference.predict_cli import model_overrides, resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
 
@@ -251,7 +252,7 @@ def _label(args) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device")
     reader_probe = open_images(args.images, 3)  # fails early, before the models load
-    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    models, cfgs = zip(*(load_model(w, device, args.config, overrides=model_overrides(args)) for w in args.weights))
     cfg = cfgs[0]
     # resolve_test_config's other options (no tiling here: each image is predicted whole, in every view)
     args.min_views, args.thresholds, args.tile, args.tile_overlap = None, None, None, None
@@ -273,7 +274,8 @@ def _label(args) -> int:
           file=sys.stderr)
     labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
     empty = 0
-    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
+    mode = progress_mode(args.no_progress)
+    bar = tqdm(indices, desc="pseudo-label", unit="img") if mode == "bar" else track(indices, "pseudo-label")
     for i in bar:
         sample = reader.load(i)
         views = predictor.predict_views(sample.image)
@@ -285,7 +287,8 @@ def _label(args) -> int:
         for k in totals:
             totals[k] += c[k]
         empty += c["cells"] == 0
-        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+        if mode == "bar":
+            bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
     if totals["cells"] == 0:
         raise PseudoLabelError(f"no detection of the {len(indices)} images reached --keep {args.keep} in {agree} "
                                f"view(s): nothing written (lower --keep or --agree, or check --weights)")

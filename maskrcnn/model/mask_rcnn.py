@@ -28,6 +28,16 @@ from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
 
 
+# What an eval forward leaves in ``MaskRCNN.last_demand`` (``Tensor[B, 4]``, one row per image):
+# the most anchors of one FPN level with objectness >= 0.5 (the pre-NMS top-k keeps
+# pre_nms_topk_test of them), the proposals with objectness >= 0.5 after the RPN's NMS (the
+# post-NMS top-k keeps post_nms_topk_test), the detections after the box NMS (the cap keeps
+# detections_per_image) and the best score that cap dropped (0: none). Above a cap, cells may be
+# missing: ``maskrcnn.inference.caps`` turns these into warnings.
+DEMAND_COLUMNS = ("pre_nms", "post_nms", "detections", "dropped_score")
+CAP_KEYS = ("model.rpn.pre_nms_topk_test", "model.rpn.post_nms_topk_test", "model.roi_heads.detections_per_image")
+
+
 class MaskRCNN(nn.Module):
     """Args:
         backbone, fpn, rpn, roi_heads: the stages.
@@ -235,16 +245,21 @@ class MaskRCNN(nn.Module):
             groups = _indices_by_size(images)
             if len(groups) > 1:  # run each size on its own: no image sees another's padding
                 results: List[Optional[Instances]] = [None] * len(images)
+                demand = torch.zeros(len(images), len(DEMAND_COLUMNS), device=self.device)
                 for idx in groups:
                     sub = None if input_ranges is None else [input_ranges[i] for i in idx]
                     for i, r in zip(idx, self.forward([images[i] for i in idx], input_ranges=sub)):
                         results[i] = r
+                    demand[idx] = self.last_demand
+                self.last_demand = demand
                 return results
         batch, scales = self.preprocess(images, input_ranges)
         features = self.fpn(self.backbone(batch.tensor))
         if not self.training:
             proposals, _ = self.rpn(features, batch.image_sizes)
             dets = self.roi_heads(features, proposals, batch.image_sizes)
+            d = {**self.rpn.last_demand, **self.roi_heads.last_demand}
+            self.last_demand = torch.stack([d[k].float() for k in DEMAND_COLUMNS], dim=1)
             return self.postprocess(dets, scales, [tuple(im.shape[-2:]) for im in images])
         targets = [t.to(self.device) for t in targets]
         # Ignore regions (label IGNORE_LABEL) are not objects: they only stop the anchors and
@@ -262,6 +277,11 @@ class MaskRCNN(nn.Module):
             [t.masks for t in targets], scales, **extra,
         ))
         return losses
+
+    def caps(self) -> Dict[str, int]:
+        """The inference caps by config key (what ``last_demand`` is compared with)."""
+        return {CAP_KEYS[0]: int(self.rpn.pre_nms_topk[1]), CAP_KEYS[1]: int(self.rpn.post_nms_topk[1]),
+                CAP_KEYS[2]: int(self.roi_heads.detections_per_image)}
 
     def postprocess(self, dets, scales: Tensor, original_sizes: Sequence[Tuple[int, int]]) -> List[Instances]:
         """Map detections from resized to original pixels and paste soft masks into crops."""

@@ -77,12 +77,17 @@ def find_top_proposals(
     post_nms_topk: int,
     nms_thresh: float,
     min_size: float,
+    demand: Optional[Dict[str, Tensor]] = None,
 ) -> List[Tensor]:
     """Proposals per image, vectorised over images and levels.
 
     Args:
         logits: per level ``Tensor[B, N_l]``; deltas: per level ``Tensor[B, N_l, 4]``;
         anchors: per level ``Tensor[N_l, 4]``; image_sizes: ``(h, w)`` of each (resized) image.
+        demand: when given, filled with what each cap was asked to hold, per image (``Tensor[B]``):
+            ``pre_nms`` the most anchors of one level with objectness >= 0.5 (more than
+            ``pre_nms_topk``: the cap dropped confident anchors), ``post_nms`` the proposals with
+            objectness >= 0.5 left by the NMS (more than ``post_nms_topk``: it dropped some).
     Returns:
         list of ``Tensor[R_i, 4]`` boxes per image, by decreasing objectness, ``R_i <= post_nms_topk``.
     """
@@ -91,7 +96,11 @@ def find_top_proposals(
     # Top-k per level (levels differ in size), then one gather and one decode for all levels.
     all_idx, all_scores, all_levels = [], [], []
     start = 0
+    confident = None
     for lvl, lg in enumerate(logits):
+        if demand is not None:  # objectness >= 0.5 <=> logit >= 0
+            n = (lg >= 0).sum(dim=1)
+            confident = n if confident is None else torch.maximum(confident, n)
         k = min(pre_nms_topk, lg.shape[1])
         scores, idx = lg.float().topk(k, dim=1)  # [B, k]
         all_idx.append(idx + start)
@@ -113,12 +122,18 @@ def find_top_proposals(
     # NMS one image at a time (levels apart): its cost grows with the square of the boxes given at
     # once, and all images of a batch in one call (B x levels x pre_nms_topk boxes) made the NMS
     # kernel the largest item of a GPU training step (46 of ~125 ms at batch 8, H200 profile).
-    out = []
+    out, after_nms = [], []
     for i in range(B):  # a loop over the images of the batch
         sel = valid[i].nonzero().squeeze(1)  # one device sync per image
         b, s, lv = boxes[i, sel], scores[i, sel], levels[i, sel]
-        keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_topk]
+        keep = batched_nms(b, s, lv, nms_thresh)
+        if demand is not None:
+            after_nms.append((s[keep] >= 0).sum())
+        keep = keep[:post_nms_topk]
         out.append(b[keep])
+    if demand is not None:
+        demand["pre_nms"] = confident
+        demand["post_nms"] = torch.stack(after_nms)
     return out
 
 
@@ -221,10 +236,14 @@ class RPN(nn.Module):
         logits, deltas = self.head(features)
         anchors = self.anchor_generator(features)
         t = 0 if self.training else 1
+        # In eval, what the caps were asked to hold (``find_top_proposals``' demand): MaskRCNN
+        # reports it so that predict can warn about an image whose proposals were cut by a cap.
+        self.last_demand = None if self.training else {}
         with torch.no_grad():
             proposals = find_top_proposals(
                 [x.detach() for x in logits], [x.detach() for x in deltas], anchors, image_sizes,
                 self.pre_nms_topk[t], self.post_nms_topk[t], self.nms_thresh, self.min_size,
+                demand=self.last_demand,
             )
         losses: Dict[str, Tensor] = {}
         if self.training:
