@@ -95,6 +95,9 @@ class Predictor:
             raise ValueError("Predictor needs at least one model")
         self.device = resolve_device(device)
         self.models = [m.to(self.device).eval() for m in models]
+        for m in self.models:  # MaskRCNN: record what the detection caps were asked to hold
+            if hasattr(m, "report_caps"):
+                m.report_caps = True
         self.views: List[View] = parse_tta(tta)
         self.num_views = len(self.models) * len(self.views)
         check_min_views(min_views, len(self.models), len(self.views))

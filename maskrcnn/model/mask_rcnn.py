@@ -28,13 +28,14 @@ from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
 
 
-# What an eval forward leaves in ``MaskRCNN.last_demand`` (``Tensor[B, 4]``, one row per image):
-# the most anchors of one FPN level with objectness >= 0.5 (the pre-NMS top-k keeps
-# pre_nms_topk_test of them), the proposals with objectness >= 0.5 after the RPN's NMS (the
-# post-NMS top-k keeps post_nms_topk_test), the detections after the box NMS (the cap keeps
-# detections_per_image) and the best score that cap dropped (0: none). Above a cap, cells may be
-# missing: ``maskrcnn.inference.caps`` turns these into warnings.
-DEMAND_COLUMNS = ("pre_nms", "post_nms", "detections", "dropped_score")
+# What an eval forward with ``report_caps`` leaves in ``MaskRCNN.last_demand`` (``Tensor[B, 6]``,
+# one row per image): for the RPN's pre-NMS and post-NMS top-k, the box head's best score of the
+# objects they may have lost (confident anchors or proposals they dropped that no kept proposal
+# covers: ``rpn.lost_objects``; 0: none); the most anchors of one FPN level and the proposals
+# after the RPN's NMS with objectness >= 0.5 (what the two caps would need to keep them all); the
+# detections after the box NMS (the cap keeps detections_per_image) and the best score that cap
+# dropped (0: none). ``maskrcnn.inference.caps`` turns these into warnings.
+DEMAND_COLUMNS = ("pre_nms", "post_nms", "pre_confident", "post_confident", "detections", "dropped_score")
 CAP_KEYS = ("model.rpn.pre_nms_topk_test", "model.rpn.post_nms_topk_test", "model.roi_heads.detections_per_image")
 
 
@@ -104,6 +105,10 @@ class MaskRCNN(nn.Module):
         self.normalize = normalize
         self.percentile_low = float(percentile_low)
         self.percentile_high = float(percentile_high)
+        # Eval forwards also record what the detection caps were asked to hold (``last_demand``);
+        # the Predictor switches it on (validation does not pay for it).
+        self.report_caps = False
+        self.last_demand: Optional[Tensor] = None
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -250,16 +255,17 @@ class MaskRCNN(nn.Module):
                     sub = None if input_ranges is None else [input_ranges[i] for i in idx]
                     for i, r in zip(idx, self.forward([images[i] for i in idx], input_ranges=sub)):
                         results[i] = r
-                    demand[idx] = self.last_demand
-                self.last_demand = demand
+                    if self.last_demand is not None:
+                        demand[idx] = self.last_demand
+                self.last_demand = demand if self.report_caps else None
                 return results
         batch, scales = self.preprocess(images, input_ranges)
         features = self.fpn(self.backbone(batch.tensor))
         if not self.training:
-            proposals, _ = self.rpn(features, batch.image_sizes)
-            dets = self.roi_heads(features, proposals, batch.image_sizes)
-            d = {**self.rpn.last_demand, **self.roi_heads.last_demand}
-            self.last_demand = torch.stack([d[k].float() for k in DEMAND_COLUMNS], dim=1)
+            demand = {} if self.report_caps else None
+            proposals, _ = self.rpn(features, batch.image_sizes, demand=demand)
+            dets = self.roi_heads(features, proposals, batch.image_sizes, demand=demand)
+            self.last_demand = None if demand is None else self._demand_table(features, demand)
             return self.postprocess(dets, scales, [tuple(im.shape[-2:]) for im in images])
         targets = [t.to(self.device) for t in targets]
         # Ignore regions (label IGNORE_LABEL) are not objects: they only stop the anchors and
@@ -277,6 +283,15 @@ class MaskRCNN(nn.Module):
             [t.masks for t in targets], scales, **extra,
         ))
         return losses
+
+    def _demand_table(self, features: List[Tensor], demand: Dict) -> Tensor:
+        """``last_demand`` (``Tensor[B, 6]``, ``DEMAND_COLUMNS``) from the RPN's and RoI heads' demand:
+        the boxes the RPN caps may have lost are scored by the box head (is any of them a cell?)."""
+        for stage in ("pre", "post"):
+            demand[f"{stage}_nms"] = torch.stack([
+                s.max() if s.numel() else s.new_zeros(())
+                for s in self.roi_heads.box_scores(features, demand.pop(f"{stage}_lost"))])
+        return torch.stack([demand[k].float() for k in DEMAND_COLUMNS], dim=1)
 
     def caps(self) -> Dict[str, int]:
         """The inference caps by config key (what ``last_demand`` is compared with)."""

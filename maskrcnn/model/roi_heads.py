@@ -446,19 +446,32 @@ class RoIHeads(nn.Module):
         gt_masks: Optional[List[MaskList]] = None,
         scales: Optional[Tensor] = None,
         ignore_boxes: Optional[List[Tensor]] = None,
+        demand: Optional[Dict[str, Tensor]] = None,
     ):
         """Args:
             features: P2..P5 (P6, if given, is ignored); proposals: per image ``Tensor[R_i, 4]``;
             image_sizes: resized ``(h, w)``; gt_boxes (resized pixels), gt_labels, gt_masks
             (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training;
-            ignore_boxes (resized pixels, optional): per image ignore regions.
+            ignore_boxes (resized pixels, optional): per image ignore regions; demand (eval,
+            optional): filled by ``box_inference`` (the detection cap's demand).
         Returns:
             training: dict of losses; inference: per image ``(boxes, scores, labels, mask_probs Tensor[D, M, M])``
             with boxes in resized-image pixels.
         """
         if self.training:
             return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes)
-        return self._forward_infer(features, proposals, image_sizes)
+        return self._forward_infer(features, proposals, image_sizes, demand)
+
+    @torch.no_grad()
+    def box_scores(self, features: List[Tensor], boxes: List[Tensor]) -> List[Tensor]:
+        """The box head's best foreground probability for each of ``boxes`` (per image
+        ``Tensor[N_i, 4]``, resized pixels), without regression or NMS: ``Tensor[N_i]`` per image."""
+        counts = [b.shape[0] for b in boxes]
+        if sum(counts) == 0:
+            return [b.new_zeros(0) for b in boxes]
+        cls_logits, _ = self.box_predictor(self.box_head(self.box_pooler(features, boxes)))
+        probs = F.softmax(cls_logits.float(), dim=-1)[:, : self.num_classes].amax(dim=1)
+        return list(probs.split(counts))
 
     def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes=None):
         rois, gt_classes, matched, gt = self.sample_proposals(proposals, gt_boxes, gt_labels,
@@ -477,12 +490,11 @@ class RoIHeads(nn.Module):
         losses["loss_mask"] = mask_loss(mask_logits, gt_classes[fg], targets)
         return losses
 
-    def _forward_infer(self, features, proposals, image_sizes):
+    def _forward_infer(self, features, proposals, image_sizes, demand=None):
         x = self.box_head(self.box_pooler(features, proposals))
         cls_logits, deltas = self.box_predictor(x)
-        self.last_demand = {}  # read by MaskRCNN (detection cap warnings)
         dets = box_inference(cls_logits, deltas, proposals, image_sizes, self.box_weights, self.score_thresh,
-                             self.nms_thresh, self.detections_per_image, demand=self.last_demand)
+                             self.nms_thresh, self.detections_per_image, demand=demand)
         boxes = [d[0] for d in dets]
         labels = torch.cat([d[2] for d in dets])
         counts = [b.shape[0] for b in boxes]

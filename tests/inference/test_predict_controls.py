@@ -23,21 +23,38 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 # ----------------------------------------------------------------------- the model's demand
-def test_rpn_demand_counts_confident_anchors_per_level_and_proposals_after_nms():
+def test_rpn_demand_counts_confident_anchors_and_finds_the_boxes_the_caps_lost():
     # level 0: 6 anchors, 4 with logit >= 0 (objectness >= 0.5); level 1: 2 anchors, 1 confident.
     lg0 = torch.tensor([[2.0, 1.0, 0.0, 0.5, -1.0, -3.0]])
     lg1 = torch.tensor([[0.3, -0.2]])
-    # disjoint unit boxes, so NMS keeps every one
+    # disjoint boxes, so NMS keeps every one; zero deltas decode to the anchors themselves
     a0 = torch.tensor([[i * 10.0, 0.0, i * 10.0 + 5, 5.0] for i in range(6)])
     a1 = torch.tensor([[0.0, 20.0, 5.0, 25.0], [10.0, 20.0, 15.0, 25.0]])
     demand = {}
     props = find_top_proposals([lg0, lg1], [torch.zeros(1, 6, 4), torch.zeros(1, 2, 4)], [a0, a1], [(100, 100)],
                                pre_nms_topk=3, post_nms_topk=2, nms_thresh=0.7, min_size=0.0, demand=demand)
-    assert props[0].shape == (2, 4)
-    assert demand["pre_nms"].tolist() == [4]  # max over levels of the confident anchors: 4 > 3 kept
-    # after the top-3 of level 0 (2, 1, 0.5... the logits 2, 1, 0.5) and level 1's two, NMS keeps all 5;
-    # those with logit >= 0: 2.0, 1.0, 0.5 (level 0) and 0.3 (level 1) = 4
-    assert demand["post_nms"].tolist() == [4]
+    assert props[0].tolist() == [[0.0, 0.0, 5.0, 5.0], [10.0, 0.0, 15.0, 5.0]]
+    assert demand["pre_confident"].tolist() == [4]  # the most confident anchors of one level: 4 > 3 kept
+    # the pre-NMS top-3 of level 0 keeps logits 2, 1, 0.5 and drops the confident 0.0 (anchor 2),
+    # which no proposal covers: lost
+    assert demand["pre_lost"][0].tolist() == [[20.0, 0.0, 25.0, 5.0]]
+    # after NMS: 2.0, 1.0, 0.5 (level 0), 0.3 and -0.2 (level 1); confident: 4; the post-NMS top-2
+    # drops 0.5 and 0.3 (confident, uncovered: lost, by score) and -0.2 (not confident)
+    assert demand["post_confident"].tolist() == [4]
+    assert demand["post_lost"][0].tolist() == [[30.0, 0.0, 35.0, 5.0], [0.0, 20.0, 5.0, 25.0]]
+
+
+def test_lost_objects_skips_covered_boxes_and_counts_duplicates_once():
+    from maskrcnn.model.rpn import lost_objects
+
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    cand = torch.tensor([[0.0, 0.0, 10.0, 9.0],      # IoU 0.9 with the kept box: covered
+                         [50.0, 50.0, 60.0, 60.0],   # uncovered
+                         [50.0, 50.0, 60.0, 59.0],   # a duplicate of the previous (IoU 0.9)
+                         [0.0, 5.0, 10.0, 20.0]])    # IoU 50 / 200 = 0.25 with the kept box: uncovered
+    got = lost_objects(cand, torch.tensor([3.0, 2.0, 1.0, 0.5]), kept)
+    assert got.tolist() == [[50.0, 50.0, 60.0, 60.0], [0.0, 5.0, 10.0, 20.0]]
+    assert lost_objects(cand, torch.ones(4), torch.zeros((0, 4))).shape == (3, 4)  # nothing kept: all but duplicates
 
 
 def test_detection_demand_is_the_count_after_nms_and_the_best_score_the_cap_dropped():
@@ -55,7 +72,8 @@ def test_detection_demand_is_the_count_after_nms_and_the_best_score_the_cap_drop
 
 
 class _CappedModel(torch.nn.Module):
-    """Reports a demand as MaskRCNN does: ``rows`` of (pre, post, detections, dropped score)."""
+    """Reports a demand as MaskRCNN does: rows of ``DEMAND_COLUMNS`` (best box-head score of what the
+    pre-/post-NMS top-k lost, confident anchors / proposals, detections, best score the cap dropped)."""
 
     def __init__(self, rows, caps=(1000, 1000, 100)):
         super().__init__()
@@ -68,21 +86,24 @@ class _CappedModel(torch.nn.Module):
 
 def test_cap_monitor_reports_which_cap_was_reached_and_by_how_much():
     mon = CapMonitor(score_thresh=0.5)
-    mon.add(_CappedModel([[900, 1000, 120, 0.4]]))      # detection cap dropped only a 0.4: post-processing drops it
-    mon.add(_CappedModel([[1500, 999, 300, 0.75]]))      # pre-NMS 1500 > 1000; detections dropped a 0.75
+    # 1,200 confident anchors (> 1,000) but what the cap lost scores 0.2 (not a cell); the detection
+    # cap dropped only a 0.4 (post-processing drops it): nothing reached
+    mon.add(_CappedModel([[0.2, 0.3, 1200, 1000, 120, 0.4]]))
+    assert mon.hits() == []
+    mon.add(_CappedModel([[0.8, 0.0, 1500, 999, 300, 0.75]]))  # pre-NMS lost a 0.8 cell; detections dropped a 0.75
     hits = mon.hits()
     assert [h.key for h in hits] == [CAP_KEYS[0], CAP_KEYS[2]]
     pre, det = hits
-    assert (pre.cap, pre.demand, pre.calls, pre.total_calls) == (1000, 1500, 1, 2)
+    assert (pre.cap, pre.demand, pre.calls, pre.total_calls, pre.dropped_score) == (1000, 1500, 1, 2, pytest.approx(0.8))
     assert (det.cap, det.demand, det.calls, det.dropped_score) == (100, 300, 1, pytest.approx(0.75))
     assert pre.suggestion() == 2500 and det.suggestion() == 500  # 1.5x, up to a multiple of 500
     text = cap_warning("mosaic", hits, tiled=False)
     assert text.startswith("warning: mosaic: cells may be missing")
-    assert "model.rpn.pre_nms_topk_test=1000 was reached in 1 of 2 model calls" in text
+    assert "model.rpn.pre_nms_topk_test=1000 was reached in 1 of 2 model calls" in text and "scores 0.80" in text
     assert "--set model.rpn.pre_nms_topk_test=2500" in text and "--set model.roi_heads.detections_per_image=500" in text
     assert "--tile 512" in text
     mon.reset()
-    mon.add(_CappedModel([[10, 10, 100, 0.0]]))  # exactly at the cap, nothing dropped
+    mon.add(_CappedModel([[0.0, 0.0, 1000, 1000, 100, 0.0]]))  # exactly at the caps, nothing dropped
     assert mon.hits() == []
 
 
@@ -102,7 +123,7 @@ class _CappedStub(IdStubModel):
         for inst in super().forward(images):
             order = torch.sort(inst.scores, descending=True).indices
             dropped = float(inst.scores[order[self.cap]]) if len(inst) > self.cap else 0.0
-            rows.append([0.0, 0.0, float(len(inst)), dropped])
+            rows.append([0.0, 0.0, 0.0, 0.0, float(len(inst)), dropped])
             out.append(inst[order[: self.cap]])
         self.last_demand = torch.tensor(rows)
         return out
