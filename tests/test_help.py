@@ -8,6 +8,7 @@ import predict
 import train
 from maskrcnn import viz
 from maskrcnn.data import make_cache, synthetic
+from maskrcnn.zoo import export as zoo_export
 
 FRONT_ENDS = [
     (train.main, [], "train.py"),
@@ -21,6 +22,7 @@ FRONT_ENDS = [
     (viz.main, [], "python -m maskrcnn.viz"),
     (make_cache.main, [], "python -m maskrcnn.data.make_cache"),
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
+    (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
 
 

@@ -5,6 +5,7 @@ reader yields (``maskrcnn.structures.Sample``). Writers are atomic (temp file + 
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -24,39 +25,60 @@ class ImageReadError(UserError, ValueError):
     """An image file that exists but cannot be decoded or has an unsupported layout."""
 
 
+# Pillow modes whose decoded array ``array_to_float`` takes as it is (others are converted first).
+_ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I", "F")
+
+
 def _to_array(im: Image.Image, where: str) -> np.ndarray:
-    """Pixel values of a PIL image as float32 ``[H, W, C]`` in [0, 1]."""
+    """Pixel values of a PIL image as float32 ``[H, W, C]`` in [0, 1] (``array_to_float`` of its array)."""
     mode = im.mode
-    if mode == "1":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
     if mode == "P" or mode == "PA":
         im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
-        mode = im.mode
-    if mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        a = np.asarray(im)
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if mode in ("LA",):
-            a = a[:, :, :1]  # drop alpha: it is not part of the signal
-        elif a.shape[2] == 4:
-            a = a[:, :, :3]
-        return a.astype(np.float32) / 255.0
-    if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im)
-        if mode == "I":  # 32-bit int storage of what is normally 16-bit data
-            if a.size and (a.min() < 0 or a.max() > 65535):
-                raise ImageReadError(
-                    f"{where}: 32-bit integer image with values in [{a.min()}, {a.max()}]; only 16-bit ranges are supported"
-                )
-        return (a.astype(np.float32) / 65535.0)[:, :, None]
-    if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
-            raise ImageReadError(f"{where}: float image with values outside [0, 1] (min {a.min()}, max {a.max()})")
-        return a[:, :, None]
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    if im.mode in _ARRAY_MODES or im.mode.startswith("I;16"):
+        return array_to_float(np.asarray(im), where)
     raise ImageReadError(f"{where}: unsupported image mode {mode!r}")
+
+
+def array_to_float(a: np.ndarray, where: str = "image") -> np.ndarray:
+    """An image's pixel values, as Pillow decodes a file or as a numpy user holds them, as float32
+    ``[H, W, C]`` in [0, 1], C = 1 or 3: the one conversion of ``read_image`` and the Python API.
+
+    By dtype: ``bool`` -> 0/1; ``uint8`` / 255; other integers (``uint16``, Pillow's int32 mode
+    ``I``) / 65535, refused outside [0, 65535]; floats as they are, refused unless finite and in
+    [0, 1]. By shape: ``[H, W]`` or ``[H, W, 1]`` gray; ``[H, W, 2]`` gray + alpha and
+    ``[H, W, 4]`` RGBA drop the alpha; ``[H, W, 3]`` RGB.
+
+    Raises:
+        ImageReadError: another shape or dtype, or values out of range; the message names ``where``.
+    """
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(f"{where}: expected an image [H, W] or [H, W, C] with C = 1-4, got shape {a.shape}")
+    if a.shape[2] in (2, 4):
+        a = a[:, :, : a.shape[2] - 1]  # drop alpha: it is not part of the signal
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if np.issubdtype(a.dtype, np.integer):
+        if a.dtype.itemsize > 2 or a.dtype.kind == "i":  # 16-bit data often arrives in wider ints
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                kind = "32-bit integer" if a.dtype == np.int32 else f"{a.dtype} integer"
+                raise ImageReadError(
+                    f"{where}: {kind} image with values in [{a.min()}, {a.max()}]; only 16-bit ranges are supported"
+                )
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise ImageReadError(f"{where}: float image with values outside [0, 1] (min {a.min()}, max {a.max()}); "
+                                 "scale it to [0, 1] or give integers (8 or 16 bit)")
+        return a
+    raise ImageReadError(f"{where}: unsupported pixel type {a.dtype}")
 
 
 def open_image(path_or_bytes, where: str) -> Image.Image:
@@ -71,7 +93,11 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(src)
-            im.load()  # decode now, so a truncated file fails here and names the file
+            try:
+                im.load()  # decode now, so a truncated file fails here and names the file
+            except BaseException:
+                im.close()
+                raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {where}") from None
     except Image.DecompressionBombError as e:
@@ -80,12 +106,43 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isfile(path_or_bytes) and os.path.getsize(path_or_bytes) == 0:
             raise ImageReadError(f"{where}: cannot decode image: the file is empty (0 bytes)") from None
         raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        _refuse_unrepresentable(im, where)
+    except ImageReadError:
+        im.close()
+        raise
     for w in caught:  # re-issue what was not the bomb warning unchanged; name the file in that one
         if issubclass(w.category, Image.DecompressionBombWarning):
             warnings.warn(f"{where}: {w.message}", Image.DecompressionBombWarning, stacklevel=2)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return im
+
+
+def _refuse_unrepresentable(im: Image.Image, where: str) -> None:
+    """ImageReadError for files one 2-D image cannot stand for: several pages or frames (a stack,
+    a time series: reading page 0 alone would drop the rest without a word) and signed-integer
+    samples (Pillow reads int8 as uint8, so -1 would become 255)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ImageReadError(f"{where}: holds {frames} pages/frames; one 2-D image per file is supported "
+                             "(save each page as its own file)")
+    tags = getattr(im, "tag_v2", None)
+    sample_format = tags.get(339) if tags is not None else None  # TIFF SampleFormat: 1 uint, 2 int, 3 float
+    formats = sample_format if isinstance(sample_format, (tuple, list)) else (sample_format,)
+    if 2 in formats:
+        raise ImageReadError(f"{where}: signed-integer samples (TIFF SampleFormat 2) are not supported: "
+                             "convert the image to unsigned 8 or 16 bit")
+
+
+def _dangling_link(path: str) -> str:
+    """Why the symlink ``path`` leads to no file: a loop, or the missing target."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (it leads back to itself)"
+    return f"a broken symlink (its target {os.readlink(path)} does not exist)"
 
 
 def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
@@ -111,6 +168,8 @@ def read_image_with_depth(path: PathLike, channels: Optional[int] = None) -> Tup
     32 for float, 1 for bilevel, else 8. 12-bit microscopy images are stored as 16-bit: 16."""
     where = os.fspath(path)
     if not os.path.isfile(where):
+        if os.path.islink(where):
+            raise ImageReadError(f"{where}: {_dangling_link(where)}")
         raise FileNotFoundError(f"image file not found: {where}")
     with open_image(where, where) as im:
         mode = im.mode
@@ -124,6 +183,20 @@ def decode_image_bytes(data: bytes, channels: Optional[int] = None, where: str =
     with open_image(bytes(data), where) as im:
         a = _to_array(im, where)
     return _finish(a, channels, where)
+
+
+def image_from_array(array: Union[np.ndarray, Image.Image], where: str = "image") -> torch.Tensor:
+    """``read_image`` for pixels already in memory -> ``Tensor[C, H, W]`` float32 in [0, 1].
+
+    ``array``: a numpy array as ``np.asarray(PIL.Image.open(f))`` gives it (any of
+    ``array_to_float``'s dtypes and shapes), or a PIL image (converted by its mode, as ``read_image``
+    does). The array of an image file in any mode but palette ("P": its array holds indices, not
+    colours) gives what ``read_image`` gives for the file.
+    """
+    if isinstance(array, Image.Image):
+        _refuse_unrepresentable(array, where)  # as read_image: no silent first page of a stack
+        return _finish(_to_array(array, where), None, where)
+    return _finish(array_to_float(array, where), None, where)
 
 
 def _finish(a: np.ndarray, channels: Optional[int], where: str) -> torch.Tensor:

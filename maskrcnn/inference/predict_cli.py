@@ -12,8 +12,9 @@ checkpoint, a thresholds file and the command line.
 Everything that can be checked is checked before the first image is predicted
 (``check_arguments``: the output path, the image folder and ids, the test settings, TTA views and
 ``--min-views``, the device; then each checkpoint: readable, finite, fitting its config, and the
-thresholds against its classes). An image that cannot be read does not stop the run: it gets an
-empty row (the submission still lists every id), a warning and a line in the end-of-run summary
+thresholds against its classes; no output is one of the inputs). An image that cannot be read or
+processed (unsupported, too large for memory: ``maskrcnn.inference.guard``) does not stop the run:
+it gets an empty row (the submission still lists every id), a warning and a line in the end-of-run summary
 names it, and the exit code is 3 (``EXIT_SKIPPED``) instead of 0; ``--strict`` stops the run at
 that image instead (exit 2, nothing written).
 
@@ -32,26 +33,30 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from maskrcnn import cli
 from maskrcnn.config import (
     PREDICT_MODEL_KEYS,
+    Config,
     ConfigError,
     TestConfig,
     apply_thresholds,
     check_class_counts,
     override_test_config,
+    reject_repeated_keys,
     split_predict_overrides,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
-from maskrcnn.data.images import ImageReadError, read_image_with_depth
+from maskrcnn.data.images import read_image_with_depth
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
-from maskrcnn.fileio import check_output_path
+from maskrcnn.fileio import check_not_input, check_output_path
 from maskrcnn.inference.caps import cap_warning, caps_summary
 from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.guard import check_fits, predict_guarded
 from maskrcnn.inference.input_control import NORMALIZE_CHOICES, input_overrides, is_dim, normalize_16bit
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
 from maskrcnn.inference.tiling import auto_tile_size
 from maskrcnn.inference.tta import parse_tta
+from maskrcnn.inference.zoo import resolve_weights, thresholds_beside
 from maskrcnn.progress import progress_mode, track
 from maskrcnn.structures import Instances
 
@@ -113,31 +118,35 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
     ids = image_ids(paths)
     mode = progress_mode(not progress)
     predictor.tile_progress = mode
-    noted = False
+    noted = [False]
     for path, iid in track(list(zip(paths, ids)), "predict", mode=mode, every=every):
-        t0 = time.perf_counter()
-        try:
+        stamps: List[float] = []
+
+        def one_image(path=path, iid=iid):
+            stamps.append(time.perf_counter())
             image, depth = read_image_with_depth(path)
-        except (ImageReadError, OSError) as e:
-            if strict:
-                raise
+            if depth == 16 and input_cfg is not None:
+                image, note = _input_16bit(image, iid, input_cfg, normalize, noted[0])
+                noted[0] = noted[0] or bool(note)
+                if note:
+                    _warn(note)
+            stamps.append(time.perf_counter())
+            check_fits(image, predictor, path)
+            predictor.tile_desc = f"{iid}: tiles"
+            raw = predictor.predict_raw(image)
+            stamps.append(time.perf_counter())
+            final = postprocess(raw, test_cfg)
+            stamps.append(time.perf_counter())
+            return final
+
+        final, reason = predict_guarded(one_image, path, strict)
+        if reason is not None:  # unreadable, unsupported or too large: an empty row, the run goes on
             from tqdm import tqdm
 
-            reason = cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
             tqdm.write(f"warning: skipped, no masks written for it (an empty row in a CSV): {reason}", file=sys.stderr)
             yield iid, None, {"skipped": reason, "path": path}
             continue
-        if depth == 16 and input_cfg is not None:
-            image, note = _input_16bit(image, iid, input_cfg, normalize, noted)
-            noted = noted or bool(note)
-            if note:
-                _warn(note)
-        t1 = time.perf_counter()
-        predictor.tile_desc = f"{iid}: tiles"
-        raw = predictor.predict_raw(image)
-        t2 = time.perf_counter()
-        final = postprocess(raw, test_cfg)
-        t3 = time.perf_counter()
+        t0, t1, t2, t3 = stamps
         timing = {"read": t1 - t0, "model": predictor.last_timing.get("model", t2 - t1),
                   "merge": predictor.last_timing.get("merge", 0.0), "postprocess": t3 - t2, "total": t3 - t0}
         tiles = getattr(predictor, "last_tiles", None)
@@ -184,16 +193,20 @@ def write_predictions(results: Iterable[Tuple[str, Optional[Instances], Timing]]
     """
     writer = writer if writer is not None else SubmissionWriter(out_path, order)
     timings = []
-    for iid, final, timing in results:
-        if final is None:
-            writer.skip(iid)
-            timings.append(timing)
-            continue
-        t0 = time.perf_counter()
-        writer.add(iid, final)
-        encode = time.perf_counter() - t0
-        timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
-    writer.finish()
+    try:
+        for iid, final, timing in results:
+            if final is None:
+                writer.skip(iid)
+                timings.append(timing)
+                continue
+            t0 = time.perf_counter()
+            writer.add(iid, final)
+            encode = time.perf_counter() - t0
+            timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
+        writer.finish()
+    except BaseException:
+        writer.abort()  # an interrupted or failed run leaves nothing that looks complete
+        raise
     return timings
 
 
@@ -224,11 +237,12 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 # ------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
-        prog="predict.py",
+        prog=cli.program("predict.py"),
         description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
                     "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
     )
-    p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
+    p.add_argument("--weights", nargs="+", required=True,
+                   help="checkpoint(s) or model zoo name(s), e.g. nuclei (MODEL_ZOO.md); several = an ensemble")
     p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names), or a DSB2018 "
                    "folder of <id>/images/<id>.png")
     p.add_argument("--format", choices=FORMATS, default="csv",
@@ -242,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
     p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4; "
                    "none: no TTA (default: test.tta of the first checkpoint's config)")
-    p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config")
+    p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config "
+                   "(default: A.thresholds.yaml beside the first weights A.pth, when there is one)")
     cli.add_set_option(p, "test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true, and the model "
                        "keys that act only at inference: " + ", ".join(PREDICT_MODEL_KEYS)
                        + " (e.g. the detection caps: model.roi_heads.detections_per_image=3000)")
@@ -289,6 +304,7 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     in that order."""
     test_cfg = apply_thresholds(base, args.thresholds) if args.thresholds else base
     if args.set:  # model.* keys go to the models (model_overrides); here they are only checked
+        reject_repeated_keys(args.set)
         test_over, _ = split_predict_overrides(args.set)
         if test_over:
             test_cfg = override_test_config(test_cfg, test_over, source="--set")
@@ -304,6 +320,32 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     if args.tile_overlap is not None:
         cli["tile_overlap"] = args.tile_overlap
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
+
+
+def resolve_weight_files(args: argparse.Namespace) -> Optional[str]:
+    """Turn ``--weights`` (paths or model zoo names, ``maskrcnn.inference.zoo``) into files and,
+    without ``--thresholds``, take the tuned thresholds beside the first weights
+    (``A.pth`` -> ``A.thresholds.yaml``) as ``args.thresholds``; an explicit ``--thresholds`` wins.
+
+    Returns:
+        the line to log naming the thresholds file applied, or None when there is none.
+    """
+    args.weights = [resolve_weights(w) for w in args.weights]
+    if args.thresholds:
+        return f"predict: thresholds from {args.thresholds} (--thresholds)"
+    args.thresholds = thresholds_beside(args.weights[0])
+    return f"predict: thresholds from {args.thresholds} (beside the weights)" if args.thresholds else None
+
+
+def check_same_classes(weights: Sequence[str], cfgs) -> None:
+    """ConfigError unless every checkpoint of an ensemble has the first one's classes (count and
+    names): merging their views would otherwise mix two label spaces."""
+    first = (cfgs[0].model.roi_heads.num_classes, model_class_names(cfgs[0].data))
+    for w, c in zip(weights[1:], cfgs[1:]):
+        other = (c.model.roi_heads.num_classes, model_class_names(c.data))
+        if other[0] != first[0] or (first[1] and other[1] and list(first[1]) != list(other[1])):
+            raise ConfigError(f"an ensemble must agree on its classes: {weights[0]} has {first[0]} {first[1] or ''}, "
+                              f"{w} has {other[0]} {other[1] or ''} (--weights)")
 
 
 def model_overrides(args: argparse.Namespace) -> List[str]:
@@ -331,7 +373,7 @@ def load_models(args: argparse.Namespace, device) -> Tuple[list, list, str]:
 def auto_tiling(args: argparse.Namespace, test_cfg: TestConfig, cfg) -> Tuple[int, int]:
     """``(tile, limit)`` of automatic tiling (``auto_tile_size``), or ``(0, 0)``: ``--no-tile``,
     ``--tile N`` or a ``test.tile_size`` in the config choose instead."""
-    if args.no_tile or args.tile is not None or test_cfg.tile_size:
+    if getattr(args, "no_tile", False) or args.tile is not None or test_cfg.tile_size:
         return 0, 0
     return auto_tile_size(cfg)
 
@@ -342,19 +384,46 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     The output path (``check_output_path``), the image folder and its ids, the test settings of
     the command line and the thresholds file (ranges, on the default test settings: the
     checkpoint's own are applied later), the TTA views and ``--min-views`` against the number of
-    views the command line asks for, and the device.
+    views the command line asks for, the device, and the weights (files or zoo names;
+    ``resolve_weight_files``: also the thresholds beside them).
     """
-    args.out = args.out or DEFAULT_OUT[args.format]
-    if args.format != "labels":  # labels: a folder (LabelImageWriter checks it)
-        check_output_path(args.out, "--out")
+    args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
+    # labels: a folder, so the file to check is one inside it
+    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
+    check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
+                    "--out", folder=args.format == "labels")
     early = resolve_test_config(args, TestConfig())
     views = parse_tta(early.tta)
     if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
         check_min_views(args.min_views, len(args.weights), len(views))
     resolve_device(args.device, key="--device")
+    given = args.thresholds
+    args.thresholds_note = resolve_weight_files(args)
+    if args.thresholds and not given:  # found beside the weights: checked as --thresholds was above
+        resolve_test_config(args, TestConfig())
     return paths
+
+
+def load_predictor(args: argparse.Namespace, device) -> Tuple[Predictor, TestConfig, List[Config]]:
+    """The models of ``args.weights`` (files: ``resolve_weight_files``) on ``device``, the test settings
+    (``resolve_test_config`` on the first checkpoint's) checked against every model's classes, and
+    their Predictor; predict.py's and the Python API's (``maskrcnn.api``) one way to build them.
+
+    Returns:
+        ``(predictor, test settings, the checkpoints' configs)``.
+    """
+    models, cfgs, args.input_note = load_models(args, device)
+    test_cfg = resolve_test_config(args, cfgs[0].test)
+    for w, c in zip(args.weights, cfgs):
+        check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
+    check_same_classes(args.weights, cfgs)
+    args.auto_tile = auto_tiling(args, test_cfg, cfgs[0])
+    # Merging and post-processing run where the models run; only encoding needs the CPU.
+    predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
+                                output_device=device, amp=AMP_CHOICES[args.amp], auto_tile=args.auto_tile)
+    return predictor, test_cfg, list(cfgs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -367,22 +436,18 @@ def _predict(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     paths = check_arguments(args)
     device = resolve_device(args.device, key="--device")
-    models, cfgs, input_line = load_models(args, device)
-    test_cfg = resolve_test_config(args, cfgs[0].test)
-    for w, c in zip(args.weights, cfgs):
-        check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
-    auto = auto_tiling(args, test_cfg, cfgs[0])
-    # Merging and post-processing run where the models run; only encoding needs the CPU.
-    predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
-                                output_device=device, amp=AMP_CHOICES[args.amp], auto_tile=auto)
+    predictor, test_cfg, cfgs = load_predictor(args, device)
     writer = build_writer(args.format, args.out, args.order, paths, image_ids(paths), coco_gt=args.coco_gt,
                           class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
-    print(f"predict: {len(paths)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on {device}",
-          file=sys.stderr)
+    print(f"predict: {len(paths)} image(s), {len(predictor.models)} model(s) x {len(predictor.views)} view(s) "
+          f"on {device}", file=sys.stderr)
+    if args.thresholds_note:
+        print(args.thresholds_note, file=sys.stderr)
+    auto = args.auto_tile
     tiling = (f"tiles of {test_cfg.tile_size} px for images longer than that" if test_cfg.tile_size
               else f"automatic, tiles of {auto[0]} px for images longer than {auto[1]} px or longer than "
                    f"{auto[0]} px and reaching a detection cap" if auto[0] else "off, every image whole")
-    print(f"predict: input: {input_line}; tiling: {tiling}", file=sys.stderr)
+    print(f"predict: input: {args.input_note}; tiling: {tiling}", file=sys.stderr)
     results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict,
                              input_cfg=cfgs[0], normalize=args.normalize)
     timings = write_predictions(results, args.out, writer=writer)
