@@ -6,7 +6,7 @@ import pytest
 import evaluate
 import predict
 import train
-from maskrcnn import viz
+from maskrcnn import export, viz
 from maskrcnn.data import make_cache, synthetic
 from maskrcnn.zoo import export as zoo_export
 
@@ -22,6 +22,7 @@ FRONT_ENDS = [
     (viz.main, [], "python -m maskrcnn.viz"),
     (make_cache.main, [], "python -m maskrcnn.data.make_cache"),
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
+    (export.main, [], "python -m maskrcnn.export"),
     (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
 
@@ -48,4 +49,5 @@ DEFAULTS = {
     "python -m maskrcnn.viz": {"--thickness": "1", "--palette": "okabe-ito", "--order": "auto"},
     "python -m maskrcnn.data.synthetic": {"--num-images": "48", "--seed": "0", "--cells": "6 24"},
     "python -m maskrcnn.data.make_cache": {"--image-codec": "webp"},
+    "python -m maskrcnn.export": {"--channels": "3"},
 }
