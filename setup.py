@@ -67,6 +67,8 @@ setup(
     description="A dependency-light PyTorch Mask R-CNN for microscopy cell instance segmentation",
     packages=find_packages(include=["maskrcnn", "maskrcnn.*"]),
     python_requires=">=3.9",
+    # pip install --no-build-isolation .[distributed]: the Dask paths (maskrcnn.scale); the core never imports them
+    extras_require={"distributed": ["dask[distributed]", "zarr", "tifffile"]},
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
