@@ -93,6 +93,8 @@ class ImageSource:
         per channel): ``ndarray[C, h, w]``, for percentiles of the whole image."""
         _, H, W = self.shape
         step = max(1, math.ceil(math.sqrt(H * W / max_pixels)))
+        while math.ceil(H / step) * math.ceil(W / step) > max_pixels:  # the slices round up
+            step += 1
         return self.read(0, 0, W, H, step)
 
 
