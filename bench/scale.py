@@ -208,11 +208,16 @@ def cmd_collection(args) -> None:
         pids_after = c.run(os.getpid)
     t_dask = time.perf_counter() - t0
     got = os.path.join(tmp, "collection.csv")
-    assemble(work, ids, SubmissionWriter(got), progress="off")
+    t0 = time.perf_counter()
+    timings = assemble(work, ids, SubmissionWriter(got), progress="off")
+    t_asm = time.perf_counter() - t0
+    wall = [t["total"] - t.get("encode", 0.0) for t in timings if "cpu" in t]
+    cpu = [t["cpu"] for t in timings if "cpu" in t]
     a, b = open(ref, "rb").read(), open(got, "rb").read()
     row_ids = [ln.split(",")[0] for ln in b.decode().splitlines()[1:]]
     print(f"{len(ids)} images; predict.py (rc {rc}): {t_ref:.1f} s; collection, 2 workers: {t_dask:.1f} s, "
-          f"{stats['predicted']} predicted")
+          f"{stats['predicted']} predicted; assembly {t_asm:.2f} s ({len(ids) / t_asm:.0f} parts/s); "
+          f"per image on a worker (read + model + post-processing): {np.mean(wall):.2f} s wall, {np.mean(cpu):.2f} s CPU (means)")
     print(f"killed worker pid {killed.get('pid')} at {killed.get('at', 0):.1f} s with {killed.get('done')} parts written; "
           f"workers after: {sorted(pids_after.values())} (before {sorted(pids.values())})")
     print(f"CSV byte-identical to predict.py: {a == b}; ids in the CSV: {len(set(row_ids))} of {len(ids)}, "

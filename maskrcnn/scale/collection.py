@@ -115,7 +115,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
         out = part_path(work_dir, iid)
         if os.path.exists(out):
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             image = read_image(path)
         except (ImageReadError, OSError) as e:
@@ -129,7 +129,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
         t3 = time.perf_counter()
         save_part(out, iid, final, {"read": t1 - t0, "model": pred.last_timing.get("model", t2 - t1),
                                     "merge": pred.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
-                                    "total": t3 - t0})
+                                    "total": t3 - t0, "cpu": time.thread_time() - c0})
         done += 1
     return done
 
