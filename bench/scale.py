@@ -146,7 +146,7 @@ def cmd_slide(args) -> None:
     ref = np.load(base_labels)
     _, cfg = load_model(args.weights, "cpu")
     spec = ModelSpec(weights=(os.path.abspath(args.weights),), test=_test(cfg.test, args.tta), threads=1)
-    print("| workers | blocks | skipped | cells | wall s | per predicted block: wall s / CPU s (mean) | join s per block | "
+    print("| workers | blocks | skipped | cells | wall s | per predicted block: wall s / CPU s (mean) | join per block: wall s / CPU s | "
           "peak RSS per worker MB | cells matched (IoU > 0.5) / single-process cells |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in [int(v) for v in args.workers.split(",")]:
@@ -158,7 +158,7 @@ def cmd_slide(args) -> None:
         got = zarr.open_array(labels, mode="r")[:]
         na, nb, m = match_labels(ref, got)
         print(f"| {n} | {st['blocks']} | {st['skipped']} | {st['cells']} | {st['wall_s']:.1f} | {st['predict_s']:.2f} / {st['predict_cpu_s']:.2f} | "
-              f"{st['finish_s']:.2f} | {', '.join(f'{p:.0f}' for p in peaks)} | {m} / {na} ({100.0 * m / max(na, 1):.2f}%) |",
+              f"{st['finish_s']:.2f} / {st['finish_cpu_s']:.2f} | {', '.join(f'{p:.0f}' for p in peaks)} | {m} / {na} ({100.0 * m / max(na, 1):.2f}%) |",
               flush=True)
     print(f"client process peak RSS {_mem_kb() / 1024.0:.0f} MB; files in {tmp}")
 

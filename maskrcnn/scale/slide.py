@@ -89,6 +89,7 @@ class BlockResult:
     inst: Instances
     table: Dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def predict_block(job: SlideJob, t: int) -> BlockPrediction:
 def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult:
     """Block ``t``'s final objects (step 2 of the module doc); ``around``: the predictions of
     ``neighbourhood(job.grid, t)``'s blocks, in its order."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     blocks, sub = neighbourhood(job.grid, t)
     if len(around) != len(blocks):
         raise ValueError(f"finish_block: {len(around)} predictions for a neighbourhood of {len(blocks)} blocks")
@@ -178,7 +179,7 @@ def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult
     final = _shift(final, ox, oy, grid.image_size)
     if len(final):
         final = final[torch.nonzero(grid.owner(_centres(final.boxes)) == t, as_tuple=True)[0]]
-    return BlockResult(final, cell_table(final), time.perf_counter() - t0)
+    return BlockResult(final, cell_table(final), time.perf_counter() - t0, time.thread_time() - c0)
 
 
 def cell_table(inst: Instances) -> Dict[str, np.ndarray]:
@@ -198,9 +199,9 @@ def cell_table(inst: Instances) -> Dict[str, np.ndarray]:
             "score": inst.scores.double().numpy(), "class": inst.labels.numpy()}
 
 
-def block_summary(result: BlockResult) -> Tuple[Dict[str, np.ndarray], float]:
-    """What the client gathers of a block: its table (boxes among it) and the finishing seconds."""
-    return result.table, result.seconds
+def block_summary(result: BlockResult) -> Tuple[Dict[str, np.ndarray], float, float]:
+    """What the client gathers of a block: its table (boxes among it), the finishing seconds and CPU seconds."""
+    return result.table, result.seconds, result.cpu_seconds
 
 
 def prediction_summary(p: BlockPrediction) -> Tuple[bool, float, int, float]:
@@ -381,4 +382,5 @@ def run_slide(client, source: ImageSource, spec: ModelSpec, out: str, table: str
             "detections": int(sum(s[2] for s in info)),
             "predict_s": float(np.mean([s[1] for s in done])) if done else 0.0,
             "predict_cpu_s": float(np.mean([s[3] for s in done])) if done else 0.0,
-            "finish_s": float(np.mean([s[1] for s in summaries])), "wall_s": time.perf_counter() - t_start}
+            "finish_s": float(np.mean([s[1] for s in summaries])),
+            "finish_cpu_s": float(np.mean([s[2] for s in summaries])), "wall_s": time.perf_counter() - t_start}
