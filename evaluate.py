@@ -79,17 +79,21 @@ def _ablate(args) -> int:
 
 def _tune(args) -> int:
     from maskrcnn.evaluation.tuning import main_tune
-    from maskrcnn.fileio import check_output_path
+    from maskrcnn.fileio import check_not_input, check_output_path
 
     check_output_path(args.out, "--out")  # before the sweep
+    check_not_input(args.out, [args.predictions, args.labels, args.config], "--out")
     return main_tune(args)
 
 
 def _labels(args) -> int:
     from maskrcnn.evaluation.ablation import write_split_labels
-    from maskrcnn.fileio import check_output_path
+    from maskrcnn.config import load_config
+    from maskrcnn.fileio import check_not_input, check_output_path
 
     check_output_path(args.out, "--out")  # before reading the split
+    data = load_config(args.config, args.set).data
+    check_not_input(args.out, [args.config, data.root, data.ann_file, data.cache_file, data.split_file], "--out")
 
     n = write_split_labels(args.config, args.split, args.out, order=args.order, overrides=args.set)
     print(f"wrote {n} images to {args.out}")

@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from maskrcnn import cli
-from maskrcnn.config import load_config
+from maskrcnn.config import load_config, reject_repeated_keys
 from maskrcnn.engine.launch import main_train
 
 
@@ -40,6 +40,7 @@ def _train(argv) -> int:
     args = parser.parse_args(argv)
     if args.eval_out and not args.eval_only:
         parser.error("--eval-out needs --eval-only")
+    reject_repeated_keys(args.set)
     cfg = load_config(args.config, args.set)
     if args.eval_only:
         from maskrcnn.engine.eval_only import main_eval_only

@@ -32,6 +32,18 @@ class ConfigError(UserError, ValueError):
     """A bad configuration file, key or value; the message names the key and what is wrong."""
 
 
+MAX_CLASSES = 1000  # model.roi_heads.num_classes: beyond this the heads' weights alone are a mistake's size
+
+
+def _check_positive(key: str, values: Sequence[float]) -> None:
+    """ConfigError unless ``values`` is a non-empty list of finite numbers > 0."""
+    if len(values) == 0:
+        raise ConfigError(f"{key} is empty; give at least one value")
+    for k, v in enumerate(values):
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"{key}[{k}] must be a finite number > 0, got {v!r}")
+
+
 # --------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -62,6 +74,12 @@ class AnchorConfig:
     aspect_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
     scales_per_octave: int = 1
     offset: float = 0.0  # anchor centres at (cell + offset) * stride; 0 as detectron2/torchvision
+
+    def __post_init__(self):
+        _check_positive("model.anchors.sizes", self.sizes)
+        _check_positive("model.anchors.aspect_ratios", self.aspect_ratios)
+        if self.scales_per_octave < 1:
+            raise ConfigError(f"model.anchors.scales_per_octave must be >= 1, got {self.scales_per_octave}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,10 @@ class RoIHeadsConfig:
     smooth_l1_beta: float = 0.0
     proposal_append_gt: bool = True  # add GT boxes to the proposals in training
     ignore_iof_thresh: float = 0.5  # as rpn.ignore_iof_thresh, for the sampled proposals
+
+    def __post_init__(self):
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ConfigError(f"model.roi_heads.num_classes must be in [1, {MAX_CLASSES}], got {self.num_classes}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +186,15 @@ class SyntheticConfig:
     cells_per_image: Tuple[int, int] = (6, 24)
     seed: int = 0
 
+    def __post_init__(self):
+        if self.num_images < 0:
+            raise ConfigError(f"data.synthetic.num_images must be >= 0, got {self.num_images}")
+        if self.height < 32 or self.width < 32:
+            raise ConfigError(f"data.synthetic.height/width must be at least 32, got {self.height}x{self.width}")
+        lo, hi = self.cells_per_image
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"data.synthetic.cells_per_image must be [low, high] with 0 <= low <= high, got [{lo}, {hi}]")
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -188,6 +219,14 @@ class AugmentConfig:
     blur_prob: float = 0.0
     noise_std: float = 0.0
     copy_paste_prob: float = 0.0
+
+    def __post_init__(self):
+        h, w = self.crop_size
+        if h < 0 or w < 0 or (h == 0) != (w == 0):
+            raise ConfigError(f"data.augment.crop_size must be [0, 0] (no crop) or two sizes > 0, got [{h}, {w}]")
+        lo, hi = self.scale_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+            raise ConfigError(f"data.augment.scale_range must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
 
 
 @dataclass(frozen=True)
@@ -363,11 +402,35 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigError) -> Dict[str, Any]:
-    """The top-level mapping of a YAML file (an empty file gives ``{}``).
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (plain YAML keeps the
+    last one silently: a second ``model:`` section would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                continue
+            if first != line:
+                raise ConfigError(f"the key {key!r} is written twice, on lines {first} and {line}: "
+                                  f"keep one ({key_node.start_mark.name})")
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigError,
+                      allow_empty: bool = True) -> Dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file gives ``{}``, or with ``allow_empty=False``
+    a ConfigError: a config file that holds nothing is a mistake, not "all defaults").
 
     Raises ``missing`` ("<kind> file not found: <path>") for a missing file, and ConfigError naming
-    the file for invalid YAML or a top level that is not a mapping.
+    the file for invalid YAML, a key written twice in one mapping, or a top level that is not a mapping.
     """
     if os.path.isdir(path):
         raise ConfigError(f"{kind} file expected, got a folder ({path})")
@@ -375,7 +438,7 @@ def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigErr
         raise missing(f"{kind} file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
         except UnicodeDecodeError:
             raise ConfigError(f"not a text (YAML) file: {kind} files are YAML ({path})") from None
         except yaml.YAMLError as e:
@@ -383,6 +446,10 @@ def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigErr
             line = f" line {where.line + 1}" if where is not None else ""
             what = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise ConfigError(f"not valid YAML: {what} ({path}{line})") from None
+    if data is None:
+        if not allow_empty:
+            raise ConfigError(f"the {kind} file is empty (or only comments): give at least one section ({path})")
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
@@ -392,7 +459,7 @@ def _load_yaml(path: str, seen: Sequence[str] = ()) -> Dict[str, Any]:
     path = os.path.abspath(path)
     if path in seen:
         raise ConfigError(f"{path}: circular 'base:' chain ({' -> '.join(seen)})")
-    data = read_yaml_mapping(path)
+    data = read_yaml_mapping(path, allow_empty=False)
     base = data.pop("base", None)
     if base:
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
@@ -419,6 +486,18 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with an earlier override")
         node[parts[-1]] = value
     return out
+
+
+def reject_repeated_keys(overrides: Sequence[str], where: str = "--set") -> None:
+    """ConfigError naming the key when a user's ``key=value`` list sets one key twice (the later would
+    win without a word). Scripts that layer their own defaults under the user's call
+    ``parse_overrides`` directly, where the last one wins by design."""
+    seen = set()
+    for item in overrides or ():
+        key = item.split("=", 1)[0].strip()
+        if key in seen:
+            raise ConfigError(f"{where}: the key {key!r} is given twice; give it once")
+        seen.add(key)
 
 
 def to_dict(cfg) -> Dict[str, Any]:
@@ -458,6 +537,9 @@ def _drop_retired(values: Dict[str, Any], source: str) -> Dict[str, Any]:
 
 def from_dict(values: Dict[str, Any], overrides: Sequence[str] = (), source: str = "saved config") -> Config:
     """A Config from a plain dict (e.g. a checkpoint's ``config``), then ``key=value`` overrides."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"the config must be a mapping of sections (model, data, ...), got {type(values).__name__} "
+                          f"{str(values)[:40]!r} ({source})")
     return _build(Config, _merge(_drop_retired(values, source), parse_overrides(overrides)))
 
 
@@ -482,7 +564,7 @@ def check_test_values(t: TestConfig) -> None:
 
     Score and mask thresholds are in [0, 1], ``merge_iou`` in (0, 1], ``min_area`` >= 0,
     ``overlap_min_keep`` in [0, 1], ``tta_min_views`` >= 1, ``tile_size`` 0 or >= 64 with
-    ``tile_overlap`` in [0, tile_size), no NaN, no empty per-class list.
+    ``tile_overlap`` in [0, tile_size / 2], no NaN, no empty per-class list.
     Called by ``TestConfig`` itself, so config files, ``--set``, thresholds files, checkpoints'
     saved configs, ablation variants and tuning all get the same checks.
     """
@@ -507,8 +589,9 @@ def check_test_values(t: TestConfig) -> None:
         bad("image_class", t.image_class, f"one of {', '.join(IMAGE_CLASS_MODES)}")
     if t.tile_size != 0 and t.tile_size < 64:
         bad("tile_size", t.tile_size, "0 (off) or at least 64 pixels")
-    if t.tile_overlap < 0 or (t.tile_size and t.tile_overlap >= t.tile_size):
-        bad("tile_overlap", t.tile_overlap, f">= 0 and below test.tile_size ({t.tile_size})")
+    if t.tile_overlap < 0 or (t.tile_size and 2 * t.tile_overlap > t.tile_size):
+        bad("tile_overlap", t.tile_overlap, f">= 0 and at most half of test.tile_size ({t.tile_size}; "
+            "more would multiply the tiles)")
 
 
 def check_class_counts(t: TestConfig, num_classes: int, source: str = "") -> None:
@@ -543,6 +626,10 @@ def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:
     """
     data = read_yaml_mapping(path, "thresholds", missing=FileNotFoundError)
     section = data["test"] if "test" in data else data
+    beside = sorted(k for k in data if k != "test" and k in {f.name for f in dataclasses.fields(TestConfig)})
+    if "test" in data and beside:  # top-level test keys next to a test: section would be ignored
+        raise ConfigError(f"{path}: {', '.join(beside)} at the top level beside a 'test:' section would be ignored; "
+                          "put them inside 'test:'")
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'test' must be a mapping, got {section!r}")
     return override_test_config(test_cfg, section, source=path)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
+import hashlib
 import json
 import os
 import re
 import socket
 import sys
 import uuid
-from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from maskrcnn.errors import UserError
 
@@ -48,19 +49,63 @@ def atomic_open(path: PathLike, mode: str = "w", fsync: bool = False, **kwargs: 
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # see _TEMP
+    tmp = os.path.join(folder, f".{_temp_stem(os.path.basename(path))}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # see _TEMP
     try:
+        os.makedirs(folder, exist_ok=True)
         with open(tmp, mode.replace("w", "x"), **kwargs) as f:
             yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        failure = write_failure(e, path)
+        if failure is not None:
+            raise failure from e
         raise
+
+
+# A temp file's name adds 1 + ~20 characters to its target's; file systems allow 255 bytes a name.
+_MAX_TEMP_STEM = 200
+
+
+def _temp_stem(name: str) -> str:
+    """``name``, or for a name too long to take the temp suffix, its start and a hash (such temp
+    files are not recognised by ``orphan_temp_files``: their target cannot be read back)."""
+    if len(name.encode()) <= _MAX_TEMP_STEM:
+        return name
+    return name.encode()[:100].decode(errors="ignore") + "~" + hashlib.sha1(name.encode()).hexdigest()[:12]
+
+
+class WriteError(UserError, OSError):
+    """A write that the disk refused (full, read-only, over quota); the message names the file."""
+
+
+_WRITE_CAUSES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                 errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.ENAMETOOLONG: "file name too long"}
+
+
+def write_failure(exc: BaseException, path: PathLike) -> Optional[WriteError]:
+    """A one-line WriteError ``<cause> writing <path>`` for an exception raised while writing
+    ``path`` that the disk caused, else None (our bug, or an interrupt: re-raised as it is).
+
+    ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc]
+    ... unexpected pos`` (its zip writer got fewer bytes written than it asked for); that counts
+    as a full disk too.
+    """
+    if isinstance(exc, WriteError):
+        return None
+    cause = None
+    if isinstance(exc, OSError) and exc.errno in _WRITE_CAUSES:
+        cause = _WRITE_CAUSES[exc.errno]
+    elif isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "No space left" in str(exc)):
+        cause = "disk full"
+    if cause is None:
+        return None
+    return WriteError(f"{cause} writing {os.fspath(path)}")
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
@@ -95,6 +140,9 @@ def check_output_path(path: PathLike, what: str = "output") -> None:
         raise OutputPathError(f"{what}: an empty file name")
     if os.path.isdir(path):
         raise OutputPathError(f"{what} is a directory; give a file name inside it ({path})")
+    if len(os.path.basename(path).encode()) > 255:
+        raise OutputPathError(f"{what}: the file name is {len(os.path.basename(path).encode())} bytes, over the "
+                              f"255 a file system allows ({path[:80]}...)")
     folder = os.path.dirname(os.path.abspath(path))
     existing = folder
     while not os.path.exists(existing):
@@ -103,6 +151,36 @@ def check_output_path(path: PathLike, what: str = "output") -> None:
         raise OutputPathError(f"{what}: {existing} is a file, not a folder ({path})")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what}: the folder {existing} is not writable ({path})")
+
+
+def _same_or_inside(path: str, other: str) -> Tuple[bool, bool]:
+    """(``path`` is ``other``, ``other`` lies inside the folder ``path``), through symlinks and hard links."""
+    rp, ro = os.path.realpath(path), os.path.realpath(other)
+    same = rp == ro
+    if not same and os.path.exists(path) and os.path.exists(other):
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(path, other)
+    return same, ro.startswith(rp.rstrip(os.sep) + os.sep)
+
+
+def check_not_input(out: PathLike, inputs: Sequence[Optional[PathLike]], what: str = "--out",
+                    folder: bool = False) -> None:
+    """Raise OutputPathError when the output ``out`` is one of ``inputs`` (files or folders the
+    run reads: images, labels, weights, configs), or, for an output ``folder``, contains one.
+
+    Run it with ``check_output_path``, before any work: a run must never replace what it reads.
+    Empty or None entries of ``inputs`` are ignored.
+    """
+    out = os.fspath(out)
+    for src in inputs:
+        if not src:
+            continue
+        src = os.fspath(src)
+        same, inside = _same_or_inside(out, src)
+        if same:
+            raise OutputPathError(f"{what} is an input of this run and would be overwritten: give another path ({out})")
+        if folder and inside:
+            raise OutputPathError(f"{what} is a folder that holds an input of this run ({src}): give another folder ({out})")
 
 
 def orphan_temp_files(folder: PathLike, owned: Callable[[str], bool]) -> List[str]:

@@ -22,6 +22,9 @@ both atomically. Train on it next to the labelled data with ``data.pseudo.path: 
 ``--images`` is a flat folder of images (Sartorius ``train_semi_supervised``, any folder; ids are
 the file names, the Sartorius cell type the name's prefix before ``[``) or a DSB2018 folder
 (``<id>/images/<id>.png``; masks, if any, are not read). ``--ids`` keeps only the ids in a json list.
+An image that cannot be read or processed (unsupported, too large for memory) is left out with a
+warning, named at the end and in ``summary.json`` (``skipped``), and the exit code is 3
+(``--strict``: stop at it, exit 2).
 
 ``split`` writes the labelled / unlabelled halves of an experiment: a stratified ``--fraction``
 of the training folds (every fold but ``--fold``) as labelled ids, the rest as unlabelled ids
@@ -57,8 +60,9 @@ class FolderImages:
     def __init__(self, folder: str, channels: int):
         self.root = folder
         self.channels = int(channels)
-        files = sorted(f for f in os.listdir(folder)
-                       if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f)))
+        from maskrcnn.data.image_folders import flat_image_files
+
+        files = [os.path.basename(p) for p in flat_image_files(folder)]  # broken symlinks too: named when read
         if not files:
             raise PseudoLabelError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no "
                                    f"DSB2018 <id>/images/<id>.png folders")
@@ -191,6 +195,8 @@ def build_parser():
     lab.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     lab.add_argument("--limit", type=int, default=0, help="only the first N images (0: all)")
     lab.add_argument("--no-progress", action="store_true")
+    lab.add_argument("--strict", action="store_true",
+                     help="stop at an image that cannot be processed (default: leave it out, warn, exit code 3)")
     spl = sub.add_parser("split", help="labelled / unlabelled ids of the training folds")
     spl.add_argument("--split-file", required=True, help="the folds json (data.split_file)")
     spl.add_argument("--fold", type=int, default=0, help="the validation fold (left out of both)")
@@ -226,6 +232,13 @@ def _split(args) -> int:
         raise PseudoLabelError(f"--fraction must be in (0, 1), got {args.fraction}")
     if args.fold not in set(folds.values()):
         raise PseudoLabelError(f"--fold {args.fold}: {args.split_file} has folds {sorted(set(folds.values()))}")
+    from maskrcnn.fileio import check_not_input, check_output_path
+
+    for flag, out in (("--labeled", args.labeled), ("--unlabeled", args.unlabeled)):
+        check_output_path(out, flag)
+        check_not_input(out, [args.split_file], flag)
+    if os.path.realpath(args.labeled) == os.path.realpath(args.unlabeled):
+        raise PseudoLabelError(f"--labeled and --unlabeled are one file: give two ({args.labeled})")
     labeled, unlabeled = labeled_subset(folds, strata, args.fold, args.fraction, args.seed)
     meta = dict(split_file=args.split_file, val_fold=args.fold, fraction=args.fraction, seed=args.seed)
     write_ids_file(args.labeled, labeled, role="labelled", **meta)
@@ -235,23 +248,23 @@ def _split(args) -> int:
 
 
 def _label(args) -> int:
-    from tqdm import tqdm
-
     from maskrcnn.data.cache import write_cache
     from maskrcnn.data.pseudo import PSEUDO_FILE, SUMMARY_FILE
     from maskrcnn.device import resolve_device
-    from maskrcnn.fileio import atomic_json
+    from maskrcnn.fileio import atomic_json, check_not_input, check_output_path
     from maskrcnn.inference.checkpoint import load_model
-    from maskrcnn.inference.merge import merge_instances
-    from maskrcnn.inference.predict_cli import resolve_test_config
+    from maskrcnn.inference.predict_cli import check_same_classes, resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
-    from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
+    from maskrcnn.inference.pseudo import check_thresholds
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device")
+    check_output_path(os.path.join(args.out, PSEUDO_FILE) if args.out else "", "--out")
+    check_not_input(args.out, [args.images, *args.weights, args.config, args.ids], "--out", folder=True)
     reader_probe = open_images(args.images, 3)  # fails early, before the models load
     models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    check_same_classes(args.weights, cfgs)
     cfg = cfgs[0]
     # resolve_test_config's other options (no tiling here: each image is predicted whole, in every view)
     args.min_views, args.thresholds, args.tile, args.tile_overlap = None, None, None, None
@@ -271,21 +284,8 @@ def _label(args) -> int:
     print(f"pseudo_label: {len(indices)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on "
           f"{device}; cells: score >= {args.keep} in >= {agree} view(s); ignore regions: score >= {args.ignore}",
           file=sys.stderr)
-    labels, types, totals, t0 = [], [], {"cells": 0, "ignored": 0, "background": 0}, time.time()
-    empty = 0
-    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
-    for i in bar:
-        sample = reader.load(i)
-        views = predictor.predict_views(sample.image)
-        merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
-                                         return_view_counts=True)
-        inst, c = pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
-        labels.append(inst.to("cpu"))
-        types.append(sample.meta.get("cell_type"))
-        for k in totals:
-            totals[k] += c[k]
-        empty += c["cells"] == 0
-        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+    t0 = time.time()
+    indices, labels, types, totals, empty, skipped = _label_images(reader, indices, predictor, test_cfg, args, agree)
     if totals["cells"] == 0:
         raise PseudoLabelError(f"no detection of the {len(indices)} images reached --keep {args.keep} in {agree} "
                                f"view(s): nothing written (lower --keep or --agree, or check --weights)")
@@ -299,12 +299,64 @@ def _label(args) -> int:
         "keep": args.keep, "ignore": args.ignore, "agree": agree, "views": predictor.num_views,
         "tta": list(test_cfg.tta), "merge_iou": test_cfg.merge_iou, "weights": list(args.weights),
         "images_dir": args.images, "ids": args.ids, "class_names": list(names), "file": out_file,
-        "file_bytes": info["file_bytes"], "seconds": round(time.time() - t0, 1),
+        "file_bytes": info["file_bytes"], "seconds": round(time.time() - t0, 1), "skipped": skipped,
     }
     atomic_json(summary, os.path.join(args.out, SUMMARY_FILE))
     print(f"pseudo-labelled {len(indices)} images: {totals['cells']} cells, {totals['ignored']} ignore regions "
           f"({empty} images without cells) -> {out_file}")
+    if skipped:
+        print(f"pseudo_label: {len(skipped)} image(s) could not be processed and are not in {out_file} (exit code 3; "
+              "--strict stops at the first one instead):\n" + "\n".join(f"  {r}" for r in skipped[:10])
+              + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""), file=sys.stderr)
+        return 3
     return 0
+
+
+def _label_images(reader, indices: Sequence[int], predictor, test_cfg, args, agree: int):
+    """Pseudo-label ``reader``'s images ``indices`` one at a time; an image that cannot be processed
+    (``maskrcnn.inference.guard``) is left out with a warning. Returns the indices done, their
+    labels and cell types, the totals, the number without cells and the reasons of those left out."""
+    from tqdm import tqdm
+
+    from maskrcnn.inference.guard import check_fits, predict_guarded
+    from maskrcnn.inference.merge import merge_instances
+    from maskrcnn.inference.pseudo import pseudo_labels
+
+    labels, types, totals = [], [], {"cells": 0, "ignored": 0, "background": 0}
+    empty, done, skipped = 0, [], []
+    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
+    for i in bar:
+        where = reader_path(reader, i)
+
+        def one_image(i=i, where=where):
+            sample = reader.load(i)
+            check_fits(sample.image, predictor, where)
+            views = predictor.predict_views(sample.image)
+            merged, counts = merge_instances(views, test_cfg.merge_iou, 1, test_cfg.mask_thresh, predictor.num_views,
+                                             return_view_counts=True)
+            return sample, pseudo_labels(merged, counts, test_cfg, args.keep, args.ignore, agree)
+
+        result, reason = predict_guarded(one_image, where, args.strict)
+        if reason is not None:  # left out of the set (nothing to train on), named at the end
+            tqdm.write(f"warning: skipped, left out of the pseudo-labels: {reason}", file=sys.stderr)
+            skipped.append(reason)
+            continue
+        sample, (inst, c) = result
+        done.append(i)
+        labels.append(inst.to("cpu"))
+        types.append(sample.meta.get("cell_type"))
+        for k in totals:
+            totals[k] += c[k]
+        empty += c["cells"] == 0
+        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+    return done, labels, types, totals, empty, skipped
+
+
+def reader_path(reader, index: int) -> str:
+    """The file behind ``reader``'s image ``index`` (for messages)."""
+    if hasattr(reader, "image_path"):
+        return reader.image_path(reader.image_ids[index])
+    return os.path.join(reader.root, reader._files[index])
 
 
 if __name__ == "__main__":

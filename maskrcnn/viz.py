@@ -376,7 +376,7 @@ def build_parser():
     p.add_argument("--no-caption", action="store_true", help="the overlay only, without the caption band")
     p.add_argument("--limit", type=int, default=0, help="--images: only the first N images (0: all)")
     p.add_argument("--no-progress", action="store_true", help="--images: a line every 30 s instead of a progress bar")
-    p.add_argument("--out", default="", help="output PNG (default: <image stem>_overlay.png); with --images a "
+    p.add_argument("--out", default=None, help="output PNG (default: <image stem>_overlay.png); with --images a "
                    "folder (default: overlays)")
     return p
 
@@ -398,13 +398,14 @@ def _viz(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
     gt_src = MaskSource(args.gt, "annotation", args.order) if args.gt else None
     pred_src = MaskSource(args.pred, "predicted", args.order) if args.pred else None
+    from maskrcnn.fileio import check_not_input, check_output_path
+
+    inputs = [args.image or args.images, args.gt, args.pred]
     if args.image:
         image_id = args.id or os.path.splitext(os.path.basename(args.image))[0]
-        out = args.out or f"{os.path.splitext(os.path.basename(args.image))[0]}_overlay.png"
-        if args.out:
-            from maskrcnn.fileio import check_output_path
-
-            check_output_path(args.out, "--out")
+        out = f"{os.path.splitext(os.path.basename(args.image))[0]}_overlay.png" if args.out is None else args.out
+        check_output_path(out, "--out")
+        check_not_input(out, inputs, "--out")
         n_gt, n_pred = _draw_one(args.image, image_id, gt_src, pred_src, out, args)
         print(f"wrote {out} (gt {max(n_gt, 0)} objects, pred {max(n_pred, 0)} objects)")
         return
@@ -415,9 +416,12 @@ def _viz(argv: Sequence[str]) -> None:
         raise UserError("--id names one image: use it with --image, not --images")
     paths = list_image_files(args.images)
     paths = paths[:args.limit] if args.limit > 0 else paths
-    out_dir = args.out or "overlays"
+    out_dir = "overlays" if args.out is None else args.out
+    if not out_dir:
+        raise UserError("--out: an empty folder name")
     if os.path.isfile(out_dir):
         raise UserError(f"--images writes a folder of overlays, but --out is a file ({out_dir})")
+    check_not_input(out_dir, inputs, "--out", folder=True)
     for src in (gt_src, pred_src):
         if src is not None:
             src.strict = False

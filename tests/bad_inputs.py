@@ -188,6 +188,7 @@ def build_files(root: str) -> Files:
     os.makedirs(f.p("readonly"), exist_ok=True)
     os.chmod(f.p("readonly"), 0o555)
     add_rgb_masks(f)
+    add_round2_files(f)
     return f
 
 
@@ -226,6 +227,8 @@ def _tool(name: str):
         from maskrcnn.data.make_cache import main
     elif name == "synthetic":
         from maskrcnn.data.synthetic import main
+    elif name == "pseudo_label":
+        from maskrcnn.pseudo_label import main
     else:
         raise KeyError(name)
     return main
@@ -264,7 +267,8 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
 
 
 SCRIPTS = {"predict": ["predict.py"], "evaluate": ["evaluate.py"], "train": ["train.py"], "viz": ["-m", "maskrcnn.viz"],
-           "make_cache": ["-m", "maskrcnn.data.make_cache"], "synthetic": ["-m", "maskrcnn.data.synthetic"]}
+           "make_cache": ["-m", "maskrcnn.data.make_cache"], "synthetic": ["-m", "maskrcnn.data.synthetic"],
+           "pseudo_label": ["-m", "maskrcnn.pseudo_label"]}
 
 
 def attempt_subprocess(tool: str, argv: Sequence[str], timeout: float = 300) -> Outcome:
@@ -393,7 +397,7 @@ CASES: List[Case] = [
     Case("weights: NaN in a tensor", "predict", lambda f, t: predict_args(f, t, weights=[f.p("nan.pth")]),
          ["nan.pth", "non-finite", "roi_heads"], before_images=True),
     Case("config: an empty file", "predict", lambda f, t: predict_args(f, t, "--config", f.p("empty.yaml")),
-         ["do not fit", "empty.yaml"], before_images=True),
+         ["empty", "empty.yaml"], before_images=True),
     Case("config: binary file", "predict", lambda f, t: predict_args(f, t, "--config", f.p("thr_binary.yaml")),
          ["thr_binary.yaml"]),
     # ---------------------------------------------------------------- predict.py: settings
@@ -631,6 +635,288 @@ CASES: List[Case] = [
 ]
 
 
+# ---------------------------------------------------------------------- round 2 (issue 23)
+def add_round2_files(f: Files) -> None:
+    """Fixtures of the second round: inputs a run must not overwrite, images it cannot represent,
+    settings outside their range, COCO / DSB / label files that hold less than they seem to."""
+    from maskrcnn.config import load_config, to_dict
+    from maskrcnn.data.rle import encode
+    from maskrcnn.model import build_model
+    from PIL import TiffImagePlugin
+
+    rng = np.random.default_rng(5)
+    good = rng.integers(0, 255, (H, W), dtype=np.uint8)
+    # an ensemble partner with one class (tiny.pth has three)
+    one = load_config(f.p("tiny.yaml"), ["model.roi_heads.num_classes=1"])
+    torch.manual_seed(1)
+    torch.save({"model": build_model(one.model, load_weights=False, verbose=False).state_dict(),
+                "config": to_dict(one), "iteration": 0}, f.p("tiny1.pth"))
+    with open(f.p("tiny.pth"), "rb") as src:
+        ck = torch.load(src, weights_only=True)
+    torch.save({"model": ck["model"], "config": "model: resnet18", "iteration": 0}, f.p("config_string.pth"))
+    # images a reader cannot represent, each next to a good one
+    f.image("imgs_broken_link/good.png", good)
+    os.symlink("nowhere.png", f.p("imgs_broken_link", "gone.png"))
+    f.image("imgs_link_loop/good.png", good)
+    os.symlink("loop.png", f.p("imgs_link_loop", "loop.png"))
+    f.image("imgs_pages/good.png", good)
+    pages = [Image.fromarray(np.full((H, W), 40 * k, np.uint8)) for k in range(3)]
+    pages[0].save(f.p("imgs_pages", "stack.tif"), save_all=True, append_images=pages[1:])
+    f.image("imgs_signed/good.png", good)
+    signed = TiffImagePlugin.ImageFileDirectory_v2()
+    signed[339] = 2  # SampleFormat: signed integer
+    Image.fromarray(good).save(f.p("imgs_signed", "int8.tif"), tiffinfo=signed)
+    f.image("imgs_big/good.png", good)
+    f.image("imgs_big/big.png", np.zeros((3000, 3000), np.uint8))  # 9 Mpx: a few KB as PNG
+    f.image("imgs_photo/a.png", good)  # an ordinary image where label images are expected
+    f.image("imgs_long/good.png", good)
+    f.image("imgs_long/" + "x" * 240 + ".png", good)
+    f.write("empty_results.json", "[]")
+    # settings
+    f.write("dup_model.yaml", TINY_MODEL.replace("model:\n", "model:\n  channels_last: false\n", 1)
+            + "model:\n  roi_heads: {num_classes: 1}\n")
+    f.write("comments.yaml", "# nothing here yet\n\n# model: ...\n")
+    f.write("thr_beside.yaml", "score_thresh: [0.9]\ntest:\n  mask_thresh: [0.4]\n")
+    f.image("dsb_dangling/ok/images/ok.png", good)
+    os.makedirs(f.p("dsb_dangling", "gone", "images"))
+    os.symlink("missing.png", f.p("dsb_dangling", "gone", "images", "gone.png"))
+    f.write("thr_dup.yaml", "score_thresh: [0.4]\nmask_thresh: [0.5]\nscore_thresh: [0.6]\n")
+    # label, COCO and DSB files that hold less (or more) than they seem to
+    obj = _rect(2, 9, 3, 20)
+    f.write("labels_twice.csv", "id,annotation,width,height\n" + f"a,{encode(obj)},{W},{H}\n" * 2)
+    image = '{"id": 1, "file_name": "a.png", "height": %d, "width": %d}' % (H, W)
+    f.write("coco_no_anns.json", '{"images": [%s], "categories": [{"id": 1, "name": "cell"}]}' % image)
+    f.write("coco_zero_anns.json", '{"images": [%s], "annotations": [], "categories": [{"id": 1, "name": "cell"}]}'
+            % image)
+    f.write("coco_gt_str_id.json", '{"images": [{"id": "a", "file_name": "a.png", "height": %d, "width": %d}], '
+            '"annotations": [], "categories": [{"id": 1, "name": "cell"}]}' % (H, W))
+    f.write("coco_gt_no_id.json", '{"images": [{"file_name": "a.png", "height": %d, "width": %d}], '
+            '"annotations": [], "categories": [{"id": 1, "name": "cell"}]}' % (H, W))
+    for i, masks in (("d1", [_rect(3, 9, 3, 9)]), ("d2", [])):
+        f.image(f"dsb_bare/{i}/images/{i}.png", good)
+        os.makedirs(f.p("dsb_bare", i, "masks"), exist_ok=True)
+        for k, m in enumerate(masks):
+            f.image(f"dsb_bare/{i}/masks/{k}.png", (m * 255).astype(np.uint8))
+    # run folders train.py did not write
+    f.write("user_run/config.yaml", "# my own notes, not a run's\nmodel: {}\n")
+    f.write("not_a_run/model_0000001.pth", b"user's file")
+    f.write("marked_run/run_marker.json", "{}\n")
+    with open(f.p("tiny.pth"), "rb") as src:
+        f.write("marked_run/model_final.pth", src.read())
+    f.snapshot = {}  # what the "out" cases must leave as it is
+    for name in ("images/a.png", "images/b.png", "tiny.pth", "empty.yaml", "train.yaml", "coco_nan.json",
+                 "user_run/config.yaml", "not_a_run/model_0000001.pth", "marked_run/model_final.pth"):
+        with open(f.p(name), "rb") as fh:
+            f.snapshot[name] = fh.read()
+    f.snapshot["images"] = sorted(os.listdir(f.p("images")))
+
+
+def _file_unchanged(name: str, words: Sequence[str]):
+    """An ``error:`` line holding ``words`` (exit 2), and the input ``name`` as it was built."""
+    def check(o: Outcome, f: Files, tmp: str):
+        assert o.code == 2 and len(o.error_lines) == 1, o.describe() + o.err[-2000:]
+        assert all(w.lower() in o.error_lines[0].lower() for w in words), o.error_lines
+        path = f.p(name)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                assert fh.read() == f.snapshot[name], f"{name} was changed"
+        else:
+            assert sorted(os.listdir(path)) == f.snapshot[name], f"{name} was changed"
+    return check
+
+
+def _warned(*words):
+    def check(o: Outcome, f: Files, tmp: str):
+        assert o.code == 0, o.describe() + o.err[-2000:]
+        assert any(all(w in ln for w in words) for ln in o.err.splitlines() if ln.startswith("warning")), o.err
+    return check
+
+
+def _labels_written(o: Outcome, f: Files, tmp: str):
+    assert o.code == 0, o.describe() + o.err[-2000:]
+    out = os.path.join(tmp, "labels")
+    assert sorted(os.listdir(out)) == ["good.png", "x" * 240 + ".png"]
+    assert not [n for n in os.listdir(tmp) if "partial" in n or n.endswith(".tmp")], os.listdir(tmp)
+
+
+def _interrupted_labels(o: Outcome, f: Files, tmp: str):
+    assert o.code == 130, o.describe() + o.err[-2000:]
+    assert os.listdir(tmp) == [], os.listdir(tmp)  # no folder that looks complete, no staging left
+
+
+def _pseudo_skipped(o: Outcome, f: Files, tmp: str):
+    import json
+
+    assert o.code == 3, o.describe() + o.err[-2000:]
+    assert "1 image(s) could not be processed" in o.err and "bad.png" in o.err.split("could not be processed")[1]
+    with open(os.path.join(tmp, "pl", "summary.json")) as fh:
+        summary = json.load(fh)
+    assert summary["images"] == 1 and len(summary["skipped"]) == 1 and "bad.png" in summary["skipped"][0]
+
+
+def _dsb_dangling(o: Outcome, f: Files, tmp: str):
+    assert o.code == 3, o.describe() + o.err[-2000:]
+    assert {r[0] for r in _rows(os.path.join(tmp, "sub.csv"))[1:]} == {"ok", "gone"}
+    assert "broken symlink" in o.err.split("could not be read")[1]
+
+
+def _out(t: str, name: str = "sub.csv") -> str:
+    return os.path.join(t, name)
+
+
+def train_args(f: Files, t: str, *extra: str, config: str = "train.yaml") -> List[str]:
+    return [f.p(config), "--set", f"train.output_dir={t}/run", *extra]
+
+
+ROUND2: List[Case] = [
+    # ------------------------------------------------ outputs that would destroy an input
+    Case("round2 out: --out is an input image", "predict", lambda f, t: predict_args(f, t, out=f.p("images", "a.png")),
+         check=_file_unchanged("images/a.png", ["input", "a.png"]), before_images=True),
+    Case("round2 out: --format coco --out is the weights", "predict",
+         lambda f, t: predict_args(f, t, "--format", "coco", out=f.p("tiny.pth")),
+         check=_file_unchanged("tiny.pth", ["input", "tiny.pth"]), before_images=True),
+    Case("round2 out: --format labels --out is the image folder", "predict",
+         lambda f, t: predict_args(f, t, "--format", "labels", out=f.p("images")),
+         check=_file_unchanged("images", ["input", "images"]), before_images=True),
+    Case("round2 out: --format labels --out holds the image folder", "predict",
+         lambda f, t: predict_args(f, t, "--format", "labels", out=f.root),
+         ["folder", "holds an input"], before_images=True),
+    Case("round2 out: --out is the thresholds file", "predict",
+         lambda f, t: predict_args(f, t, "--thresholds", f.p("empty.yaml"), out=f.p("empty.yaml")),
+         check=_file_unchanged("empty.yaml", ["input", "empty.yaml"]), before_images=True),
+    Case("round2 out: --out ''", "predict",
+         lambda f, t: ["--weights", f.p("tiny.pth"), "--images", f.p("images"), "--out", "", "--device", "cpu"],
+         ["--out", "empty"], before_images=True),
+    Case("round2 out: viz --out is --image", "viz", lambda f, t: ["--image", f.p("images", "b.png"), "--out",
+                                                                  f.p("images", "b.png")],
+         check=_file_unchanged("images/b.png", ["input", "b.png"])),
+    Case("round2 out: viz --images --out is the image folder", "viz",
+         lambda f, t: ["--images", f.p("images"), "--out", f.p("images")], check=_file_unchanged("images", ["input"])),
+    Case("round2 out: evaluate labels --out is the config", "evaluate",
+         lambda f, t: ["labels", "--config", f.p("train.yaml"), "--out", f.p("train.yaml")],
+         check=_file_unchanged("train.yaml", ["input", "train.yaml"])),
+    Case("round2 out: make_cache --out is the COCO json", "make_cache",
+         lambda f, t: ["--format", "coco", "--ann-file", f.p("coco_nan.json"), "--root", f.p("coco_images"),
+                       "--out", f.p("coco_nan.json")], check=_file_unchanged("coco_nan.json", ["input"])),
+    Case("round2 out: train over a user's config.yaml", "train",
+         lambda f, t: [f.p("train.yaml"), "--set", f"train.output_dir={f.p('user_run')}"],
+         check=_file_unchanged("user_run/config.yaml", ["config.yaml", "no run marker"])),
+    Case("round2 out: train --overwrite of a folder without a run marker", "train",
+         lambda f, t: [f.p("train.yaml"), "--overwrite", "--set", f"train.output_dir={f.p('not_a_run')}"],
+         check=_file_unchanged("not_a_run/model_0000001.pth", ["no run marker", "remove"])),
+    Case("round2 out: train --overwrite would remove its own backbone weights", "train",
+         lambda f, t: [f.p("train.yaml"), "--overwrite", "--set", f"train.output_dir={f.p('marked_run')}",
+                       f"model.backbone.weights={f.p('marked_run', 'model_final.pth')}"],
+         check=_file_unchanged("marked_run/model_final.pth", ["model_final.pth", "input"])),
+    Case("round2 out: pseudo_label --out is the image folder", "pseudo_label",
+         lambda f, t: ["label", "--weights", f.p("tiny.pth"), "--images", f.p("images"), "--out", f.p("images"),
+                       "--device", "cpu"], check=_file_unchanged("images", ["input", "images"])),
+    # ------------------------------------------------ one image must not end the run
+    Case("round2 image: too large for memory among good ones", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("imgs_big")), check=_skipped_image_run("big.png"),
+         marks={"free_gib": "0.1"}),
+    Case("round2 image: too large, --strict", "predict",
+         lambda f, t: predict_args(f, t, "--strict", images=f.p("imgs_big")), ["big.png", "GiB", "tiles"],
+         marks={"free_gib": "0.1"}),
+    Case("round2 image: allocation fails while predicting", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("imgs_big")), check=_skipped_image_run("big.png"),
+         marks={"oom_on": "3000"}),
+    Case("round2 image: pseudo_label skips an unreadable image", "pseudo_label",
+         lambda f, t: ["label", "--weights", f.p("tiny.pth"), "--images", f.p("imgs_garbage"), "--out",
+                       os.path.join(t, "pl"), "--device", "cpu", "--keep", "0", "--ignore", "0", "--no-progress", "--classes", "a,b,c"],
+         check=_pseudo_skipped),
+    # ------------------------------------------------ settings that would mean something else
+    Case("round2 setting: a YAML key written twice", "train", lambda f, t: train_args(f, t, config="dup_model.yaml"),
+         ["'model'", "twice", "dup_model.yaml"]),
+    Case("round2 setting: thresholds key written twice", "predict",
+         lambda f, t: predict_args(f, t, "--thresholds", f.p("thr_dup.yaml")), ["score_thresh", "twice", "lines 1 and 3"],
+         before_images=True),
+    Case("round2 setting: a config of comments only", "train", lambda f, t: [f.p("comments.yaml")],
+         ["empty", "comments.yaml"]),
+    Case("round2 setting: predict --config of comments only", "predict",
+         lambda f, t: predict_args(f, t, "--config", f.p("comments.yaml")), ["empty", "comments.yaml"], before_images=True),
+    Case("round2 setting: anchor aspect ratio -1", "train",
+         lambda f, t: train_args(f, t, "model.anchors.aspect_ratios=[0.5,-1]"), ["aspect_ratios[1]", "-1"]),
+    Case("round2 setting: anchor size 0", "train", lambda f, t: train_args(f, t, "model.anchors.sizes=[0,16,32,64,128]"),
+         ["model.anchors.sizes[0]", "0"]),
+    Case("round2 setting: crop_size [-5, 10]", "train", lambda f, t: train_args(f, t, "data.augment.crop_size=[-5,10]"),
+         ["crop_size", "-5"]),
+    Case("round2 setting: num_classes 100000", "train",
+         lambda f, t: train_args(f, t, "model.roi_heads.num_classes=100000"), ["num_classes", "100000"]),
+    Case("round2 setting: synthetic height 8", "train", lambda f, t: train_args(f, t, "data.synthetic.height=8"),
+         ["data.synthetic", "8"]),
+    Case("round2 setting: --tta scale=1000", "predict", lambda f, t: predict_args(f, t, "--tta", "scale=1000"),
+         ["scale", "1000"], before_images=True),
+    Case("round2 setting: --tile 64 --tile-overlap 63", "predict",
+         lambda f, t: predict_args(f, t, "--tile", "64", "--tile-overlap", "63"), ["tile_overlap", "63"],
+         before_images=True),
+    Case("round2 setting: an ensemble of 3 and 1 classes", "predict",
+         lambda f, t: predict_args(f, t, weights=[f.p("tiny.pth"), f.p("tiny1.pth")]), ["ensemble", "classes"],
+         before_images=True),
+    Case("round2 setting: a pseudo_label ensemble of 3 and 1 classes", "pseudo_label",
+         lambda f, t: ["label", "--weights", f.p("tiny.pth"), f.p("tiny1.pth"), "--images", f.p("images"), "--out",
+                       os.path.join(t, "pl"), "--device", "cpu", "--classes", "a,b,c", "--keep", "0", "--ignore", "0"],
+         ["ensemble", "classes"]),
+    Case("round2 setting: --set one key twice", "predict",
+         lambda f, t: predict_args(f, t, "--set", "test.min_area=[5]", "test.min_area=[50]"), ["test.min_area", "twice"],
+         before_images=True),
+    Case("round2 setting: thresholds keys beside a test: section", "predict",
+         lambda f, t: predict_args(f, t, "--thresholds", f.p("thr_beside.yaml")), ["score_thresh", "test:"],
+         before_images=True),
+    Case("round2 setting: synthetic --cells 10 5", "synthetic",
+         lambda f, t: ["--out", os.path.join(t, "syn"), "--cells", "10", "5"], ["--cells", "10"]),
+    # ------------------------------------------------ readers: refuse or warn on what they cannot represent
+    Case("round2 reader: a broken symlink in the image folder", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("imgs_broken_link")), check=_skipped_image_run("gone.png")),
+    Case("round2 reader: a symlink loop in the image folder", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("imgs_link_loop")), check=_skipped_image_run("loop.png")),
+    Case("round2 reader: a dangling link in a DSB-layout folder", "predict",
+         lambda f, t: predict_args(f, t, images=f.p("dsb_dangling")), check=_dsb_dangling),
+    Case("round2 reader: a 3-page TIFF", "predict", lambda f, t: predict_args(f, t, images=f.p("imgs_pages")),
+         check=_skipped_image_run("stack.tif")),
+    Case("round2 reader: a signed 8-bit TIFF", "predict", lambda f, t: predict_args(f, t, images=f.p("imgs_signed")),
+         check=_skipped_image_run("int8.tif")),
+    Case("round2 reader: viz --pred folder of ordinary images", "viz",
+         lambda f, t: ["--image", f.p("images", "a.png"), "--pred", f.p("imgs_photo"), "--out", _out(t, "o.png")],
+         ["not a label image", "a.png"]),
+    Case("round2 reader: labels list one object twice", "evaluate",
+         lambda f, t: score_args(f, t, "sub.csv", "labels_twice.csv"), ["labels_twice.csv", "line 3", "same object"]),
+    Case("round2 reader: COCO without 'annotations' to train on", "train",
+         lambda f, t: train_args(f, t, "data.format=coco", f"data.ann_file={f.p('coco_no_anns.json')}",
+                                 f"data.root={f.p('coco_images')}"), ["coco_no_anns.json", "no annotations"]),
+    Case("round2 reader: COCO with zero annotations to cache", "make_cache",
+         lambda f, t: ["--format", "coco", "--ann-file", f.p("coco_zero_anns.json"), "--root", f.p("coco_images"),
+                       "--out", _out(t, "c.npz")], ["coco_zero_anns.json", "no annotations"]),
+    Case("round2 reader: DSB image with an empty masks/", "make_cache",
+         lambda f, t: ["--format", "dsb2018", "--root", f.p("dsb_bare"), "--out", _out(t, "d.npz"), "--workers", "0"],
+         check=_warned("no mask PNG", "d2")),
+    Case("round2 reader: --coco-gt image with a string id", "predict",
+         lambda f, t: predict_args(f, t, "--format", "coco", "--coco-gt", f.p("coco_gt_str_id.json"),
+                                   out=_out(t, "r.json")), ["coco_gt_str_id.json", "'a'", "integers"],
+         before_images=True),
+    Case("round2 reader: --coco-gt image without an id", "predict",
+         lambda f, t: predict_args(f, t, "--format", "coco", "--coco-gt", f.p("coco_gt_no_id.json"),
+                                   out=_out(t, "r.json")), ["coco_gt_no_id.json", "no id"], before_images=True),
+    Case("round2 reader: evaluate coco, GT image with a string id", "evaluate",
+         lambda f, t: ["coco", "--predictions", f.p("empty_results.json"), "--labels", f.p("coco_gt_str_id.json")],
+         ["coco_gt_str_id.json", "integers"]),
+    Case("round2 reader: a checkpoint whose config is a string", "predict",
+         lambda f, t: predict_args(f, t, weights=[f.p("config_string.pth")]), ["config_string.pth", "mapping"],
+         before_images=True),
+    # ------------------------------------------------ disk full, interrupted writes, long names
+    Case("round2 write: disk full writing the submission", "predict", lambda f, t: predict_args(f, t),
+         ["disk full writing", "sub.csv"], marks={"enospc": "1"}),
+    Case("round2 write: disk full writing a checkpoint (torch.save)", "train",
+         lambda f, t: train_args(f, t), ["disk full writing", "run/model_"], marks={"enospc_torch": "1"}),
+    Case("round2 write: Ctrl-C during --format labels", "predict",
+         lambda f, t: predict_args(f, t, "--format", "labels", out=os.path.join(t, "labels")),
+         check=_interrupted_labels, marks={"interrupt_on": "2"}),
+    Case("round2 write: a 240-character id as a label image", "predict",
+         lambda f, t: predict_args(f, t, "--format", "labels", images=f.p("imgs_long"), out=os.path.join(t, "labels")),
+         check=_labels_written),
+]
+CASES.extend(ROUND2)
+
 def add_rgb_masks(f: Files) -> None:
     """``masks_rgb/``: two DSB-style mask PNGs, one stored as pure blue RGB (0, 0, 1), one as gray."""
     blue = np.zeros((H, W, 3), dtype=np.uint8)
@@ -647,15 +933,85 @@ def skip_reason(case: Case) -> Optional[str]:
 
 
 def run_case(case: Case, f: Files, tmp: str) -> Outcome:
-    """``attempt`` the case; a case marked ``no_cuda`` runs as on a machine without CUDA."""
-    if not case.marks.get("no_cuda"):
+    """``attempt`` the case under the faults its marks inject (see ``injected``)."""
+    with injected(case.marks):
         return attempt(case.tool, case.argv(f, tmp))
-    real = torch.cuda.is_available
-    torch.cuda.is_available = lambda: False
+
+
+@contextlib.contextmanager
+def injected(marks: Dict[str, str]):
+    """Faults a case asks for, undone afterwards: ``no_cuda`` (a machine without CUDA), ``free_gib``
+    (that much memory free), ``oom_on`` (predicting an image of that height fails to allocate),
+    ``enospc`` / ``erofs`` (every atomic write finds the disk full / read-only), ``enospc_torch`` (``torch.save`` fails
+    as it does on a full disk), ``interrupt_on`` (Ctrl-C while post-processing the N-th image)."""
+    import errno
+
+    from maskrcnn import fileio
+    from maskrcnn.inference import predict_cli
+    from maskrcnn.inference.predictor import Predictor
+
+    undo = []
+
+    def patch(obj, name, value):
+        had = name in vars(obj)
+        undo.append((obj, name, vars(obj).get(name), had))
+        setattr(obj, name, value)
+
+    if marks.get("no_cuda"):
+        patch(torch.cuda, "is_available", lambda: False)
+    if marks.get("free_gib"):
+        from maskrcnn.inference import guard
+
+        patch(guard, "available_memory", lambda device: int(float(marks["free_gib"]) * 2**30))
+    if marks.get("oom_on"):
+        real_raw = Predictor.predict_raw
+
+        def failing_raw(self, image):
+            if image.shape[-2] == int(marks["oom_on"]):
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                                   "memory: you tried to allocate 6912000000 bytes. Error code 12")
+            return real_raw(self, image)
+        patch(Predictor, "predict_raw", failing_raw)
+    if marks.get("enospc") or marks.get("erofs"):
+        code = errno.ENOSPC if marks.get("enospc") else errno.EROFS
+
+        class FullDisk(io.RawIOBase):
+            def __init__(self, path):
+                self.path = path
+
+            def writable(self):
+                return True
+
+            def write(self, data):
+                raise OSError(code, os.strerror(code), self.path)
+
+        def full_open(path, mode="r", *a, **k):
+            if "x" in mode:
+                return io.TextIOWrapper(io.BufferedWriter(FullDisk(path))) if "b" not in mode else \
+                    io.BufferedWriter(FullDisk(path))
+            return open(path, mode, *a, **k)
+        patch(fileio, "open", full_open)
+    if marks.get("enospc_torch"):
+        def full_save(obj, f, *a, **k):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 470")
+        patch(torch, "save", full_save)
+    if marks.get("interrupt_on"):
+        real_post, calls = predict_cli.postprocess, [0]
+
+        def interrupting(*a, **k):
+            calls[0] += 1
+            if calls[0] == int(marks["interrupt_on"]):
+                raise KeyboardInterrupt
+            return real_post(*a, **k)
+        patch(predict_cli, "postprocess", interrupting)
     try:
-        return attempt(case.tool, case.argv(f, tmp))
+        yield
     finally:
-        torch.cuda.is_available = real
+        for obj, name, value, had in reversed(undo):
+            if had:
+                setattr(obj, name, value)
+            else:
+                delattr(obj, name)
 
 
 def judge(case: Case, o: Outcome, f: Files, tmp: str) -> None:

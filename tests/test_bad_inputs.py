@@ -29,7 +29,8 @@ def test_bad_input(case, files, tmp_path):
 
 
 def test_the_table_covers_every_front_end():
-    assert {c.tool for c in CASES} == {"predict", "evaluate", "train", "viz", "make_cache", "synthetic"}
+    assert {c.tool for c in CASES} == {"predict", "evaluate", "train", "viz", "make_cache", "synthetic",
+                                        "pseudo_label"}
     assert len({c.name for c in CASES}) == len(CASES)
 
 

@@ -76,6 +76,16 @@ def load_coco_json(path: str, object_hook=None) -> dict:
     return doc
 
 
+def check_image_ids(doc: dict, path: str) -> None:
+    """CocoFormatError naming the entry unless every image of ``doc`` has an integer ``id`` (what
+    pycocotools and results files match on: a string id or none cannot be matched)."""
+    for k, im in enumerate(doc.get("images") or []):
+        image_id = im.get("id") if isinstance(im, dict) else None
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise CocoFormatError(f"{path}: images[{k}] has {'no id' if image_id is None else f'the id {image_id!r}'}; "
+                                  "COCO image ids are integers")
+
+
 class _AnnotationStore:
     """Every annotation of a COCO json in flat arrays, filled by ``json.load``'s ``object_hook``
     while the file parses: each annotation's Python objects (its polygon lists of floats) live only
@@ -177,6 +187,10 @@ class CocoDataset:
             if a is not None:
                 raise CocoFormatError(f"{ann_file}: annotation {a.get('id') if isinstance(a, dict) else a!r} has no "
                                       f"segmentation")
+        if len(store) == 0 and not doc["annotations"]:
+            raise CocoFormatError(f"{ann_file}: no annotations ('annotations' is missing or empty): nothing to learn "
+                                  "from or score against; an image-list json without annotations only serves "
+                                  "predict.py --coco-gt")
         del doc
         n = len(store)
         self._ann_ids = np.frombuffer(store.ids, dtype=np.int64) if n else np.zeros(0, np.int64)

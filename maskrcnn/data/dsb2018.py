@@ -136,6 +136,11 @@ class DSB2018Dataset:
                 raise FileNotFoundError(f"{os.path.join(root, i)}: no masks/ folder (pass labeled=False for test images)")
         self.image_ids: List[str] = ids
         self._strata = None
+        if self.labeled:
+            bare = [i for i in ids if not self.mask_paths(i)]
+            if bare:  # an empty masks/ reads as "no nuclei": say so, it is more often a copy gone wrong
+                warnings.warn(f"{root}: {len(bare)} image(s) have no mask PNG in masks/ and count as images without "
+                              f"nuclei (e.g. {', '.join(bare[:3])})", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.image_ids)

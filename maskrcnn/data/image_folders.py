@@ -22,10 +22,17 @@ class ImageFolderError(UserError, ValueError):
 
 
 def flat_image_files(folder: str) -> List[str]:
-    """Image files (by suffix) directly in ``folder``, sorted by name."""
+    """Image files (by suffix) directly in ``folder``, sorted by name.
+
+    A symlink that leads nowhere (broken, or a loop) is listed too: reading it fails, and the
+    front ends name it (a warning, the run's summary) instead of dropping it without a word.
+    """
+    def listed(path: str) -> bool:
+        return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
+
     return sorted(
         os.path.join(folder, f) for f in os.listdir(folder)
-        if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, f))
+        if f.lower().endswith(IMAGE_SUFFIXES) and listed(os.path.join(folder, f))
     )
 
 
@@ -34,7 +41,7 @@ def dsb_image_files(folder: str) -> List[str]:
     out = []
     for d in sorted(os.listdir(folder)):
         p = os.path.join(folder, d, "images", d + ".png")
-        if os.path.isfile(p):
+        if os.path.isfile(p) or os.path.islink(p):  # a dangling link too: named when read
             out.append(p)
     return out
 

@@ -5,6 +5,7 @@ reader yields (``maskrcnn.structures.Sample``). Writers are atomic (temp file + 
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -71,7 +72,11 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(src)
-            im.load()  # decode now, so a truncated file fails here and names the file
+            try:
+                im.load()  # decode now, so a truncated file fails here and names the file
+            except BaseException:
+                im.close()
+                raise
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {where}") from None
     except Image.DecompressionBombError as e:
@@ -80,12 +85,43 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
         if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isfile(path_or_bytes) and os.path.getsize(path_or_bytes) == 0:
             raise ImageReadError(f"{where}: cannot decode image: the file is empty (0 bytes)") from None
         raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    try:
+        _refuse_unrepresentable(im, where)
+    except ImageReadError:
+        im.close()
+        raise
     for w in caught:  # re-issue what was not the bomb warning unchanged; name the file in that one
         if issubclass(w.category, Image.DecompressionBombWarning):
             warnings.warn(f"{where}: {w.message}", Image.DecompressionBombWarning, stacklevel=2)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return im
+
+
+def _refuse_unrepresentable(im: Image.Image, where: str) -> None:
+    """ImageReadError for files one 2-D image cannot stand for: several pages or frames (a stack,
+    a time series: reading page 0 alone would drop the rest without a word) and signed-integer
+    samples (Pillow reads int8 as uint8, so -1 would become 255)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise ImageReadError(f"{where}: holds {frames} pages/frames; one 2-D image per file is supported "
+                             "(save each page as its own file)")
+    tags = getattr(im, "tag_v2", None)
+    sample_format = tags.get(339) if tags is not None else None  # TIFF SampleFormat: 1 uint, 2 int, 3 float
+    formats = sample_format if isinstance(sample_format, (tuple, list)) else (sample_format,)
+    if 2 in formats:
+        raise ImageReadError(f"{where}: signed-integer samples (TIFF SampleFormat 2) are not supported: "
+                             "convert the image to unsigned 8 or 16 bit")
+
+
+def _dangling_link(path: str) -> str:
+    """Why the symlink ``path`` leads to no file: a loop, or the missing target."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (it leads back to itself)"
+    return f"a broken symlink (its target {os.readlink(path)} does not exist)"
 
 
 def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
@@ -105,6 +141,8 @@ def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
     """
     where = os.fspath(path)
     if not os.path.isfile(where):
+        if os.path.islink(where):
+            raise ImageReadError(f"{where}: {_dangling_link(where)}")
         raise FileNotFoundError(f"image file not found: {where}")
     with open_image(where, where) as im:
         a = _to_array(im, where)

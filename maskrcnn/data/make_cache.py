@@ -16,7 +16,7 @@ from maskrcnn import cli
 from maskrcnn.config import DataConfig
 from maskrcnn.data.cache import IMAGE_CODECS, write_cache
 from maskrcnn.data.loader import build_reader
-from maskrcnn.fileio import check_output_path
+from maskrcnn.fileio import check_not_input, check_output_path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -37,6 +37,7 @@ def _make_cache(argv: Sequence[str]) -> None:
                    help="processes encoding images (default: the CPUs, at most 8; 0: in this process)")
     args = p.parse_args(argv)
     check_output_path(args.out, "--out")  # before reading the whole dataset
+    check_not_input(args.out, [args.root, args.ann_file], "--out")
     reader = build_reader(DataConfig(format=args.format, root=args.root, ann_file=args.ann_file))
     t = time.time()
     summary = write_cache(reader, args.out, image_codec=args.image_codec, progress=True, workers=args.workers)

@@ -368,6 +368,10 @@ def _write_synthetic(argv: Sequence[str]) -> None:
                    help="cells per image")
     p.add_argument("--seed", type=int, default=0, help="another seed, other images")
     args = p.parse_args(argv)
+    if args.cells[0] > args.cells[1]:
+        p.error(f"argument --cells: MIN {args.cells[0]} is above MAX {args.cells[1]}")
+    if not args.out:
+        p.error("argument --out: an empty folder name")
     ds = SyntheticCells(args.num_images, args.height, args.width, tuple(args.cells), args.seed)
     write_layout(ds, args.out, args.layout)
     print(f"wrote {len(ds)} synthetic images to {args.out} ({args.layout} layout)")

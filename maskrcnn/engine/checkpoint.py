@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Dict, List, Optional
+import time
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ FINAL = "model_final.pth"
 BEST = "model_best.pth"
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = "run.lock"
+RUN_MARKER = "run_marker.json"  # written when a run claims its folder: the run files here are train.py's
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 _CHECKPOINT = re.compile(r"^model_.*\.pth$")  # periodic, final, best and superseded bests
 
@@ -143,7 +145,33 @@ class RunDirectory:
     @staticmethod
     def is_run_file(name: str) -> bool:
         """Whether the trainer writes a file of this name (checkpoints, markers, logs, curves)."""
-        return name in (LAST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, CURVES_FILE) or bool(_CHECKPOINT.match(name))
+        return (name in (LAST_CHECKPOINT, CONFIG_FILE, METRICS_FILE, CURVES_FILE, RUN_MARKER)
+                or bool(_CHECKPOINT.match(name)))
+
+    def is_marked(self) -> bool:
+        """Whether a run of train.py wrote this folder's run files (its marker, or ``last_checkpoint``
+        of a run older than the marker)."""
+        return os.path.isfile(self.path(RUN_MARKER)) or os.path.isfile(self.path(LAST_CHECKPOINT))
+
+    def mark(self) -> None:
+        """Write the run marker (rank 0, once the folder is claimed)."""
+        import json
+
+        atomic_write_text(self.path(RUN_MARKER), json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+    def unmarked_run_files(self) -> List[str]:
+        """Names of files here that train.py would replace or ``--overwrite`` remove, in a folder
+        without a run marker: someone else's files (a user's ``config.yaml``)."""
+        if not os.path.isdir(self.output_dir) or self.is_marked():
+            return []
+        return sorted(n for n in os.listdir(self.output_dir) if self.is_run_file(n) and os.path.isfile(self.path(n)))
+
+    def inputs_among_run_files(self, inputs: Sequence[str]) -> List[str]:
+        """The ``inputs`` (files a run reads: backbone weights, pseudo-labels) that are run files of
+        this folder, which ``--overwrite`` would remove or the run replace."""
+        here = os.path.realpath(self.output_dir)
+        return [p for p in inputs if p and os.path.dirname(os.path.realpath(p)) == here
+                and self.is_run_file(os.path.basename(os.path.realpath(p)))]
 
     def checkpoint_files(self) -> List[str]:
         """Names of checkpoints and the ``last_checkpoint`` marker present (an earlier run's work)."""

@@ -80,6 +80,7 @@ def main_eval_only(cfg: Config, weights: str, progress: bool = True, out: Option
         main = du.is_main_process()
         ck = read_checkpoint(weights)
         saved = ck.get("config") if isinstance(ck, dict) else None
+        saved = saved if isinstance(saved, dict) else None  # not a mapping: the given config decides
         if main:
             for line in model_differences(saved, cfg):
                 print(f"warning: {weights} was trained with another model section: {line}", file=sys.stderr)

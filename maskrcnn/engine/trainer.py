@@ -39,6 +39,7 @@ from maskrcnn.engine.checkpoint import (
     CONFIG_FILE,
     FINAL,
     LAST_CHECKPOINT,
+    RUN_MARKER,
     ResumeError,
     RunDirectory,
     RunDirectoryError,
@@ -345,6 +346,7 @@ class Trainer:
         if removed:
             notes.append(f"removed {len(removed)} temp file(s) of writes killed before they finished: {', '.join(removed)}")
         path = self.run_dir.latest() if self.resume else None
+        self._check_foreign_files(out)
         if path is None:
             earlier = self.run_dir.checkpoint_files()
             if earlier and not self.overwrite:
@@ -371,6 +373,24 @@ class Trainer:
             logger.warning(note)
         return path
 
+    def _check_foreign_files(self, out: str) -> None:
+        """RunDirectoryError when the run would replace or remove files train.py did not write: run
+        file names in a folder without a run marker (a user's own ``config.yaml``), or this run's
+        inputs (backbone weights, pseudo-labels) among the folder's run files."""
+        foreign = self.run_dir.unmarked_run_files()
+        if foreign:
+            raise RunDirectoryError(
+                f"train.output_dir holds {', '.join(foreign)} but no run marker ({RUN_MARKER}): train.py did not "
+                f"write them and would replace{' (--overwrite: remove)' if self.overwrite else ''} them; move them or "
+                f"choose another train.output_dir ({out})")
+        d = self.cfg.data
+        inputs = self.run_dir.inputs_among_run_files([self.cfg.model.backbone.weights, d.pseudo.path, d.train_ids_file,
+                                                      d.ann_file])
+        if inputs and (self.overwrite or not self.resume):
+            raise RunDirectoryError(
+                f"{inputs[0]} is an input of this run and a file of its train.output_dir that the run replaces or "
+                f"--overwrite removes: copy it elsewhere first or choose another train.output_dir ({out})")
+
     def _marker_name(self) -> str:
         try:
             with open(self.run_dir.path(LAST_CHECKPOINT)) as f:
@@ -386,6 +406,9 @@ class Trainer:
             ck = load_checkpoint(path)
         except RuntimeError as e:
             raise ResumeError(f"cannot resume from an unreadable checkpoint: {e}") from None
+        if not isinstance(ck.get("config") or {}, dict):
+            raise ResumeError(f"the checkpoint's config is not a mapping (a {type(ck['config']).__name__}): "
+                              f"not a checkpoint train.py wrote ({path})")
         changes = config_changes(ck.get("config") or {}, to_dict(self.cfg))
         refused = [(k, a, b) for k, a, b in changes if not may_change_on_resume(k)]
         if refused:
@@ -569,6 +592,8 @@ class Trainer:
                 if name:
                     logger.info("continuing a finished run to iteration %d: %s is now %s",
                                 self.cfg.solver.max_iter, FINAL, name)
+        if not os.path.isfile(self.run_dir.path(RUN_MARKER)):
+            self.run_dir.mark()
         dump_config(self.cfg, os.path.join(out, CONFIG_FILE))
 
     def _loop(self, model: nn.Module) -> None:

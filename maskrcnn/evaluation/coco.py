@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrcnn.data.coco import load_coco_json, masks_to_coco_rles
+from maskrcnn.data.coco import check_image_ids, load_coco_json, masks_to_coco_rles
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances
 
@@ -213,6 +213,7 @@ def _gt_from_file(path: str) -> COCO:
     """The ground truth of a COCO json (LIVECell's dict-of-annotations copies too), with the
     ``iscrowd`` and ``area`` fields COCOeval needs filled in when a file leaves them out."""
     doc = load_coco_json(path)
+    check_image_ids(doc, path)
     gt = COCO()
     gt.dataset = doc
     with contextlib.redirect_stdout(io.StringIO()):

@@ -107,6 +107,11 @@ def read_label_image(path: str) -> MaskList:
     np.minimum.at(x0, k, xs)
     np.maximum.at(y1, k, ys + 1)
     np.maximum.at(x1, k, xs + 1)
+    fill = np.bincount(k, minlength=values.size) / ((y1 - y0) * (x1 - x0))
+    if values.size > 20 and np.median(fill) < 0.1:  # a photo's grey levels are scattered pixels, not objects
+        raise OutputError(f"{path}: not a label image: its {values.size} values are scattered pixels (each fills "
+                          f"{np.median(fill):.0%} of its box, median), not objects; give label images "
+                          "(predict.py --format labels)")
     h, w = int((y1 - y0).max()), int((x1 - x0).max())
     crops = np.zeros((values.size, h, w), dtype=bool)
     crops[k, ys - y0[k], xs - x0[k]] = True
@@ -144,14 +149,15 @@ def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Di
     Raises OutputError naming the json and the first inputs it does not hold, or an input that two
     json images match.
     """
-    from maskrcnn.data.coco import load_coco_json
+    from maskrcnn.data.coco import check_image_ids, load_coco_json
 
     doc = load_coco_json(gt_path)
     by_name: Dict[str, List[int]] = {}
+    check_image_ids(doc, gt_path)
     for im in doc["images"]:
         base = os.path.basename(str(im.get("file_name", "")))
         for key in {base, os.path.splitext(base)[0]}:
-            by_name.setdefault(key, []).append(int(im["id"]))
+            by_name.setdefault(key, []).append(im["id"])
     out, missing = {}, []
     for path, iid in zip(paths, ids):
         found = by_name.get(os.path.basename(path)) or by_name.get(iid) or []
@@ -196,6 +202,9 @@ class Writer:
 
     def skip(self, image_id: str) -> None:
         """An image that could not be read: nothing to write (the CSV formats write an empty row)."""
+
+    def abort(self) -> None:
+        """The run failed or was interrupted before ``finish``: drop what was staged."""
 
     def finish(self) -> str:
         raise NotImplementedError
@@ -257,12 +266,20 @@ class CocoResultsWriter(Writer):
 
 
 class LabelImageWriter(Writer):
-    """One 16-bit label PNG per image in a folder (see the module doc); each written atomically."""
+    """One 16-bit label PNG per image in a folder (see the module doc).
+
+    The images are staged in a hidden sibling folder ``.<folder>.partial.<pid>`` and moved into
+    ``folder`` by ``finish``, so an interrupted or failed run leaves ``folder`` as it was (and a
+    ``.partial`` folder that says what it is), never a half-full folder that looks complete.
+    """
 
     def __init__(self, folder: str):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise OutputError(f"--format labels writes a folder of label images, but {folder} is a file")
         self.folder = folder
+        parent, name = os.path.split(os.path.abspath(folder))
+        self.staging = os.path.join(parent, f".{name}.partial.{os.getpid()}")
+        self.staged: List[str] = []
         self.count = 0
 
     def path_for(self, image_id: str) -> str:
@@ -271,12 +288,45 @@ class LabelImageWriter(Writer):
     def add(self, image_id: str, final: Instances) -> None:
         from maskrcnn.data.images import write_image
 
-        write_image(self.path_for(image_id), label_image(final))
+        from maskrcnn.fileio import WriteError
+
+        name = image_id + LABEL_SUFFIX
+        try:
+            write_image(os.path.join(self.staging, name), label_image(final))
+        except WriteError as e:  # name the file the user asked for, not the staging folder's
+            raise WriteError(f"{str(e).split(' writing ')[0]} writing {self.path_for(image_id)}") from e
+        self.staged.append(name)
         self.count += 1
 
     def finish(self) -> str:
+        from maskrcnn.fileio import write_failure
+
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            for name in self.staged:  # renames within one file system: quick, each atomic
+                os.replace(os.path.join(self.staging, name), os.path.join(self.folder, name))
+        except OSError as e:
+            failure = write_failure(e, self.folder)
+            if failure is not None:
+                raise failure from e
+            raise
+        self.abort()
         self.written = f"{self.count} label images in {self.folder}/"
         return self.written
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def check_file_names(ids: Sequence[str], suffix: str, what: str = "--format labels") -> None:
+    """OutputError naming the first id whose file ``<id><suffix>`` is longer than a file name may be
+    (255 bytes), before any prediction runs."""
+    for i in ids:
+        if len((i + suffix).encode()) > 255:
+            raise OutputError(f"{what}: the image id {i[:40]}... ({len(i)} characters) is too long for a file name "
+                              f"(at most {255 - len(suffix)} bytes); rename the image")
 
 
 def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequence[str] = (), ids: Sequence[str] = (),
@@ -308,6 +358,7 @@ def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequenc
                                      coco_category_ids(coco_gt, class_names, num_classes))
         return CocoResultsWriter(out, {i: k + 1 for k, i in enumerate(ids)}, list(range(1, num_classes + 1)))
     writer = LabelImageWriter(out)
+    check_file_names(ids, LABEL_SUFFIX)
     inputs = {os.path.realpath(p) for p in paths}
     clash = [i for i in ids if os.path.realpath(writer.path_for(i)) in inputs]
     if clash:

@@ -12,8 +12,9 @@ checkpoint, a thresholds file and the command line.
 Everything that can be checked is checked before the first image is predicted
 (``check_arguments``: the output path, the image folder and ids, the test settings, TTA views and
 ``--min-views``, the device; then each checkpoint: readable, finite, fitting its config, and the
-thresholds against its classes). An image that cannot be read does not stop the run: it gets an
-empty row (the submission still lists every id), a warning and a line in the end-of-run summary
+thresholds against its classes; no output is one of the inputs). An image that cannot be read or
+processed (unsupported, too large for memory: ``maskrcnn.inference.guard``) does not stop the run:
+it gets an empty row (the submission still lists every id), a warning and a line in the end-of-run summary
 names it, and the exit code is 3 (``EXIT_SKIPPED``) instead of 0; ``--strict`` stops the run at
 that image instead (exit 2, nothing written).
 
@@ -37,13 +38,15 @@ from maskrcnn.config import (
     check_class_counts,
     override_test_config,
     parse_overrides,
+    reject_repeated_keys,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
-from maskrcnn.data.images import ImageReadError, read_image
+from maskrcnn.data.images import read_image
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
-from maskrcnn.fileio import check_output_path
+from maskrcnn.fileio import check_not_input, check_output_path
 from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.guard import check_fits, predict_guarded
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
@@ -102,23 +105,27 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
     """
     ids = image_ids(paths)
     for path, iid in track(list(zip(paths, ids)), "predict", mode="bar" if progress else "lines", every=every):
-        t0 = time.perf_counter()
-        try:
+        stamps: List[float] = []
+
+        def one_image(path=path):
+            stamps.append(time.perf_counter())
             image = read_image(path)
-        except (ImageReadError, OSError) as e:
-            if strict:
-                raise
+            stamps.append(time.perf_counter())
+            check_fits(image, predictor, path)
+            raw = predictor.predict_raw(image)
+            stamps.append(time.perf_counter())
+            final = postprocess(raw, test_cfg)
+            stamps.append(time.perf_counter())
+            return final
+
+        final, reason = predict_guarded(one_image, path, strict)
+        if reason is not None:  # unreadable, unsupported or too large: an empty row, the run goes on
             from tqdm import tqdm
 
-            reason = cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
             tqdm.write(f"warning: skipped, no masks written for it (an empty row in a CSV): {reason}", file=sys.stderr)
             yield iid, None, {"skipped": reason, "path": path}
             continue
-        t1 = time.perf_counter()
-        raw = predictor.predict_raw(image)
-        t2 = time.perf_counter()
-        final = postprocess(raw, test_cfg)
-        t3 = time.perf_counter()
+        t0, t1, t2, t3 = stamps
         yield iid, final, {"read": t1 - t0, "model": predictor.last_timing.get("model", t2 - t1),
                            "merge": predictor.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
                            "total": t3 - t0}
@@ -138,16 +145,20 @@ def write_predictions(results: Iterable[Tuple[str, Optional[Instances], Timing]]
     """
     writer = writer if writer is not None else SubmissionWriter(out_path, order)
     timings = []
-    for iid, final, timing in results:
-        if final is None:
-            writer.skip(iid)
-            timings.append(timing)
-            continue
-        t0 = time.perf_counter()
-        writer.add(iid, final)
-        encode = time.perf_counter() - t0
-        timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
-    writer.finish()
+    try:
+        for iid, final, timing in results:
+            if final is None:
+                writer.skip(iid)
+                timings.append(timing)
+                continue
+            t0 = time.perf_counter()
+            writer.add(iid, final)
+            encode = time.perf_counter() - t0
+            timings.append({**timing, "encode": encode, "total": timing["total"] + encode})
+        writer.finish()
+    except BaseException:
+        writer.abort()  # an interrupted or failed run leaves nothing that looks complete
+        raise
     return timings
 
 
@@ -225,6 +236,7 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     in that order."""
     test_cfg = apply_thresholds(base, args.thresholds) if args.thresholds else base
     if args.set:
+        reject_repeated_keys(args.set)
         over = parse_overrides(args.set)
         if set(over) - {"test"}:
             raise ConfigError(f"--set only takes test.* keys, got {', '.join(sorted(set(over) - {'test'}))}")
@@ -243,6 +255,17 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
 
 
+def check_same_classes(weights: Sequence[str], cfgs) -> None:
+    """ConfigError unless every checkpoint of an ensemble has the first one's classes (count and
+    names): merging their views would otherwise mix two label spaces."""
+    first = (cfgs[0].model.roi_heads.num_classes, model_class_names(cfgs[0].data))
+    for w, c in zip(weights[1:], cfgs[1:]):
+        other = (c.model.roi_heads.num_classes, model_class_names(c.data))
+        if other[0] != first[0] or (first[1] and other[1] and list(first[1]) != list(other[1])):
+            raise ConfigError(f"an ensemble must agree on its classes: {weights[0]} has {first[0]} {first[1] or ''}, "
+                              f"{w} has {other[0]} {other[1] or ''} (--weights)")
+
+
 def check_arguments(args: argparse.Namespace) -> List[str]:
     """What can be checked before any checkpoint is read or image predicted; returns the image paths.
 
@@ -251,11 +274,13 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     checkpoint's own are applied later), the TTA views and ``--min-views`` against the number of
     views the command line asks for, and the device.
     """
-    args.out = args.out or DEFAULT_OUT[args.format]
-    if args.format != "labels":  # labels: a folder (LabelImageWriter checks it)
-        check_output_path(args.out, "--out")
+    args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
+    # labels: a folder, so the file to check is one inside it
+    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
+    check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
+                    "--out", folder=args.format == "labels")
     early = resolve_test_config(args, TestConfig())
     views = parse_tta(early.tta)
     if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
@@ -278,6 +303,7 @@ def _predict(argv: Sequence[str]) -> int:
     test_cfg = resolve_test_config(args, cfgs[0].test)
     for w, c in zip(args.weights, cfgs):
         check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
+    check_same_classes(args.weights, cfgs)
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
                                 output_device=device, amp=AMP_CHOICES[args.amp])

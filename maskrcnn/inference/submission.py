@@ -167,6 +167,7 @@ def read_labels(path: str) -> "OrderedDict[str, LabelImage]":
         raise SubmissionError(f"{path}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)})")
     i_id, i_ann, i_w, i_h = col["id"], col["annotation"], col["width"], col["height"]
     i_ct = col.get("cell_type")
+    seen: Dict[Tuple[str, str], int] = {}
     for line, rec in records:
         if not rec:
             continue
@@ -193,6 +194,10 @@ def read_labels(path: str) -> "OrderedDict[str, LabelImage]":
             raise SubmissionError(f"{path}: line {line}: image {image_id} has cell_type {cell_type!r} here but {img.cell_type!r} before")
         ann = rec[i_ann].strip()
         if ann:
+            first = seen.setdefault((image_id, " ".join(ann.split())), line)
+            if first != line:  # scored as two objects, it caps a perfect submission below 1
+                raise SubmissionError(f"{path}: line {line}: image {image_id} lists the same object as on line {first}; "
+                                      "a label file holds each object once")
             img.rles.append(ann)
             img.lines.append(line)
     return images

@@ -248,6 +248,7 @@ class View:
 
 
 IDENTITY = View()
+SCALE_RANGE = (0.125, 8.0)  # a view's total rescale factor: beyond, memory grows with its square for no gain
 
 
 def parse_view(spec: str) -> View:
@@ -276,6 +277,9 @@ def parse_view(spec: str) -> View:
                 f"unknown TTA transform {part!r} in {spec!r}; use {', '.join(_NAMED)}, scale=S, "
                 "compositions with '+', or d4 (test.tta, --tta)"
             )
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:  # 1000 would ask for a million times the pixels
+        raise ConfigError(f"TTA view {spec!r}: scale must be in [{SCALE_RANGE[0]}, {SCALE_RANGE[1]}], got {scale:g} "
+                          "(test.tta, --tta)")
     return View(text, tuple(steps), scale)
 
 
