@@ -104,9 +104,13 @@ def load_part(path: str) -> Tuple[str, Optional[Instances], Dict]:
 
 def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[str, str]]) -> int:
     """Predict ``items`` (``(path, image id)``) on this worker, one part file each; returns how many it
-    predicted (images whose part already exists are left alone)."""
-    from maskrcnn import cli
-    from maskrcnn.data.images import ImageReadError, read_image
+    predicted (images whose part already exists are left alone).
+
+    Each image goes through the steps of ``predict_cli.predict_images`` (read, the memory check,
+    predict, post-process, inside ``guard.predict_guarded``): an image that cannot be read or
+    processed gets a part with the reason, as predict.py gives it an empty row."""
+    from maskrcnn.data.images import read_image
+    from maskrcnn.inference.guard import check_fits, predict_guarded
     from maskrcnn.inference.postprocess import postprocess
 
     pred = predictor_for(spec)
@@ -115,18 +119,25 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
         out = part_path(work_dir, iid)
         if os.path.exists(out):
             continue
-        t0, c0 = time.perf_counter(), time.thread_time()
-        try:
+        stamps: List[float] = []
+        c0 = time.thread_time()
+
+        def one_image(path=path):
+            stamps.append(time.perf_counter())
             image = read_image(path)
-        except (ImageReadError, OSError) as e:
-            reason = cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
+            stamps.append(time.perf_counter())
+            check_fits(image, pred, path)
+            raw = pred.predict_raw(image)
+            stamps.append(time.perf_counter())
+            final = postprocess(raw, spec.test)
+            stamps.append(time.perf_counter())
+            return final
+
+        final, reason = predict_guarded(one_image, path, strict=False)
+        if reason is not None:
             save_part(out, iid, None, {"skipped": reason, "path": path})
             continue
-        t1 = time.perf_counter()
-        raw = pred.predict_raw(image)
-        t2 = time.perf_counter()
-        final = postprocess(raw, spec.test)
-        t3 = time.perf_counter()
+        t0, t1, t2, t3 = stamps
         save_part(out, iid, final, {"read": t1 - t0, "model": pred.last_timing.get("model", t2 - t1),
                                     "merge": pred.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
                                     "total": t3 - t0, "cpu": time.thread_time() - c0})

@@ -135,7 +135,7 @@ def _load_first(args):
 def slide_main(argv: Sequence[str]) -> int:
     args = build_slide_parser().parse_args(argv)
     _need_extra()
-    from maskrcnn.fileio import check_output_path
+    from maskrcnn.fileio import check_not_input, check_output_path
     from maskrcnn.scale.slide import plan_blocks, run_slide
     from maskrcnn.scale.sources import open_source
 
@@ -143,6 +143,9 @@ def slide_main(argv: Sequence[str]) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         raise ScaleError(f"--out {args.out} exists: give another path or --overwrite")
     check_output_path(args.table, "--table")
+    inputs = [args.image, *args.weights, args.config, args.thresholds]
+    check_not_input(args.out, inputs, "--out", folder=True)
+    check_not_input(args.table, inputs + [args.out], "--table")
     try:
         plan_blocks(source, args.block, args.overlap)
     except ValueError as e:
@@ -167,21 +170,22 @@ def slide_main(argv: Sequence[str]) -> int:
 def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
     from maskrcnn.inference.outputs import DEFAULT_OUT, build_writer, model_class_names
-    from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, image_ids, resolve_test_config, skipped_summary,
-                                                timing_summary)
+    from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, check_same_classes, image_ids, resolve_test_config,
+                                                skipped_summary, timing_summary)
     from maskrcnn.inference.predictor import check_min_views
     from maskrcnn.inference.tta import parse_tta
-    from maskrcnn.fileio import check_output_path
+    from maskrcnn.fileio import check_not_input, check_output_path
     from maskrcnn.scale.collection import (assemble, claim_work_dir, list_inputs, manifest, part_path,
                                            run_collection)
 
     args = build_collection_parser().parse_args(argv)
     _need_extra()
-    args.out = args.out or DEFAULT_OUT[args.format]
-    if args.format != "labels":
-        check_output_path(args.out, "--out")
+    args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
+    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
     paths = list_inputs(args.images, args.limit)
     ids = image_ids(paths)
+    check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
+                    "--out", folder=args.format == "labels")
     early = resolve_test_config(args, TestConfig())  # the command line's settings, checked before any model
     if args.tta is not None and args.min_views is not None:
         check_min_views(args.min_views, len(args.weights), len(parse_tta(early.tta)))
@@ -189,6 +193,7 @@ def collection_main(argv: Sequence[str]) -> int:
     spec, check = _spec(args, cfgs[0].test, tile=True)
     for w, c in zip(args.weights, cfgs):
         check(spec.test, c.model.roi_heads.num_classes, source=w)
+    check_same_classes(args.weights, cfgs)
     writer = build_writer(args.format, args.out, args.order, paths, ids, coco_gt=args.coco_gt,
                           class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
     work_dir = args.work_dir or args.out.rstrip("/") + ".parts"
