@@ -113,16 +113,20 @@ def build_collection_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _spec(args, base_test, tile: bool):
+def _spec(args, cfgs, tile: bool):
+    """The ``ModelSpec`` of the command line and the checkpoints' configs ``cfgs`` (test settings
+    resolved and checked against each checkpoint's classes, as ``predict.py`` does)."""
     from maskrcnn.config import check_class_counts
     from maskrcnn.inference.predict_cli import AMP_CHOICES, resolve_test_config
     from maskrcnn.scale.workers import ModelSpec
 
     if not tile:
         args.tile = args.tile_overlap = None
-    test = resolve_test_config(args, base_test)
+    test = resolve_test_config(args, cfgs[0].test)
+    for w, c in zip(args.weights, cfgs):
+        check_class_counts(test, c.model.roi_heads.num_classes, source=w)
     return ModelSpec(tuple(args.weights), args.config, test, args.device, args.batch_size,
-                     AMP_CHOICES[getattr(args, "amp", "none")], args.threads), check_class_counts
+                     AMP_CHOICES[getattr(args, "amp", "none")], args.threads)
 
 
 def _load_first(args):
@@ -136,6 +140,7 @@ def slide_main(argv: Sequence[str]) -> int:
     args = build_slide_parser().parse_args(argv)
     _need_extra()
     from maskrcnn.fileio import check_not_input, check_output_path
+    from maskrcnn.inference.predict_cli import check_same_classes
     from maskrcnn.scale.slide import plan_blocks, run_slide
     from maskrcnn.scale.sources import open_source
 
@@ -151,9 +156,8 @@ def slide_main(argv: Sequence[str]) -> int:
     except ValueError as e:
         raise ScaleError(str(e)) from None
     cfgs = _load_first(args)
-    spec, check = _spec(args, cfgs[0].test, tile=False)
-    for w, c in zip(args.weights, cfgs):
-        check(spec.test, c.model.roi_heads.num_classes, source=w)
+    spec = _spec(args, cfgs, tile=False)
+    check_same_classes(args.weights, cfgs)
     mode = "lines" if args.no_progress else "bar"
     print(f"slide: {args.image} {source.shape[1]}x{source.shape[2]} px, {source.shape[0]} channel(s), {source.dtype}",
           file=sys.stderr)
@@ -190,9 +194,7 @@ def collection_main(argv: Sequence[str]) -> int:
     if args.tta is not None and args.min_views is not None:
         check_min_views(args.min_views, len(args.weights), len(parse_tta(early.tta)))
     cfgs = _load_first(args)
-    spec, check = _spec(args, cfgs[0].test, tile=True)
-    for w, c in zip(args.weights, cfgs):
-        check(spec.test, c.model.roi_heads.num_classes, source=w)
+    spec = _spec(args, cfgs, tile=True)
     check_same_classes(args.weights, cfgs)
     writer = build_writer(args.format, args.out, args.order, paths, ids, coco_gt=args.coco_gt,
                           class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)

@@ -38,7 +38,6 @@ background and skipped without running the model. 0 runs every block.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import shutil
 import time
@@ -169,10 +168,10 @@ def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult
     blocks, sub = neighbourhood(job.grid, t)
     if len(around) != len(blocks):
         raise ValueError(f"finish_block: {len(around)} predictions for a neighbourhood of {len(blocks)} blocks")
-    grid = job.grid
-    pred = predictor_for(job.model)
-    thr = pred.mask_threshold if isinstance(pred.mask_threshold, float) else min(pred.mask_threshold)
-    joined = stitch([b.inst for b in around], sub, merge=True, merge_iou=pred.merge_iou, mask_threshold=thr)
+    grid, test = job.grid, job.model.test
+    # the Predictor's tiling settings (``Predictor._predict_tiled``), without loading the model here
+    joined = stitch([b.inst for b in around], sub, merge=True, merge_iou=test.merge_iou,
+                    mask_threshold=min(test.mask_thresh))
     ox, oy = sub.xs[0], sub.ys[0]
     frame = (sub.ys[-1] + sub.tile_h - oy, sub.xs[-1] + sub.tile_w - ox)
     final = postprocess(_shift(joined, -ox, -oy, frame), job.model.test)
@@ -303,10 +302,6 @@ def replace_folder(tmp: str, final: str) -> None:
         shutil.rmtree(final) if os.path.isdir(final) else os.remove(final)
     os.replace(tmp, final)
 
-
-def blocks_per_side(n: int, block: int, overlap: int) -> int:
-    """How many blocks ``plan_tiles`` puts along an axis of ``n`` pixels (for cost estimates)."""
-    return 1 if n <= block else max(2, math.ceil((n - overlap) / (block - overlap)))
 
 
 def _gather(client, futures, desc: str, mode: str, unit: str = "block") -> list:
