@@ -4,7 +4,8 @@
     python -m bench.scale mosaic --root ../shared/data/dsb2018/stage1_train --grid 5 --out mosaic.zarr
 
     # the slide path with 1 and 2 workers vs single-process tiled predict (Predictor, same tiles)
-    python -m bench.scale slide --weights W.pth --image mosaic.zarr --workers 1,2 [--block 512 --overlap 64] [--tta none]
+    python -m bench.scale slide --weights W.pth --image mosaic.zarr --workers 1,2 [--block 512 --overlap 64] [--tta none] \
+        [--malloc-trim BYTES]
 
     # a collection with one worker killed mid-run vs predict.py on the same images
     python -m bench.scale collection --weights W.pth --root ../shared/data/dsb2018/stage1_train --images 60 \
@@ -149,9 +150,12 @@ def cmd_slide(args) -> None:
     print("| workers | blocks | skipped | cells | wall s | per predicted block: wall s / CPU s (mean) | join per block: wall s / CPU s | "
           "peak RSS per worker MB | cells matched (IoU > 0.5) / single-process cells |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    import dask
+
+    trim = {} if args.malloc_trim is None else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": args.malloc_trim}
     for n in [int(v) for v in args.workers.split(",")]:
         labels = os.path.join(tmp, f"labels_{n}.zarr")
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, Client(cl) as c:
+        with dask.config.set(trim), LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, Client(cl) as c:
             st = run_slide(c, src, spec, labels, os.path.join(tmp, f"cells_{n}.csv"), args.block, args.overlap,
                            args.chunk, args.skip_contrast, progress="off")
             peaks = sorted(c.run(_worker_peak_mb).values())
@@ -247,6 +251,8 @@ def main(argv=None) -> None:
             s.add_argument("--workers", default="1,2")
             s.add_argument("--chunk", type=int, default=1024)
             s.add_argument("--skip-contrast", type=float, default=0.1)
+            s.add_argument("--malloc-trim", type=int, default=None,
+                           help="MALLOC_TRIM_THRESHOLD_ of the workers (default: what Dask's nanny sets, 65536)")
         else:
             s.add_argument("--labels", required=True)
     s = sub.add_parser("collection")
