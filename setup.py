@@ -1,6 +1,8 @@
-"""Builds the compiled ops ``maskrcnn._C`` from ``csrc/``.
+"""Builds the compiled ops ``maskrcnn._C`` from ``csrc/``, and installs the package.
 
-    python setup.py build_ext --inplace                 # CPU build with a CPU torch
+    python setup.py build_ext --inplace                 # CPU build with a CPU torch (a checkout)
+    pip install --no-build-isolation .                  # the package, its extension, the model zoo and
+                                                        # maskrcnn-train / -predict / -evaluate
     TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace   # CUDA build (CUDA torch + nvcc)
 
 A CUDA build happens when torch was built with CUDA and nvcc is found (``CUDA_HOME``), or when
@@ -66,9 +68,18 @@ setup(
     version="0.1.0",
     description="A dependency-light PyTorch Mask R-CNN for microscopy cell instance segmentation",
     packages=find_packages(include=["maskrcnn", "maskrcnn.*"]),
+    # The model zoo ships in the package: weights, model cards, tuned thresholds, the card template.
+    package_data={"maskrcnn.zoo": ["*.pth", "*.md", "*.yaml"]},
     python_requires=">=3.9",
     # pip install --no-build-isolation .[distributed]: the Dask paths (maskrcnn.scale); the core never imports them
     extras_require={"distributed": ["dask[distributed]", "zarr", "tifffile"]},
+    # torch is installed first, pinned (README); the rest as requirements.txt (pybind11 and ninja build).
+    install_requires=["torch", "numpy>=1.24", "pycocotools>=2.0.7", "tqdm>=4.60", "pyyaml>=6.0", "Pillow>=9.0"],
+    entry_points={"console_scripts": [
+        "maskrcnn-train=maskrcnn.engine.train_cli:main",
+        "maskrcnn-predict=maskrcnn.inference.predict_cli:main",
+        "maskrcnn-evaluate=maskrcnn.evaluation.evaluate_cli:main",
+    ]},
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -81,6 +81,13 @@ def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[
     return 0 if code is None else int(code)
 
 
+def program(default: str) -> str:
+    """The program name ``--help`` shows: the installed command when run as one (``maskrcnn-predict``,
+    setup.py's console scripts), else ``default`` (``predict.py``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("maskrcnn-") else default
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer >= ``low`` (``--batch-size``, ``--limit``, ``--max-errors``...)."""
     def parse(text: str) -> int:

@@ -177,7 +177,8 @@ def build_parser():
                            description="Pseudo-label unlabelled images for semi-supervised training.")
     sub = p.add_subparsers(dest="command", required=True)
     lab = sub.add_parser("label", help="label a folder of images with a trained model (TTA, ensembles)")
-    lab.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
+    lab.add_argument("--weights", nargs="+", required=True,
+                     help="checkpoint(s) or model zoo name(s), e.g. nuclei; several = an ensemble")
     lab.add_argument("--images", required=True, help="flat folder of images, or a DSB2018 folder")
     lab.add_argument("--out", required=True, help="output folder (pseudo_labels.npz, summary.json)")
     lab.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")

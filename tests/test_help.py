@@ -9,6 +9,7 @@ import train
 from maskrcnn import viz
 from maskrcnn.data import make_cache, synthetic
 from maskrcnn.scale import commands as scale
+from maskrcnn.zoo import export as zoo_export
 
 FRONT_ENDS = [
     (train.main, [], "train.py"),
@@ -24,6 +25,7 @@ FRONT_ENDS = [
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
     (scale.main, ["slide"], "python -m maskrcnn.scale slide"),
     (scale.main, ["collection"], "python -m maskrcnn.scale collection"),
+    (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
 
 

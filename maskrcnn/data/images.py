@@ -25,39 +25,60 @@ class ImageReadError(UserError, ValueError):
     """An image file that exists but cannot be decoded or has an unsupported layout."""
 
 
+# Pillow modes whose decoded array ``array_to_float`` takes as it is (others are converted first).
+_ARRAY_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I", "F")
+
+
 def _to_array(im: Image.Image, where: str) -> np.ndarray:
-    """Pixel values of a PIL image as float32 ``[H, W, C]`` in [0, 1]."""
+    """Pixel values of a PIL image as float32 ``[H, W, C]`` in [0, 1] (``array_to_float`` of its array)."""
     mode = im.mode
-    if mode == "1":
-        return np.asarray(im, dtype=np.float32)[:, :, None]
     if mode == "P" or mode == "PA":
         im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
-        mode = im.mode
-    if mode in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            im = im.convert("RGB")
-        a = np.asarray(im)
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if mode in ("LA",):
-            a = a[:, :, :1]  # drop alpha: it is not part of the signal
-        elif a.shape[2] == 4:
-            a = a[:, :, :3]
-        return a.astype(np.float32) / 255.0
-    if mode.startswith("I;16") or mode == "I":
-        a = np.asarray(im)
-        if mode == "I":  # 32-bit int storage of what is normally 16-bit data
-            if a.size and (a.min() < 0 or a.max() > 65535):
-                raise ImageReadError(
-                    f"{where}: 32-bit integer image with values in [{a.min()}, {a.max()}]; only 16-bit ranges are supported"
-                )
-        return (a.astype(np.float32) / 65535.0)[:, :, None]
-    if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
-        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
-            raise ImageReadError(f"{where}: float image with values outside [0, 1] (min {a.min()}, max {a.max()})")
-        return a[:, :, None]
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    if im.mode in _ARRAY_MODES or im.mode.startswith("I;16"):
+        return array_to_float(np.asarray(im), where)
     raise ImageReadError(f"{where}: unsupported image mode {mode!r}")
+
+
+def array_to_float(a: np.ndarray, where: str = "image") -> np.ndarray:
+    """An image's pixel values, as Pillow decodes a file or as a numpy user holds them, as float32
+    ``[H, W, C]`` in [0, 1], C = 1 or 3: the one conversion of ``read_image`` and the Python API.
+
+    By dtype: ``bool`` -> 0/1; ``uint8`` / 255; other integers (``uint16``, Pillow's int32 mode
+    ``I``) / 65535, refused outside [0, 65535]; floats as they are, refused unless finite and in
+    [0, 1]. By shape: ``[H, W]`` or ``[H, W, 1]`` gray; ``[H, W, 2]`` gray + alpha and
+    ``[H, W, 4]`` RGBA drop the alpha; ``[H, W, 3]`` RGB.
+
+    Raises:
+        ImageReadError: another shape or dtype, or values out of range; the message names ``where``.
+    """
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(f"{where}: expected an image [H, W] or [H, W, C] with C = 1-4, got shape {a.shape}")
+    if a.shape[2] in (2, 4):
+        a = a[:, :, : a.shape[2] - 1]  # drop alpha: it is not part of the signal
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if np.issubdtype(a.dtype, np.integer):
+        if a.dtype.itemsize > 2 or a.dtype.kind == "i":  # 16-bit data often arrives in wider ints
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                kind = "32-bit integer" if a.dtype == np.int32 else f"{a.dtype} integer"
+                raise ImageReadError(
+                    f"{where}: {kind} image with values in [{a.min()}, {a.max()}]; only 16-bit ranges are supported"
+                )
+        return a.astype(np.float32) / 65535.0
+    if np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+            raise ImageReadError(f"{where}: float image with values outside [0, 1] (min {a.min()}, max {a.max()}); "
+                                 "scale it to [0, 1] or give integers (8 or 16 bit)")
+        return a
+    raise ImageReadError(f"{where}: unsupported pixel type {a.dtype}")
 
 
 def open_image(path_or_bytes, where: str) -> Image.Image:
@@ -154,6 +175,20 @@ def decode_image_bytes(data: bytes, channels: Optional[int] = None, where: str =
     with open_image(bytes(data), where) as im:
         a = _to_array(im, where)
     return _finish(a, channels, where)
+
+
+def image_from_array(array: Union[np.ndarray, Image.Image], where: str = "image") -> torch.Tensor:
+    """``read_image`` for pixels already in memory -> ``Tensor[C, H, W]`` float32 in [0, 1].
+
+    ``array``: a numpy array as ``np.asarray(PIL.Image.open(f))`` gives it (any of
+    ``array_to_float``'s dtypes and shapes), or a PIL image (converted by its mode, as ``read_image``
+    does). The array of an image file in any mode but palette ("P": its array holds indices, not
+    colours) gives what ``read_image`` gives for the file.
+    """
+    if isinstance(array, Image.Image):
+        _refuse_unrepresentable(array, where)  # as read_image: no silent first page of a stack
+        return _finish(_to_array(array, where), None, where)
+    return _finish(array_to_float(array, where), None, where)
 
 
 def _finish(a: np.ndarray, channels: Optional[int], where: str) -> torch.Tensor:

@@ -30,6 +30,7 @@ from maskrcnn.evaluation.coco import MAX_DETS, format_coco_report
 from maskrcnn.evaluation.kaggle import THRESHOLDS
 from maskrcnn.fileio import atomic_json
 from maskrcnn.inference.checkpoint import model_from_checkpoint, read_checkpoint
+from maskrcnn.inference.zoo import resolve_weights
 
 
 def model_differences(saved: Optional[dict], cfg: Config) -> List[str]:
@@ -78,6 +79,7 @@ def main_eval_only(cfg: Config, weights: str, progress: bool = True, out: Option
 
             torch.set_num_threads(cfg.train.num_threads)
         main = du.is_main_process()
+        weights = resolve_weights(weights)  # a file, or a model zoo name: the file it names
         ck = read_checkpoint(weights)
         saved = ck.get("config") if isinstance(ck, dict) else None
         saved = saved if isinstance(saved, dict) else None  # not a mapping: the given config decides

@@ -23,7 +23,8 @@ An ablation file (YAML)::
 Relative paths (``config``, ``output_dir``, ``weights``, ``thresholds``) are relative to the folder of
 the ablation file, as ``base:`` in configs: the file above, saved as ``configs/ablation.yaml``, reads
 ``configs/r50.yaml`` and ``output/r50/model_final.pth`` from any current directory, and a spec kept
-next to its checkpoints moves with them. ``config``, ``weights`` and ``thresholds`` must exist when
+next to its checkpoints moves with them; a ``weights`` entry that is no file there may name a model of
+the zoo (``weights: nuclei``). ``config``, ``weights`` and ``thresholds`` must exist when
 the file is read (before any prediction); one that does not is one error naming the key, the path as
 written and as resolved, and, when the path exists relative to the current directory instead, the
 value to write. (Paths inside the config itself, such as ``data.root``, are relative to the current
@@ -117,6 +118,11 @@ def load_ablation_spec(path: str) -> AblationSpec:
     def rel(p: str) -> str:
         return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
+    def weights_file(p: str) -> str:  # a path relative to the file, else a model zoo name (nuclei)
+        from maskrcnn.inference.zoo import zoo_path
+
+        return rel(p) if os.path.isfile(rel(p)) or zoo_path(p) is None else zoo_path(p)
+
     if not data.get("config"):
         raise ConfigError(f"{path}: 'config' (the YAML config with the data and test sections) is required")
     raw_variants = data.get("variants")
@@ -140,7 +146,7 @@ def load_ablation_spec(path: str) -> AblationSpec:
         if name in names:
             raise ConfigError(f"{where}: duplicate variant name {name!r}")
         names.add(name)
-        weights = [rel(str(w)) for w in _as_list(v.get("weights"), "weights", where)]
+        weights = [weights_file(str(w)) for w in _as_list(v.get("weights"), "weights", where)]
         if not weights:
             raise ConfigError(f"{where} ({name}): 'weights' is required (a checkpoint path or a list)")
         for key, tp in (("test", dict), ("columns", dict)):

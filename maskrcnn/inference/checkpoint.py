@@ -3,7 +3,8 @@ and the one checkpoint reader (also the trainer's ``--resume``).
 
 A checkpoint is the dict the trainer saves (``{"model": state_dict, "config": dict, "iteration":
 int, ...}``; the full layout is in ``maskrcnn.engine.checkpoint``) or a bare ``state_dict``, whose
-config comes from a YAML file. Files are read with ``torch.load(..., weights_only=True)``: tensors
+config comes from a YAML file. A path that is not a file may name a model of the zoo
+(``--weights nuclei``: ``maskrcnn.inference.zoo``). Files are read with ``torch.load(..., weights_only=True)``: tensors
 and plain values only, never arbitrary pickled objects. Saved configs go through
 ``maskrcnn.config.from_dict``, so keys that older versions wrote still load (``RETIRED_KEYS``).
 """
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import Config, ConfigError, from_dict, load_config, to_dict
+from maskrcnn.inference.zoo import resolve_weights
 from maskrcnn.model.weights import WeightsError, nonfinite_tensors, why_unreadable
 
 
@@ -25,10 +27,7 @@ class CheckpointError(WeightsError, RuntimeError):
 
 
 def _read(path: str) -> Any:
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint file expected, got a folder ({path})")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    path = resolve_weights(path)  # a file, or a model zoo name (``maskrcnn.inference.zoo``)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, a text file, or a pickle of arbitrary objects
@@ -83,7 +82,8 @@ def load_model(path: str, device: Union[str, torch.device] = "cpu", config: Unio
     """Rebuild the model of a checkpoint and load its weights.
 
     Args:
-        path: a trainer checkpoint (periodic, final or best) or a bare state dict.
+        path: a trainer checkpoint (periodic, final or best), a bare state dict, or the name of a
+            model zoo entry (e.g. ``"nuclei"``; its fp16 weights load as float32).
         device: where to put the model.
         config: a YAML config (or a ``Config``) that replaces the checkpoint's own (needed for a bare
             state dict).

@@ -54,10 +54,11 @@ class OutputError(UserError, ValueError):
 
 
 # ------------------------------------------------------------------------ label images
-def label_image(inst: Instances) -> np.ndarray:
+def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
     """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
     score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
-    so the labels are ``1..N`` without gaps.
+    so the labels are ``1..N`` without gaps. ``max_label``: more objects are an OutputError; above
+    65535 (the Python API's ``segment``) an image of more than 65535 objects is ``uint32``.
     """
     H, W = inst.image_size
     masks = inst.masks
@@ -67,6 +68,7 @@ def label_image(inst: Instances) -> np.ndarray:
         raise ValueError("label_image needs binary masks (run postprocess first)")
     n = len(masks)
     canvas = torch.zeros(H * W, dtype=torch.int64)
+    count = 0
     if n:
         masks = masks.to("cpu")
         n_idx, _, flat = foreground_pixels(masks)
@@ -76,11 +78,12 @@ def label_image(inst: Instances) -> np.ndarray:
         present = torch.zeros(n + 2, dtype=torch.bool)
         present[canvas] = True
         present[0] = False
-        if int(present.sum()) > MAX_LABEL:
-            raise OutputError(f"{int(present.sum())} objects do not fit a 16-bit label image (at most {MAX_LABEL})")
+        count = int(present.sum())
+        if count > max_label:
+            raise OutputError(f"{count} objects do not fit a 16-bit label image (at most {max_label})")
         renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
         canvas = renumber[canvas]
-    return canvas.view(H, W).numpy().astype(np.uint16)
+    return canvas.view(H, W).numpy().astype(np.uint16 if count <= MAX_LABEL else np.uint32)
 
 
 def read_label_image(path: str) -> MaskList:

@@ -32,6 +32,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from maskrcnn import cli
 from maskrcnn.config import (
+    Config,
     ConfigError,
     TestConfig,
     apply_thresholds,
@@ -51,6 +52,7 @@ from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
 from maskrcnn.inference.tta import parse_tta
+from maskrcnn.inference.zoo import resolve_weights, thresholds_beside
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances
 
@@ -189,11 +191,12 @@ def timing_summary(timings: Sequence[Timing]) -> str:
 # ------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
-        prog="predict.py",
+        prog=cli.program("predict.py"),
         description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
                     "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
     )
-    p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
+    p.add_argument("--weights", nargs="+", required=True,
+                   help="checkpoint(s) or model zoo name(s), e.g. nuclei (MODEL_ZOO.md); several = an ensemble")
     p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names), or a DSB2018 "
                    "folder of <id>/images/<id>.png")
     p.add_argument("--format", choices=FORMATS, default="csv",
@@ -207,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
     p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4 "
                    "(default: test.tta of the first checkpoint's config)")
-    p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config")
+    p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config "
+                   "(default: A.thresholds.yaml beside the first weights A.pth, when there is one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
     p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
@@ -255,6 +259,21 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
 
 
+def resolve_weight_files(args: argparse.Namespace) -> Optional[str]:
+    """Turn ``--weights`` (paths or model zoo names, ``maskrcnn.inference.zoo``) into files and,
+    without ``--thresholds``, take the tuned thresholds beside the first weights
+    (``A.pth`` -> ``A.thresholds.yaml``) as ``args.thresholds``; an explicit ``--thresholds`` wins.
+
+    Returns:
+        the line to log naming the thresholds file applied, or None when there is none.
+    """
+    args.weights = [resolve_weights(w) for w in args.weights]
+    if args.thresholds:
+        return f"predict: thresholds from {args.thresholds} (--thresholds)"
+    args.thresholds = thresholds_beside(args.weights[0])
+    return f"predict: thresholds from {args.thresholds} (beside the weights)" if args.thresholds else None
+
+
 def check_same_classes(weights: Sequence[str], cfgs) -> None:
     """ConfigError unless every checkpoint of an ensemble has the first one's classes (count and
     names): merging their views would otherwise mix two label spaces."""
@@ -272,7 +291,8 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     The output path (``check_output_path``), the image folder and its ids, the test settings of
     the command line and the thresholds file (ranges, on the default test settings: the
     checkpoint's own are applied later), the TTA views and ``--min-views`` against the number of
-    views the command line asks for, and the device.
+    views the command line asks for, the device, and the weights (files or zoo names;
+    ``resolve_weight_files``: also the thresholds beside them).
     """
     args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
     # labels: a folder, so the file to check is one inside it
@@ -286,7 +306,30 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
         check_min_views(args.min_views, len(args.weights), len(views))
     resolve_device(args.device, key="--device")
+    given = args.thresholds
+    args.thresholds_note = resolve_weight_files(args)
+    if args.thresholds and not given:  # found beside the weights: checked as --thresholds was above
+        resolve_test_config(args, TestConfig())
     return paths
+
+
+def load_predictor(args: argparse.Namespace, device) -> Tuple[Predictor, TestConfig, List[Config]]:
+    """The models of ``args.weights`` (files: ``resolve_weight_files``) on ``device``, the test settings
+    (``resolve_test_config`` on the first checkpoint's) checked against every model's classes, and
+    their Predictor; predict.py's and the Python API's (``maskrcnn.api``) one way to build them.
+
+    Returns:
+        ``(predictor, test settings, the checkpoints' configs)``.
+    """
+    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    test_cfg = resolve_test_config(args, cfgs[0].test)
+    for w, c in zip(args.weights, cfgs):
+        check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
+    check_same_classes(args.weights, cfgs)
+    # Merging and post-processing run where the models run; only encoding needs the CPU.
+    predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
+                                output_device=device, amp=AMP_CHOICES[args.amp])
+    return predictor, test_cfg, list(cfgs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -299,18 +342,13 @@ def _predict(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     paths = check_arguments(args)
     device = resolve_device(args.device, key="--device")
-    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
-    test_cfg = resolve_test_config(args, cfgs[0].test)
-    for w, c in zip(args.weights, cfgs):
-        check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
-    check_same_classes(args.weights, cfgs)
-    # Merging and post-processing run where the models run; only encoding needs the CPU.
-    predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
-                                output_device=device, amp=AMP_CHOICES[args.amp])
+    predictor, test_cfg, cfgs = load_predictor(args, device)
     writer = build_writer(args.format, args.out, args.order, paths, image_ids(paths), coco_gt=args.coco_gt,
                           class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
-    print(f"predict: {len(paths)} image(s), {len(models)} model(s) x {len(predictor.views)} view(s) on {device}",
-          file=sys.stderr)
+    print(f"predict: {len(paths)} image(s), {len(predictor.models)} model(s) x {len(predictor.views)} view(s) "
+          f"on {device}", file=sys.stderr)
+    if args.thresholds_note:
+        print(args.thresholds_note, file=sys.stderr)
     results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict)
     timings = write_predictions(results, args.out, writer=writer)
     print(timing_summary(timings))

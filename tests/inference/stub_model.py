@@ -81,3 +81,28 @@ model:
   input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}
 test: {score_thresh: [0.0]}
 """
+
+
+# A random-weight model for real images: num_classes 1 and 3 input channels (DSB2018 PNGs are RGBA);
+# with every threshold at 0 it returns its 50 best random detections, so post-processing has work.
+TINY_RGB_MODEL = TINY_MODEL.replace("num_classes: 3", "num_classes: 1").replace(
+    "input: {in_channels: 1, pixel_mean: [0.5], pixel_std: [0.25]}",
+    "input: {in_channels: 3, pixel_mean: [0.2, 0.2, 0.2], pixel_std: [0.25, 0.25, 0.25]}")
+
+
+def save_tiny_checkpoint(path, model_yaml: str = TINY_MODEL, seed: int = 0):
+    """Write a trainer-style checkpoint (``{"model", "config", "iteration"}``) of a random tiny model
+    built from ``model_yaml`` to ``path``; returns ``(model, cfg)``."""
+    import os
+
+    from maskrcnn.config import load_config, to_dict
+    from maskrcnn.model import build_model
+
+    yaml_path = os.path.splitext(str(path))[0] + ".yaml"
+    with open(yaml_path, "w") as f:
+        f.write(model_yaml)
+    cfg = load_config(yaml_path)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, load_weights=False, verbose=False).eval()
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "iteration": 7}, str(path))
+    return model, cfg
