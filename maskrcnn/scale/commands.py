@@ -64,10 +64,12 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def _test_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", nargs="+", required=True, help="checkpoint(s); several = an ensemble")
+    p.add_argument("--weights", nargs="+", required=True,
+                   help="checkpoint(s) or model zoo name(s), e.g. nuclei (MODEL_ZOO.md); several = an ensemble")
     p.add_argument("--config", default=None, help="YAML config for bare state dicts")
     p.add_argument("--tta", default=None, help="comma-separated views (default: the checkpoint's test.tta)")
-    p.add_argument("--thresholds", default=None, help="YAML of test.* fields overriding the config")
+    p.add_argument("--thresholds", default=None, help="YAML of test.* fields overriding the config "
+                   "(default: A.thresholds.yaml beside the first weights A.pth, when there is one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="test.* overrides")
     p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
@@ -140,7 +142,7 @@ def slide_main(argv: Sequence[str]) -> int:
     args = build_slide_parser().parse_args(argv)
     _need_extra()
     from maskrcnn.fileio import check_not_input, check_output_path
-    from maskrcnn.inference.predict_cli import check_same_classes
+    from maskrcnn.inference.predict_cli import check_same_classes, resolve_weight_files
     from maskrcnn.scale.slide import plan_blocks, run_slide
     from maskrcnn.scale.sources import open_source
 
@@ -155,10 +157,13 @@ def slide_main(argv: Sequence[str]) -> int:
         plan_blocks(source, args.block, args.overlap)
     except ValueError as e:
         raise ScaleError(str(e)) from None
+    note = resolve_weight_files(args)  # zoo names -> files, thresholds beside the weights (as predict.py)
     cfgs = _load_first(args)
     spec = _spec(args, cfgs, tile=False)
     check_same_classes(args.weights, cfgs)
     mode = "lines" if args.no_progress else "bar"
+    if note:
+        print(note, file=sys.stderr)
     print(f"slide: {args.image} {source.shape[1]}x{source.shape[2]} px, {source.shape[0]} channel(s), {source.dtype}",
           file=sys.stderr)
     with open_client(args.scheduler, args.workers, args.threads) as client:
@@ -175,7 +180,7 @@ def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
     from maskrcnn.inference.outputs import DEFAULT_OUT, build_writer, model_class_names
     from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, check_same_classes, image_ids, resolve_test_config,
-                                                skipped_summary, timing_summary)
+                                                resolve_weight_files, skipped_summary, timing_summary)
     from maskrcnn.inference.predictor import check_min_views
     from maskrcnn.inference.tta import parse_tta
     from maskrcnn.fileio import check_not_input, check_output_path
@@ -191,6 +196,10 @@ def collection_main(argv: Sequence[str]) -> int:
     check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
                     "--out", folder=args.format == "labels")
     early = resolve_test_config(args, TestConfig())  # the command line's settings, checked before any model
+    given = args.thresholds
+    note = resolve_weight_files(args)  # zoo names -> files, thresholds beside the weights (as predict.py)
+    if args.thresholds and not given:
+        resolve_test_config(args, TestConfig())
     if args.tta is not None and args.min_views is not None:
         check_min_views(args.min_views, len(args.weights), len(parse_tta(early.tta)))
     cfgs = _load_first(args)
@@ -201,6 +210,8 @@ def collection_main(argv: Sequence[str]) -> int:
     work_dir = args.work_dir or args.out.rstrip("/") + ".parts"
     claim_work_dir(work_dir, manifest(spec, {}), overwrite=args.overwrite)
     mode = "lines" if args.no_progress else "bar"
+    if note:
+        print(note, file=sys.stderr)
     if all(os.path.exists(part_path(work_dir, i)) for i in ids):  # all done: only the assembly is left
         stats = {"images": len(ids), "already_done": len(ids), "predicted": 0}
     else:
