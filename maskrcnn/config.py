@@ -241,7 +241,7 @@ class PseudoConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | cache
+    format: str = "synthetic"  # synthetic | sartorius | coco | dsb2018 | label_folders | cache
     root: str = ""
     ann_file: str = ""
     class_agnostic: bool = False
@@ -309,6 +309,8 @@ class TestConfig:
     remove_overlaps: bool = True
     overlap_min_keep: float = 0.5  # drop a mask that lost more than half its pixels to overlaps
     fill_holes: bool = False
+    # Each mask keeps only its largest 4-connected piece after overlap removal (islands dropped).
+    one_piece: bool = True
     # Score = detection score x mean mask probability inside the binarised mask (Sartorius 1st
     # place), before the score threshold and the overlap ranking; needs soft masks.
     mask_rescore: bool = False

@@ -311,11 +311,12 @@ class MaskSource:
         dsb = os.path.join(self.spec, image_id, "masks")
         if os.path.isdir(dsb):
             return read_mask_crops(_png_files(dsb), size)
-        label_image = os.path.join(self.spec, image_id + ".png")
-        if os.path.isfile(label_image):
-            from maskrcnn.inference.outputs import read_label_image
+        for suffix in (".png", ".tif", ".tiff"):  # label images: predict.py --format labels / labels-tif
+            label_image = os.path.join(self.spec, image_id + suffix)
+            if os.path.isfile(label_image):
+                from maskrcnn.inference.outputs import read_label_image
 
-            return read_label_image(label_image)
+                return read_label_image(label_image)
         files = _png_files(self.spec)  # one image's mask PNGs
         if not files:
             raise UserError(f"no mask PNGs in the folder, nor {image_id}/masks/ or {image_id}.png ({self.spec})")
@@ -363,9 +364,10 @@ def build_parser():
     src.add_argument("--images", help="a folder of images (flat, or DSB2018 <id>/images/<id>.png): one overlay "
                      "<id>.png per image in the --out folder")
     p.add_argument("--gt", default="", help="labels CSV (id,annotation or ImageId,EncodedPixels), a DSB2018 folder "
-                   "(<id>/masks/), or with --image a folder of that image's mask PNGs")
+                   "(<id>/masks/), a folder of label images <id>.png or <id>.tif, or with --image a folder of that "
+                   "image's mask PNGs")
     p.add_argument("--pred", default="", help="submission CSV (id,predicted or ImageId,EncodedPixels), or a folder of "
-                   "label images <id>.png (predict.py --format labels)")
+                   "label images <id>.png or <id>.tif (predict.py --format labels, labels-tif)")
     p.add_argument("--id", default="", help="--image: its id in the csv files (default: the image's file stem)")
     p.add_argument("--order", default="auto", choices=["auto", "row", "col"],
                    help="RLE pixel order of the CSVs; auto: col for DSB2018 headers, row otherwise")

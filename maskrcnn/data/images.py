@@ -81,12 +81,14 @@ def array_to_float(a: np.ndarray, where: str = "image") -> np.ndarray:
     raise ImageReadError(f"{where}: unsupported pixel type {a.dtype}")
 
 
-def open_image(path_or_bytes, where: str) -> Image.Image:
+def open_image(path_or_bytes, where: str, signed_ok: bool = False) -> Image.Image:
     """Open and decode an image file (or bytes) with Pillow; errors name ``where``.
 
     Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) applies: an image over twice the
     limit is refused (ImageReadError naming the file and its size), one over the limit is read with
-    a warning that names the file (Pillow's own does not).
+    a warning that names the file (Pillow's own does not). ``signed_ok``: accept signed-integer
+    TIFF samples (label images: 32-bit ones are Pillow's mode ``I``, read exactly; the caller refuses
+    negative ids).
     """
     try:
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray, memoryview)) else path_or_bytes
@@ -107,7 +109,7 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
             raise ImageReadError(f"{where}: cannot decode image: the file is empty (0 bytes)") from None
         raise ImageReadError(f"{where}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     try:
-        _refuse_unrepresentable(im, where)
+        _refuse_unrepresentable(im, where, signed_ok)
     except ImageReadError:
         im.close()
         raise
@@ -119,7 +121,7 @@ def open_image(path_or_bytes, where: str) -> Image.Image:
     return im
 
 
-def _refuse_unrepresentable(im: Image.Image, where: str) -> None:
+def _refuse_unrepresentable(im: Image.Image, where: str, signed_ok: bool = False) -> None:
     """ImageReadError for files one 2-D image cannot stand for: several pages or frames (a stack,
     a time series: reading page 0 alone would drop the rest without a word) and signed-integer
     samples (Pillow reads int8 as uint8, so -1 would become 255)."""
@@ -130,7 +132,7 @@ def _refuse_unrepresentable(im: Image.Image, where: str) -> None:
     tags = getattr(im, "tag_v2", None)
     sample_format = tags.get(339) if tags is not None else None  # TIFF SampleFormat: 1 uint, 2 int, 3 float
     formats = sample_format if isinstance(sample_format, (tuple, list)) else (sample_format,)
-    if 2 in formats:
+    if 2 in formats and not signed_ok:
         raise ImageReadError(f"{where}: signed-integer samples (TIFF SampleFormat 2) are not supported: "
                              "convert the image to unsigned 8 or 16 bit")
 

@@ -220,12 +220,16 @@ def build_reader(cfg):
         from maskrcnn.data.dsb2018 import DSB2018Dataset
 
         return DSB2018Dataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
+    if fmt == "label_folders":
+        from maskrcnn.data.label_folders import LabelFolderDataset
+
+        return LabelFolderDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     if fmt == "cache":
         from maskrcnn.data.cache import CacheDataset
 
         return CacheDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     raise ValueError(f"unknown data.format {fmt!r}; expected synthetic, sartorius, sartorius_unlabeled, coco, "
-                     f"dsb2018 or cache")
+                     f"dsb2018, label_folders or cache")
 
 
 def _cached_reader(cfg):

@@ -27,7 +27,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _make_cache(argv: Sequence[str]) -> None:
     p = cli.ArgumentParser(prog="python -m maskrcnn.data.make_cache",
                            description="Write a compact single-file cache (.npz) of a dataset.")
-    p.add_argument("--format", required=True, choices=["dsb2018", "sartorius", "coco", "synthetic", "cache"],
+    p.add_argument("--format", required=True, choices=["dsb2018", "sartorius", "coco", "label_folders", "synthetic", "cache"],
                    help="the dataset's layout (as data.format)")
     p.add_argument("--root", default="", help="dataset folder (as data.root)")
     p.add_argument("--ann-file", default="", help="annotation file (as data.ann_file; coco, sartorius)")

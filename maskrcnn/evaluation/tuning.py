@@ -18,7 +18,8 @@ The sweep calls post-processing's own rules (``maskrcnn.inference.postprocess``:
   is not swept (the exact re-score applies it).
 - For each mask threshold, each image's masks are binarised and their overlaps resolved once
   (each pixel to the best-scoring mask; a mask keeping less than ``overlap_min_keep`` of its
-  pixels is dropped, repeated until stable), then its candidate pairs (IoU > 0.5) with the
+  pixels is dropped, repeated until stable; with ``one_piece`` each survivor then keeps its
+  largest piece, which depends on its own pixels only), then its candidate pairs (IoU > 0.5) with the
   ground truth are computed once. A mask's fate in that process depends only on better-scoring
   masks, so for a score threshold (a prefix of the score order) the result is exact as a
   subset. The minimum area is applied as a filter on the resolved areas: approximate, since
@@ -42,7 +43,7 @@ from maskrcnn.config import TestConfig
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
-from maskrcnn.inference.postprocess import image_class, postprocess, remove_overlaps, rescore
+from maskrcnn.inference.postprocess import image_class, keep_largest_pieces, postprocess, remove_overlaps, rescore
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
@@ -89,11 +90,12 @@ class _Prepared:
 
 
 def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: float,
-                  mask_rescore: bool = False) -> _Prepared:
+                  mask_rescore: bool = False, one_piece: bool = False) -> _Prepared:
     """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT.
 
     With ``mask_rescore`` the scores are post-processing's rescored ones (``rescore`` at this mask
     threshold), so the score sweep and the overlap order see what ``postprocess`` would.
+    With ``one_piece`` each resolved mask keeps its largest piece, as ``postprocess`` does.
     """
     inst = item.get_pred()
     scores = inst.scores
@@ -103,7 +105,10 @@ def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: fl
     masks = inst.masks[order].threshold(mask_thresh)
     scores = scores[order].double().cpu().numpy()
     if len(masks):  # min_area 0 here: the sweep filters areas itself
-        masks, alive = remove_overlaps(masks, min_keep, torch.zeros(len(masks), dtype=torch.long), remove)
+        no_min = torch.zeros(len(masks), dtype=torch.long)
+        masks, alive = remove_overlaps(masks, min_keep, no_min, remove)
+        if one_piece:
+            masks, alive = keep_largest_pieces(masks, alive, no_min)
     else:
         alive = torch.zeros(0, dtype=torch.bool)
     areas = masks.areas().long().cpu().numpy() if len(masks) else np.zeros(0, np.int64)
@@ -183,7 +188,7 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
         if g >= 0:
             for mi, mt in enumerate(mask_grid):
                 prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep,
-                                                base.mask_rescore)
+                                                base.mask_rescore, base.one_piece)
     # Images with no prediction score the same whatever the thresholds; they stay in the means.
     empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
     results = {c: np.zeros((len(mask_grid), len(score_grid), len(area_grid))) for c in range(nc)}

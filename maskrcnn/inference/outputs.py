@@ -7,6 +7,9 @@
 | ``dsb`` | a file | 2018 Data Science Bowl submission ``ImageId,EncodedPixels``, column-major RLE; validated the same way |
 | ``coco`` | a file | COCO results json (detectron2's ``coco_instances_results.json``): a list of ``{"image_id", "category_id", "segmentation": RLE, "bbox": [x, y, w, h], "score"}`` that ``pycocotools.COCO.loadRes`` reads |
 | ``labels`` | a folder | one label image ``<id>.png`` per input: 16-bit grayscale PNG of the image's size, 0 = background, 1..N = the objects in decreasing score order |
+| ``labels-tif`` | a folder | the same as ``<id>.tif``: 16-bit TIFF (32-bit integer beyond 65535 objects), deflate-compressed; what tifffile, Fiji and napari read |
+| ``geojson`` | a folder | ``<id>.geojson``: a FeatureCollection of the objects' outlines for QuPath (``maskrcnn.inference.polygon_files``) |
+| ``imagej-roi`` | a folder | ``<id>.zip``: one ImageJ polygon ROI per object, for Fiji's ROI Manager (``maskrcnn.inference.polygon_files``) |
 
 COCO ids (``CocoResultsWriter``):
 
@@ -23,12 +26,13 @@ COCO ids (``CocoResultsWriter``):
 
 Label images are PNG (lossless, compressed, and what Cellpose writes: ``*_cp_masks.png``): Pillow
 reads them back as mode ``I;16``, napari (imageio) and Fiji as 16-bit. An object count over 65535
-is an error. Overlaps cannot be stored in one label image: where masks overlap (only when
+is an error (TIFF label images switch to 32-bit instead). Overlaps cannot be stored in one label image: where masks overlap (only when
 ``test.remove_overlaps`` is off), the better-scoring object keeps the pixel, and objects left
 without pixels are dropped, so labels stay consecutive.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,15 +41,19 @@ import numpy as np
 import torch
 
 from maskrcnn.errors import UserError
-from maskrcnn.fileio import atomic_open
+from maskrcnn.fileio import atomic_open, atomic_write_bytes
+from maskrcnn.data.images import encode_png
 from maskrcnn.inference.postprocess import foreground_pixels
 from maskrcnn.inference.submission import (DSB_SUBMISSION_HEADER, SUBMISSION_HEADER, instances_to_rows,
                                            save_submission)
 from maskrcnn.structures import Instances, MaskList
 
-FORMATS = ("csv", "dsb", "coco", "labels")
-DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels"}
+FORMATS = ("csv", "dsb", "coco", "labels", "labels-tif", "geojson", "imagej-roi")
+DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels",
+               "labels-tif": "labels", "geojson": "outlines", "imagej-roi": "rois"}
+FOLDER_FORMATS = ("labels", "labels-tif", "geojson", "imagej-roi")  # --out is a folder, one file per image
 MAX_LABEL = 65535  # 16-bit label images
+MAX_LABEL_32 = 2 ** 31 - 1  # TIFF: 32-bit signed integers (Pillow's mode I)
 LABEL_SUFFIX = ".png"
 
 
@@ -58,7 +66,8 @@ def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
     """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
     score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
     so the labels are ``1..N`` without gaps. ``max_label``: more objects are an OutputError; above
-    65535 (the Python API's ``segment``) an image of more than 65535 objects is ``uint32``.
+    65535 (the Python API's ``segment``, TIFF label images) an image of more than 65535 objects is
+    ``uint32``.
     """
     H, W = inst.image_size
     masks = inst.masks
@@ -80,46 +89,31 @@ def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
         present[0] = False
         count = int(present.sum())
         if count > max_label:
-            raise OutputError(f"{count} objects do not fit a 16-bit label image (at most {max_label})")
+            raise OutputError(f"{count} objects do not fit a 16-bit label image (at most {max_label}); "
+                              "--format labels-tif writes 32-bit TIFFs then")
         renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
         canvas = renumber[canvas]
     return canvas.view(H, W).numpy().astype(np.uint16 if count <= MAX_LABEL else np.uint32)
 
 
+def encode_label_tiff(labels: np.ndarray) -> bytes:
+    """TIFF bytes of a label image ``uint16[H, W]`` or ``uint32[H, W]``, deflate-compressed (32-bit
+    ids are stored as Pillow's signed mode ``I``: ids stay below 2**31)."""
+    from PIL import Image
+
+    a = np.ascontiguousarray(labels)
+    if a.dtype == np.uint32:
+        a = a.astype(np.int32)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="TIFF", compression="tiff_adobe_deflate")
+    return buf.getvalue()
+
 def read_label_image(path: str) -> MaskList:
     """The objects of a label image (0 = background, each other value one object) as a bool MaskList,
-    in increasing label order."""
-    from maskrcnn.data.images import open_image
+    in increasing label order (``maskrcnn.data.label_folders``, the training reader's own)."""
+    from maskrcnn.data.label_folders import masks_from_label_array, read_label_array
 
-    with open_image(path, path) as im:
-        a = np.asarray(im).astype(np.int64)
-    if a.ndim != 2:
-        raise OutputError(f"{path}: a label image has one channel, this one has shape {a.shape}")
-    H, W = a.shape
-    values = np.unique(a)
-    values = values[values != 0]
-    if values.size == 0:
-        return MaskList.empty((H, W))
-    ys, xs = np.nonzero(a)
-    k = np.searchsorted(values, a[ys, xs])
-    y0 = np.full(values.size, H, np.int64)
-    x0 = np.full(values.size, W, np.int64)
-    y1 = np.zeros(values.size, np.int64)
-    x1 = np.zeros(values.size, np.int64)
-    np.minimum.at(y0, k, ys)
-    np.minimum.at(x0, k, xs)
-    np.maximum.at(y1, k, ys + 1)
-    np.maximum.at(x1, k, xs + 1)
-    fill = np.bincount(k, minlength=values.size) / ((y1 - y0) * (x1 - x0))
-    if values.size > 20 and np.median(fill) < 0.1:  # a photo's grey levels are scattered pixels, not objects
-        raise OutputError(f"{path}: not a label image: its {values.size} values are scattered pixels (each fills "
-                          f"{np.median(fill):.0%} of its box, median), not objects; give label images "
-                          "(predict.py --format labels)")
-    h, w = int((y1 - y0).max()), int((x1 - x0).max())
-    crops = np.zeros((values.size, h, w), dtype=bool)
-    crops[k, ys - y0[k], xs - x0[k]] = True
-    origins = torch.from_numpy(np.stack([x0, y0], axis=1))
-    return MaskList(torch.from_numpy(crops), origins, (H, W))
+    return masks_from_label_array(read_label_array(path, OutputError), path, OutputError)
 
 
 # --------------------------------------------------------------------------- COCO ids
@@ -139,6 +133,8 @@ def model_class_names(data_cfg) -> Optional[List[str]]:
         from maskrcnn.data.sartorius import SARTORIUS_CLASSES
 
         return list(SARTORIUS_CLASSES)
+    if data_cfg.format == "label_folders":
+        return ["cell"]
     if data_cfg.format == "dsb2018":
         from maskrcnn.data.dsb2018 import DSB_CLASSES
 
@@ -269,33 +265,35 @@ class CocoResultsWriter(Writer):
 
 
 class LabelImageWriter(Writer):
-    """One 16-bit label PNG per image in a folder (see the module doc).
+    """One file per image in a folder: ``encode(final) -> bytes`` (default: the 16-bit label PNG;
+    ``folder_writer`` gives the other folder formats).
 
-    The images are staged in a hidden sibling folder ``.<folder>.partial.<pid>`` and moved into
+    The files are staged in a hidden sibling folder ``.<folder>.partial.<pid>`` and moved into
     ``folder`` by ``finish``, so an interrupted or failed run leaves ``folder`` as it was (and a
     ``.partial`` folder that says what it is), never a half-full folder that looks complete.
     """
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, suffix: str = LABEL_SUFFIX, encode=None, what: str = "label images",
+                 fmt: str = "labels"):
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise OutputError(f"--format labels writes a folder of label images, but {folder} is a file")
-        self.folder = folder
+            raise OutputError(f"--format {fmt} writes a folder of {what}, but {folder} is a file")
+        self.folder, self.suffix, self.what, self.fmt = folder, suffix, what, fmt
+        self.encode = encode if encode is not None else (lambda final: encode_png(label_image(final), compress_level=6))
         parent, name = os.path.split(os.path.abspath(folder))
         self.staging = os.path.join(parent, f".{name}.partial.{os.getpid()}")
         self.staged: List[str] = []
         self.count = 0
 
     def path_for(self, image_id: str) -> str:
-        return os.path.join(self.folder, image_id + LABEL_SUFFIX)
+        return os.path.join(self.folder, image_id + self.suffix)
 
     def add(self, image_id: str, final: Instances) -> None:
-        from maskrcnn.data.images import write_image
-
         from maskrcnn.fileio import WriteError
 
-        name = image_id + LABEL_SUFFIX
+        name = image_id + self.suffix
+        data = self.encode(final)
         try:
-            write_image(os.path.join(self.staging, name), label_image(final))
+            atomic_write_bytes(os.path.join(self.staging, name), data)
         except WriteError as e:  # name the file the user asked for, not the staging folder's
             raise WriteError(f"{str(e).split(' writing ')[0]} writing {self.path_for(image_id)}") from e
         self.staged.append(name)
@@ -314,7 +312,7 @@ class LabelImageWriter(Writer):
                 raise failure from e
             raise
         self.abort()
-        self.written = f"{self.count} label images in {self.folder}/"
+        self.written = f"{self.count} {self.what} in {self.folder}/"
         return self.written
 
     def abort(self) -> None:
@@ -330,6 +328,21 @@ def check_file_names(ids: Sequence[str], suffix: str, what: str = "--format labe
         if len((i + suffix).encode()) > 255:
             raise OutputError(f"{what}: the image id {i[:40]}... ({len(i)} characters) is too long for a file name "
                               f"(at most {255 - len(suffix)} bytes); rename the image")
+
+
+def folder_writer(fmt: str, folder: str, class_names: Optional[Sequence[str]] = None) -> LabelImageWriter:
+    """The writer of a folder format (``FOLDER_FORMATS``)."""
+    from maskrcnn.inference.polygon_files import geojson_bytes, imagej_roi_zip
+
+    if fmt == "labels-tif":
+        return LabelImageWriter(folder, ".tif", lambda f: encode_label_tiff(label_image(f, MAX_LABEL_32)),
+                                "label images", fmt)
+    if fmt == "geojson":
+        return LabelImageWriter(folder, ".geojson", lambda f: geojson_bytes(f, class_names), "GeoJSON outline files",
+                                fmt)
+    if fmt == "imagej-roi":
+        return LabelImageWriter(folder, ".zip", imagej_roi_zip, "ImageJ ROI zips", fmt)
+    return LabelImageWriter(folder)
 
 
 def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequence[str] = (), ids: Sequence[str] = (),
@@ -360,11 +373,11 @@ def build_writer(fmt: str, out: str, order: Optional[str] = None, paths: Sequenc
             return CocoResultsWriter(out, coco_image_ids(coco_gt, paths, ids),
                                      coco_category_ids(coco_gt, class_names, num_classes))
         return CocoResultsWriter(out, {i: k + 1 for k, i in enumerate(ids)}, list(range(1, num_classes + 1)))
-    writer = LabelImageWriter(out)
-    check_file_names(ids, LABEL_SUFFIX)
+    writer = folder_writer(fmt, out, class_names)
+    check_file_names(ids, writer.suffix, f"--format {fmt}")
     inputs = {os.path.realpath(p) for p in paths}
     clash = [i for i in ids if os.path.realpath(writer.path_for(i)) in inputs]
     if clash:
-        raise OutputError(f"label images would overwrite the input images (e.g. {writer.path_for(clash[0])}): "
+        raise OutputError(f"{writer.what} would overwrite the input images (e.g. {writer.path_for(clash[0])}): "
                           "give --out another folder")
     return writer

@@ -23,7 +23,11 @@
    get back the pixels the dropped masks held. Rounds repeat until nothing is dropped (survivors
    only gain pixels, so each round keeps what the last one accepted).
    Without overlap removal, only ``min_area`` applies.
-5. Masks are re-cropped to their tight boxes; ``boxes`` become those tight boxes.
+5. One piece per object (``one_piece``, default on): each mask keeps only its largest 4-connected
+   piece (``maskrcnn.ops.pieces``); the other pieces (islands, mostly a few pixels that overlap
+   removal cut off) become background, and a mask left below its ``min_area`` is dropped. So every
+   object of every output (CSV rows, COCO, label images, polygons) is one connected piece.
+6. Masks are re-cropped to their tight boxes; ``boxes`` become those tight boxes.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import IMAGE_CLASS_MODES, TestConfig
+from maskrcnn.ops.pieces import largest_piece
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -199,13 +204,42 @@ def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled:
     return MaskList(crops.view(masks.crops.shape), masks.origins, masks.image_size), alive
 
 
+def keep_largest_pieces(masks: MaskList, alive: Tensor, min_area: Tensor):
+    """Step 5 of the module doc: each kept binary mask reduced to its largest 4-connected piece.
+
+    Only the kept masks are labelled, each cut to its tight box first (raw predictions hold many
+    more masks, in crops padded to the largest: labelling those would cost ~10x more).
+
+    Args:
+        masks: binary masks (N crops); those not ``alive`` are ignored (and come back empty).
+        alive (Tensor[N] bool): the masks still kept.
+        min_area (Tensor[N]): a mask whose largest piece has fewer pixels (and at least 1) is dropped.
+    Returns:
+        (MaskList of the same layout, Tensor[N] bool: ``alive`` and large enough).
+    """
+    n, h, w = masks.crops.shape
+    out = torch.zeros(masks.crops.numel(), dtype=torch.bool, device=masks.device)
+    idx = torch.nonzero(alive, as_tuple=True)[0]
+    if idx.numel():
+        sub = masks[idx].compact(pad=0)
+        k, y, x = torch.nonzero(largest_piece(sub.crops), as_tuple=True)
+        shift = sub.origins - masks.origins.index_select(0, idx)  # (dx, dy) of each tight box in its crop
+        pos = idx.index_select(0, k) * (h * w) + (y + shift[k, 1]) * w + (x + shift[k, 0])
+        out.index_fill_(0, pos, True)
+    out = out.view(n, h, w)
+    area = out.flatten(1).sum(1)
+    alive = alive & (area >= min_area.to(area.device).long().clamp(min=1))
+    return MaskList(out, masks.origins, masks.image_size), alive
+
+
 def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
     """Raw predictions (soft or binary masks) -> final binary, non-overlapping masks for one image.
 
     Args:
         instances: with ``scores``, ``labels`` and ``masks`` (soft float or bool ``MaskList``).
         test_cfg: ``score_thresh``, ``mask_thresh``, ``min_area`` (one per class or one for all),
-            ``image_class``, ``mask_rescore``, ``fill_holes``, ``remove_overlaps``, ``overlap_min_keep``.
+            ``image_class``, ``mask_rescore``, ``fill_holes``, ``remove_overlaps``, ``overlap_min_keep``,
+            ``one_piece``.
     Returns:
         Instances with bool masks cropped to their tight boxes, ``boxes`` = those tight boxes,
         sorted by decreasing score (the rescored score with ``mask_rescore``). See the module
@@ -251,6 +285,8 @@ def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
     min_area = per_class(test_cfg.min_area, labels, "min_area", dtype=torch.long)
     binary, alive = remove_overlaps(binary, float(test_cfg.overlap_min_keep), min_area,
                                     enabled=bool(test_cfg.remove_overlaps))
+    if test_cfg.one_piece:
+        binary, alive = keep_largest_pieces(binary, alive, min_area)
     idx = torch.nonzero(alive, as_tuple=True)[0]
     if idx.numel() == 0:
         return Instances.empty(size, device=dev, with_scores=True, with_masks=True)

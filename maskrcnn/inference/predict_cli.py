@@ -50,7 +50,8 @@ from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.guard import check_fits, predict_guarded
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
-from maskrcnn.inference.outputs import DEFAULT_OUT, FORMATS, SubmissionWriter, Writer, build_writer, model_class_names
+from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
+                                        model_class_names)
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.inference.zoo import resolve_weights, thresholds_beside
 from maskrcnn.progress import track
@@ -201,9 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder of <id>/images/<id>.png")
     p.add_argument("--format", choices=FORMATS, default="csv",
                    help="csv: Kaggle submission id,predicted; dsb: DSB2018 submission ImageId,EncodedPixels "
-                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png")
-    p.add_argument("--out", default=None, help="file to write, a folder for --format labels "
-                   f"(default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels: {DEFAULT_OUT['labels']}/)")
+                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png; "
+                        "labels-tif: 16-bit label TIFFs <id>.tif; geojson: outlines <id>.geojson (QuPath); "
+                        "imagej-roi: <id>.zip of ImageJ polygon ROIs (Fiji)")
+    p.add_argument("--out", default=None, help="file to write, a folder for --format labels, labels-tif, geojson, "
+                   f"imagej-roi (default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels, labels-tif: "
+                   f"{DEFAULT_OUT['labels']}/; geojson: {DEFAULT_OUT['geojson']}/; imagej-roi: {DEFAULT_OUT['imagej-roi']}/)")
     p.add_argument("--coco-gt", default=None, metavar="COCO.json",
                    help="--format coco: take image ids (by file name) and category ids from this COCO json "
                         "(default: image ids 1..N in input order, category_id = class + 1)")
@@ -295,12 +299,13 @@ def check_arguments(args: argparse.Namespace) -> List[str]:
     ``resolve_weight_files``: also the thresholds beside them).
     """
     args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
-    # labels: a folder, so the file to check is one inside it
-    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
+    folder = args.format in FOLDER_FORMATS
+    # a folder format: the file to check is one inside it
+    check_output_path(os.path.join(args.out, "label.png") if folder and args.out else args.out, "--out")
     paths = list_images(args.images, args.limit)
     image_ids(paths)
     check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
-                    "--out", folder=args.format == "labels")
+                    "--out", folder=folder)
     early = resolve_test_config(args, TestConfig())
     views = parse_tta(early.tta)
     if args.tta is not None and args.min_views is not None:  # else the checkpoint's test.tta decides
