@@ -3,7 +3,7 @@
     python -m maskrcnn.scale slide --weights W.pth --image big.zarr --out labels.zarr --table cells.csv \
         [--block 512 --overlap 64] [--workers 2 | --scheduler tcp://HOST:8786]
     python -m maskrcnn.scale collection --weights W.pth --images DIR|'GLOB'|LIST.txt --out submission.csv \
-        [--format csv|dsb|coco|labels] [--work-dir DIR] [--workers 2 | --scheduler tcp://HOST:8786]
+        [--format csv|dsb|coco|labels|...] [--work-dir DIR] [--workers 2 | --scheduler tcp://HOST:8786]
 
 ``collection`` takes every option of ``predict.py`` (same meaning, same outputs). Without
 ``--scheduler`` a local cluster of ``--workers`` processes (``--threads`` torch threads each) runs
@@ -178,7 +178,7 @@ def slide_main(argv: Sequence[str]) -> int:
 
 def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
-    from maskrcnn.inference.outputs import DEFAULT_OUT, build_writer, model_class_names
+    from maskrcnn.inference.outputs import DEFAULT_OUT, FOLDER_FORMATS, build_writer, model_class_names
     from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, check_same_classes, image_ids, resolve_test_config,
                                                 resolve_weight_files, skipped_summary, timing_summary)
     from maskrcnn.inference.predictor import check_min_views
@@ -190,11 +190,13 @@ def collection_main(argv: Sequence[str]) -> int:
     args = build_collection_parser().parse_args(argv)
     _need_extra()
     args.out = DEFAULT_OUT[args.format] if args.out is None else args.out
-    check_output_path(os.path.join(args.out, "label.png") if args.format == "labels" and args.out else args.out, "--out")
+    folder = args.format in FOLDER_FORMATS
+    # a folder format: the file to check is one inside it
+    check_output_path(os.path.join(args.out, "label.png") if folder and args.out else args.out, "--out")
     paths = list_inputs(args.images, args.limit)
     ids = image_ids(paths)
     check_not_input(args.out, [args.images, *paths, *args.weights, args.config, args.thresholds, args.coco_gt],
-                    "--out", folder=args.format == "labels")
+                    "--out", folder=folder)
     early = resolve_test_config(args, TestConfig())  # the command line's settings, checked before any model
     given = args.thresholds
     note = resolve_weight_files(args)  # zoo names -> files, thresholds beside the weights (as predict.py)

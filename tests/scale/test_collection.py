@@ -49,7 +49,8 @@ def test_outputs_are_byte_identical_to_predict_py_and_a_rerun_resumes(tiny, caps
     common = ["--weights", weights, "--images", folder, "--device", "cpu", "--no-progress"]
     for fmt in ("csv", "dsb", "coco"):
         assert predict_main(common + ["--format", fmt, "--out", str(tmp / f"ref.{fmt}")]) == 3  # z9: skipped
-    assert predict_main(common + ["--format", "labels", "--out", str(tmp / "ref_labels")]) == 3
+    for fmt in ("labels", "geojson"):  # folder formats, one file per image
+        assert predict_main(common + ["--format", fmt, "--out", str(tmp / f"ref_{fmt}")]) == 3
     ref = (tmp / "ref.csv").read_text()
     assert ref.count("\n") > 10 and "z9," in ref  # detections to compare, and the empty row of the bad image
     capsys.readouterr()
@@ -63,9 +64,12 @@ def test_outputs_are_byte_identical_to_predict_py_and_a_rerun_resumes(tiny, caps
         assert main(run + ["--format", fmt, "--out", str(tmp / f"got.{fmt}"), "--workers", "1"]) == 3
         assert "6 done before, 0 predicted now" in capsys.readouterr().err
         assert (tmp / f"got.{fmt}").read_bytes() == (tmp / f"ref.{fmt}").read_bytes(), fmt
-    assert main(run + ["--format", "labels", "--out", str(tmp / "got_labels"), "--workers", "1"]) == 3
-    for name in sorted(os.listdir(tmp / "ref_labels")):
-        assert (tmp / "got_labels" / name).read_bytes() == (tmp / "ref_labels" / name).read_bytes(), name
+    for fmt in ("labels", "geojson"):
+        assert main(run + ["--format", fmt, "--out", str(tmp / f"got_{fmt}"), "--workers", "1"]) == 3
+        names = sorted(os.listdir(tmp / f"ref_{fmt}"))
+        assert names and sorted(os.listdir(tmp / f"got_{fmt}")) == names
+        for name in names:
+            assert (tmp / f"got_{fmt}" / name).read_bytes() == (tmp / f"ref_{fmt}" / name).read_bytes(), (fmt, name)
     # resume after a crash: the parts of two images are gone; only they are predicted again
     parts = tmp / "work" / "parts"
     kept = {n: os.stat(parts / n).st_mtime_ns for n in os.listdir(parts) if n not in ("b2.pt", "d4.pt")}
