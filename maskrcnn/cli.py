@@ -103,6 +103,13 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def add_set_option(parser: argparse.ArgumentParser, help: str, flag: str = "--set") -> argparse.Action:
+    """The front ends' ``--set KEY=VALUE ...`` option: values accumulate over repeats
+    (``--set a=1 --set b=2`` keeps both; argparse's default ``store`` would keep only the last group)."""
+    return parser.add_argument(flag, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                               help=f"{help}; repeatable, all groups apply")
+
+
 def _default_note(action: argparse.Action) -> Optional[str]:
     """``(default: X)`` for an option with a real default, else None."""
     default = action.default

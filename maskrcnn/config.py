@@ -3,8 +3,12 @@
 - ``base: other.yaml`` (relative to the file) is loaded first and overridden key by key.
 - ``--set a.b=v`` overrides (values parsed as YAML: ``--set solver.lr=0.01``,
   ``--set model.anchors.sizes=[8,16,32,64,128]``).
-- An unknown key is an error that lists the valid keys at that level; a value of the wrong type
-  is an error naming the key. Keys that older versions wrote (``RETIRED_KEYS``) are dropped from
+- YAML is read with one loader (``load_yaml``): PyYAML's YAML 1.1 rules, except that a number
+  in exponent form without a dot (``1e-4``, ``5E3``, ``-2.5e-3``) is a float, as YAML 1.2 and
+  Python read it (YAML 1.1 makes ``1e-4`` a string).
+- An unknown key is an error that suggests the nearest valid key (``did you mean
+  solver.max_iter?``: the same name in another section, else the closest by ``difflib``) and lists
+  the valid keys at that level; a value of the wrong type is an error naming the key. Keys that older versions wrote (``RETIRED_KEYS``) are dropped from
   files and saved checkpoint configs, with a warning when they held a non-default value.
 - ``apply_thresholds`` / ``override_test_config`` replace ``test`` fields (tuned thresholds,
   command-line settings), checked like a config file.
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
+import re
 import os
 import typing
 import warnings
@@ -154,10 +160,16 @@ class InputConfig:
     normalize: str = "none"
     percentile_low: float = 1.0
     percentile_high: float = 99.8
+    # Typical object diameter in the training images' pixels (before ``scale``): the median
+    # equivalent diameter 2 * sqrt(area / pi) of the training objects; 0: not recorded. predict.py
+    # --diameter D maps to scale * object_diameter / D (objects of D px reach the size the model learnt).
+    object_diameter: float = 0.0
 
     def __post_init__(self):
         if self.normalize not in ("none", "percentile"):
             raise ConfigError(f"model.input.normalize: none or percentile, got {self.normalize!r}")
+        if not self.object_diameter >= 0.0:
+            raise ConfigError(f"model.input.object_diameter: pixels >= 0 (0: not recorded), got {self.object_diameter}")
         if not 0.0 <= self.percentile_low < self.percentile_high <= 100.0:
             raise ConfigError(
                 "model.input.percentile_low/percentile_high: need 0 <= low < high <= 100, "
@@ -175,6 +187,8 @@ class ModelConfig:
     mask_head: MaskHeadConfig = field(default_factory=MaskHeadConfig)
     input: InputConfig = field(default_factory=InputConfig)
     channels_last: bool = False
+    # none | regional: torch.compile the static parts (backbone, FPN, heads); maskrcnn/model/compile.py
+    compile: str = "none"
 
 
 # ---------------------------------------------------------------------------- data
@@ -337,6 +351,59 @@ class Config:
 
 
 # ------------------------------------------------------------------------ loading
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose floats also match the exponent form without a dot (``1e-4``)."""
+
+
+# YAML 1.1's float pattern (PyYAML's resolver) with the dot made optional before an exponent.
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(stream) -> Any:
+    """Parse YAML text (or a file object) with the package's loader: ``yaml.safe_load`` plus
+    exponent floats without a dot (``1e-4``, ``1E3``) read as floats."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def config_keys(cls=None, prefix: str = "") -> list:
+    """Every dotted leaf key of ``cls`` (default: ``Config``), e.g. ``solver.max_iter``."""
+    cls = Config if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        out += config_keys(hints[f.name], key) if dataclasses.is_dataclass(hints[f.name]) else [key]
+    return out
+
+
+def suggest_key(key: str, valid: Sequence[str]) -> Optional[str]:
+    """The valid key nearest to ``key``: one with the same last name (``train.max_iter`` ->
+    ``solver.max_iter``), else the closest by ``difflib`` (``solver.lrr`` -> ``solver.lr``), or None."""
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in valid if k.rsplit(".", 1)[-1] == leaf]
+    if same_leaf:
+        return difflib.get_close_matches(key, same_leaf, n=1, cutoff=0.0)[0]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    close = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in valid], n=1, cutoff=0.75)
+    return next((k for k in valid if close and k.rsplit(".", 1)[-1] == close[0]), None)
+
+
+def did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the nearest valid key, or an empty string."""
+    near = suggest_key(key, valid)
+    return f" (did you mean {near}?)" if near else ""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -389,7 +456,8 @@ def _build(cls, values: Dict[str, Any], prefix: str = ""):
     for k, v in values.items():
         full = f"{prefix}.{k}" if prefix else k
         if k not in names:
-            raise ConfigError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+            hint = did_you_mean(full, config_keys())
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(names)}")
         kwargs[k] = _coerce(v, hints[k], full)
     return cls(**kwargs)
 
@@ -404,9 +472,10 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (plain YAML keeps the
-    last one silently: a second ``model:`` section would replace the first)."""
+class _UniqueKeyLoader(_Loader):
+    """The package's loader (``_Loader``: exponent floats) that also refuses a key written twice in
+    one mapping (plain YAML keeps the last one silently: a second ``model:`` section would replace
+    the first)."""
 
     def construct_mapping(self, node, deep=False):
         seen: Dict[Any, int] = {}
@@ -440,7 +509,7 @@ def read_yaml_mapping(path: str, kind: str = "config", missing: type = ConfigErr
         raise missing(f"{kind} file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.load(f, Loader=_UniqueKeyLoader)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except UnicodeDecodeError:
             raise ConfigError(f"not a text (YAML) file: {kind} files are YAML ({path})") from None
         except yaml.YAMLError as e:
@@ -477,7 +546,7 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_yaml(raw)
         except yaml.YAMLError:
             value = raw
         node = out
@@ -618,6 +687,46 @@ def override_test_config(test_cfg: TestConfig, values: Dict[str, Any], source: s
         return _build(Config, {"test": merged}).test
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+# Model keys that change only how a trained model is run, not what it learnt: predict.py (and
+# python -m maskrcnn.pseudo_label) take them with --set. Other model.* keys are fixed by the
+# weights (the architecture) or only act in training.
+PREDICT_MODEL_KEYS = (
+    "model.rpn.pre_nms_topk_test", "model.rpn.post_nms_topk_test", "model.rpn.nms_thresh", "model.rpn.min_size",
+    "model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_image",
+    "model.input.normalize", "model.input.percentile_low", "model.input.percentile_high",
+    "model.input.scale", "model.input.min_size_test", "model.input.max_size_test", "model.input.object_diameter",
+)
+
+
+def split_predict_overrides(items: Sequence[str], source: str = "--set") -> Tuple[Dict[str, Any], list]:
+    """Predict-time ``--set`` items -> ``(test.* values as a dict, model.* items as key=value strings)``.
+
+    Only ``test.*`` keys and ``PREDICT_MODEL_KEYS`` are accepted: a key of the config that is fixed
+    at training (``model.backbone.name``, ``solver.lr``...) is a ConfigError that says so and lists
+    the predict-time keys; an unknown key one that suggests the nearest valid one.
+    """
+    test: Dict[str, Any] = {}
+    model = []
+    valid = [k for k in config_keys() if k.startswith("test.")] + list(PREDICT_MODEL_KEYS)
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value ({source})")
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("test.") and key in valid:
+            test.update(parse_overrides([item])["test"])
+        elif key in PREDICT_MODEL_KEYS:
+            model.append(item)
+        elif key in config_keys():
+            raise ConfigError(
+                f"{source} {key}: fixed when the model was trained (its architecture or a training setting), "
+                f"not settable at predict time; {source} takes test.* keys and "
+                + ", ".join(PREDICT_MODEL_KEYS))
+        else:
+            raise ConfigError(f"{source}: unknown key '{key}'{did_you_mean(key, valid)}; predict-time keys: "
+                              "test.* and " + ", ".join(PREDICT_MODEL_KEYS))
+    return test, model
 
 
 def apply_thresholds(test_cfg: TestConfig, path: str) -> TestConfig:

@@ -6,6 +6,10 @@ fills the output with carriage returns) one line now and then with an ETA.
 
 ``lines`` prints ``<desc>: 120/3000 img (4%), 2.10 img/s, elapsed 0:57, ETA 22:51`` to stderr
 after the first item, then every ``every`` seconds, and once at the end.
+
+A bar is drawn only on a terminal: ``mode="bar"`` prints lines instead when the stream is not one
+(a log file, CI, a Kaggle log, a pipe), where tqdm's carriage-return updates pile up in one line.
+``progress_mode(no_progress)`` is what the front ends pass (``--no-progress``: lines everywhere).
 """
 from __future__ import annotations
 
@@ -15,6 +19,20 @@ from typing import IO, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 MODES = ("bar", "lines", "off")
+
+
+def is_terminal(file: Optional[IO] = None) -> bool:
+    """True when ``file`` (default: stderr) is an interactive terminal."""
+    f = file if file is not None else sys.stderr
+    try:
+        return bool(f.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_mode(no_progress: bool = False, file: Optional[IO] = None) -> str:
+    """``bar`` on a terminal, else (or with ``--no-progress``) ``lines``."""
+    return "lines" if no_progress or not is_terminal(file) else "bar"
 
 
 def format_seconds(s: float) -> str:
@@ -45,6 +63,8 @@ def track(iterable: Iterable[T], desc: str = "", total: Optional[int] = None, mo
             total = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
+    if mode == "bar" and not is_terminal(file):
+        mode = "lines"
     if mode == "bar":
         from tqdm import tqdm
 

@@ -42,6 +42,7 @@ import torch
 
 from maskrcnn import cli
 from maskrcnn.errors import UserError
+from maskrcnn.progress import progress_mode, track
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -189,8 +190,8 @@ def build_parser():
     lab.add_argument("--agree", type=int, default=0, help="views a cell must be seen in (0: all views)")
     lab.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip (default: the config's test.tta)")
     lab.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    lab.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                     help="test.* overrides (mask_thresh, min_area, fill_holes, ...)")
+    cli.add_set_option(lab, "test.* overrides (mask_thresh, min_area, fill_holes, ...) and the predict-time "
+                            "model.* keys of predict.py --set")
     lab.add_argument("--classes", default="", help="comma-separated class names (default: from the config)")
     lab.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     lab.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -254,7 +255,7 @@ def _label(args) -> int:
     from maskrcnn.device import resolve_device
     from maskrcnn.fileio import atomic_json, check_not_input, check_output_path
     from maskrcnn.inference.checkpoint import load_model
-    from maskrcnn.inference.predict_cli import check_same_classes, resolve_test_config
+    from maskrcnn.inference.predict_cli import check_same_classes, model_overrides, resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.pseudo import check_thresholds
 
@@ -264,7 +265,7 @@ def _label(args) -> int:
     check_output_path(os.path.join(args.out, PSEUDO_FILE) if args.out else "", "--out")
     check_not_input(args.out, [args.images, *args.weights, args.config, args.ids], "--out", folder=True)
     reader_probe = open_images(args.images, 3)  # fails early, before the models load
-    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    models, cfgs = zip(*(load_model(w, device, args.config, overrides=model_overrides(args)) for w in args.weights))
     check_same_classes(args.weights, cfgs)
     cfg = cfgs[0]
     # resolve_test_config's other options (no tiling here: each image is predicted whole, in every view)
@@ -325,7 +326,8 @@ def _label_images(reader, indices: Sequence[int], predictor, test_cfg, args, agr
 
     labels, types, totals = [], [], {"cells": 0, "ignored": 0, "background": 0}
     empty, done, skipped = 0, [], []
-    bar = tqdm(indices, desc="pseudo-label", unit="img", disable=args.no_progress)
+    mode = progress_mode(args.no_progress)  # a bar on a terminal, else lines with an ETA
+    bar = tqdm(indices, desc="pseudo-label", unit="img") if mode == "bar" else track(indices, "pseudo-label")
     for i in bar:
         where = reader_path(reader, i)
 
@@ -349,7 +351,8 @@ def _label_images(reader, indices: Sequence[int], predictor, test_cfg, args, agr
         for k in totals:
             totals[k] += c[k]
         empty += c["cells"] == 0
-        bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
+        if mode == "bar":
+            bar.set_postfix(cells=totals["cells"], ignored=totals["ignored"])
     return done, labels, types, totals, empty, skipped
 
 

@@ -241,14 +241,14 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
     from maskrcnn.inference import predict_cli
 
     reads = [0]
-    real_read = predict_cli.read_image
+    real_read = predict_cli.read_image_with_depth
 
     def counting_read(*a, **k):
         reads[0] += 1
         return real_read(*a, **k)
 
     out, err = io.StringIO(), io.StringIO()
-    predict_cli.read_image = counting_read
+    predict_cli.read_image_with_depth = counting_read
     old_debug = os.environ.pop("MASKRCNN_DEBUG", None)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -260,7 +260,7 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
             except BaseException as e:  # noqa: BLE001 - a traceback is an outcome here
                 code, exc = None, e
     finally:
-        predict_cli.read_image = real_read
+        predict_cli.read_image_with_depth = real_read
         if old_debug is not None:
             os.environ["MASKRCNN_DEBUG"] = old_debug
     return Outcome(code, out.getvalue(), err.getvalue(), exc, reads[0])

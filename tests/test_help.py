@@ -6,7 +6,7 @@ import pytest
 import evaluate
 import predict
 import train
-from maskrcnn import viz
+from maskrcnn import export, viz
 from maskrcnn.data import make_cache, synthetic
 from maskrcnn.scale import commands as scale
 from maskrcnn.zoo import export as zoo_export
@@ -25,6 +25,7 @@ FRONT_ENDS = [
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
     (scale.main, ["slide"], "python -m maskrcnn.scale slide"),
     (scale.main, ["collection"], "python -m maskrcnn.scale collection"),
+    (export.main, [], "python -m maskrcnn.export"),
     (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
 
@@ -53,4 +54,5 @@ DEFAULTS = {
     "python -m maskrcnn.data.make_cache": {"--image-codec": "webp"},
     "python -m maskrcnn.scale slide": {"--block": "512", "--overlap": "64", "--skip-contrast": "0.1", "--workers": "2"},
     "python -m maskrcnn.scale collection": {"--format": "csv", "--images-per-task": "4", "--workers": "2"},
+    "python -m maskrcnn.export": {"--channels": "3"},
 }

@@ -38,6 +38,8 @@ MODEL = HAND + ["tests/model/test_anchors_rpn.py", "tests/model/test_roi_heads.p
 DEFAULTS = ["tests/model/test_defaults.py"]
 TRANSFORMS = ["tests/data/test_transform_effects.py", "tests/data/test_transforms.py"]
 RLE = ["tests/data/test_rle_hand.py", "tests/data/test_rle.py"]
+CAPS = ["tests/inference/test_predict_controls.py"]
+HABITS = ["tests/test_cli_habits.py"]
 TTA = ["tests/inference/test_tta.py"]
 POST = ["tests/inference/test_postprocess_thresholds.py", "tests/inference/test_postprocess.py"]
 KAGGLE = ["tests/evaluation/test_kaggle.py", "tests/evaluation/test_kaggle_candidates.py"]
@@ -130,8 +132,8 @@ MUTATIONS: List[Mutation] = [
       [("maskrcnn/config.py", "    min_size: float = 0.0\n    smooth_l1_beta: float = 1.0 / 9.0",
         "    min_size: float = 0.0\n    smooth_l1_beta: float = 1.0")], DEFAULTS),
     M("rpn_nms_across_levels", "proposal NMS across FPN levels instead of within each level",
-      [("maskrcnn/model/rpn.py", "keep = batched_nms(b, s, lv, nms_thresh)[:post_nms_topk]",
-        "keep = batched_nms(b, s, lv * 0, nms_thresh)[:post_nms_topk]")], MODEL),
+      [("maskrcnn/model/rpn.py", "keep = batched_nms(b, s, lv, nms_thresh)",
+        "keep = batched_nms(b, s, lv * 0, nms_thresh)")], MODEL),
     M("rpn_clip_swapped", "proposals clipped with width and height swapped",
       [("maskrcnn/model/rpn.py",
         "x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])\n    y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])",
@@ -386,7 +388,7 @@ MUTATIONS: List[Mutation] = [
       [("maskrcnn/inference/predictor.py", "out.append(None if r is None else r[0])", "out.append(None)")],
       ["tests/inference/test_tiling.py"]),
     M("tiling_ignored", "test.tile_size is read but large images are predicted whole",
-      [("maskrcnn/inference/predictor.py", "if image.dim() == 3 and self.tile_size and max(image.shape[-2:]) > self.tile_size:",
+      [("maskrcnn/inference/predictor.py", "if self.tile_size and side > self.tile_size:",
         "if False:")], ["tests/inference/test_tiling.py"]),
     # ------------------------------------------------------------- pseudo-labels and ignore regions
     M("rpn_ignore_regions_unused", "the RPN samples anchors inside ignore regions as background",
@@ -412,6 +414,29 @@ MUTATIONS: List[Mutation] = [
     M("pseudo_keep_strict", "a detection exactly at --keep is not a cell (>= became >)",
       [("maskrcnn/inference/pseudo.py", "confident = (scores >= keep) & (view_counts.to(dev) >= agree)",
         "confident = (scores > keep) & (view_counts.to(dev) >= agree)")], PSEUDO),
+    # ------------------------------------------------------------- nothing silently under-counted
+    M("caps_rpn_duplicates_warn", "the RPN caps warn on confident duplicates above the cap, not on lost cells",
+      [("maskrcnn/inference/caps.py", 'reached, need = dropped > 0 and dropped >= self.score_thresh, row[col[f"{stage}_confident"]]',
+        'reached, need = row[col[f"{stage}_confident"]] > cap, row[col[f"{stage}_confident"]]')], CAPS),
+    M("rpn_lost_covered", "boxes a kept proposal covers count as lost objects",
+      [("maskrcnn/model/rpn.py", "cand, cand_scores = cand[~covered], cand_scores[~covered]", "pass")], CAPS),
+    M("caps_weak_drops_warn", "the detection cap warns when it dropped only detections post-processing drops",
+      [("maskrcnn/inference/caps.py", 'reached, need = dropped > 0 and dropped >= self.score_thresh, row[col["detections"]]',
+        'reached, need = dropped > 0, row[col["detections"]]')], CAPS),
+    M("rpn_demand_strict", "the RPN demand counts objectness > 0.5 instead of >= 0.5",
+      [("maskrcnn/model/rpn.py", "n = (lg >= 0).sum(dim=1)", "n = (lg > 0).sum(dim=1)")], CAPS),
+    M("auto_tile_no_retry", "an image that reached a cap whole is not predicted again in tiles",
+      [("maskrcnn/inference/predictor.py", "if tile and side > tile and self.last_caps:", "if False:")], CAPS),
+    M("auto_tile_ignores_scale", "the automatic tile ignores the model's input scale",
+      [("maskrcnn/inference/tiling.py", "int(math.ceil(AUTO_TILE_INPUT / scale))", "AUTO_TILE_INPUT")], CAPS),
+    M("bar_off_a_terminal", "progress bars are drawn into logs (no terminal check)",
+      [("maskrcnn/progress.py", 'if mode == "bar" and not is_terminal(file):', "if False:")], HABITS),
+    M("set_store", "a repeated --set keeps only its last group",
+      [("maskrcnn/cli.py", 'nargs="+", action="extend"', 'nargs="+", action="store"')], HABITS),
+    M("yaml_exponent_strings", "1e-4 in YAML is a string again (YAML 1.1)",
+      [("maskrcnn/config.py", "|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)\n", "\n")], HABITS),
+    M("16bit_as_read", "a 16-bit image for an 8-bit model is predicted as read (nearly black)",
+      [("maskrcnn/inference/predict_cli.py", "return normalize_16bit(image, cfg), note", "return image, note")], CAPS),
     M("pseudo_duplicates_kept", "uncertain duplicates of cells become ignore regions",
       [("maskrcnn/inference/pseudo.py", "free = _covered_fraction(regions.masks, cells.masks) <= max_covered",
         "free = _covered_fraction(regions.masks, cells.masks) <= 1.0")], PSEUDO),

@@ -9,7 +9,7 @@ import errno
 import io
 import os
 import warnings
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -162,14 +162,22 @@ def read_image(path: PathLike, channels: Optional[int] = None) -> torch.Tensor:
         FileNotFoundError: the file does not exist (the message names it).
         ImageReadError: the file cannot be decoded or has an unsupported layout.
     """
+    return read_image_with_depth(path, channels)[0]
+
+
+def read_image_with_depth(path: PathLike, channels: Optional[int] = None) -> Tuple[torch.Tensor, int]:
+    """``read_image`` and the file's bits per sample: 16 for 16-bit (and 32-bit integer) data,
+    32 for float, 1 for bilevel, else 8. 12-bit microscopy images are stored as 16-bit: 16."""
     where = os.fspath(path)
     if not os.path.isfile(where):
         if os.path.islink(where):
             raise ImageReadError(f"{where}: {_dangling_link(where)}")
         raise FileNotFoundError(f"image file not found: {where}")
     with open_image(where, where) as im:
+        mode = im.mode
         a = _to_array(im, where)
-    return _finish(a, channels, where)
+    depth = 16 if mode.startswith("I;16") or mode == "I" else 32 if mode == "F" else 1 if mode == "1" else 8
+    return _finish(a, channels, where), depth
 
 
 def decode_image_bytes(data: bytes, channels: Optional[int] = None, where: str = "<bytes>") -> torch.Tensor:

@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from maskrcnn import cli
 from maskrcnn.config import load_config, reject_repeated_keys
 from maskrcnn.engine.launch import main_train
+from maskrcnn.progress import progress_mode
 
 
 def _train(argv) -> int:
@@ -37,18 +38,22 @@ def _train(argv) -> int:
                        help="evaluate this checkpoint (a file or a model zoo name, e.g. nuclei) on the config's "
                        "validation split instead of training")
     parser.add_argument("--eval-out", metavar="FILE.json", default=None, help="--eval-only: also write the metrics here")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.01")
-    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    cli.add_set_option(parser, "config overrides, e.g. solver.lr=1e-4 data.batch_size=4")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="log lines instead of a progress bar (the default off a terminal)")
+    parser.add_argument("--compile", choices=("none", "regional"), default=None,
+                        help="torch.compile the backbone, FPN and heads (sets model.compile; default: the config's)")
     args = parser.parse_args(argv)
     if args.eval_out and not args.eval_only:
         parser.error("--eval-out needs --eval-only")
     reject_repeated_keys(args.set)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"model.compile={args.compile}"] if args.compile else []))
+    bar = progress_mode(args.no_progress) == "bar"  # off a terminal: loss lines with an ETA instead
     if args.eval_only:
         from maskrcnn.engine.eval_only import main_eval_only
 
-        return main_eval_only(cfg, args.eval_only, progress=not args.no_progress, out=args.eval_out)
-    return main_train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+        return main_eval_only(cfg, args.eval_only, progress=bar, out=args.eval_out)
+    return main_train(cfg, resume=args.resume, progress=bar, overwrite=args.overwrite)
 
 
 def main(argv=None) -> int:

@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", required=True, help="label CSV to write (id,annotation,width,height,cell_type)")
     lb.add_argument("--order", choices=("row", "col"), default="row",
                     help="RLE pixel order; col writes DSB2018 column names (ImageId,EncodedPixels,Height,Width)")
-    lb.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    cli.add_set_option(lb, "config overrides key=value")
     lb.set_defaults(func=_labels)
     return p
 

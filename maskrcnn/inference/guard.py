@@ -81,7 +81,11 @@ def check_fits(image: torch.Tensor, predictor, where: str) -> None:
         return
     scale = max((float(v.scale) for v in predictor.views), default=1.0)
     per_pixel = max(model_bytes_per_pixel(m) for m in predictor.models)  # the models run one after another
-    need = memory_lower_bound(tuple(image.shape[-2:]), scale, predictor.tile_size, predictor.batch_size, per_pixel)
+    tile = predictor.tile_size
+    auto, limit = getattr(predictor, "auto_tile", (0, 0))
+    if not tile and auto and max(image.shape[-2:]) > limit:  # automatic tiling tiles it at once
+        tile = auto
+    need = memory_lower_bound(tuple(image.shape[-2:]), scale, tile, predictor.batch_size, per_pixel)
     if need > free:
         h, w = image.shape[-2:]
         raise ImageTooLarge(

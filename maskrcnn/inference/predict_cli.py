@@ -32,29 +32,33 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from maskrcnn import cli
 from maskrcnn.config import (
+    PREDICT_MODEL_KEYS,
     Config,
     ConfigError,
     TestConfig,
     apply_thresholds,
     check_class_counts,
     override_test_config,
-    parse_overrides,
     reject_repeated_keys,
+    split_predict_overrides,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
-from maskrcnn.data.images import read_image
+from maskrcnn.data.images import read_image_with_depth
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import check_not_input, check_output_path
+from maskrcnn.inference.caps import cap_warning, caps_summary
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.guard import check_fits, predict_guarded
+from maskrcnn.inference.input_control import NORMALIZE_CHOICES, input_overrides, is_dim, normalize_16bit
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
                                         model_class_names)
+from maskrcnn.inference.tiling import auto_tile_size
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.inference.zoo import resolve_weights, thresholds_beside
-from maskrcnn.progress import track
+from maskrcnn.progress import progress_mode, track
 from maskrcnn.structures import Instances
 
 AMP_CHOICES = {"none": "", "bf16": "bf16", "fp16": "fp16"}  # --amp value -> Predictor's amp
@@ -94,11 +98,17 @@ def image_ids(paths: Sequence[str]) -> List[str]:
 
 # --------------------------------------------------------------------------- predicting
 def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestConfig,
-                   progress: bool = True, strict: bool = False, every: float = 30.0
+                   progress: bool = True, strict: bool = False, every: float = 30.0,
+                   input_cfg=None, normalize: str = "model",
                    ) -> Iterator[Tuple[str, Optional[Instances], Timing]]:
     """Read, predict and post-process each image in turn.
 
-    ``progress``: a tqdm bar, or (False) a line with the ETA every ``every`` seconds (``maskrcnn.progress``).
+    ``progress``: a tqdm bar on a terminal (else lines), or (False) a line with the ETA every
+    ``every`` seconds (``maskrcnn.progress``); over the images, and over the tiles of a tiled one.
+    ``input_cfg`` (the first model's ``Config``) and ``normalize`` (``--normalize``): 16-bit images
+    for a model trained on 8-bit data (``maskrcnn.inference.input_control``).
+    An image that reached a detection cap gets a warning (``maskrcnn.inference.caps``) and its
+    timing the ``caps`` reached.
 
     Yields:
         ``(image id, final Instances (bool masks, no overlaps), seconds per stage)`` per image, the
@@ -107,14 +117,23 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
         warning naming it, unless ``strict``: then its error is raised.
     """
     ids = image_ids(paths)
-    for path, iid in track(list(zip(paths, ids)), "predict", mode="bar" if progress else "lines", every=every):
+    mode = progress_mode(not progress)
+    predictor.tile_progress = mode
+    noted = [False]
+    for path, iid in track(list(zip(paths, ids)), "predict", mode=mode, every=every):
         stamps: List[float] = []
 
-        def one_image(path=path):
+        def one_image(path=path, iid=iid):
             stamps.append(time.perf_counter())
-            image = read_image(path)
+            image, depth = read_image_with_depth(path)
+            if depth == 16 and input_cfg is not None:
+                image, note = _input_16bit(image, iid, input_cfg, normalize, noted[0])
+                noted[0] = noted[0] or bool(note)
+                if note:
+                    _warn(note)
             stamps.append(time.perf_counter())
             check_fits(image, predictor, path)
+            predictor.tile_desc = f"{iid}: tiles"
             raw = predictor.predict_raw(image)
             stamps.append(time.perf_counter())
             final = postprocess(raw, test_cfg)
@@ -129,9 +148,36 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
             yield iid, None, {"skipped": reason, "path": path}
             continue
         t0, t1, t2, t3 = stamps
-        yield iid, final, {"read": t1 - t0, "model": predictor.last_timing.get("model", t2 - t1),
-                           "merge": predictor.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
-                           "total": t3 - t0}
+        timing = {"read": t1 - t0, "model": predictor.last_timing.get("model", t2 - t1),
+                  "merge": predictor.last_timing.get("merge", 0.0), "postprocess": t3 - t2, "total": t3 - t0}
+        tiles = getattr(predictor, "last_tiles", None)
+        caps = getattr(predictor, "last_caps", [])
+        if caps:
+            _warn(cap_warning(iid, caps, tiled=tiles is not None, tile_size=tiles[0] if tiles else 0))
+            timing["caps"] = caps
+        yield iid, final, timing
+
+
+def _warn(text: str) -> None:
+    """A warning line on stderr that does not break a tqdm bar."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
+def _input_16bit(image, iid: str, cfg, normalize: str, noted: bool):
+    """A 16-bit image for the model of ``cfg`` under ``--normalize``, and a note (or "")."""
+    if normalize == "model" and cfg.model.input.normalize == "none":
+        note = "" if noted else (
+            f"note: {iid} is a 16-bit image and the model was trained on 8-bit data (model.input.normalize: "
+            f"none): 16-bit images are normalised by their {cfg.model.input.percentile_low:g}-"
+            f"{cfg.model.input.percentile_high:g} percentiles (--normalize none: as read, / 65535)")
+        return normalize_16bit(image, cfg), note
+    if normalize == "none" and is_dim(image):
+        return image, (f"warning: {iid}: a 16-bit image using {100 * float(image.max()):.2f}% of its range, "
+                       "predicted as read (--normalize none): the model sees it nearly black; "
+                       "--normalize percentile (or model) normalises it")
+    return image, ""
 
 
 # ------------------------------------------------------------------------------ writing
@@ -212,17 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--format coco: take image ids (by file name) and category ids from this COCO json "
                         "(default: image ids 1..N in input order, category_id = class + 1)")
     p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
-    p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4 "
-                   "(default: test.tta of the first checkpoint's config)")
+    p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4; "
+                   "none: no TTA (default: test.tta of the first checkpoint's config)")
     p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config "
                    "(default: A.thresholds.yaml beside the first weights A.pth, when there is one)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true")
+    cli.add_set_option(p, "test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true, and the model "
+                       "keys that act only at inference: " + ", ".join(PREDICT_MODEL_KEYS)
+                       + " (e.g. the detection caps: model.roi_heads.detections_per_image=3000)")
+    p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="model",
+                   help="intensity normalisation: model = as the model was trained (and 16-bit images "
+                        "percentile-normalised for a model trained on 8-bit data); percentile = every image by its "
+                        "model.input.percentile_low/high; none = as read (8-bit / 255, 16-bit / 65535)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--diameter", type=float, default=None, metavar="PIXELS",
+                      help="typical object diameter in your images: resized so it matches the objects the model "
+                           "learnt (model.input.object_diameter; scale x object_diameter / PIXELS)")
+    size.add_argument("--scale", type=float, default=None, metavar="FACTOR",
+                      help="resize the images by FACTOR x the model's model.input.scale (0.5: objects twice "
+                           "as large as the training data's)")
     p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
     p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    p.add_argument("--tile", type=int, default=None, metavar="PIXELS",
-                   help="predict images larger than this in overlapping tiles of this size, stitched "
-                        "(test.tile_size; 0: whole images; default: the checkpoint's, usually 0)")
+    tiling = p.add_mutually_exclusive_group()
+    tiling.add_argument("--tile", type=int, default=None, metavar="PIXELS",
+                        help="predict images larger than this in overlapping tiles of this size, stitched "
+                             "(test.tile_size; 0: whole images, as --no-tile). Default (test.tile_size 0): "
+                             "automatic, from the model's config: tiles of max(2 x training crop, 1024 / "
+                             "model.input.scale) px for images longer than 3 tiles, and for smaller ones "
+                             "longer than a tile whose whole-image prediction reached a detection cap")
+    tiling.add_argument("--no-tile", action="store_true", help="never tile: every image whole (no automatic tiling)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PIXELS",
                    help="pixels neighbouring tiles share, at least the largest cell's size (default: test.tile_overlap)")
     p.add_argument("--order", choices=("row", "col"), default=None,
@@ -234,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="stop at an image that cannot be read (default: an empty row, a warning, exit code 3)")
     p.add_argument("--no-progress", action="store_true",
-                   help="a line every 30 s (images done, rate, ETA) instead of a progress bar (logs, kernels)")
+                   help="a line every 30 s (images done, rate, ETA) instead of a progress bar (the default "
+                        "when stderr is not a terminal: logs, kernels)")
     return p
 
 
@@ -243,21 +307,20 @@ def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfi
     ``--tta`` / ``--min-views`` / ``--merge-iou`` / ``--tile`` / ``--tile-overlap`` options applied,
     in that order."""
     test_cfg = apply_thresholds(base, args.thresholds) if args.thresholds else base
-    if args.set:
+    if args.set:  # model.* keys go to the models (model_overrides); here they are only checked
         reject_repeated_keys(args.set)
-        over = parse_overrides(args.set)
-        if set(over) - {"test"}:
-            raise ConfigError(f"--set only takes test.* keys, got {', '.join(sorted(set(over) - {'test'}))}")
-        test_cfg = override_test_config(test_cfg, over.get("test", {}), source="--set")
+        test_over, _ = split_predict_overrides(args.set)
+        if test_over:
+            test_cfg = override_test_config(test_cfg, test_over, source="--set")
     cli = {}
     if args.tta is not None:
-        cli["tta"] = [s for s in args.tta.split(",") if s.strip()]
+        cli["tta"] = [] if args.tta.strip().lower() == "none" else [s for s in args.tta.split(",") if s.strip()]
     if args.min_views is not None:
         cli["tta_min_views"] = args.min_views
     if args.merge_iou is not None:
         cli["merge_iou"] = args.merge_iou
-    if args.tile is not None:
-        cli["tile_size"] = args.tile
+    if args.tile is not None or getattr(args, "no_tile", False):
+        cli["tile_size"] = args.tile or 0
     if args.tile_overlap is not None:
         cli["tile_overlap"] = args.tile_overlap
     return override_test_config(test_cfg, cli, source="command line") if cli else test_cfg
@@ -287,6 +350,36 @@ def check_same_classes(weights: Sequence[str], cfgs) -> None:
         if other[0] != first[0] or (first[1] and other[1] and list(first[1]) != list(other[1])):
             raise ConfigError(f"an ensemble must agree on its classes: {weights[0]} has {first[0]} {first[1] or ''}, "
                               f"{w} has {other[0]} {other[1] or ''} (--weights)")
+
+
+def model_overrides(args: argparse.Namespace) -> List[str]:
+    """The predict-time ``model.*`` items of ``--set`` (``PREDICT_MODEL_KEYS``), for ``load_model``."""
+    return split_predict_overrides(getattr(args, "set", None) or [])[1]
+
+
+def load_models(args: argparse.Namespace, device) -> Tuple[list, list, str]:
+    """Each ``--weights`` checkpoint as a model with the ``--set`` model keys and the input options
+    (``--normalize``, ``--diameter``, ``--scale``) applied; returns ``(models, configs, input line)``."""
+    over = model_overrides(args)
+    models, cfgs, text = [], [], ""
+    for w in args.weights:
+        model, cfg = load_model(w, device, args.config, overrides=over)
+        extra, line = input_overrides(cfg, getattr(args, "normalize", "model"), getattr(args, "diameter", None),
+                                      getattr(args, "scale", None), source=w)
+        if extra:  # rebuilt from the resolved config with the input changes
+            model, cfg = load_model(w, device, cfg, overrides=extra)
+        models.append(model)
+        cfgs.append(cfg)
+        text = text or line
+    return models, cfgs, text
+
+
+def auto_tiling(args: argparse.Namespace, test_cfg: TestConfig, cfg) -> Tuple[int, int]:
+    """``(tile, limit)`` of automatic tiling (``auto_tile_size``), or ``(0, 0)``: ``--no-tile``,
+    ``--tile N`` or a ``test.tile_size`` in the config choose instead."""
+    if getattr(args, "no_tile", False) or args.tile is not None or test_cfg.tile_size:
+        return 0, 0
+    return auto_tile_size(cfg)
 
 
 def check_arguments(args: argparse.Namespace) -> List[str]:
@@ -326,14 +419,15 @@ def load_predictor(args: argparse.Namespace, device) -> Tuple[Predictor, TestCon
     Returns:
         ``(predictor, test settings, the checkpoints' configs)``.
     """
-    models, cfgs = zip(*(load_model(w, device, args.config) for w in args.weights))
+    models, cfgs, args.input_note = load_models(args, device)
     test_cfg = resolve_test_config(args, cfgs[0].test)
     for w, c in zip(args.weights, cfgs):
         check_class_counts(test_cfg, c.model.roi_heads.num_classes, source=w)
     check_same_classes(args.weights, cfgs)
+    args.auto_tile = auto_tiling(args, test_cfg, cfgs[0])
     # Merging and post-processing run where the models run; only encoding needs the CPU.
     predictor = build_predictor(list(models), test_cfg, device=device, batch_size=args.batch_size,
-                                output_device=device, amp=AMP_CHOICES[args.amp])
+                                output_device=device, amp=AMP_CHOICES[args.amp], auto_tile=args.auto_tile)
     return predictor, test_cfg, list(cfgs)
 
 
@@ -354,9 +448,18 @@ def _predict(argv: Sequence[str]) -> int:
           f"on {device}", file=sys.stderr)
     if args.thresholds_note:
         print(args.thresholds_note, file=sys.stderr)
-    results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict)
+    auto = args.auto_tile
+    tiling = (f"tiles of {test_cfg.tile_size} px for images longer than that" if test_cfg.tile_size
+              else f"automatic, tiles of {auto[0]} px for images longer than {auto[1]} px or longer than "
+                   f"{auto[0]} px and reaching a detection cap" if auto[0] else "off, every image whole")
+    print(f"predict: input: {args.input_note}; tiling: {tiling}", file=sys.stderr)
+    results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict,
+                             input_cfg=cfgs[0], normalize=args.normalize)
     timings = write_predictions(results, args.out, writer=writer)
     print(timing_summary(timings))
+    capped = {str(i): t["caps"] for i, t in enumerate(timings) if t.get("caps")}
+    if capped:
+        print(caps_summary(capped, len(timings)), file=sys.stderr)
     print(f"wrote {writer.written}")
     skipped = skipped_summary(timings, writer.written)
     if skipped:

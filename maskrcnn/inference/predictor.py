@@ -7,13 +7,14 @@ resizes its input itself) share one code path.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import ConfigError, TestConfig
 from maskrcnn.device import resolve_device
+from maskrcnn.inference.caps import CapHit, CapMonitor
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.tta import View, parse_tta
@@ -57,9 +58,18 @@ class Predictor:
             model and view and merged, then the tiles stitched. Models that normalise by percentiles
             see each tile normalised by the whole image's percentiles (``input_ranges``).
         tile_score_thresh: instances below it are dropped in each tile before stitching (the lowest
-            ``test.score_thresh``: post-processing would drop them anyway).
+            ``test.score_thresh``: post-processing would drop them anyway); also the score from
+            which a detection dropped by the detection cap counts (``maskrcnn.inference.caps``).
+        auto_tile: ``(tile, limit)`` when ``tile_size`` is 0 (``auto_tile_size``): an image longer
+            than ``limit`` on a side is predicted in tiles of ``tile``; one longer than ``tile``
+            whose whole-image prediction reached a detection cap is predicted again in tiles.
+            ``(0, 0)``: whole images.
+        tile_progress: how progress over the tiles of one image is shown (``maskrcnn.progress``
+            modes: ``off``, ``bar``, ``lines``).
 
-    ``last_timing`` holds the seconds of the last call: ``{"model": .., "merge": ..}``.
+    ``last_timing`` holds the seconds of the last call: ``{"model": .., "merge": ..}``;
+    ``last_caps`` the detection caps it reached (``CapHit`` list, empty: none) and ``last_tiles``
+    how it was tiled (``(tile size, number of tiles, why)``, or None for a whole image).
     """
 
     def __init__(
@@ -76,6 +86,8 @@ class Predictor:
         tile_size: int = 0,
         tile_overlap: int = 64,
         tile_score_thresh: float = 0.0,
+        auto_tile: Tuple[int, int] = (0, 0),
+        tile_progress: str = "off",
     ):
         if isinstance(models, nn.Module):
             models = [models]
@@ -83,6 +95,9 @@ class Predictor:
             raise ValueError("Predictor needs at least one model")
         self.device = resolve_device(device)
         self.models = [m.to(self.device).eval() for m in models]
+        for m in self.models:  # MaskRCNN: record what the detection caps were asked to hold
+            if hasattr(m, "report_caps"):
+                m.report_caps = True
         self.views: List[View] = parse_tta(tta)
         self.num_views = len(self.models) * len(self.views)
         check_min_views(min_views, len(self.models), len(self.views))
@@ -101,6 +116,16 @@ class Predictor:
             check_tiling(int(tile_size), int(tile_overlap))
         self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
         self.tile_score_thresh = float(tile_score_thresh)
+        self.auto_tile = (int(auto_tile[0]), int(auto_tile[1])) if auto_tile and auto_tile[0] else (0, 0)
+        if self.auto_tile[0]:
+            from maskrcnn.inference.tiling import check_tiling
+
+            check_tiling(self.auto_tile[0], int(tile_overlap))
+        self.tile_progress = tile_progress
+        self.tile_desc = "tiles"
+        self.caps = CapMonitor(self.tile_score_thresh)
+        self.last_caps: List[CapHit] = []
+        self.last_tiles: Optional[Tuple[int, int, str]] = None
         self.last_timing: Dict[str, float] = {}
 
     @torch.no_grad()
@@ -128,6 +153,7 @@ class Predictor:
                 extra = {} if r is None else {"input_ranges": [r] * len(views)}
                 with torch.autocast(self.device.type, dtype=_AMP[self.amp], enabled=bool(self.amp)):
                     preds = model([v.apply_image(image) for v in views], **extra)
+                self.caps.add(model)
                 for v, p in zip(views, preds):
                     out.append(v.invert(_as_soft(p), size))
         return out
@@ -140,10 +166,23 @@ class Predictor:
             Instances in the image's pixels with ``scores`` (fused: mean over views, a missing view
             counting 0), ``labels``, ``boxes`` and soft ``masks``; one view is returned unmerged.
         """
-        if image.dim() == 3 and self.tile_size and max(image.shape[-2:]) > self.tile_size:
-            return self._predict_tiled(image)
+        side = max(image.shape[-2:]) if image.dim() == 3 else 0
+        self.caps.reset()
+        self.last_tiles = None
+        if self.tile_size and side > self.tile_size:
+            return self._predict_tiled(image, self.tile_size, "--tile")
+        tile, limit = self.auto_tile
+        if tile and side > limit:
+            return self._predict_tiled(image, tile, f"auto: longer than {limit} px")
         self.last_timing = {"model": 0.0, "merge": 0.0}
-        return self._merged(image).to(self.output_device)
+        out = self._merged(image).to(self.output_device)
+        self.last_caps = self.caps.hits()
+        if tile and side > tile and self.last_caps:  # the whole image was too full for the caps
+            timing = self.last_timing
+            self.caps.reset()
+            out = self._predict_tiled(image, tile, "auto: a detection cap was reached on the whole image")
+            self.last_timing = {k: timing[k] + self.last_timing[k] for k in timing}
+        return out
 
     def _merged(self, image: Tensor, input_ranges: Optional[Sequence[Optional[Tensor]]] = None) -> Instances:
         """Every (model, view) of ``image`` merged; adds the seconds to ``last_timing``."""
@@ -168,17 +207,20 @@ class Predictor:
             out.append(None if r is None else r[0])
         return out
 
-    def _predict_tiled(self, image: Tensor) -> Instances:
+    def _predict_tiled(self, image: Tensor, tile_size: int, why: str) -> Instances:
         """``predict_raw`` of an image larger than a tile: each tile merged over models and views,
         the tiles stitched (``tiled_predict``; its time counts as merge)."""
-        from maskrcnn.inference.tiling import tiled_predict
+        from maskrcnn.inference.tiling import plan_tiles, tiled_predict
 
         t0 = time.perf_counter()
         self.last_timing = {"model": 0.0, "merge": 0.0}
         ranges = self._whole_image_ranges(image.to(self.device, torch.float32))
         thr = self.mask_threshold if isinstance(self.mask_threshold, float) else min(self.mask_threshold)
-        out = tiled_predict(lambda tile: self._merged(tile, ranges), image, self.tile_size, self.tile_overlap,
-                            merge_iou=self.merge_iou, mask_threshold=thr, score_thresh=self.tile_score_thresh)
+        out = tiled_predict(lambda tile: self._merged(tile, ranges), image, tile_size, self.tile_overlap,
+                            merge_iou=self.merge_iou, mask_threshold=thr, score_thresh=self.tile_score_thresh,
+                            progress=self.tile_progress, desc=self.tile_desc)
+        self.last_tiles = (tile_size, len(plan_tiles(tuple(image.shape[-2:]), tile_size, self.tile_overlap)), why)
+        self.last_caps = self.caps.hits()
         out = out.to(self.output_device)
         _sync(self.device)
         inside = self.last_timing["model"] + self.last_timing["merge"]

@@ -74,13 +74,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from maskrcnn.inference.merge import cross_view_edges, greedy_clusters
+from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
 # A mask within this many pixels of an interior tile side counts as cut by it: soft masks fade at
@@ -161,6 +162,28 @@ class TileGrid:
         col = torch.searchsorted(bx, points[:, 0].contiguous(), right=True)
         row = torch.searchsorted(by, points[:, 1].contiguous(), right=True)
         return row * len(self.xs) + col
+
+
+AUTO_TILE_INPUT = 1024  # pixels at the model's input (after model.input.scale) of an automatic tile
+AUTO_TILE_WHOLE = 3  # images up to this many automatic tiles on a side are first predicted whole
+
+
+def auto_tile_size(cfg) -> Tuple[int, int]:
+    """``(tile, limit)`` in image pixels for automatic tiling with the model of ``cfg`` (a ``Config``).
+
+    The model learnt from crops of ``data.augment.crop_size`` (or whole images) resized by
+    ``model.input.scale``, and its caps (RPN top-k, detections per image) were sized for such
+    inputs. A tile is ``AUTO_TILE_INPUT`` (1024) pixels at the model's input, at least twice the
+    training crop: ``max(2 * crop, 1024 / scale)``, rounded up to a multiple of 32 (the nuclei model:
+    256-px crops at scale 2 -> 512-px tiles). An image longer than ``limit = 3 * tile`` on a side
+    (1536 px) is tiled at once, which bounds memory by the tile; a smaller one is predicted whole,
+    and tiled only when the whole image reached a detection cap (``maskrcnn.inference.caps``).
+    """
+    crop = max(int(v) for v in cfg.data.augment.crop_size)
+    scale = float(cfg.model.input.scale) if cfg.model.input.min_size_test <= 0 else 1.0
+    tile = max(2 * crop, int(math.ceil(AUTO_TILE_INPUT / scale)), MIN_TILE_SIZE * 4)
+    tile = int(math.ceil(tile / 32.0) * 32)
+    return tile, AUTO_TILE_WHOLE * tile
 
 
 def check_tiling(tile_size: int, overlap: int) -> None:
@@ -434,7 +457,8 @@ def tiled_predict(
     merge_iou: float = 0.5,
     mask_threshold: float = 0.5,
     score_thresh: float = 0.0,
-    progress: bool = False,
+    progress: Union[bool, str] = False,
+    desc: str = "tiles",
 ) -> Instances:
     """Predictions for ``image`` from overlapping tiles, stitched (see the module docstring).
 
@@ -451,7 +475,8 @@ def tiled_predict(
         score_thresh: instances scoring below it are dropped in each tile, before stitching (pass the
             lowest of ``test.score_thresh``: post-processing would drop them anyway; this keeps the
             pooled predictions small when the model's detection cap lets through many weak ones).
-        progress: a tqdm bar over the tiles.
+        progress: progress over the tiles (``maskrcnn.progress`` mode: ``bar``, on a terminal, else
+            ``lines`` with an ETA; ``off``; True is ``bar``, False ``off``), labelled ``desc``.
     Returns:
         Instances in ``image``'s pixels (``image_size = (H, W)``), soft masks as crops, by decreasing score.
     """
@@ -460,11 +485,8 @@ def tiled_predict(
     H, W = int(image.shape[-2]), int(image.shape[-1])
     grid = plan_tiles((H, W), tile_size, overlap)
     tiles: List[Instances] = []
-    it = range(len(grid))
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="tiles", unit="tile")
+    mode = ("bar" if progress else "off") if isinstance(progress, bool) else progress
+    it = track(range(len(grid)), desc, mode=mode if len(grid) > 1 else "off", unit="tile", leave=False)
     for t in it:  # a loop over tiles: only one tile's pixels and activations at a time
         x0, y0, x1, y1 = grid.window(t)
         inst = predict_raw(_read_tile(image, x0, y0, x1, y1))

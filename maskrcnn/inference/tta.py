@@ -285,6 +285,7 @@ def parse_view(spec: str) -> View:
 
 def parse_tta(spec: Union[str, Iterable[str], None]) -> List[View]:
     """Views for a TTA spec (comma-separated string or a sequence of items); view 0 is the identity.
+    ``none`` (alone) is the identity only, as an empty spec.
 
     Raises ConfigError (a ValueError) for an unknown transform, or for two items that are the same transform
     (e.g. ``rot180`` and ``hflip+vflip``): a duplicate would count one view twice in the merge.
@@ -295,6 +296,11 @@ def parse_tta(spec: Union[str, Iterable[str], None]) -> List[View]:
         items = [s for s in spec.split(",") if s.strip()]
     else:
         items = [s for s in spec if str(s).strip()]
+    if any(str(s).strip().lower() == "none" for s in items):
+        if len(items) > 1:
+            raise ConfigError(f"TTA 'none' means no views besides the image itself; it cannot be combined "
+                              f"with others ({', '.join(map(str, items))}; test.tta, --tta)")
+        items = []
     expanded: List[str] = []
     for item in items:
         expanded.extend(_D4 if item.strip().lower() == "d4" else [item])

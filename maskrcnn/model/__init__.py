@@ -10,6 +10,7 @@ import torch
 from maskrcnn.config import BackboneConfig, ConfigError, ModelConfig
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.backbone import NORMS, RESNET_DEPTHS, Backbone, build_resnet, check_backbone
+from maskrcnn.model.compile import COMPILE_MODES, compile_model
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.mask_rcnn import MaskRCNN
 from maskrcnn.model.roi_heads import BoxHead, BoxPredictor, MaskHead, MultiLevelRoIPooler, RoIHeads
@@ -54,6 +55,8 @@ def _check(cfg: ModelConfig) -> None:
                    ("model.roi_heads.ignore_iof_thresh", cfg.roi_heads.ignore_iof_thresh)):
         if not 0.0 < v <= 1.0:  # 0 would take every background anchor near an ignore region out
             raise ConfigError(f"{key}: must be in (0, 1] (intersection over the box's own area), got {v}")
+    if cfg.compile not in COMPILE_MODES:
+        raise ConfigError(f"model.compile: {' | '.join(COMPILE_MODES)}, got {cfg.compile!r}")
     if b.weights_channel_order not in ("auto", "rgb", "bgr"):
         raise ConfigError(f"model.backbone.weights_channel_order: auto | rgb | bgr, got {b.weights_channel_order!r}")
 
@@ -130,4 +133,4 @@ def build_model(cfg: ModelConfig, load_weights: bool = True, verbose: bool = Tru
     if cfg.channels_last:
         model.channels_last = True
         model.to(memory_format=torch.channels_last)
-    return model
+    return compile_model(model, cfg.compile)

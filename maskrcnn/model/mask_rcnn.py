@@ -28,6 +28,17 @@ from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
 
 
+# What an eval forward with ``report_caps`` leaves in ``MaskRCNN.last_demand`` (``Tensor[B, 6]``,
+# one row per image): for the RPN's pre-NMS and post-NMS top-k, the box head's best score of the
+# objects they may have lost (confident anchors or proposals they dropped that no kept proposal
+# covers: ``rpn.lost_objects``; 0: none); the most anchors of one FPN level and the proposals
+# after the RPN's NMS with objectness >= 0.5 (what the two caps would need to keep them all); the
+# detections after the box NMS (the cap keeps detections_per_image) and the best score that cap
+# dropped (0: none). ``maskrcnn.inference.caps`` turns these into warnings.
+DEMAND_COLUMNS = ("pre_nms", "post_nms", "pre_confident", "post_confident", "detections", "dropped_score")
+CAP_KEYS = ("model.rpn.pre_nms_topk_test", "model.rpn.post_nms_topk_test", "model.roi_heads.detections_per_image")
+
+
 class MaskRCNN(nn.Module):
     """Args:
         backbone, fpn, rpn, roi_heads: the stages.
@@ -94,6 +105,10 @@ class MaskRCNN(nn.Module):
         self.normalize = normalize
         self.percentile_low = float(percentile_low)
         self.percentile_high = float(percentile_high)
+        # Eval forwards also record what the detection caps were asked to hold (``last_demand``);
+        # the Predictor switches it on (validation does not pay for it).
+        self.report_caps = False
+        self.last_demand: Optional[Tensor] = None
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -235,16 +250,22 @@ class MaskRCNN(nn.Module):
             groups = _indices_by_size(images)
             if len(groups) > 1:  # run each size on its own: no image sees another's padding
                 results: List[Optional[Instances]] = [None] * len(images)
+                demand = torch.zeros(len(images), len(DEMAND_COLUMNS), device=self.device)
                 for idx in groups:
                     sub = None if input_ranges is None else [input_ranges[i] for i in idx]
                     for i, r in zip(idx, self.forward([images[i] for i in idx], input_ranges=sub)):
                         results[i] = r
+                    if self.last_demand is not None:
+                        demand[idx] = self.last_demand
+                self.last_demand = demand if self.report_caps else None
                 return results
         batch, scales = self.preprocess(images, input_ranges)
         features = self.fpn(self.backbone(batch.tensor))
         if not self.training:
-            proposals, _ = self.rpn(features, batch.image_sizes)
-            dets = self.roi_heads(features, proposals, batch.image_sizes)
+            demand = {} if self.report_caps else None
+            proposals, _ = self.rpn(features, batch.image_sizes, demand=demand)
+            dets = self.roi_heads(features, proposals, batch.image_sizes, demand=demand)
+            self.last_demand = None if demand is None else self._demand_table(features, demand)
             return self.postprocess(dets, scales, [tuple(im.shape[-2:]) for im in images])
         targets = [t.to(self.device) for t in targets]
         # Ignore regions (label IGNORE_LABEL) are not objects: they only stop the anchors and
@@ -262,6 +283,20 @@ class MaskRCNN(nn.Module):
             [t.masks for t in targets], scales, **extra,
         ))
         return losses
+
+    def _demand_table(self, features: List[Tensor], demand: Dict) -> Tensor:
+        """``last_demand`` (``Tensor[B, 6]``, ``DEMAND_COLUMNS``) from the RPN's and RoI heads' demand:
+        the boxes the RPN caps may have lost are scored by the box head (is any of them a cell?)."""
+        for stage in ("pre", "post"):
+            demand[f"{stage}_nms"] = torch.stack([
+                s.max() if s.numel() else s.new_zeros(())
+                for s in self.roi_heads.box_scores(features, demand.pop(f"{stage}_lost"))])
+        return torch.stack([demand[k].float() for k in DEMAND_COLUMNS], dim=1)
+
+    def caps(self) -> Dict[str, int]:
+        """The inference caps by config key (what ``last_demand`` is compared with)."""
+        return {CAP_KEYS[0]: int(self.rpn.pre_nms_topk[1]), CAP_KEYS[1]: int(self.rpn.post_nms_topk[1]),
+                CAP_KEYS[2]: int(self.roi_heads.detections_per_image)}
 
     def postprocess(self, dets, scales: Tensor, original_sizes: Sequence[Tuple[int, int]]) -> List[Instances]:
         """Map detections from resized to original pixels and paste soft masks into crops."""

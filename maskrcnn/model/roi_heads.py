@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from maskrcnn.model.backbone import ConvNorm
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
 from maskrcnn.model.matching import ignore_inside, match_boxes_batched, pad_boxes, sample_balanced_masks
-from maskrcnn.model.rpn import box_regression_loss, topk_per_group
+from maskrcnn.model.rpn import box_regression_loss, rank_within_groups, topk_per_group
 from maskrcnn.ops import batched_nms, roi_align
 from maskrcnn.structures import MaskList
 
@@ -160,10 +160,13 @@ def box_inference(
     score_thresh: float,
     nms_thresh: float,
     detections_per_image: int,
+    demand: Optional[Dict[str, Tensor]] = None,
 ) -> List[Tuple[Tensor, Tensor, Tensor]]:
     """Detections per image: decode per class, clip, score threshold, per-class NMS, top-k.
 
     Batched over images and classes (one ``batched_nms`` call with group = image x class).
+    ``demand``, when given, is filled per image (``Tensor[B]``): ``detections`` the detections
+    left by the NMS (before the cap) and ``dropped_score`` the best score the cap dropped (0: none).
 
     Returns:
         per image ``(boxes Tensor[D, 4], scores Tensor[D], labels Tensor[D] int64)`` by decreasing score.
@@ -185,11 +188,23 @@ def box_inference(
     r, c = torch.nonzero(keep, as_tuple=True)
     boxes, scores, img = boxes[r, c], scores[r, c], image_idx[r]
     kept = batched_nms(boxes, scores, img * num_classes + c, nms_thresh)
+    if demand is not None:
+        _detection_demand(img[kept], scores[kept], B, detections_per_image, demand)
     kept, per_image = topk_per_group(kept, img[kept], B, detections_per_image)
     out = []
     for sel in torch.split(kept, per_image.tolist()):
         out.append((boxes[sel], scores[sel], c[sel]))
     return out
+
+
+def _detection_demand(img: Tensor, scores: Tensor, num_images: int, cap: int, demand: Dict[str, Tensor]) -> None:
+    """``box_inference``'s demand from the NMS survivors' images and scores (by decreasing score)."""
+    order = torch.sort(img, stable=True).indices
+    groups = img[order]
+    dropped = rank_within_groups(groups, num_images) >= cap
+    demand["detections"] = torch.bincount(img, minlength=num_images)
+    demand["dropped_score"] = torch.zeros(num_images, device=scores.device).scatter_reduce(
+        0, groups[dropped], scores[order][dropped].float(), reduce="amax")
 
 
 # ---------------------------------------------------------------------- mask head
@@ -431,19 +446,32 @@ class RoIHeads(nn.Module):
         gt_masks: Optional[List[MaskList]] = None,
         scales: Optional[Tensor] = None,
         ignore_boxes: Optional[List[Tensor]] = None,
+        demand: Optional[Dict[str, Tensor]] = None,
     ):
         """Args:
             features: P2..P5 (P6, if given, is ignored); proposals: per image ``Tensor[R_i, 4]``;
             image_sizes: resized ``(h, w)``; gt_boxes (resized pixels), gt_labels, gt_masks
             (original pixels) and scales (Tensor[B, 2] resized / original ``(sx, sy)``) in training;
-            ignore_boxes (resized pixels, optional): per image ignore regions.
+            ignore_boxes (resized pixels, optional): per image ignore regions; demand (eval,
+            optional): filled by ``box_inference`` (the detection cap's demand).
         Returns:
             training: dict of losses; inference: per image ``(boxes, scores, labels, mask_probs Tensor[D, M, M])``
             with boxes in resized-image pixels.
         """
         if self.training:
             return self._forward_train(features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes)
-        return self._forward_infer(features, proposals, image_sizes)
+        return self._forward_infer(features, proposals, image_sizes, demand)
+
+    @torch.no_grad()
+    def box_scores(self, features: List[Tensor], boxes: List[Tensor]) -> List[Tensor]:
+        """The box head's best foreground probability for each of ``boxes`` (per image
+        ``Tensor[N_i, 4]``, resized pixels), without regression or NMS: ``Tensor[N_i]`` per image."""
+        counts = [b.shape[0] for b in boxes]
+        if sum(counts) == 0:
+            return [b.new_zeros(0) for b in boxes]
+        cls_logits, _ = self.box_predictor(self.box_head(self.box_pooler(features, boxes)))
+        probs = F.softmax(cls_logits.float(), dim=-1)[:, : self.num_classes].amax(dim=1)
+        return list(probs.split(counts))
 
     def _forward_train(self, features, proposals, gt_boxes, gt_labels, gt_masks, scales, ignore_boxes=None):
         rois, gt_classes, matched, gt = self.sample_proposals(proposals, gt_boxes, gt_labels,
@@ -462,11 +490,11 @@ class RoIHeads(nn.Module):
         losses["loss_mask"] = mask_loss(mask_logits, gt_classes[fg], targets)
         return losses
 
-    def _forward_infer(self, features, proposals, image_sizes):
+    def _forward_infer(self, features, proposals, image_sizes, demand=None):
         x = self.box_head(self.box_pooler(features, proposals))
         cls_logits, deltas = self.box_predictor(x)
         dets = box_inference(cls_logits, deltas, proposals, image_sizes, self.box_weights, self.score_thresh,
-                             self.nms_thresh, self.detections_per_image)
+                             self.nms_thresh, self.detections_per_image, demand=demand)
         boxes = [d[0] for d in dets]
         labels = torch.cat([d[2] for d in dets])
         counts = [b.shape[0] for b in boxes]

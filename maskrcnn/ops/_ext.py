@@ -1,6 +1,8 @@
 """Loads the compiled extension ``maskrcnn._C`` once; the pure-PyTorch twins stand in without it.
 
-``MASKRCNN_FORCE_FALLBACK=1`` forces the twins (tests and benchmarks compare the two).
+Loading it registers the ops ``torch.ops.maskrcnn.*`` on PyTorch's dispatcher (schemas and
+kernels from C++, fake kernels and autograd from ``maskrcnn.ops._library``); the public ops call
+those. ``MASKRCNN_FORCE_FALLBACK=1`` forces the twins (tests and benchmarks compare the two).
 """
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import os
 import warnings
 
 _C = None
+_with_cuda = False  # read once: a pybind11 call inside a compiled region would break its graph
 _load_error = None
 _warned = False
 
 
 def _load():
-    global _C, _load_error
+    global _C, _load_error, _with_cuda
     if os.environ.get("MASKRCNN_FORCE_FALLBACK", "0") not in ("", "0"):
         _load_error = "MASKRCNN_FORCE_FALLBACK is set"
         return
@@ -21,8 +24,11 @@ def _load():
         import torch  # noqa: F401  # loads libc10/libtorch, which _C links against without an rpath
 
         from maskrcnn import _C as ext  # noqa: F401
+        from maskrcnn.ops import _library
 
+        _library.register(ext)
         _C = ext
+        _with_cuda = bool(ext.with_cuda())
     except ImportError as e:  # not built, or built for another torch
         _load_error = str(e)
 
@@ -56,4 +62,5 @@ def get_ext():
 
 
 def has_cuda_ops() -> bool:
-    return _C is not None and bool(getattr(_C, "with_cuda", lambda: False)())
+    """Whether the loaded ``maskrcnn._C`` has CUDA kernels."""
+    return _C is not None and _with_cuda

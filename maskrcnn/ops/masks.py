@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from maskrcnn.ops._ext import get_ext
+from maskrcnn.ops._ext import get_ext, has_cuda_ops
 from maskrcnn.ops.nms import greedy_suppress
 
 
@@ -123,12 +123,12 @@ def crop_mask_iou(a_crops: Tensor, a_origins: Tensor, b_crops: Tensor, b_origins
     if a_crops.dim() != 3 or b_crops.dim() != 3:
         raise ValueError(f"crop_mask_iou: crops must be [N, h, w], got {tuple(a_crops.shape)} and {tuple(b_crops.shape)}")
     ext = get_ext()
-    use_ext = ext is not None and (not a_crops.is_cuda or ext.with_cuda())
+    use_ext = ext is not None and (not a_crops.is_cuda or has_cuda_ops())
     a_origins = a_origins.long()
     b_origins = b_origins.long()
     if use_ext and a_crops.shape[0] and b_crops.shape[0]:
         # The kernels read bool/uint8 bytes and count any nonzero byte as foreground.
-        inter = ext.crop_mask_intersection(_as_bytes(a_crops), a_origins, _as_bytes(b_crops), b_origins)
+        inter = torch.ops.maskrcnn.crop_mask_intersection(_as_bytes(a_crops), a_origins, _as_bytes(b_crops), b_origins)
     else:
         inter = crop_mask_intersection_reference(a_crops, a_origins, b_crops, b_origins)
     area_a = _foreground(a_crops).flatten(1).sum(1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from maskrcnn.ops._ext import get_ext
+from maskrcnn.ops._ext import get_ext, has_cuda_ops
 from maskrcnn.structures import box_iou
 
 
@@ -49,9 +49,9 @@ def greedy_suppress(iou_sorted: Tensor, iou_threshold: float) -> Tensor:
     if iou_sorted.dim() != 2 or iou_sorted.shape[0] != iou_sorted.shape[1]:
         raise ValueError(f"greedy_suppress: iou must be a square [N, N] matrix, got {tuple(iou_sorted.shape)}")
     ext = get_ext()
-    if ext is None or (iou_sorted.is_cuda and not ext.with_cuda()):
+    if ext is None or (iou_sorted.is_cuda and not has_cuda_ops()):
         return greedy_suppress_reference(iou_sorted, iou_threshold)
-    return ext.greedy_suppress(iou_sorted, float(iou_threshold))
+    return torch.ops.maskrcnn.greedy_suppress(iou_sorted, float(iou_threshold))
 
 
 def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -80,11 +80,11 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     _check(boxes, scores)
     ext = get_ext()
-    if ext is None or (boxes.is_cuda and not ext.with_cuda()):
+    if ext is None or (boxes.is_cuda and not has_cuda_ops()):
         return nms_reference(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return ext.nms(boxes.contiguous(), scores.contiguous(), float(iou_threshold))
+    return torch.ops.maskrcnn.nms(boxes, scores, float(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

@@ -37,9 +37,9 @@ from typing import Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
-from maskrcnn.ops._ext import get_ext
+from maskrcnn.ops._ext import get_ext, has_cuda_ops
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -168,11 +168,6 @@ def _check_inputs(input: Tensor, rois: Tensor) -> None:
         raise ValueError(f"roi_align: rois on {rois.device} but input on {input.device}")
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    # The compiled kernels' rule for reading NHWC natively (same test in csrc/roi_align).
-    return x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 # CPU, NCHW input: when the RoIs take at least this many bilinear samples per feature-map pixel,
 # converting the map to channels_last, running the NHWC kernel and converting the result back is
 # faster than the NCHW kernel (2 cores, 512 RoIs of 7x7, 2 x 256 channels: forward on 200x200
@@ -191,39 +186,8 @@ def _cpu_convert_to_nhwc(input: Tensor, rois: Tensor, output_size: Tuple[int, in
     per_bin = sampling_ratio * sampling_ratio if sampling_ratio > 0 else 4  # adaptive: ~2 x 2 typical
     samples = rois.shape[0] * output_size[0] * output_size[1] * per_bin
     bar = CPU_NHWC_MIN_SAMPLES_PER_PIXEL_GRAD if needs_grad else CPU_NHWC_MIN_SAMPLES_PER_PIXEL
-    return samples >= bar * n * h * w
-
-
-class _RoIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        ext = get_ext()
-        ctx.save_for_backward(rois)
-        ctx.params = (output_size, spatial_scale, sampling_ratio, aligned)
-        ctx.input_shape = input.shape
-        ctx.convert = _cpu_convert_to_nhwc(input, rois, output_size, sampling_ratio, ctx.needs_input_grad[0])
-        if ctx.convert:
-            input = input.contiguous(memory_format=torch.channels_last)
-        ctx.channels_last = _is_channels_last(input)
-        out = ext.roi_align_forward(
-            input, rois, float(spatial_scale), output_size[0], output_size[1], int(sampling_ratio), bool(aligned)
-        )
-        return out.contiguous() if ctx.convert else out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        (rois,) = ctx.saved_tensors
-        output_size, spatial_scale, sampling_ratio, aligned = ctx.params
-        n, c, h, w = ctx.input_shape
-        ext = get_ext()
-        grad_input = ext.roi_align_backward(
-            grad_output, rois, float(spatial_scale), output_size[0], output_size[1],
-            n, c, h, w, int(sampling_ratio), bool(aligned), ctx.channels_last,
-        )
-        if ctx.convert:  # the gradient in the input's own (NCHW) layout
-            grad_input = grad_input.contiguous()
-        return grad_input, None, None, None, None, None
+    # A RoI count unknown while tracing (torch.export after NMS) stays NCHW: the same numbers.
+    return guard_or_false(samples >= bar * n * h * w)
 
 
 def roi_align(
@@ -247,9 +211,16 @@ def roi_align(
     elif rois.dtype != input.dtype:
         rois = rois.to(input.dtype)
     ext = get_ext()
-    if ext is None or (input.is_cuda and not getattr(ext, "with_cuda", lambda: False)()):
+    if ext is None or (input.is_cuda and not has_cuda_ops()):
         return roi_align_reference(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    return _RoIAlignFunction.apply(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    needs_grad = input.requires_grad and torch.is_grad_enabled()
+    convert = _cpu_convert_to_nhwc(input, rois, output_size, sampling_ratio, needs_grad)
+    if convert:
+        input = input.contiguous(memory_format=torch.channels_last)
+    # torch.ops.maskrcnn.roi_align: autograd, autocast and fake kernels come with the op.
+    out = torch.ops.maskrcnn.roi_align(input, rois, float(spatial_scale), output_size[0], output_size[1],
+                                       int(sampling_ratio), bool(aligned))
+    return out.contiguous() if convert else out
 
 
 class RoIAlign(torch.nn.Module):

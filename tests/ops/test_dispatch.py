@@ -2,36 +2,39 @@
 
 The compiled-vs-twin tests compare two paths; if a dispatcher silently called the twin they would
 compare the twin with itself and pass. Here every pure-PyTorch twin (``*_reference`` in the
-``maskrcnn.ops`` modules) is made to raise, the extension is wrapped to count kernel calls, and
-each public op is called: it must work, give the hand-checked answer, and reach its kernel.
+``maskrcnn.ops`` modules) is made to raise, a dispatch mode counts kernel calls, and
+each public op is called: it must work, give the hand-checked answer, and reach its kernel (the
+calls of the ``torch.ops.maskrcnn`` dispatcher ops are counted).
 """
 from collections import Counter
 import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import maskrcnn.ops as ops
-from maskrcnn.ops import _ext
 from tests.ops.conftest import DEVICES
 
-KERNELS = {"roi_align_forward", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection"}
+# The dispatcher ops (torch.ops.maskrcnn.*) whose kernels the public ops must reach.
+KERNELS = {"roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection"}
 
 
-class _Counting:
-    """Stands in for the extension module: counts each kernel call and forwards it."""
+class _Counting(TorchDispatchMode):
+    """Counts each call of a ``torch.ops.maskrcnn`` op that reaches the backend kernels.
 
-    def __init__(self, module, calls: Counter):
-        self._module, self._calls = module, calls
+    The mode sees an op after autograd and autocast, right before its CPU/CUDA kernel, which it
+    then runs: a count is a kernel call (the backward op included, run by the autograd engine).
+    """
 
-    def __getattr__(self, name):
-        fn = getattr(self._module, name)
+    def __init__(self, calls: Counter):
+        super().__init__()
+        self._calls = calls
 
-        def counted(*args, **kwargs):
-            self._calls[name] += 1
-            return fn(*args, **kwargs)
-
-        return counted
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "maskrcnn":
+            self._calls[func._opname] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def _twin_names():
@@ -47,7 +50,7 @@ def _twin_names():
 
 @pytest.fixture
 def kernel_calls(ext, monkeypatch):
-    """Twins raise; returns the Counter of kernel calls made through ``get_ext()``."""
+    """Twins raise; yields the Counter of kernel calls of the ``torch.ops.maskrcnn`` ops."""
 
     def twin_called(*args, **kwargs):
         raise AssertionError("a pure-PyTorch twin ran although maskrcnn._C is built")
@@ -59,8 +62,9 @@ def kernel_calls(ext, monkeypatch):
     assert {"nms_reference", "greedy_suppress_reference", "roi_align_reference",
             "crop_mask_intersection_reference"} <= patched
     calls: Counter = Counter()
-    monkeypatch.setattr(_ext, "_C", _Counting(ext, calls))
-    return calls
+    with _Counting(calls):
+        yield calls
+    assert set(calls) <= KERNELS
 
 
 def _ramp():
@@ -82,7 +86,7 @@ def test_roi_align_forward_and_backward_run_the_kernels(kernel_calls, device):
     torch.testing.assert_close(x.grad.cpu(), want)
     mod = ops.RoIAlign(1, 1.0, 2, True)
     torch.testing.assert_close(mod(x.detach(), rois), out.detach())
-    assert kernel_calls["roi_align_forward"] == 2 and kernel_calls["roi_align_backward"] == 1
+    assert kernel_calls["roi_align"] == 2 and kernel_calls["roi_align_backward"] == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
