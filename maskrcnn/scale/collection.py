@@ -154,7 +154,9 @@ def manifest(spec: ModelSpec, extra: Dict) -> Dict:
 
     test = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec.test).items()}
     return {"weights": [stamp(w) for w in spec.weights], "config": spec.config and os.path.abspath(spec.config),
-            "test": test, "device": spec.device, "batch_size": spec.batch_size, "amp": spec.amp, **extra}
+            "test": test, "device": spec.device, "batch_size": spec.batch_size, "amp": spec.amp,
+            "auto_tile": list(spec.auto_tile), "model_options": {k: v for k, v in spec.load_args if k != "weights"},
+            **extra}
 
 
 def claim_work_dir(work_dir: str, settings: Dict, overwrite: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Iterator, Optional, Sequence
@@ -179,8 +180,9 @@ def slide_main(argv: Sequence[str]) -> int:
 def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
     from maskrcnn.inference.outputs import DEFAULT_OUT, FOLDER_FORMATS, build_writer, model_class_names
-    from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, check_same_classes, image_ids, resolve_test_config,
-                                                resolve_weight_files, skipped_summary, timing_summary)
+    from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, auto_tiling, check_same_classes, image_ids,
+                                                load_models, resolve_test_config, resolve_weight_files,
+                                                skipped_summary, timing_summary)
     from maskrcnn.inference.predictor import check_min_views
     from maskrcnn.inference.tta import parse_tta
     from maskrcnn.fileio import check_not_input, check_output_path
@@ -204,9 +206,13 @@ def collection_main(argv: Sequence[str]) -> int:
         resolve_test_config(args, TestConfig())
     if args.tta is not None and args.min_views is not None:
         check_min_views(args.min_views, len(args.weights), len(parse_tta(early.tta)))
-    cfgs = _load_first(args)
+    _, cfgs, _ = load_models(args, "cpu")  # as predict.py: --set model.*, --normalize, --diameter, --scale
     spec = _spec(args, cfgs, tile=True)
     check_same_classes(args.weights, cfgs)
+    keys = ("weights", "config", "set", "normalize", "diameter", "scale")
+    spec = dataclasses.replace(spec, auto_tile=tuple(auto_tiling(args, spec.test, cfgs[0])),
+                               load_args=tuple((k, tuple(v) if isinstance(v, list) else v)
+                                               for k, v in sorted(vars(args).items()) if k in keys))
     writer = build_writer(args.format, args.out, args.order, paths, ids, coco_gt=args.coco_gt,
                           class_names=model_class_names(cfgs[0].data), num_classes=cfgs[0].model.roi_heads.num_classes)
     work_dir = args.work_dir or args.out.rstrip("/") + ".parts"

@@ -42,6 +42,10 @@ class ModelSpec:
     amp: str = ""
     threads: int = 1
     factory: Optional[Callable[[], Sequence[torch.nn.Module]]] = None
+    # predict.py's automatic tiling ``(tile, limit)`` (``predict_cli.auto_tiling``), and its model
+    # options (``--set model.*``, ``--normalize``, ``--diameter``, ``--scale``) as sorted items
+    auto_tile: Tuple[int, int] = (0, 0)
+    load_args: Tuple[Tuple[str, object], ...] = ()
 
     def without_tiles(self) -> "ModelSpec":
         """The same with ``test.tile_size = 0``: a slide's blocks go to the model whole."""
@@ -56,6 +60,13 @@ def load_models(spec: ModelSpec):
     if spec.factory is not None:
         return list(spec.factory())
     device = resolve_device(spec.device, key="--device")
+    if spec.load_args:  # exactly as predict.py loads them
+        import argparse
+
+        from maskrcnn.inference.predict_cli import load_models as cli_load_models
+
+        ns = argparse.Namespace(**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.load_args})
+        return list(cli_load_models(ns, device)[0])
     return [load_model(w, device, spec.config)[0] for w in spec.weights]
 
 
@@ -68,7 +79,7 @@ def predictor_for(spec: ModelSpec) -> Predictor:
 
         device = resolve_device(spec.device, key="--device")
         pred = build_predictor(load_models(spec), spec.test, device=device, batch_size=spec.batch_size,
-                               output_device=device, amp=spec.amp)
+                               output_device=device, amp=spec.amp, auto_tile=spec.auto_tile)
         _CACHE.clear()  # one model set per worker: a new spec replaces the old one
         _CACHE[spec] = pred
     return pred
