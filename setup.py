@@ -71,6 +71,8 @@ setup(
     # The model zoo ships in the package: weights, model cards, tuned thresholds, the card template.
     package_data={"maskrcnn.zoo": ["*.pth", "*.md", "*.yaml"]},
     python_requires=">=3.9",
+    # pip install --no-build-isolation .[distributed]: the Dask paths (maskrcnn.scale); the core never imports them
+    extras_require={"distributed": ["dask[distributed]", "zarr", "tifffile"]},
     # torch is installed first, pinned (README); the rest as requirements.txt (pybind11 and ninja build).
     install_requires=["torch", "numpy>=1.24", "pycocotools>=2.0.7", "tqdm>=4.60", "pyyaml>=6.0", "Pillow>=9.0"],
     entry_points={"console_scripts": [

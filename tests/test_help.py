@@ -8,6 +8,7 @@ import predict
 import train
 from maskrcnn import export, viz
 from maskrcnn.data import make_cache, synthetic
+from maskrcnn.scale import commands as scale
 from maskrcnn.zoo import export as zoo_export
 
 FRONT_ENDS = [
@@ -22,6 +23,8 @@ FRONT_ENDS = [
     (viz.main, [], "python -m maskrcnn.viz"),
     (make_cache.main, [], "python -m maskrcnn.data.make_cache"),
     (synthetic.main, [], "python -m maskrcnn.data.synthetic"),
+    (scale.main, ["slide"], "python -m maskrcnn.scale slide"),
+    (scale.main, ["collection"], "python -m maskrcnn.scale collection"),
     (export.main, [], "python -m maskrcnn.export"),
     (zoo_export.main, ["export"], "python -m maskrcnn.zoo export"),
 ]
@@ -49,5 +52,7 @@ DEFAULTS = {
     "python -m maskrcnn.viz": {"--thickness": "1", "--palette": "okabe-ito", "--order": "auto"},
     "python -m maskrcnn.data.synthetic": {"--num-images": "48", "--seed": "0", "--cells": "6 24"},
     "python -m maskrcnn.data.make_cache": {"--image-codec": "webp"},
+    "python -m maskrcnn.scale slide": {"--block": "512", "--overlap": "64", "--skip-contrast": "0.1", "--workers": "2"},
+    "python -m maskrcnn.scale collection": {"--format": "csv", "--images-per-task": "4", "--workers": "2"},
     "python -m maskrcnn.export": {"--channels": "3"},
 }

@@ -1,7 +1,7 @@
 """The package's layer rule (README, "Abstractions"): imports point down, never up or in a circle.
 
     errors -> structures, fileio, device, cli, progress -> config, ops -> data, model -> inference -> evaluation -> engine
-    -> front ends (viz, the command lines, the model zoo's export tool, the Python API, the deploy export)
+    -> front ends (viz, the command lines, the model zoo's export tool, the Python API, the deploy export, scale: the Dask paths)
 
 Every import counts, also those inside functions (they only delay the cycle).
 """
@@ -10,7 +10,7 @@ import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
 LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
-          ("engine",), ("viz", "pseudo_label", "zoo", "api", "export")]
+          ("engine",), ("viz", "pseudo_label", "zoo", "api", "export", "scale")]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 
 

@@ -66,8 +66,29 @@ def init_distributed(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not is_distributed():
-        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+        store = _elastic_store(rank, world_size) if init_method == "env://" else None
+        if store is not None:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+        else:
+            dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     return dev
+
+
+def _elastic_store(rank: int, world_size: int) -> Optional["dist.Store"]:
+    """Under torchrun, the process group's store with keys of this restart only (None otherwise).
+
+    torchrun (c10d rendezvous) shares one TCP store across restarts, and ``env://`` reads it without
+    a per-restart prefix: after ``--max-restarts`` restarts the group, a rank can read the address a
+    dead process of the last attempt published and wait on it until gloo's connect times out
+    (seen with torch 2.13, 2 CPU processes). ``TORCHELASTIC_RESTART_COUNT`` names the attempt.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not agent_hosts)
+    return dist.PrefixStore(f"maskrcnn/attempt_{restart}", store)
 
 
 def cleanup() -> None:
