@@ -130,6 +130,6 @@ def caps_summary(per_image: Dict[str, Sequence[CapHit]], num_images: int) -> str
     for hits in per_image.values():
         for h in hits:
             counts[h.key] = counts.get(h.key, 0) + 1
-    which = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items(), key=lambda kv: CAP_KEYS.index(kv[0])))
+    which = ", ".join(f"{k} in {n} image(s)" for k, n in sorted(counts.items(), key=lambda kv: CAP_KEYS.index(kv[0])))
     return (f"predict: {len(per_image)} of {num_images} image(s) reached a detection cap ({which}); "
             f"cells may be missing there (see the warnings above for the fix)")
