@@ -251,7 +251,8 @@ def test_predict_py_warns_about_caps_takes_model_keys_and_logs_the_input(tmp_pat
     err = capsys.readouterr().err
     assert "warning: a: cells may be missing" in err and "model.roi_heads.detections_per_image=3 was reached" in err
     assert "--set model.roi_heads.detections_per_image=" in err
-    assert "predict: 2 of 2 image(s) reached a detection cap (model.roi_heads.detections_per_image in 2 image(s))" in err
+    assert "predict: 2 of 2 image(s) reached a detection cap (" in err
+    assert "model.roi_heads.detections_per_image in 2 image(s)); cells may be missing there" in err
     assert "input scale 2 (--diameter 10" in err and "note: b is a 16-bit image" in err
     # the tile follows the input scale: 1024 px at the model's input = 512 image px at scale 2
     assert "tiling: automatic, tiles of 512 px for images longer than 1536 px" in err and "\r" not in err
