@@ -124,12 +124,13 @@ def cap_warning(image_id: str, hits: Sequence[CapHit], tiled: bool, tile_size: i
             + f". Raise the cap: {fixes}{tiles}")
 
 
-def caps_summary(per_image: Dict[str, Sequence[CapHit]], num_images: int) -> str:
-    """The end-of-run line: how many images reached which cap."""
+def caps_summary(per_image: Dict[str, Sequence[str]], num_images: int) -> str:
+    """The end-of-run line: how many images reached which cap (``per_image``: image -> the config
+    keys of the caps it reached, ``CapHit.key``)."""
     counts: Dict[str, int] = {}
-    for hits in per_image.values():
-        for h in hits:
-            counts[h.key] = counts.get(h.key, 0) + 1
+    for keys in per_image.values():
+        for k in keys:
+            counts[k] = counts.get(k, 0) + 1
     which = ", ".join(f"{k} in {n} image(s)" for k, n in sorted(counts.items(), key=lambda kv: CAP_KEYS.index(kv[0])))
     return (f"predict: {len(per_image)} of {num_images} image(s) reached a detection cap ({which}); "
             f"cells may be missing there (see the warnings above for the fix)")

@@ -154,7 +154,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
         caps = getattr(predictor, "last_caps", [])
         if caps:
             _warn(cap_warning(iid, caps, tiled=tiles is not None, tile_size=tiles[0] if tiles else 0))
-            timing["caps"] = caps
+            timing["caps"] = [h.key for h in caps]
         yield iid, final, timing
 
 
@@ -456,6 +456,13 @@ def _predict(argv: Sequence[str]) -> int:
     results = predict_images(predictor, paths, test_cfg, progress=not args.no_progress, strict=args.strict,
                              input_cfg=cfgs[0], normalize=args.normalize)
     timings = write_predictions(results, args.out, writer=writer)
+    return finish_run(timings, writer)
+
+
+def finish_run(timings: List[Dict], writer) -> int:
+    """The end of a prediction run (predict.py, ``python -m maskrcnn.scale collection``): the timing
+    table, the caps reached (``timing["caps"]``: cap keys), what was written, the images skipped;
+    returns the exit code (``EXIT_SKIPPED`` when some were)."""
     print(timing_summary(timings))
     capped = {str(i): t["caps"] for i, t in enumerate(timings) if t.get("caps")}
     if capped:

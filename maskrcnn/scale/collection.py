@@ -110,6 +110,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
     predict, post-process, inside ``guard.predict_guarded``): an image that cannot be read or
     processed gets a part with the reason, as predict.py gives it an empty row."""
     from maskrcnn.data.images import read_image
+    from maskrcnn.inference.caps import cap_warning
     from maskrcnn.inference.guard import check_fits, predict_guarded
     from maskrcnn.inference.postprocess import postprocess
 
@@ -138,9 +139,15 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
             save_part(out, iid, None, {"skipped": reason, "path": path})
             continue
         t0, t1, t2, t3 = stamps
-        save_part(out, iid, final, {"read": t1 - t0, "model": pred.last_timing.get("model", t2 - t1),
-                                    "merge": pred.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
-                                    "total": t3 - t0, "cpu": time.thread_time() - c0})
+        timing = {"read": t1 - t0, "model": pred.last_timing.get("model", t2 - t1),
+                  "merge": pred.last_timing.get("merge", 0.0), "postprocess": t3 - t2,
+                  "total": t3 - t0, "cpu": time.thread_time() - c0}
+        caps = getattr(pred, "last_caps", [])
+        if caps:  # plain strings: parts are read back with weights_only=True
+            tiles = getattr(pred, "last_tiles", None)
+            timing["caps"] = [h.key for h in caps]
+            timing["cap_warning"] = cap_warning(iid, caps, tiled=tiles is not None, tile_size=tiles[0] if tiles else 0)
+        save_part(out, iid, final, timing)
         done += 1
     return done
 

@@ -180,9 +180,8 @@ def slide_main(argv: Sequence[str]) -> int:
 def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
     from maskrcnn.inference.outputs import DEFAULT_OUT, FOLDER_FORMATS, build_writer, model_class_names
-    from maskrcnn.inference.predict_cli import (EXIT_SKIPPED, auto_tiling, check_same_classes, image_ids,
-                                                load_models, resolve_test_config, resolve_weight_files,
-                                                skipped_summary, timing_summary)
+    from maskrcnn.inference.predict_cli import (auto_tiling, check_same_classes, finish_run, image_ids,
+                                                load_models, resolve_test_config, resolve_weight_files)
     from maskrcnn.inference.predictor import check_min_views
     from maskrcnn.inference.tta import parse_tta
     from maskrcnn.fileio import check_not_input, check_output_path
@@ -231,13 +230,10 @@ def collection_main(argv: Sequence[str]) -> int:
     if args.strict and any("skipped" in t for t in timings):
         bad = next(t for t in timings if "skipped" in t)
         raise ScaleError(f"--strict: an image could not be read: {bad['skipped']}")
-    print(timing_summary(timings))
-    print(f"wrote {writer.written}")
-    skipped = skipped_summary(timings, writer.written)
-    if skipped:
-        print(skipped, file=sys.stderr)
-        return EXIT_SKIPPED
-    return 0
+    for t in timings:  # each capped image's warning, as predict.py prints it (made on the worker)
+        if t.get("cap_warning"):
+            print(t["cap_warning"], file=sys.stderr)
+    return finish_run(timings, writer)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

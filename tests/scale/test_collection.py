@@ -135,3 +135,23 @@ def test_inputs_as_glob_and_list_file_and_their_errors(tiny, tmp_path, capsys):
         assert main(["collection", "--weights", "w.pth", "--images", spec]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and text in err[0], err
+
+
+def test_a_cap_reached_on_a_worker_is_said_as_predict_py_says_it(tiny, tmp_path, capsys):
+    """A detection cap reached on a Dask worker gets predict.py's per-image warning and summary line
+    (the worker writes them into the image's part; nothing is hidden by the distribution)."""
+    _, weights, folder = tiny
+    common = ["--weights", weights, "--images", folder, "--device", "cpu", "--no-progress",
+              "--set", "model.roi_heads.detections_per_image=2", "--set", "test.min_area=0"]
+    assert predict_main(common + ["--out", str(tmp_path / "ref.csv")]) == 3
+    ref = capsys.readouterr().err
+    ref_warnings = sorted(line for line in ref.splitlines() if line.startswith("warning:") and "cells may be missing" in line)
+    ref_summary = [line for line in ref.splitlines() if "reached a detection cap" in line]
+    assert ref_warnings and len(ref_summary) == 1  # the random model's detections exceed 2 on some image
+    assert main(["collection"] + common + ["--work-dir", str(tmp_path / "work"), "--workers", "1",
+                                           "--out", str(tmp_path / "got.csv")]) == 3
+    got = capsys.readouterr().err
+    assert sorted(line for line in got.splitlines() if line.startswith("warning:") and "cells may be missing" in line) \
+        == ref_warnings
+    assert [line for line in got.splitlines() if "reached a detection cap" in line] == ref_summary
+    assert (tmp_path / "got.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
