@@ -49,7 +49,7 @@ print(json.dumps({"seconds": dt, "rss_start_mb": rss0 / 1024, "rss_peak_mb": res
 
 def write_adversarial(folder: str, cells: int) -> tuple:
     """(submission, labels) of the frame + ``cells`` tiny cells image; both hold the same objects."""
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
 
     frame = np.zeros((H, W), dtype=bool)
     frame[:2], frame[-2:], frame[:, :2], frame[:, -2:] = True, True, True, True

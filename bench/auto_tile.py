@@ -36,7 +36,7 @@ _WRAP = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
 
 def build_mosaic(cache: str, size: int, seed: int, out_png: str) -> int:
     """Write the mosaic PNG; returns its ground-truth nucleus count."""
-    from maskrcnn.data.cache import CacheDataset
+    from maskrcnn.formats.dataset_cache import CacheDataset
 
     ds = CacheDataset(cache)
     pool = [i for i, s in enumerate(ds.strata()) if s == STRATUM]

@@ -21,9 +21,9 @@ import torch
 
 
 from maskrcnn.config import TestConfig
-from maskrcnn.data.rle import encode_crops
+from maskrcnn.formats.rle import encode_crops
 from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances
-from maskrcnn.inference.postprocess import foreground_pixels, postprocess
+from maskrcnn.inference.filtering import foreground_pixels, postprocess
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.ops import get_ext
 from maskrcnn.structures import Instances, MaskList

@@ -4,7 +4,7 @@
    - ours: ``DSB2018Dataset.load`` (each mask PNG cropped to its box as it is decoded);
    - naive: each mask PNG decoded to a dense array, stacked to ``[N, H, W]``, then cropped
      (``MaskList.from_dense``) to give the same output;
-   - cache (with ``--cache FILE``): ``CacheDataset.load`` from a file written by ``maskrcnn.data.cache``.
+   - cache (with ``--cache FILE``): ``CacheDataset.load`` from a file written by ``maskrcnn.formats.dataset_cache``.
 2. RLE: decode ~73k Sartorius-like rows (606 images of 520x704, ~121 objects each; the masks come
    from the synthetic generator at that size).
    - ours: ``rle.decode_crops`` per image (one parse and one fill for all rows of an image);
@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 
-from maskrcnn.data import rle
+from maskrcnn.formats import rle
 from maskrcnn.data.dsb2018 import DSB2018Dataset
-from maskrcnn.data.images import read_image
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.data.synthetic import SyntheticCells
 from maskrcnn.structures import MaskList
 
@@ -65,7 +65,7 @@ def bench_dsb(root: str, limit: int, cache: str) -> None:
     print(f"  ours (crop as decoded)      : {t_ours:7.2f} s  ({1000 * t_ours / n:6.1f} ms/image)  "
           f"speed-up x{t_naive / t_ours:.2f}")
     if cache:
-        from maskrcnn.data.cache import CacheDataset
+        from maskrcnn.formats.dataset_cache import CacheDataset
 
         t = time.perf_counter()
         c = CacheDataset(cache)

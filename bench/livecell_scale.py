@@ -150,7 +150,7 @@ def cmd_read(args) -> None:
     base = None if args.skip_pycocotools else _child(
         PEAK + "from pycocotools.coco import COCO\n" + START + f"c = COCO({ann!r})\n"
         "res = dict(images=len(c.imgs), annotations=len(c.anns), rss_after_mb=rss())\n" + REPORT)
-    ours = _child(PEAK + "from maskrcnn.data.coco import CocoDataset\nimport gc\n" + START
+    ours = _child(PEAK + "from maskrcnn.data.coco_dataset import CocoDataset\nimport gc\n" + START
                   + f"d = CocoDataset({ann!r}, {root!r}, class_agnostic=True)\n"
                   "gc.collect(); r = rss(); s = d.load(0)\n"
                   "res = dict(images=len(d), first_image_cells=len(s.instances), rss_after_mb=r)\n" + REPORT)

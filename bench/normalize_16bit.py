@@ -28,10 +28,10 @@ from PIL import Image
 
 
 from maskrcnn.data.dsb2018 import DSB2018Dataset
-from maskrcnn.data.images import read_image
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 
 
 def main(argv=None) -> None:

@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from maskrcnn.data.images import read_image
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.data.label_folders import masks_from_label_array
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.outputs import label_image
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.predict_cli import image_ids, list_images
 from maskrcnn.inference.predictor import build_predictor
 from maskrcnn.ops.pieces import count_pieces

@@ -13,10 +13,10 @@ import argparse
 import numpy as np
 import torch
 
-from maskrcnn.data.cache import CacheDataset
-from maskrcnn.data.pseudo import pseudo_path
+from maskrcnn.formats.dataset_cache import CacheDataset
+from maskrcnn.data.pseudo_mix import pseudo_path
 from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
-from maskrcnn.inference.pseudo import _covered_fraction
+from maskrcnn.inference.pseudo_selection import _covered_fraction
 from maskrcnn.structures import IGNORE_LABEL
 
 

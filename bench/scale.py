@@ -85,7 +85,7 @@ def cmd_baseline(args) -> None:
 
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.inference.outputs import label_image
-    from maskrcnn.inference.postprocess import postprocess
+    from maskrcnn.inference.filtering import postprocess
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.tiling import plan_tiles
 

@@ -40,7 +40,7 @@ import torch
 from maskrcnn.data.dsb2018 import DSB2018Dataset
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.tiling import tiled_predict
 from maskrcnn.structures import Instances, MaskList
 

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from maskrcnn.config import Config, TestConfig
-from maskrcnn.data.images import image_from_array
+from maskrcnn.formats.image_files import image_from_array
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.outputs import label_image, model_class_names
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.predict_cli import build_parser, load_predictor, resolve_weight_files
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.structures import Instances

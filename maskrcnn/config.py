@@ -261,7 +261,7 @@ class DataConfig:
     class_agnostic: bool = False
     classes: Tuple[str, ...] = ()  # empty: the reader's own class list
     split_file: str = ""  # written on first use and reused
-    # A compact .npz copy of the dataset (maskrcnn.data.cache), written from the source reader on
+    # A compact .npz copy of the dataset (maskrcnn.formats.dataset_cache), written from the source reader on
     # first use and read instead of it afterwards (DSB2018: ~30 ms instead of ~400 ms per image).
     cache_file: str = ""
     num_folds: int = 5

@@ -7,17 +7,17 @@
 
 ``label`` runs the models (several = an ensemble) on every test-time view of each image
 (``build_predictor``, the same views and merge as ``predict.py``), merges the views at mask level
-(``merge_instances``) and keeps (``maskrcnn.inference.pseudo``):
+(``merge_instances``) and keeps (``maskrcnn.inference.pseudo_selection``):
 
 - cells: fused score ``>= --keep`` and seen in at least ``--agree`` views (default: all of them);
 - ignore regions: the other detections with score ``>= --ignore``: the trainer takes no loss from
   anchors and proposals inside them (neither object nor background);
 - background: the rest.
 
-It writes ``OUT_DIR/pseudo_labels.npz`` (a dataset cache, ``maskrcnn.data.cache``, readable as
+It writes ``OUT_DIR/pseudo_labels.npz`` (a dataset cache, ``maskrcnn.formats.dataset_cache``, readable as
 ``data.format: cache``) and ``OUT_DIR/summary.json`` (images, cells, ignored regions, settings),
 both atomically. Train on it next to the labelled data with ``data.pseudo.path: OUT_DIR`` and
-``data.pseudo.ratio`` (``maskrcnn.data.pseudo``; docs/semi_supervised.md).
+``data.pseudo.ratio`` (``maskrcnn.data.pseudo_mix``; docs/semi_supervised.md).
 
 ``--images`` is a flat folder of images (Sartorius ``train_semi_supervised``, any folder; ids are
 the file names, the Sartorius cell type the name's prefix before ``[``) or a DSB2018 folder
@@ -77,7 +77,7 @@ class FolderImages:
         return len(self._files)
 
     def load(self, index: int):
-        from maskrcnn.data.images import read_image
+        from maskrcnn.formats.image_files import read_image
         from maskrcnn.structures import Instances, Sample
 
         path = os.path.join(self.root, self._files[index])
@@ -250,14 +250,14 @@ def _split(args) -> int:
 
 
 def _label(args) -> int:
-    from maskrcnn.data.cache import write_cache
-    from maskrcnn.data.pseudo import PSEUDO_FILE, SUMMARY_FILE
+    from maskrcnn.formats.dataset_cache import write_cache
+    from maskrcnn.data.pseudo_mix import PSEUDO_FILE, SUMMARY_FILE
     from maskrcnn.device import resolve_device
     from maskrcnn.fileio import atomic_json, check_not_input, check_output_path
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.inference.predict_cli import check_same_classes, model_overrides, resolve_test_config
     from maskrcnn.inference.predictor import build_predictor
-    from maskrcnn.inference.pseudo import check_thresholds
+    from maskrcnn.inference.pseudo_selection import check_thresholds
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -322,7 +322,7 @@ def _label_images(reader, indices: Sequence[int], predictor, test_cfg, args, agr
 
     from maskrcnn.inference.guard import check_fits, predict_guarded
     from maskrcnn.inference.merge import merge_instances
-    from maskrcnn.inference.pseudo import pseudo_labels
+    from maskrcnn.inference.pseudo_selection import pseudo_labels
 
     labels, types, totals = [], [], {"cells": 0, "ignored": 0, "background": 0}
     empty, done, skipped = 0, [], []

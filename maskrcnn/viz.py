@@ -192,7 +192,7 @@ def draw_overlay(image: Union[Tensor, str], gt=None, pred=None, path: Optional[s
 
     Returns the ``uint8`` overlay: ``[H, W, 3]``, or taller with a caption (also when ``path`` is None).
     """
-    from maskrcnn.data.images import read_image, write_image
+    from maskrcnn.formats.image_files import read_image, write_image
 
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
@@ -211,7 +211,7 @@ def draw_overlay(image: Union[Tensor, str], gt=None, pred=None, path: Optional[s
 def save_grid(samples: Sequence[Sample], path: str, preds: Optional[Sequence] = None, ncols: int = 4,
               pad: int = 4) -> np.ndarray:
     """A grid of overlays of a few samples (ground truth, and ``preds[i]`` when given) into ``path``."""
-    from maskrcnn.data.images import write_image
+    from maskrcnn.formats.image_files import write_image
 
     if not samples:
         raise ValueError("save_grid needs at least one sample")
@@ -325,7 +325,7 @@ class MaskSource:
     def _csv_masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
         """Masks of ``image_id`` in the CSV; SubmissionError for an id the file does not hold (viz would
         draw nothing and look fine) or a declared size other than the image's."""
-        from maskrcnn.data.rle import decode_crops
+        from maskrcnn.formats.rle import decode_crops
         from maskrcnn.inference.submission import SubmissionError
 
         if self._rows is None:
@@ -385,7 +385,7 @@ def build_parser():
 
 def _draw_one(path: str, image_id: str, gt_src: Optional[MaskSource], pred_src: Optional[MaskSource], out: str,
               args) -> Tuple[int, int]:
-    from maskrcnn.data.images import read_image
+    from maskrcnn.formats.image_files import read_image
 
     image = read_image(path)
     size = (int(image.shape[1]), int(image.shape[2]))

@@ -86,7 +86,7 @@ class Files:
 
 def build_files(root: str) -> Files:
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
     from maskrcnn.model import build_model
 
     f = Files(root)
@@ -640,7 +640,7 @@ def add_round2_files(f: Files) -> None:
     """Fixtures of the second round: inputs a run must not overwrite, images it cannot represent,
     settings outside their range, COCO / DSB / label files that hold less than they seem to."""
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
     from maskrcnn.model import build_model
     from PIL import TiffImagePlugin
 

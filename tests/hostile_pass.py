@@ -47,7 +47,7 @@ CLASSES = ("outputs over inputs", "one image kills the run", "settings that mean
 def fixtures(f: Files) -> None:
     """Files of this pass only (the bad-input fixtures are there too)."""
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
     from maskrcnn.model import build_model
 
     rng = np.random.default_rng(9)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.data.images import ImageReadError, read_image
+from maskrcnn.formats.image_files import ImageReadError, read_image
 from maskrcnn.inference.zoo import ZOO_ENV, zoo_names
 from tests.data.conftest import DSB_ROOT as DSB
 from tests.inference.stub_model import TINY_RGB_MODEL, save_tiny_checkpoint
@@ -38,7 +38,7 @@ def _same_as_predict_py(weights, tmp_path, tta, **load):
     """predict.py --format labels on real images vs ``segment(np.array(Image.open(f)))``: same bytes
     (``tta``: both with ``--tta tta``; None: the model's own)."""
     from maskrcnn import load_model
-    from maskrcnn.data.images import write_image
+    from maskrcnn.formats.image_files import write_image
     from maskrcnn.inference.predict_cli import main
 
     paths = _dsb_images(tmp_path / "images")
@@ -119,7 +119,7 @@ def test_arrays_of_every_dtype_are_read_as_the_same_file_would_be(tmp_path):
 
 def test_predict_is_the_raw_output_post_processed_as_documented(tiny, tmp_path):
     from maskrcnn import load_model
-    from maskrcnn.inference.postprocess import postprocess
+    from maskrcnn.inference.filtering import postprocess
 
     (tmp_path / "tuned.yaml").write_text("test:\n  score_thresh: [0.5]\n  min_area: [30]\n")
     model = load_model(tiny, device="cpu", thresholds=str(tmp_path / "tuned.yaml"))

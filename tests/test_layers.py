@@ -1,6 +1,6 @@
 """The package's layer rule (README, "Abstractions"): imports point down, never up or in a circle.
 
-    errors -> structures, fileio, device, cli, progress -> config, ops -> data, model -> inference -> evaluation -> engine
+    errors -> structures, fileio, device, cli, progress -> config, ops, formats (file formats: readers and writers) -> data, model -> inference -> evaluation -> engine
     -> front ends (viz, the command lines, the model zoo's export tool, the Python API, the deploy export, scale: the Dask paths)
 
 Every import counts, also those inside functions (they only delay the cycle).
@@ -9,7 +9,7 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
-LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
+LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops", "formats"), ("data", "model"), ("inference",), ("evaluation",),
           ("engine",), ("viz", "pseudo_label", "zoo", "api", "export", "scale")]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 
@@ -25,7 +25,7 @@ def _modules():
 def _imports(path):
     for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("maskrcnn"):
-            for alias in node.names:  # `from maskrcnn.data import rle` imports a module
+            for alias in node.names:  # `from maskrcnn.formats import rle` imports a module
                 yield f"{node.module}.{alias.name}" if node.module == "maskrcnn" or alias.name.islower() else node.module
         elif isinstance(node, ast.Import):
             yield from (a.name for a in node.names if a.name.startswith("maskrcnn"))

@@ -13,8 +13,8 @@ import torch
 
 import maskrcnn.inference.checkpoint as checkpoint
 from maskrcnn.config import load_config
-from maskrcnn.data.cache import CacheDataset
-from maskrcnn.data.images import write_image
+from maskrcnn.formats.dataset_cache import CacheDataset
+from maskrcnn.formats.image_files import write_image
 from maskrcnn.pseudo_label import main
 from maskrcnn.structures import IGNORE_LABEL
 from tests.inference.stub_model import IdStubModel, draw_objects, object_score

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskrcnn.data.images import read_image, write_image
-from maskrcnn.data.rle import encode
+from maskrcnn.formats.image_files import read_image, write_image
+from maskrcnn.formats.rle import encode
 from maskrcnn.structures import Instances, MaskList, Sample
 from maskrcnn.viz import BOTH_COLOUR, GT_COLOUR, PRED_COLOUR, draw_overlay, main, outline_pixels, save_grid
 
@@ -138,7 +138,7 @@ def test_batch_mode_over_a_dsb_folder_with_label_images_and_dsb_csvs(tmp_path, c
     assert (body == np.array(BOTH_COLOUR, np.uint8)).all(-1).sum() > 0  # predictions = ground truth: both
     assert not (body == np.array(GT_COLOUR, np.uint8)).all(-1).any()
     # a DSB2018 solution CSV (column-major) as --gt, --order auto
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
 
     with open(tmp_path / "sol.csv", "w", newline="") as f:
         w = csv.writer(f)

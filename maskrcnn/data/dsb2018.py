@@ -21,7 +21,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from maskrcnn.data.images import convert_channels, is_gray, open_image, read_image
+from maskrcnn.formats.image_files import convert_channels, is_gray, open_image, read_image
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
@@ -64,7 +64,7 @@ def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
 
     Raises:
         DSB2018FormatError: a mask whose size differs from ``image_size = (H, W)``.
-        maskrcnn.data.images.ImageReadError / FileNotFoundError: an unreadable or missing mask file.
+        maskrcnn.formats.image_files.ImageReadError / FileNotFoundError: an unreadable or missing mask file.
 
     Empty mask files are skipped with a warning naming them.
     """

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES
-from maskrcnn.data.images import convert_channels, open_image, read_image
+from maskrcnn.formats.image_files import convert_channels, open_image, read_image
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 

@@ -213,7 +213,7 @@ def build_reader(cfg):
 
         return SartoriusUnlabeled(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     if fmt == "coco":
-        from maskrcnn.data.coco import CocoDataset
+        from maskrcnn.data.coco_dataset import CocoDataset
 
         return CocoDataset(cfg.ann_file, cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     if fmt == "dsb2018":
@@ -225,7 +225,7 @@ def build_reader(cfg):
 
         return LabelFolderDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     if fmt == "cache":
-        from maskrcnn.data.cache import CacheDataset
+        from maskrcnn.formats.dataset_cache import CacheDataset
 
         return CacheDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
     raise ValueError(f"unknown data.format {fmt!r}; expected synthetic, sartorius, sartorius_unlabeled, coco, "
@@ -236,7 +236,7 @@ def _cached_reader(cfg):
     import dataclasses
     import os
 
-    from maskrcnn.data.cache import CacheDataset, write_cache
+    from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 
     source = build_reader(dataclasses.replace(cfg, cache_file=""))
     path = cfg.cache_file
@@ -261,7 +261,7 @@ def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 
     ``build_transforms(cfg.augment)`` per sample and copy-paste per batch (via ``build_loader``).
     ``reader`` reuses an already built reader (e.g. for train and val of one dataset).
     The training split keeps only the ids of ``cfg.train_ids_file`` when it is set, and adds the
-    pseudo-labelled images of ``cfg.pseudo.path`` (``maskrcnn.data.pseudo``) when that is set.
+    pseudo-labelled images of ``cfg.pseudo.path`` (``maskrcnn.data.pseudo_mix``) when that is set.
     """
     from maskrcnn.data.splits import load_or_make_folds, read_ids_file, restrict_to_ids, split_indices
     from maskrcnn.data.transforms import build_batch_transform, build_transforms
@@ -276,7 +276,7 @@ def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 
         if split == "train" and cfg.train_ids_file:
             indices = restrict_to_ids(indices, ids, read_ids_file(cfg.train_ids_file), cfg.train_ids_file)
     if split == "train" and cfg.pseudo.path:
-        from maskrcnn.data.pseudo import build_mixed_reader
+        from maskrcnn.data.pseudo_mix import build_mixed_reader
 
         reader = build_mixed_reader(reader, indices, cfg.pseudo, cfg.class_agnostic)
         indices = None  # every image of the mix

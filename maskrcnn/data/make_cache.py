@@ -1,4 +1,4 @@
-"""Write a dataset as one compact ``.npz`` cache (``maskrcnn.data.cache``)::
+"""Write a dataset as one compact ``.npz`` cache (``maskrcnn.formats.dataset_cache``)::
 
     python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
 
@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from maskrcnn import cli
 from maskrcnn.config import DataConfig
-from maskrcnn.data.cache import IMAGE_CODECS, write_cache
+from maskrcnn.formats.dataset_cache import IMAGE_CODECS, write_cache
 from maskrcnn.data.loader import build_reader
 from maskrcnn.fileio import check_not_input, check_output_path
 

@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from maskrcnn.data.images import read_image
-from maskrcnn.data.rle import decode_crops
+from maskrcnn.formats.image_files import read_image
+from maskrcnn.formats.rle import decode_crops
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, Sample
 

@@ -286,9 +286,9 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
       end up empty are left out).
     - ``coco``: ``annotations.json`` (compressed RLE segmentations) + ``images/<id>.png``.
     """
-    from maskrcnn.data.images import encode_png, to_uint8, write_image
+    from maskrcnn.formats.image_files import encode_png, to_uint8, write_image
     from maskrcnn.fileio import atomic_write_bytes
-    from maskrcnn.data.rle import encode_crops
+    from maskrcnn.formats.rle import encode_crops
 
     if layout not in ("sartorius", "dsb2018", "coco"):
         raise ValueError(f"unknown layout {layout!r}; expected sartorius, dsb2018 or coco")

@@ -205,7 +205,7 @@ def photometric(image: Tensor, brightness: float = 0.0, contrast: float = 1.0, g
     return ((out - mean) * contrast + mean + brightness).clamp_(0, 1)
 
 
-# Luma weights of ITU-R BT.601 (as PIL's "L" conversion and maskrcnn.data.images.convert_channels).
+# Luma weights of ITU-R BT.601 (as PIL's "L" conversion and maskrcnn.formats.image_files.convert_channels).
 _LUMA = (0.299, 0.587, 0.114)
 
 # Stain vectors of haematoxylin, eosin and DAB in optical density (rows; Ruifrok & Johnston 2001,
@@ -424,7 +424,7 @@ def paste_instances(target: Sample, source: Sample, index: Tensor, dx: int, dy: 
     sH, sW = si.image_size
     src_img = source.image
     if src_img.shape[0] != target.image.shape[0]:
-        from maskrcnn.data.images import convert_channels
+        from maskrcnn.formats.image_files import convert_channels
 
         src_img = convert_channels(src_img, int(target.image.shape[0]))
     pasted = MaskList(si.masks.crops[index], si.masks.origins[index] + torch.tensor([dx, dy]), (H, W))

@@ -26,7 +26,7 @@ from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.trainer import amp_context, config_changes
 from maskrcnn.engine.validate import run_validation
-from maskrcnn.evaluation.coco import MAX_DETS, format_coco_report
+from maskrcnn.evaluation.coco_ap import MAX_DETS, format_coco_report
 from maskrcnn.evaluation.kaggle import THRESHOLDS
 from maskrcnn.fileio import atomic_json
 from maskrcnn.inference.checkpoint import model_from_checkpoint, read_checkpoint

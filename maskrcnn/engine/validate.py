@@ -5,7 +5,7 @@ post-processes its predictions to final binary masks (small: crops of bool), the
 gathered on rank 0, which scores them with the Kaggle metric, and the scores are broadcast so
 that every rank agrees on the best checkpoint.
 
-Post-processing is ``maskrcnn.inference.postprocess.postprocess`` (thresholds from ``cfg.test``,
+Post-processing is ``maskrcnn.inference.filtering.postprocess`` (thresholds from ``cfg.test``,
 image class, overlap removal), scoring ``maskrcnn.evaluation.kaggle.KaggleEvaluator``: the same
 code the submission and ``evaluate.py`` use.
 """
@@ -48,7 +48,7 @@ def run_validation(
         max_images: score only the first ``max_images`` images (0: all).
         autocast: a context-manager factory for mixed precision (called per batch), or None.
         progress: ``bar``, ``lines`` or ``off`` on rank 0 (``maskrcnn.progress``).
-        coco: also COCO mask and box AP (``maskrcnn.evaluation.coco``), of the model's detections
+        coco: also COCO mask and box AP (``maskrcnn.evaluation.coco_ap``), of the model's detections
             before post-processing (each mask binarised at its class's ``test.mask_thresh``; no
             score threshold beyond the model's own, no overlap removal), as detectron2's
             COCOEvaluator scores a model: AP ranks every detection, and thresholds only lower it.
@@ -58,7 +58,7 @@ def run_validation(
     Returns:
         ``{"val/mAP": float, "val/mAP@0.50": ..., "val/mAP/<class>": ..., "val/num_images": n}``, and
         with ``coco`` ``val/segm/AP``, ``val/segm/AP50`` ... ``val/bbox/AP`` ... (COCO's numbers in
-        [0, 1], ``maskrcnn.evaluation.coco.STAT_NAMES``).
+        [0, 1], ``maskrcnn.evaluation.coco_ap.STAT_NAMES``).
     """
     n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
     mine = list(range(du.get_rank(), n, du.get_world_size()))
@@ -114,7 +114,7 @@ def _to_float(pred: Instances) -> Instances:
 # ------------------------------------------------------------------- post-processing
 def postprocess_for_submission(pred: Instances, test_cfg: TestConfig) -> Instances:
     """Final binary, non-overlapping instances, exactly as the submission makes them."""
-    from maskrcnn.inference.postprocess import postprocess
+    from maskrcnn.inference.filtering import postprocess
 
     return postprocess(pred, test_cfg)
 
@@ -149,10 +149,10 @@ def kaggle_scores(results: Sequence[Tuple[str, Instances, Instances, Optional[st
 
 
 def coco_record(image_id: str, raw: Instances, gt: Instances, test_cfg: TestConfig) -> dict:
-    """One image's COCO annotations and results (``maskrcnn.evaluation.coco.encode_image``) from the
+    """One image's COCO annotations and results (``maskrcnn.evaluation.coco_ap.encode_image``) from the
     model's raw detections, each soft mask binarised at its class's ``test.mask_thresh``."""
-    from maskrcnn.evaluation.coco import encode_image
-    from maskrcnn.inference.postprocess import per_class
+    from maskrcnn.evaluation.coco_ap import encode_image
+    from maskrcnn.inference.filtering import per_class
 
     m = raw.masks
     if m is not None and m.is_soft and len(m):
@@ -163,7 +163,7 @@ def coco_record(image_id: str, raw: Instances, gt: Instances, test_cfg: TestConf
 
 def coco_scores(records: Sequence[dict], class_names: Sequence[str] = ()) -> Dict[str, float]:
     """``val/segm/AP`` ... and ``val/bbox/AP`` ... of ``coco_record``s (COCO's numbers in [0, 1])."""
-    from maskrcnn.evaluation.coco import COCOEvaluator
+    from maskrcnn.evaluation.coco_ap import COCOEvaluator
 
     if not records:
         return {}

@@ -56,7 +56,7 @@ import torch
 
 from maskrcnn.config import (Config, ConfigError, TestConfig, apply_thresholds, load_config, override_test_config,
                              read_yaml_mapping, to_dict)
-from maskrcnn.evaluation.cache import PredictionCache, settings_key, weights_fingerprint
+from maskrcnn.formats.prediction_cache import PredictionCache, settings_key, weights_fingerprint
 from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
 from maskrcnn.progress import track
@@ -241,7 +241,7 @@ class Backend:
         return build_predictor(models, test_cfg, device=dev)  # test_cfg.tta is the variant's
 
     def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
-        from maskrcnn.inference.postprocess import postprocess
+        from maskrcnn.inference.filtering import postprocess
 
         return postprocess(inst, test_cfg)
 

@@ -63,7 +63,7 @@ def _score(args) -> int:
 
 
 def _coco(args) -> int:
-    from maskrcnn.evaluation.coco import evaluate_coco_files, format_coco_report
+    from maskrcnn.evaluation.coco_ap import evaluate_coco_files, format_coco_report
 
     summary = evaluate_coco_files(args.predictions, args.labels, iou_types=args.iou_types)
     for line in format_coco_report(summary):

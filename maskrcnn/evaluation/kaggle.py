@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 import torch
 
-from maskrcnn.data.rle import RunMasks, run_pair_intersections
+from maskrcnn.evaluation.run_masks import RunMasks, run_pair_intersections
 from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 

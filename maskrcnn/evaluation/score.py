@@ -2,7 +2,7 @@
 
 Image ids and sizes come from the label file; an image missing from the submission counts as
 an image with no prediction; the submission is validated as Kaggle would (``maskrcnn.inference.submission``).
-Masks are scored as run lists (``maskrcnn.data.rle.RunMasks``): memory and time follow the
+Masks are scored as run lists (``maskrcnn.evaluation.run_masks.RunMasks``): memory and time follow the
 objects' runs, so one image-sized object among a thousand small ones costs what it holds.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from maskrcnn.data.rle import RunMasks
+from maskrcnn.evaluation.run_masks import RunMasks
 from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
 from maskrcnn.inference.submission import (
     find_overlaps,

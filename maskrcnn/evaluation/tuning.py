@@ -5,7 +5,7 @@ with the Kaggle metric, and writes the best as YAML with ``TestConfig``'s keys (
 ``mask_thresh``, ``min_area``: one value per class) for ``predict.py --thresholds`` and an
 ablation variant's ``thresholds`` (both read it with ``maskrcnn.config.apply_thresholds``).
 
-The sweep calls post-processing's own rules (``maskrcnn.inference.postprocess``: ``image_class``,
+The sweep calls post-processing's own rules (``maskrcnn.inference.filtering``: ``image_class``,
 ``remove_overlaps``) and the metric's own matching (``maskrcnn.evaluation.kaggle``:
 ``candidate_pairs``, ``precisions_from_pairs``), and stays fast this way:
 
@@ -43,7 +43,7 @@ from maskrcnn.config import TestConfig
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
-from maskrcnn.inference.postprocess import image_class, keep_largest_pieces, postprocess, remove_overlaps, rescore
+from maskrcnn.inference.filtering import image_class, keep_largest_pieces, postprocess, remove_overlaps, rescore
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
@@ -273,7 +273,7 @@ def add_tune_arguments(p) -> None:
 
 def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
     """Cached raw predictions (loaded lazily) joined with their ground truth from a label CSV."""
-    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.formats.prediction_cache import PredictionCache
     from maskrcnn.inference.submission import label_masks, read_labels
 
     cache = PredictionCache.open(cache_dir)
@@ -316,7 +316,7 @@ def tune_class_names(classes: Optional[Sequence[str]], cache_names: Sequence[str
 
 def main_tune(args) -> int:
     from maskrcnn.config import load_config
-    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.formats.prediction_cache import PredictionCache
 
     cfg = load_config(args.config) if args.config else None
     base = cfg.test if cfg is not None else TestConfig()

@@ -1,7 +1,7 @@
 """Inference: loading checkpoints, TTA views, mask-level merging of views and models, post-processing,
 Kaggle CSV files (submissions and labels), and predict.py's command line (``predict_cli``)."""
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.tta import View, parse_tta

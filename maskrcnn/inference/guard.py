@@ -21,7 +21,7 @@ from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 
-from maskrcnn.data.images import ImageReadError
+from maskrcnn.formats.image_files import ImageReadError
 
 T = TypeVar("T")
 

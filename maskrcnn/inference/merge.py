@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from maskrcnn.inference.postprocess import foreground_pixels, per_class
+from maskrcnn.inference.filtering import foreground_pixels, per_class
 from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 

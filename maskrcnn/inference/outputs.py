@@ -1,5 +1,5 @@
 """What ``predict.py`` writes, one writer per ``--format``; each takes an image's final instances
-(binary, non-overlapping masks sorted by decreasing score: ``maskrcnn.inference.postprocess``).
+(binary, non-overlapping masks sorted by decreasing score: ``maskrcnn.inference.filtering``).
 
 | format | ``--out`` | what |
 | --- | --- | --- |
@@ -21,7 +21,7 @@ COCO ids (``CocoResultsWriter``):
   categories of the json, else by position in the json's categories sorted by id (the order
   ``CocoDataset`` trains with), which needs as many categories as the model has classes;
 - without: ``image_id`` is the input's 1-based position in the sorted list of inputs (the order
-  ``predict.py`` prints), ``category_id`` is ``label + 1`` (as ``maskrcnn.evaluation.coco`` and
+  ``predict.py`` prints), ``category_id`` is ``label + 1`` (as ``maskrcnn.evaluation.coco_ap`` and
   the synthetic data's COCO export number them).
 
 Label images are PNG (lossless, compressed, and what Cellpose writes: ``*_cp_masks.png``): Pillow
@@ -42,8 +42,8 @@ import torch
 
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open, atomic_write_bytes
-from maskrcnn.data.images import encode_png
-from maskrcnn.inference.postprocess import foreground_pixels
+from maskrcnn.formats.image_files import encode_png
+from maskrcnn.inference.filtering import foreground_pixels
 from maskrcnn.inference.submission import (DSB_SUBMISSION_HEADER, SUBMISSION_HEADER, instances_to_rows,
                                            save_submission)
 from maskrcnn.structures import Instances, MaskList
@@ -148,7 +148,7 @@ def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Di
     Raises OutputError naming the json and the first inputs it does not hold, or an input that two
     json images match.
     """
-    from maskrcnn.data.coco import check_image_ids, load_coco_json
+    from maskrcnn.formats.coco_json import check_image_ids, load_coco_json
 
     doc = load_coco_json(gt_path)
     by_name: Dict[str, List[int]] = {}
@@ -175,7 +175,7 @@ def coco_image_ids(gt_path: str, paths: Sequence[str], ids: Sequence[str]) -> Di
 
 def coco_category_ids(gt_path: str, class_names: Optional[Sequence[str]], num_classes: int) -> List[int]:
     """``category_ids[label]`` from a COCO json's categories (see the module doc)."""
-    from maskrcnn.data.coco import load_coco_json
+    from maskrcnn.formats.coco_json import load_coco_json
 
     cats = sorted(load_coco_json(gt_path).get("categories") or [], key=lambda c: int(c["id"]))
     by_name = {str(c["name"]): int(c["id"]) for c in cats}
@@ -241,7 +241,7 @@ class CocoResultsWriter(Writer):
         self.results: List[dict] = []
 
     def add(self, image_id: str, final: Instances) -> None:
-        from maskrcnn.data.coco import masks_to_coco_rles
+        from maskrcnn.formats.coco_json import masks_to_coco_rles
 
         if len(final) == 0:
             return

@@ -43,7 +43,7 @@ from maskrcnn.config import (
     split_predict_overrides,
 )
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
-from maskrcnn.data.images import read_image_with_depth
+from maskrcnn.formats.image_files import read_image_with_depth
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import check_not_input, check_output_path
@@ -51,7 +51,7 @@ from maskrcnn.inference.caps import cap_warning, caps_summary
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.guard import check_fits, predict_guarded
 from maskrcnn.inference.input_control import NORMALIZE_CHOICES, input_overrides, is_dim, normalize_16bit
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
                                         model_class_names)

@@ -16,7 +16,7 @@ from maskrcnn.config import ConfigError, TestConfig
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.caps import CapHit, CapMonitor
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.tta import View, parse_tta
 from maskrcnn.structures import Instances, MaskList
 

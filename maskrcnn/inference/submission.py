@@ -7,7 +7,7 @@
 - Labels (Sartorius ``train.csv``): ``id,annotation,width,height[,cell_type,...]``, one row per
   object (objects may overlap). The 2018 Data Science Bowl's header ``ImageId,EncodedPixels,
   Height,Width`` is read too (its RLE is column-major: pass ``order="col"``).
-- RLE: ``start length`` pairs, 1-indexed starts, row-major by default (``maskrcnn.data.rle``, the
+- RLE: ``start length`` pairs, 1-indexed starts, row-major by default (``maskrcnn.formats.rle``, the
   one codec; docs/conventions.md).
 
 Kaggle rejects a submission whose pairs are malformed, not positive, not sorted, run past the
@@ -28,7 +28,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from maskrcnn.data.rle import RLEError, decode_crops, encode_crops, parse_rle, parse_rle_batch
+from maskrcnn.formats.rle import RLEError, decode_crops, encode_crops, parse_rle, parse_rle_batch
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open
 from maskrcnn.structures import Instances, MaskList

@@ -5,7 +5,7 @@ of ``image`` and stitches the instances back into the whole image's pixels, so t
 tile border comes out as one cell, whole, not as two halves and not twice. Masks stay crops
 (``MaskList``, origins shifted by the tile's offset): memory follows the tile and the objects,
 never ``H x W`` per instance. The result is what ``predict_raw`` returns for a whole image (soft
-masks, scores), ready for ``maskrcnn.inference.postprocess``.
+masks, scores), ready for ``maskrcnn.inference.filtering``.
 
 Tiles (``TileGrid``): along each axis, ``k = ceil((n - overlap) / (tile_size - overlap))`` tiles of
 ``tile_size`` pixels, spread evenly from 0 to ``n`` (the first starts at 0, the last ends at ``n``),

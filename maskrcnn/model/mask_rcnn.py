@@ -311,7 +311,7 @@ class MaskRCNN(nn.Module):
     def predict(self, images: Sequence[Tensor], mask_threshold: float = 0.5) -> List[Instances]:
         """Eval-mode forward with binary masks ``MaskList.threshold(mask_threshold)``, for notebooks.
         Restores the previous train/eval mode. Submissions and validation binarise in
-        post-processing instead, at ``test.mask_thresh`` (``maskrcnn.inference.postprocess``)."""
+        post-processing instead, at ``test.mask_thresh`` (``maskrcnn.inference.filtering``)."""
         was_training = self.training
         self.eval()
         try:

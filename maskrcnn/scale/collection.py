@@ -109,10 +109,10 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
     Each image goes through the steps of ``predict_cli.predict_images`` (read, the memory check,
     predict, post-process, inside ``guard.predict_guarded``): an image that cannot be read or
     processed gets a part with the reason, as predict.py gives it an empty row."""
-    from maskrcnn.data.images import read_image
+    from maskrcnn.formats.image_files import read_image
     from maskrcnn.inference.caps import cap_warning
     from maskrcnn.inference.guard import check_fits, predict_guarded
-    from maskrcnn.inference.postprocess import postprocess
+    from maskrcnn.inference.filtering import postprocess
 
     pred = predictor_for(spec)
     done = 0

@@ -49,7 +49,7 @@ import torch
 
 from maskrcnn.fileio import atomic_open
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.inference.tiling import TileGrid, _centres, _read_tile, _shift, plan_tiles, stitch
 from maskrcnn.scale.sources import ImageSource
 from maskrcnn.scale.workers import ModelSpec, predictor_for

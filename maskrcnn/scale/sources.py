@@ -15,7 +15,7 @@ Layouts (the array's axes are mapped to ``(C, H, W)``):
 - a TIFF (``tifffile``, tiled or striped, pyramidal or not): the first series at level 0, its axes
   ``Y``, ``X`` and ``C`` or ``S`` (others must have length 1).
 
-Pixel values are what ``maskrcnn.data.images.read_image`` gives for the same data: uint8 / 255,
+Pixel values are what ``maskrcnn.formats.image_files.read_image`` gives for the same data: uint8 / 255,
 uint16 / 65535, floats as stored (``maskrcnn.inference.tiling`` converts one window at a time).
 
 zarr and tifffile are the ``[distributed]`` extra (``pip install --no-build-isolation .[distributed]``);

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.coco import CocoDataset, CocoFormatError
+from maskrcnn.data.coco_dataset import CocoDataset
+from maskrcnn.formats.coco_json import CocoFormatError
 
 # pycocotools' own numpy-2 notice (decode of a single RLE in the reference masks below).
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

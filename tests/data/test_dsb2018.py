@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from maskrcnn.data.dsb2018 import DSB2018Dataset, DSB2018FormatError, imaging_domain
-from maskrcnn.data.images import ImageReadError
+from maskrcnn.formats.image_files import ImageReadError
 
 from .conftest import DSB_ROOT
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data.images import ImageReadError, write_image
-from maskrcnn.data.rle import RLEError
+from maskrcnn.formats.image_files import ImageReadError, write_image
+from maskrcnn.formats.rle import RLEError
 from maskrcnn.data.sartorius import SartoriusDataset, SartoriusFormatError, SartoriusUnlabeled
 
 
@@ -136,7 +136,7 @@ def test_overlapping_ground_truth_is_kept(tmp_path):
     a[1:4, 1:5] = True
     b = np.zeros((6, 8), bool)
     b[2:5, 3:7] = True
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
 
     rows = [["id", "annotation", "width", "height", "cell_type"],
             ["img", encode(a), "8", "6", "cort"], ["img", encode(b), "8", "6", "cort"]]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.evaluation.coco import COCOEvaluator
+from maskrcnn.evaluation.coco_ap import COCOEvaluator
 from maskrcnn.inference.outputs import build_writer
 from maskrcnn.structures import Instances, MaskList
 

@@ -91,7 +91,7 @@ def test_end_to_end_subprocess_last_line(files):
 
 
 def test_score_reads_the_dsb2018_headers_column_major(tmp_path, capsys):
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
     from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER
 
     # Two non-square objects: column-major and row-major RLEs of them differ.

@@ -4,7 +4,7 @@ import tracemalloc
 
 import numpy as np
 
-from maskrcnn.data.rle import encode
+from maskrcnn.formats.rle import encode
 from maskrcnn.evaluation.score import score_files
 
 

@@ -5,7 +5,7 @@ import torch
 from maskrcnn import config
 from maskrcnn.evaluation.kaggle import image_score
 from maskrcnn.evaluation.tuning import TuneItem, prepare_image, sweep_group, tune_thresholds, write_thresholds
-from maskrcnn.inference.postprocess import remove_overlaps
+from maskrcnn.inference.filtering import remove_overlaps
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
 
@@ -100,7 +100,7 @@ def test_tuning_the_mask_threshold():
 
 def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     import evaluate
-    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.formats.prediction_cache import PredictionCache
     from maskrcnn.inference.submission import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "x"})
@@ -124,7 +124,7 @@ def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
 
 def test_tune_without_class_names_is_one_error_naming_the_fix(tmp_path, capsys):
     import evaluate
-    from maskrcnn.evaluation.cache import PredictionCache
+    from maskrcnn.formats.prediction_cache import PredictionCache
     from maskrcnn.inference.submission import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "y"})

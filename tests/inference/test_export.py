@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maskrcnn.config import load_config, to_dict
-from maskrcnn.data.images import read_image
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.export import main as export_main
 from maskrcnn.model import build_model
 from maskrcnn.model.roi_heads import paste_masks

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from maskrcnn.data.images import ImageReadError
+from maskrcnn.formats.image_files import ImageReadError
 from maskrcnn.inference.guard import (BYTES_PER_PIXEL, ImageTooLarge, is_out_of_memory, memory_lower_bound,
                                       predict_guarded)
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.data.rle import decode
-from maskrcnn.evaluation.coco import evaluate_coco_files
+from maskrcnn.formats.rle import decode
+from maskrcnn.evaluation.coco_ap import evaluate_coco_files
 from maskrcnn.evaluation.score import score_files
 from maskrcnn.inference.outputs import (OutputError, build_writer, coco_category_ids, coco_image_ids, label_image,
                                         read_label_image)
@@ -155,7 +155,7 @@ def test_dsb_format_is_column_major_with_the_dsb_header_and_scores_one(tmp_path)
 
 
 def _col_rle(m):
-    from maskrcnn.data.rle import encode
+    from maskrcnn.formats.rle import encode
 
     return encode(m, order="col")
 

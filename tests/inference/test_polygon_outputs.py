@@ -147,7 +147,7 @@ def test_imagej_roi_zip_reads_back_with_our_reader_and_roifile(tmp_path):
         back, names = read_imagej_roi_zip(path, tuple(masks.shape[1:]))
         assert names == [f"{k:04d}" for k in range(1, masks.shape[0] + 1)]
         # an ImageJ polygon has no holes: compare with the filled masks
-        from maskrcnn.inference.postprocess import fill_holes
+        from maskrcnn.inference.filtering import fill_holes
 
         filled = fill_holes(masks) if masks.shape[0] else masks
         assert _same_objects(back.to_dense() if len(back) else torch.zeros_like(masks), filled)

@@ -5,7 +5,7 @@ import torch
 
 from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.pseudo import check_thresholds, pseudo_labels
+from maskrcnn.inference.pseudo_selection import check_thresholds, pseudo_labels
 from maskrcnn.structures import IGNORE_LABEL, Instances, MaskList
 
 H, W = 40, 60

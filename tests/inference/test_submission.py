@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data.rle import decode, decode_crops
+from maskrcnn.formats.rle import decode, decode_crops
 from maskrcnn.inference.submission import (
     SubmissionError,
     SubmissionRow,

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from maskrcnn.config import ConfigError, from_dict, load_config, to_dict
-from maskrcnn.data.images import read_image
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.model import build_model
 from maskrcnn.model.normalize import MIN_RANGE, normalize_by_ranges, percentile_ranges
 from tests.model.helpers import disks_sample, tiny_model_config

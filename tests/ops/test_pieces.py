@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.ops.pieces import count_pieces, label_pieces, largest_piece
 from maskrcnn.structures import Instances, MaskList
 

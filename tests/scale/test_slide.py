@@ -112,7 +112,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     both post-processed: the same cells, pixel for pixel, on a tiny model with percentile normalisation."""
     from maskrcnn.config import load_config, to_dict
     from maskrcnn.inference.outputs import label_image
-    from maskrcnn.inference.postprocess import postprocess
+    from maskrcnn.inference.filtering import postprocess
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.model import build_model

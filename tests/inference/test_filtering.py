@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.postprocess import fill_holes, image_class, mask_confidence, postprocess
+from maskrcnn.inference.filtering import fill_holes, image_class, mask_confidence, postprocess
 from maskrcnn.structures import Instances, MaskList
 
 

@@ -5,7 +5,7 @@ and of the threshold-tuning sweep, so that tuned thresholds reproduce the tuned 
 import torch
 
 from maskrcnn import config
-from maskrcnn.inference.postprocess import postprocess
+from maskrcnn.inference.filtering import postprocess
 from maskrcnn.structures import Instances, MaskList
 
 

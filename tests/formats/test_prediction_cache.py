@@ -1,6 +1,6 @@
 import torch
 
-from maskrcnn.evaluation.cache import PredictionCache, pack_instances, unpack_instances, settings_key
+from maskrcnn.formats.prediction_cache import PredictionCache, pack_instances, unpack_instances, settings_key
 from maskrcnn.structures import Instances, MaskList
 
 

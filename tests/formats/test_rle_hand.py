@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data import rle
+from maskrcnn.formats import rle
 
 H, W = 2, 4
 

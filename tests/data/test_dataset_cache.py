@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data.cache import CacheDataset, write_cache
+from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 from maskrcnn.data.dsb2018 import DSB2018Dataset
 from maskrcnn.data.sartorius import SartoriusDataset
 from maskrcnn.structures import Instances, MaskList, Sample

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data import rle
+from maskrcnn.formats import rle
 
 
 @pytest.mark.parametrize("order", ["row", "col"])

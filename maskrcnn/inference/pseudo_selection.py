@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import TestConfig
-from maskrcnn.inference.postprocess import image_class, postprocess
+from maskrcnn.inference.filtering import image_class, postprocess
 from maskrcnn.structures import IGNORE_LABEL, Instances, MaskList
 
 

@@ -1,7 +1,6 @@
 """COCO-style instance annotations (polygons or RLE) via ``pycocotools.mask``; LIVECell included.
 
-Reading: ``CocoDataset``, ``load_coco_json``. Writing: ``masks_to_coco_rles`` (crops -> compressed
-COCO RLEs; COCO AP and ``predict.py --format coco`` use it).
+The file itself is read by ``maskrcnn.formats.coco_json`` (``load_coco_json``, ``AnnotationStore``).
 
 LIVECell's quirks handled here:
 - the per-cell-type Kaggle copies keep ``annotations`` as a dict keyed by id, not a list;
@@ -16,7 +15,7 @@ on a common crop size (pycocotools' rasteriser is shift-invariant for integer sh
 never start left of / above the image, so this equals cropping the full-image rasterisation; a test
 checks it). RLE segmentations are decoded full-size in chunks of 32 and cropped.
 
-Memory: annotations are stored in flat arrays as the json parses (``_AnnotationStore``), not as
+Memory: annotations are stored in flat arrays as the json parses (``maskrcnn.formats.coco_json.AnnotationStore``), not as
 one dict per annotation: a LIVECell-sized json (1.6 million polygons) costs its coordinates in
 float64 plus a few bytes per annotation, shared copy-on-write by loader workers
 (``bench/livecell_scale.py``).
@@ -27,9 +26,7 @@ dropped with a warning naming them.
 """
 from __future__ import annotations
 
-import json
 import os
-from array import array
 import warnings
 from typing import Dict, List, Optional, Sequence
 
@@ -37,109 +34,10 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.images import read_image
-from maskrcnn.data.rle import encode_crops
 from maskrcnn.data.transforms import clip_to_image
-from maskrcnn.errors import UserError
+from maskrcnn.formats.coco_json import AnnotationStore, CocoFormatError, decode_rles, load_coco_json
+from maskrcnn.formats.image_files import read_image
 from maskrcnn.structures import Instances, MaskList, Sample
-
-
-def _decode(rles) -> np.ndarray:
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice is not ours to act on
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rles)
-
-
-class CocoFormatError(UserError, ValueError):
-    """A problem in a COCO json or its images; the message names the file, image and annotation."""
-
-
-def load_coco_json(path: str, object_hook=None) -> dict:
-    """Load a COCO json; ``annotations`` given as a dict keyed by id (LIVECell copies) become a list.
-    ``object_hook`` is passed to ``json.load`` (``CocoDataset`` stores annotations as they parse)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            doc = json.load(f, object_hook=object_hook)
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: not valid json ({e})") from None
-    if not isinstance(doc, dict) or "images" not in doc:
-        raise CocoFormatError(f"{path}: expected a COCO dict with 'images', 'annotations' and 'categories'")
-    anns = doc.get("annotations", [])
-    if isinstance(anns, dict):
-        anns = list(anns.values())
-    doc["annotations"] = anns
-    imgs = doc["images"]
-    if isinstance(imgs, dict):
-        doc["images"] = list(imgs.values())
-    return doc
-
-
-def check_image_ids(doc: dict, path: str) -> None:
-    """CocoFormatError naming the entry unless every image of ``doc`` has an integer ``id`` (what
-    pycocotools and results files match on: a string id or none cannot be matched)."""
-    for k, im in enumerate(doc.get("images") or []):
-        image_id = im.get("id") if isinstance(im, dict) else None
-        if isinstance(image_id, bool) or not isinstance(image_id, int):
-            raise CocoFormatError(f"{path}: images[{k}] has {'no id' if image_id is None else f'the id {image_id!r}'}; "
-                                  "COCO image ids are integers")
-
-
-class _AnnotationStore:
-    """Every annotation of a COCO json in flat arrays, filled by ``json.load``'s ``object_hook``
-    while the file parses: each annotation's Python objects (its polygon lists of floats) live only
-    until its hook returns, so memory holds the file's text and these arrays, never millions of
-    dicts (1.6 million LIVECell cells as dicts take several GB, copied again into every loader
-    worker that touches them).
-
-    Per annotation ``k``: ``ids[k]``, ``image_ids[k]``, ``category_ids[k]``, ``iscrowd[k]``,
-    ``npoly[k]`` polygons (0 for RLE, kept in ``rle[k]``); per polygon ``j``: ``poly_len[j]``
-    coordinates in ``coords`` (float64, the json's values exactly).
-    """
-
-    def __init__(self, ann_file: str):
-        self.ann_file = ann_file
-        self.ids = array("q")
-        self.image_ids: list = []
-        self.category_ids: list = []
-        self.iscrowd = bytearray()
-        self.npoly = array("q")
-        self.poly_len = array("q")
-        self.coords = array("d")
-        self.rle: Dict[int, dict] = {}
-
-    def hook(self, d: dict):
-        seg = d.get("segmentation")
-        if seg is None or "image_id" not in d:
-            return d  # not an annotation (image, category, RLE counts, info...): kept as parsed
-        k = len(self.ids)
-        aid = d.get("id")
-        if isinstance(seg, list):
-            if not seg:
-                raise CocoFormatError(f"{self.ann_file}: annotation {aid} has an empty polygon list")
-            for poly in seg:
-                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                    raise CocoFormatError(f"{self.ann_file}: annotation {aid}: a polygon needs an even number "
-                                          f">= 6 of coordinates, got {len(poly) if isinstance(poly, list) else poly!r}")
-                try:
-                    self.coords.extend(poly)
-                except TypeError:
-                    raise CocoFormatError(f"{self.ann_file}: annotation {aid}: polygon coordinates must be "
-                                          f"numbers") from None
-                self.poly_len.append(len(poly))
-            self.npoly.append(len(seg))
-        else:
-            self.rle[k] = seg
-            self.npoly.append(0)
-        self.ids.append(aid if isinstance(aid, int) else -1)
-        self.image_ids.append(d["image_id"])
-        self.category_ids.append(d.get("category_id"))
-        self.iscrowd.append(1 if d.get("iscrowd", 0) else 0)
-        return None
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class CocoDataset:
@@ -158,7 +56,7 @@ class CocoDataset:
         self.ann_file = ann_file
         self.root = root
         self.channels = channels
-        store = _AnnotationStore(ann_file)
+        store = AnnotationStore(ann_file)
         doc = load_coco_json(ann_file, object_hook=store.hook)
         cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
         if not cats:
@@ -324,7 +222,7 @@ class CocoDataset:
         shifted = pts - origin[owner_a[seg_of_pt]]
         split = np.split(shifted.reshape(-1), np.cumsum(lens * 2)[:-1])
         rles = mask_utils.frPyObjects([s.tolist() for s in split], hc, wc)
-        dec = _decode(rles)  # [hc, wc, P] uint8
+        dec = decode_rles(rles)  # [hc, wc, P] uint8
         # Union of each annotation's polygons (reduceat over consecutive parts of one owner).
         starts = np.flatnonzero(np.r_[True, owner_a[1:] != owner_a[:-1]])
         crops = np.logical_or.reduceat(dec.astype(bool), starts, axis=2).transpose(2, 0, 1)
@@ -351,29 +249,9 @@ class CocoDataset:
             objs.append(seg)
         pieces = []
         for c in range(0, len(objs), chunk):  # bounded memory: chunk * H * W bytes
-            dense = _decode(objs[c:c + chunk]).transpose(2, 0, 1)
+            dense = decode_rles(objs[c:c + chunk]).transpose(2, 0, 1)
             pieces.append(MaskList.from_dense(torch.from_numpy(np.ascontiguousarray(dense)).bool()))
         return MaskList.cat(pieces)
 
 
-# ------------------------------------------------------------------------- writing
-def masks_to_coco_rles(masks: MaskList) -> List[dict]:
-    """Compressed pycocotools RLEs (``{"size": [H, W], "counts": bytes}``) of N binary crop masks."""
-    H, W = masks.image_size
-    masks = masks.threshold()
-    strings = encode_crops(masks.crops, masks.origins, masks.image_size, order="col")
-    objs = []
-    for s in strings:  # pycocotools takes one Python object per mask
-        v = np.array(s.split(), dtype=np.int64).reshape(-1, 2) if s else np.zeros((0, 2), np.int64)
-        starts, lengths = v[:, 0] - 1, v[:, 1]
-        ends = starts + lengths
-        gaps = starts - np.concatenate([[0], ends[:-1]])
-        counts = np.stack([gaps, lengths], axis=1).reshape(-1).tolist()
-        tail = int(H * W - (ends[-1] if ends.size else 0))
-        if tail or not counts:  # pycocotools ends on the last run when it reaches the last pixel
-            counts.append(tail)
-        objs.append({"size": [H, W], "counts": counts})
-    return mask_utils.frPyObjects(objs, H, W) if objs else []
-
-
-__all__ = ["CocoDataset", "CocoFormatError", "load_coco_json", "masks_to_coco_rles"]
+__all__ = ["CocoDataset"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from maskrcnn.evaluation.coco import COCOEvaluator, masks_to_coco_rles
+from maskrcnn.evaluation.coco_ap import COCOEvaluator, masks_to_coco_rles
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs
 
@@ -104,7 +104,7 @@ def _results_json(path, cells, image_id=3, category_id=5, boxes=None):
 
 @pytest.mark.parametrize("dict_annotations, drop_fields", [(False, False), (True, True)])
 def test_evaluate_coco_files_half_found(tmp_path, dict_annotations, drop_fields):
-    from maskrcnn.evaluation.coco import evaluate_coco_files
+    from maskrcnn.evaluation.coco_ap import evaluate_coco_files
 
     rng = np.random.default_rng(3)
     cells = random_blobs(rng, 6, 48, 48, rmin=3, rmax=6, overlap=False)
@@ -120,7 +120,7 @@ def test_evaluate_coco_files_half_found(tmp_path, dict_annotations, drop_fields)
 def test_mask_ap_uses_the_mask_area_not_the_box(tmp_path):
     import json
 
-    from maskrcnn.evaluation.coco import evaluate_coco_files
+    from maskrcnn.evaluation.coco_ap import evaluate_coco_files
 
     cells = np.zeros((1, 200, 200), bool)
     cells[0, 10:20, 10:20] = True  # a small object (area 100 < 32^2)
@@ -138,7 +138,7 @@ def test_mask_ap_uses_the_mask_area_not_the_box(tmp_path):
 
 
 def test_evaluate_coco_files_errors_name_the_file(tmp_path):
-    from maskrcnn.evaluation.coco import CocoResultsError, evaluate_coco_files
+    from maskrcnn.evaluation.coco_ap import CocoResultsError, evaluate_coco_files
 
     cells = np.zeros((1, 20, 20), bool)
     cells[0, 2:8, 2:8] = True
@@ -170,7 +170,7 @@ def test_evaluate_py_coco_prints_the_table(tmp_path, capsys):
 
 
 def test_evaluate_coco_files_refuses_masks_of_another_size(tmp_path):
-    from maskrcnn.evaluation.coco import CocoResultsError, evaluate_coco_files
+    from maskrcnn.evaluation.coco_ap import CocoResultsError, evaluate_coco_files
 
     cells = np.zeros((1, 20, 20), bool)
     cells[0, 2:8, 2:8] = True

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.data.rle import RLEError, RunMasks, encode, run_pair_intersections
+from maskrcnn.evaluation.run_masks import RunMasks, run_pair_intersections
+from maskrcnn.formats.rle import RLEError, encode
 from maskrcnn.structures import MaskList
 
 

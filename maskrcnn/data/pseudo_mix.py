@@ -1,6 +1,6 @@
 """Pseudo-labelled images mixed into a training split (semi-supervised training).
 
-A pseudo-labelled dataset is a dataset cache (``maskrcnn.data.cache``, ``.npz``) written by
+A pseudo-labelled dataset is a dataset cache (``maskrcnn.formats.dataset_cache``, ``.npz``) written by
 ``python -m maskrcnn.pseudo_label``: each image holds the teacher's confident cells as ordinary
 instances and its uncertain detections as ignore regions (label ``IGNORE_LABEL`` = -1, which the
 model takes no loss from). ``data.pseudo.path`` names it (the file, or the folder the tool wrote
@@ -93,7 +93,7 @@ class MixedReader:
 def build_mixed_reader(labeled, labeled_indices: Sequence[int], pseudo_cfg, class_agnostic: bool = False):
     """``MixedReader`` of the labelled split and ``pseudo_cfg`` (``data.pseudo``), with the
     pseudo-labelled classes mapped to the labelled reader's class order."""
-    from maskrcnn.data.cache import CacheDataset
+    from maskrcnn.formats.dataset_cache import CacheDataset
 
     path = pseudo_path(pseudo_cfg.path)
     try:

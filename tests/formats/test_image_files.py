@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.data.images import ImageReadError, convert_channels, decode_image_bytes, is_gray, read_image, write_image
+from maskrcnn.formats.image_files import ImageReadError, convert_channels, decode_image_bytes, is_gray, read_image, write_image
 
 RNG = np.random.default_rng(0)
 

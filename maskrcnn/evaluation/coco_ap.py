@@ -6,7 +6,7 @@
   read from ``COCOeval.eval`` here, because ``COCOeval.summarize`` computes its headline AP at a
   hard-coded 100 detections.
 - Masks go to pycocotools as RLE without full-image buffers: each crop is run-length encoded
-  column-major (pycocotools' order) by ``maskrcnn.data.rle.encode_crops``, turned into
+  column-major (pycocotools' order) by ``maskrcnn.formats.rle.encode_crops``, turned into
   pycocotools' alternating background/foreground counts and compressed by ``frPyObjects``.
 - Category ids are ``label + 1``; the box result set and the mask result set are kept apart
   so box AP is measured on the predicted boxes, not on boxes derived from the masks.
@@ -27,7 +27,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrcnn.data.coco import check_image_ids, load_coco_json, masks_to_coco_rles
+from maskrcnn.formats.coco_json import check_image_ids, load_coco_json, masks_to_coco_rles
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances
 
