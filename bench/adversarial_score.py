@@ -73,7 +73,7 @@ def write_normal(folder: str, images: int, cells: int, seed: int = 0) -> tuple:
     """(submission, labels) of ``images`` images of ~``cells`` similar cells each (bench.metric's
     data; jittered predictions may touch a neighbour, which both implementations report alike)."""
     from bench.metric import synthetic_image
-    from maskrcnn.inference.submission import masks_to_rows, write_labels, write_submission
+    from maskrcnn.formats.kaggle_csv import masks_to_rows, write_labels, write_submission
 
     rng = np.random.default_rng(seed)
     rows, labels = [], []

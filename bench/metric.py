@@ -157,7 +157,7 @@ def time_csv_scoring(data, expected_map):
     import tempfile
 
     from maskrcnn.evaluation.score import score_files
-    from maskrcnn.inference.submission import masks_to_rows, write_labels, write_submission
+    from maskrcnn.formats.kaggle_csv import masks_to_rows, write_labels, write_submission
 
     with tempfile.TemporaryDirectory() as d:
         labels, sub = os.path.join(d, "labels.csv"), os.path.join(d, "submission.csv")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -229,77 +229,27 @@ def save_grid(samples: Sequence[Sample], path: str, preds: Optional[Sequence] = 
     return grid
 
 
-_ID_COLUMNS = ("id", "imageid")
-_RLE_COLUMNS = {"annotation": ("annotation", "encodedpixels", "predicted"),
-                "predicted": ("predicted", "encodedpixels", "annotation")}
-
-
-class MaskRows(NamedTuple):
-    """One image's rows in a mask CSV: RLE strings, their CSV lines, and the ``(height, width)``
-    the file declares for the image (label files; None for submissions)."""
-
-    rles: List[str]
-    lines: List[int]
-    size: Optional[Tuple[int, int]]
-
-
-def read_mask_csv(path: str, column: str = "annotation") -> Dict[str, MaskRows]:
-    """``{image id: MaskRows}`` of a label or submission CSV, read once.
-
-    Headers: Sartorius ``id,annotation,...`` / ``id,predicted`` or DSB2018 ``ImageId,EncodedPixels,...``
-    (``column`` is the preferred RLE column; the others are taken when it is absent). Empty RLEs
-    (an image's "no object" row) are left out, but the image is listed. Raises SubmissionError
-    naming the file for an empty or binary file and a header without an id and an RLE column.
-    """
-    from maskrcnn.inference.submission import SubmissionError, csv_records
-
-    records = csv_records(path)
-    _, header = next(records, (1, None))
-    if header is None:
-        raise SubmissionError(f"empty file; expected a header with an id and an RLE column ({path})")
-    names = [h.strip().lower() for h in header]
-    ci = next((names.index(c) for c in _ID_COLUMNS if c in names), None)
-    ca = next((names.index(c) for c in _RLE_COLUMNS[column] if c in names), None)
-    if ci is None or ca is None:
-        raise SubmissionError(f"needs an id column (id or ImageId) and an RLE column (annotation, predicted or "
-                              f"EncodedPixels); the header is {','.join(header)!r} ({path})")
-    ch = next((names.index(c) for c in ("height",) if c in names), None)
-    cw = next((names.index(c) for c in ("width",) if c in names), None)
-    out: Dict[str, MaskRows] = {}
-    for line, row in records:
-        if not row or len(row) <= max(ci, ca):
-            continue
-        size = None
-        if ch is not None and cw is not None and len(row) > max(ch, cw):
-            size = (row[ch].strip(), row[cw].strip())
-        rows = out.setdefault(row[ci].strip(), MaskRows([], [], size))
-        if row[ca].strip():
-            rows.rles.append(row[ca])
-            rows.lines.append(line)
-    return out
-
-
 class MaskSource:
     """The masks of images by id, from what ``--gt`` / ``--pred`` name:
 
-    - a CSV file (``read_mask_csv``, read once; RLE order: ``order``, or with ``auto`` the file's
+    - a Kaggle CSV file, label file or submission (``maskrcnn.formats.kaggle_csv.read_mask_csv``, read once; RLE order: ``order``, or with ``auto`` the file's
       competition: DSB2018 headers column-major, Sartorius row-major);
     - a DSB2018 folder holding ``<id>/masks/*.png``;
     - a folder of label images ``<id>.png`` (``predict.py --format labels``);
     - for one image (``--image``): a folder of its binary mask PNGs (DSB's ``<id>/masks``).
     """
 
-    def __init__(self, spec: str, column: str, order: str = "auto"):
-        self.spec, self.column = spec, column
+    def __init__(self, spec: str, order: str = "auto"):
+        self.spec = spec
         self.is_csv = os.path.isfile(spec)
         if not self.is_csv and not os.path.isdir(spec):
             raise FileNotFoundError(f"--gt/--pred: no such file or folder: {spec}")
-        self._rows: Optional[Dict[str, MaskRows]] = None
+        self._rows: Optional[Dict[str, "ImageTruth"]] = None
         self.strict = True  # an image id the CSV does not hold is an error (else: no masks, listed in missing)
         self.missing: List[str] = []
         self.order = order
         if self.is_csv and order == "auto":
-            from maskrcnn.inference.submission import order_for
+            from maskrcnn.formats.kaggle_csv import order_for
 
             self.order = order_for([spec], "auto")
 
@@ -323,26 +273,26 @@ class MaskSource:
         return read_mask_crops(files, size)
 
     def _csv_masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
-        """Masks of ``image_id`` in the CSV; SubmissionError for an id the file does not hold (viz would
+        """Masks of ``image_id`` in the CSV; KaggleCsvError for an id the file does not hold (viz would
         draw nothing and look fine) or a declared size other than the image's."""
+        from maskrcnn.formats.kaggle_csv import ImageTruth, KaggleCsvError, read_mask_csv
         from maskrcnn.formats.rle import decode_crops
-        from maskrcnn.inference.submission import SubmissionError
 
         if self._rows is None:
-            self._rows = read_mask_csv(self.spec, self.column)
+            self._rows = read_mask_csv(self.spec)
         rows = self._rows.get(image_id)
         if rows is None and not self.strict:  # a folder's image without objects in a label CSV
             self.missing.append(image_id)
-            rows = MaskRows([], [], None)
+            rows = ImageTruth(image_id, 0, 0)
         if rows is None:
             ids = list(self._rows)[:3]
-            raise SubmissionError(f"image id {image_id!r} is not in the file (ids there: "
-                                  f"{', '.join(map(repr, ids)) or 'none'}{', ...' if len(self._rows) > 3 else ''}; "
-                                  f"pass --id) ({self.spec})")
-        if rows.size is not None and rows.size != (str(size[0]), str(size[1])):
-            raise SubmissionError(f"line {rows.lines[0] if rows.lines else '?'}: image {image_id!r} is "
-                                  f"{rows.size[0]}x{rows.size[1]} (HxW) here but the image is {size[0]}x{size[1]} "
-                                  f"({self.spec})")
+            raise KaggleCsvError(f"image id {image_id!r} is not in the file (ids there: "
+                                 f"{', '.join(map(repr, ids)) or 'none'}{', ...' if len(self._rows) > 3 else ''}; "
+                                 f"pass --id) ({self.spec})")
+        if rows.height and (rows.height, rows.width) != tuple(size):  # a label file's declared size
+            raise KaggleCsvError(f"line {rows.first_line}: image {image_id!r} is "
+                                 f"{rows.height}x{rows.width} (HxW) here but the image is {size[0]}x{size[1]} "
+                                 f"({self.spec})")
         return decode_crops(rows.rles, size[0], size[1], self.order, source=self.spec, rows=rows.lines)
 
 
@@ -398,8 +348,8 @@ def _draw_one(path: str, image_id: str, gt_src: Optional[MaskSource], pred_src: 
 
 def _viz(argv: Sequence[str]) -> None:
     args = build_parser().parse_args(argv)
-    gt_src = MaskSource(args.gt, "annotation", args.order) if args.gt else None
-    pred_src = MaskSource(args.pred, "predicted", args.order) if args.pred else None
+    gt_src = MaskSource(args.gt, args.order) if args.gt else None
+    pred_src = MaskSource(args.pred, args.order) if args.pred else None
     from maskrcnn.fileio import check_not_input, check_output_path
 
     inputs = [args.image or args.images, args.gt, args.pred]

@@ -354,7 +354,7 @@ class _GT:
 def _ground_truth(spec: AblationSpec, cfg: Config, backend: Backend, data: dict, class_names: Sequence[str],
                   dataset_holder: dict) -> Tuple[List[_GT], str]:
     """The split's ground truth, from ``labels_<hash>.csv`` when written before, else from the dataset."""
-    from maskrcnn.inference.submission import label_masks, read_labels, write_labels
+    from maskrcnn.formats.kaggle_csv import label_masks, read_labels, write_labels
 
     path = os.path.join(spec.output_dir, f"labels_{settings_key(data)}.csv")
     if os.path.isfile(path):
@@ -462,7 +462,7 @@ def run_ablation_file(path: str, device: Optional[str] = None, max_images: Optio
 def write_split_labels(config: str, split: str, out: str, order: str = "row", overrides: Sequence[str] = (),
                        backend: Optional[Backend] = None) -> int:
     """Write the ground truth of a dataset split as a label CSV (``evaluate.py labels``)."""
-    from maskrcnn.inference.submission import write_labels
+    from maskrcnn.formats.kaggle_csv import write_labels
 
     cfg = load_config(config, overrides)
     ds = (backend or Backend()).dataset(cfg, split)

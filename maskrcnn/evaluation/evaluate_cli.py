@@ -37,7 +37,7 @@ from maskrcnn import cli
 
 def _score(args) -> int:
     from maskrcnn.evaluation.score import format_report, order_hint, score_files
-    from maskrcnn.inference.submission import order_for
+    from maskrcnn.formats.kaggle_csv import order_for
 
     if args.labels_order is None:  # one order for both files (auto: by their headers)
         order = labels_order = order_for([args.submission, args.labels], args.order)

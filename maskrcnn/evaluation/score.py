@@ -12,13 +12,8 @@ from typing import List, Optional
 
 from maskrcnn.evaluation.run_masks import RunMasks
 from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
-from maskrcnn.inference.submission import (
-    find_overlaps,
-    group_rows,
-    parse_image_rows,
-    read_labels,
-    read_submission,
-)
+from maskrcnn.formats.kaggle_csv import group_rows, read_labels, read_submission
+from maskrcnn.inference.submission import find_overlaps, parse_image_rows
 
 
 @dataclass
@@ -36,7 +31,7 @@ def score_files(submission_path: str, labels_path: str, order: str = "row",
 
     ``order`` is the submission's RLE pixel order, ``labels_order`` the label file's (default:
     ``order``). Rows that do not parse are left out of the scoring (and reported in ``errors``);
-    rows whose masks overlap are reported and scored as they are. Raises SubmissionError /
+    rows whose masks overlap are reported and scored as they are. Raises KaggleCsvError /
     RLEError for a malformed file (header, columns) or a malformed label row.
     """
     labels_order = order if labels_order is None else labels_order

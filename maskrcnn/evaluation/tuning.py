@@ -274,7 +274,7 @@ def add_tune_arguments(p) -> None:
 def load_items(cache_dir: str, labels_path: str, order: str = "row") -> List[TuneItem]:
     """Cached raw predictions (loaded lazily) joined with their ground truth from a label CSV."""
     from maskrcnn.formats.prediction_cache import PredictionCache
-    from maskrcnn.inference.submission import label_masks, read_labels
+    from maskrcnn.formats.kaggle_csv import label_masks, read_labels
 
     cache = PredictionCache.open(cache_dir)
     labels = read_labels(labels_path)

@@ -44,8 +44,8 @@ from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open, atomic_write_bytes
 from maskrcnn.formats.image_files import encode_png
 from maskrcnn.inference.filtering import foreground_pixels
-from maskrcnn.inference.submission import (DSB_SUBMISSION_HEADER, SUBMISSION_HEADER, instances_to_rows,
-                                           save_submission)
+from maskrcnn.formats.kaggle_csv import DSB_SUBMISSION_HEADER, SUBMISSION_HEADER
+from maskrcnn.inference.submission import instances_to_rows, save_submission
 from maskrcnn.structures import Instances, MaskList
 
 FORMATS = ("csv", "dsb", "coco", "labels", "labels-tif", "geojson", "imagej-roi")

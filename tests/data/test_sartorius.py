@@ -7,7 +7,8 @@ import torch
 
 from maskrcnn.formats.image_files import ImageReadError, write_image
 from maskrcnn.formats.rle import RLEError
-from maskrcnn.data.sartorius import SartoriusDataset, SartoriusFormatError, SartoriusUnlabeled
+from maskrcnn.data.sartorius import SartoriusDataset, SartoriusUnlabeled
+from maskrcnn.formats.kaggle_csv import KaggleCsvError
 
 
 def _copy(src, dst):
@@ -45,7 +46,7 @@ def test_class_agnostic_and_custom_class_order(sartorius_dir):
     rev = SartoriusDataset(str(sartorius_dir), classes=("cort", "astro", "shsy5y"))
     s = rev.load(0)
     assert rev.class_names[int(s.instances.labels[0])] == s.meta["cell_type"]
-    with pytest.raises(SartoriusFormatError, match="is not one of the classes"):
+    with pytest.raises(KaggleCsvError, match="is not one of the classes"):
         SartoriusDataset(str(sartorius_dir), classes=("a", "b"))
 
 
@@ -53,7 +54,7 @@ def test_missing_image_names_file_and_row(sartorius_dir, tmp_path):
     d = _copy(sartorius_dir, tmp_path / "s")
     first = _rows(d)[1][0]
     (d / "train" / f"{first}.png").unlink()
-    with pytest.raises(FileNotFoundError, match=rf"row 2: image '{first}' has no file"):
+    with pytest.raises(FileNotFoundError, match=rf"line 2: image '{first}' has no file"):
         SartoriusDataset(str(d))
 
 
@@ -74,7 +75,7 @@ def test_malformed_and_overrunning_rle_name_the_row(sartorius_dir, tmp_path):
         ds.load(ds.image_ids.index(rows[2][0]))
     rows[2][1] = "   "
     _write_rows(d, rows)
-    with pytest.raises(SartoriusFormatError, match="row 3: empty annotation"):
+    with pytest.raises(KaggleCsvError, match="line 3: empty annotation"):
         SartoriusDataset(str(d)).load(ds.image_ids.index(rows[2][0]))
 
 
@@ -86,17 +87,17 @@ def test_size_disagreeing_with_png_and_inconsistent_rows(sartorius_dir, tmp_path
         if r[0] == image_id:
             r[2] = str(int(r[2]) + 1)  # width off by one on every row of the image
     _write_rows(d, rows)
-    with pytest.raises(SartoriusFormatError, match=rf"{image_id}.png is 80 wide and 64 high .* row 2 says width 81"):
+    with pytest.raises(KaggleCsvError, match=rf"{image_id}.png is 80 wide and 64 high .* line 2 says width 81"):
         SartoriusDataset(str(d)).load(0)
     rows = _rows(sartorius_dir)
     rows[2][3] = "99"  # one row of the image disagrees with the others
     _write_rows(d, rows)
-    with pytest.raises(SartoriusFormatError, match="row 3: height '99'|row 3: height 99"):
+    with pytest.raises(KaggleCsvError, match=r"line 3: image \S+ is 99x\d+ here but 64x\d+ on line 2"):
         SartoriusDataset(str(d))
     rows = _rows(sartorius_dir)
     rows[2][2] = "wide"
     _write_rows(d, rows)
-    with pytest.raises(SartoriusFormatError, match="row 3: width 'wide' is not an integer"):
+    with pytest.raises(KaggleCsvError, match="line 3: width/height must be integers, got 'wide'"):
         SartoriusDataset(str(d))
 
 

@@ -152,7 +152,7 @@ def test_labels_command_writes_the_split_ground_truth(tmp_path):
     import evaluate
     from maskrcnn.data import build_dataset
     from maskrcnn.config import load_config
-    from maskrcnn.inference.submission import label_masks, read_labels
+    from maskrcnn.formats.kaggle_csv import label_masks, read_labels
 
     cfg = tmp_path / "syn.yaml"
     cfg.write_text("data: {format: synthetic, synthetic: {num_images: 3, height: 40, width: 48, cells_per_image: [2, 5]}}\n")

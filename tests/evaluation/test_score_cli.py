@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.submission import masks_to_rows, write_labels, write_submission
+from maskrcnn.formats.kaggle_csv import masks_to_rows, write_labels, write_submission
 from tests.evaluation.shapes import dense, random_blobs, rect
 
 import evaluate
@@ -92,7 +92,7 @@ def test_end_to_end_subprocess_last_line(files):
 
 def test_score_reads_the_dsb2018_headers_column_major(tmp_path, capsys):
     from maskrcnn.formats.rle import encode
-    from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER
+    from maskrcnn.formats.kaggle_csv import DSB_SUBMISSION_HEADER
 
     # Two non-square objects: column-major and row-major RLEs of them differ.
     m1, m2 = rect(H, W, 2, 5, 3, 12), rect(H, W, 10, 20, 20, 23)
@@ -112,7 +112,7 @@ def test_score_reads_the_dsb2018_headers_column_major(tmp_path, capsys):
 
 
 def test_column_major_label_files_say_so_in_their_header(tmp_path, capsys):
-    from maskrcnn.inference.submission import DSB_SUBMISSION_HEADER, csv_kind
+    from maskrcnn.formats.kaggle_csv import DSB_SUBMISSION_HEADER, csv_kind
 
     rng = np.random.default_rng(4)
     gt = random_blobs(rng, 5, H, W, overlap=False)

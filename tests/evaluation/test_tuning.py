@@ -101,7 +101,7 @@ def test_tuning_the_mask_threshold():
 def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
     import evaluate
     from maskrcnn.formats.prediction_cache import PredictionCache
-    from maskrcnn.inference.submission import write_labels
+    from maskrcnn.formats.kaggle_csv import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "x"})
     gts = []
@@ -125,7 +125,7 @@ def test_tune_cli_reads_a_cache_and_labels(tmp_path, capsys):
 def test_tune_without_class_names_is_one_error_naming_the_fix(tmp_path, capsys):
     import evaluate
     from maskrcnn.formats.prediction_cache import PredictionCache
-    from maskrcnn.inference.submission import write_labels
+    from maskrcnn.formats.kaggle_csv import write_labels
 
     cache = PredictionCache(str(tmp_path / "cache"), {"weights": "y"})
     gt = [rect(H, W, 4, 12, 4, 14)]

@@ -16,7 +16,7 @@ from maskrcnn.inference.outputs import (OutputError, build_writer, coco_category
                                         read_label_image)
 from maskrcnn.inference.predict_cli import image_ids, list_images, predict_images, write_predictions
 from maskrcnn.inference.predictor import Predictor
-from maskrcnn.inference.submission import csv_kind, order_for, read_submission
+from maskrcnn.formats.kaggle_csv import csv_kind, order_for, read_submission
 from maskrcnn.structures import Instances, MaskList
 from tests.inference.stub_model import IdStubModel, draw_objects, random_blobs
 

@@ -94,7 +94,7 @@ def test_full_run_on_synthetic_images_writes_an_exact_valid_submission(tmp_path)
 
 def test_predict_py_end_to_end_with_a_tiny_random_model_and_evaluate_score(tmp_path, capsys):
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.inference.submission import write_labels
+    from maskrcnn.formats.kaggle_csv import write_labels
     from maskrcnn.model import build_model
     from maskrcnn.structures import MaskList
 

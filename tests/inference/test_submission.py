@@ -6,20 +6,8 @@ import pytest
 import torch
 
 from maskrcnn.formats.rle import decode, decode_crops
-from maskrcnn.inference.submission import (
-    SubmissionError,
-    SubmissionRow,
-    instances_to_rows,
-    label_masks,
-    masks_to_rows,
-    read_labels,
-    read_submission,
-    save_submission,
-    validate_rows,
-    validate_submission_rows,
-    write_labels,
-    write_submission,
-)
+from maskrcnn.formats.kaggle_csv import KaggleCsvError, label_masks, masks_to_rows, read_labels, read_submission, SubmissionRow, write_labels, write_submission
+from maskrcnn.inference.submission import instances_to_rows, save_submission, validate_rows, validate_submission_rows
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
 
@@ -46,12 +34,12 @@ def test_read_submission_rows_and_empty_prediction(tmp_path):
     ],
 )
 def test_read_submission_errors_name_the_line(tmp_path, text, match):
-    with pytest.raises(SubmissionError, match=match):
+    with pytest.raises(KaggleCsvError, match=match):
         read_submission(write_text(tmp_path / "s.csv", text))
 
 
 def test_read_submission_missing_file(tmp_path):
-    with pytest.raises(SubmissionError, match="not found"):
+    with pytest.raises(KaggleCsvError, match="not found"):
         read_submission(str(tmp_path / "nope.csv"))
 
 
@@ -81,7 +69,7 @@ def test_read_labels_sartorius_and_dsb_headers(tmp_path):
     ],
 )
 def test_read_labels_errors(tmp_path, text, match):
-    with pytest.raises(SubmissionError, match=match):
+    with pytest.raises(KaggleCsvError, match=match):
         read_labels(write_text(tmp_path / "l.csv", text))
 
 
@@ -219,21 +207,21 @@ def test_rows_decode_to_the_masks_and_empty_images_get_one_row(tmp_path):
 
 def test_validation_rejects_overlaps_bad_pairs_and_missing_images(tmp_path):
     sizes = {"a": (4, 4), "b": (4, 4)}
-    with pytest.raises(SubmissionError, match="lines 2 and 3 .*overlap"):
+    with pytest.raises(KaggleCsvError, match="lines 2 and 3 .*overlap"):
         validate_rows([("a", "1 3"), ("a", "3 2"), ("b", "")], sizes)
-    with pytest.raises(SubmissionError, match="line 2"):
+    with pytest.raises(KaggleCsvError, match="line 2"):
         validate_rows([("a", "5 2 1 2"), ("b", "")], sizes)
-    with pytest.raises(SubmissionError, match="line 2"):
+    with pytest.raises(KaggleCsvError, match="line 2"):
         validate_rows([("a", "0 2"), ("b", "")], sizes)
-    with pytest.raises(SubmissionError, match="line 2"):
+    with pytest.raises(KaggleCsvError, match="line 2"):
         validate_rows([("a", "15 3"), ("b", "")], sizes)
-    with pytest.raises(SubmissionError, match="no row, e.g. 'b'"):
+    with pytest.raises(KaggleCsvError, match="no row, e.g. 'b'"):
         validate_rows([("a", "1 2")], sizes)
-    with pytest.raises(SubmissionError, match="'c'"):
+    with pytest.raises(KaggleCsvError, match="'c'"):
         validate_rows([("a", "1 2"), ("b", ""), ("c", "")], sizes)
     validate_rows([("a", "1 2"), ("a", "3 2"), ("b", "")], sizes)  # touching runs are fine
     out = tmp_path / "s.csv"
-    with pytest.raises(SubmissionError):
+    with pytest.raises(KaggleCsvError):
         save_submission([("a", "1 3"), ("a", "3 2"), ("b", "")], str(out), sizes)
     assert not out.exists()
 
