@@ -23,7 +23,7 @@ import torch
 from maskrcnn.config import TestConfig
 from maskrcnn.formats.rle import encode_crops
 from maskrcnn.inference.merge import cross_view_edges, greedy_clusters, greedy_clusters_reference, merge_instances
-from maskrcnn.inference.filtering import foreground_pixels, postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.ops import get_ext
 from maskrcnn.structures import Instances, MaskList
@@ -78,7 +78,7 @@ def naive_paint(masks: MaskList):
 
 def vector_paint(masks: MaskList):
     H, W = masks.image_size
-    n_idx, _, flat = foreground_pixels(masks)
+    n_idx, _, flat = masks.foreground_pixels()
     owner = torch.full((H * W,), len(masks), dtype=torch.int32, device=masks.device)
     owner.scatter_reduce_(0, flat, n_idx.int(), reduce="amin")
     return owner
@@ -130,7 +130,7 @@ def main():
         merged = merge_instances(back, 0.5, max(1, len(views) // 2), 0.5, len(views))
         sync(device)
         t2, c2 = time.perf_counter(), time.process_time()
-        final = postprocess(merged, cfg)
+        final = filter_predictions(merged, cfg)
         sync(device)
         t3, c3 = time.perf_counter(), time.process_time()
         rles = encode_crops(final.masks.crops, final.masks.origins, final.image_size)
@@ -151,7 +151,7 @@ def main():
 
     if args.compare_cpu and device.type != "cpu":
         ref_merged = merge_instances([b.to("cpu") for b in back], 0.5, max(1, len(views) // 2), 0.5, len(views))
-        ref_final = postprocess(ref_merged, cfg)
+        ref_final = filter_predictions(ref_merged, cfg)
         same_n = len(ref_merged) == len(merged) and len(ref_final) == len(final)
         score_diff = (ref_merged.scores - merged.scores.cpu()).abs().max().item() if same_n else float("nan")
         pix_ref = ref_final.masks.to_dense().sum(0)

@@ -31,7 +31,7 @@ from maskrcnn.data.dsb2018 import DSB2018Dataset
 from maskrcnn.formats.image_files import read_image
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 
 
 def main(argv=None) -> None:
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
             images = {"png": s.image, "tif": read_image(tif, channels=1)}
             cells = []
             for name, model, cfg, kind in variants:
-                final = postprocess(model([images[kind]])[0], cfg.test)
+                final = filter_predictions(model([images[kind]])[0], cfg.test)
                 sc = image_score(final, s.instances)
                 tot[name][0] += len(final)
                 tot[name][1] += sc

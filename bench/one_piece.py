@@ -3,7 +3,7 @@
 For each image: one raw prediction (the checkpoint's test settings, TTA included), post-processed
 twice, with ``test.one_piece`` off and on; printed per image and in total: objects, objects of
 more than one 4-connected piece (in the final masks, and in the label image ``--format labels``
-writes), the pixels the rule removes, and the seconds ``postprocess`` took each way.
+writes), the pixels the rule removes, and the seconds ``filter_predictions`` took each way.
 
     python -m bench.one_piece --weights W.pth --images ../shared/data/dsb2018/stage1_train \
         [--split-file output/splits/dsb2018_folds.json --fold 0] [--limit 20]
@@ -25,7 +25,7 @@ from maskrcnn.formats.image_files import read_image
 from maskrcnn.data.label_folders import masks_from_label_array
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.outputs import label_image
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predict_cli import image_ids, list_images
 from maskrcnn.inference.predictor import build_predictor
 from maskrcnn.ops.pieces import count_pieces
@@ -66,9 +66,9 @@ def main() -> None:
     for path, iid in zip(paths, image_ids(paths)):
         raw = predictor.predict_raw(read_image(path))
         t0 = time.perf_counter()
-        off = postprocess(raw, off_cfg)
+        off = filter_predictions(raw, off_cfg)
         t1 = time.perf_counter()
-        on = postprocess(raw, on_cfg)
+        on = filter_predictions(raw, on_cfg)
         t2 = time.perf_counter()
         a, b = split_count(off), split_count(on)
         px = int(off.masks.areas().sum()) - int(on.masks.areas().sum()) if len(off) else 0

@@ -85,7 +85,7 @@ def cmd_baseline(args) -> None:
 
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.inference.outputs import label_image
-    from maskrcnn.inference.filtering import postprocess
+    from maskrcnn.inference.filtering import filter_predictions
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.tiling import plan_tiles
 
@@ -99,7 +99,7 @@ def cmd_baseline(args) -> None:
     pred = build_predictor([model], test, device="cpu")
     before = _mem_kb("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
-    final = postprocess(pred.predict_raw(image), test)
+    final = filter_predictions(pred.predict_raw(image), test)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     np.save(args.labels, label_image(final))
     print(json.dumps({"cells": len(final), "wall_s": wall, "cpu_s": cpu, "tiles": len(plan_tiles(a.shape, args.block, args.overlap)),

@@ -40,7 +40,7 @@ import torch
 from maskrcnn.data.dsb2018 import DSB2018Dataset
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.tiling import tiled_predict
 from maskrcnn.structures import Instances, MaskList
 
@@ -145,11 +145,11 @@ def cmd_check(args) -> None:
         for m in range(args.mosaics):
             image, gt = mosaic(ds, rng.sample(pool, need), args.grid)
             t0 = time.perf_counter()
-            whole = postprocess(whole_model([image])[0], cfg.test)
+            whole = filter_predictions(whole_model([image])[0], cfg.test)
             t1 = time.perf_counter()
             raw = tiled_predict(lambda t: model([t])[0], image, args.tile, args.overlap, merge=not args.no_merge,
                                 score_thresh=min(cfg.test.score_thresh))
-            tiled = postprocess(raw, cfg.test)
+            tiled = filter_predictions(raw, cfg.test)
             t2 = time.perf_counter()
             iou = whole.masks.iou(tiled.masks) if len(whole) and len(tiled) else torch.zeros((len(whole), len(tiled)))
             hit = iou > 0.5
@@ -215,7 +215,7 @@ def cmd_run(args) -> None:
         else:
             raw = tiled_predict(timed, image, args.tile, args.overlap, score_thresh=min(cfg.test.score_thresh))
     t1 = time.perf_counter()
-    final = postprocess(raw, cfg.test)
+    final = filter_predictions(raw, cfg.test)
     t2 = time.perf_counter()
     print(json.dumps({"mode": args.mode, "size": args.size, "raw": len(raw), "cells": len(final),
                       "predict_s": t1 - t0, "model_s": model_s[0], "post_s": t2 - t1, "base_mb": base / 1024,

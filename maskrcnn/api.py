@@ -8,7 +8,7 @@
 ``resolve_weight_files``, ``load_predictor``: the checkpoint's test settings, the tuned thresholds
 beside the weights unless others are given, its TTA views), and each call runs predict.py's steps
 for one image: the pixels are converted as ``read_image`` converts a file (``image_from_array``),
-predicted (``Predictor.predict_raw``) and post-processed (``postprocess``), and ``segment`` paints
+predicted (``Predictor.predict_raw``) and post-processed (``filter_predictions``), and ``segment`` paints
 them as ``--format labels`` does (``label_image``). So ``model.segment(np.asarray(Image.open(f)))``
 equals the label image ``predict.py --format labels`` writes for ``f``.
 
@@ -22,7 +22,7 @@ What the calls return:
 - ``predict_raw(image)``: the merged detections before it, as ``MaskRCNN.predict`` returns them
   (with TTA: merged over the views): every detection above the model's ``roi_heads.score_thresh``,
   soft (probability) masks that may overlap, no minimum area. ``predict(image)`` is
-  ``postprocess(predict_raw(image))``.
+  ``filter_predictions(predict_raw(image))``.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from maskrcnn.config import Config, TestConfig
 from maskrcnn.formats.image_files import image_from_array
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.outputs import label_image, model_class_names
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predict_cli import build_parser, load_predictor, resolve_weight_files
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.structures import Instances
@@ -115,7 +115,7 @@ class CellModel:
     def predict_instances(self, image) -> Instances:
         """predict.py's final objects of ``image`` as Instances (bool mask crops, tight boxes), on the CPU."""
         raw = self.predictor.predict_raw(self.image_tensor(image))
-        return postprocess(raw, self.test_cfg).to("cpu")
+        return filter_predictions(raw, self.test_cfg).to("cpu")
 
     def predict(self, image) -> Detections:
         """The final objects of ``image`` (``Detections``; post-processed as predict.py does)."""

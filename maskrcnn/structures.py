@@ -121,6 +121,25 @@ class MaskList:
             image_size,
         )
 
+    def foreground_pixels(self):
+        """The binary masks' pixels inside the image: ``(mask index, position in crops.flatten(), flat image index)``.
+
+        Positions are decoded arithmetically from one ``nonzero`` over the flattened crops, and lookups
+        use ``index_select``: both far cheaper on CPU than multi-dimensional advanced indexing.
+        """
+        H, W = self.image_size
+        n, h, w = self.crops.shape
+        pos = torch.nonzero(self.crops.flatten(), as_tuple=True)[0]
+        n_idx = torch.div(pos, h * w, rounding_mode="floor")
+        rem = pos - n_idx * (h * w)
+        iy = torch.div(rem, w, rounding_mode="floor")
+        y = self.origins[:, 1].index_select(0, n_idx) + iy
+        x = self.origins[:, 0].index_select(0, n_idx) + (rem - iy * w)
+        inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        if not bool(inside.all()):
+            n_idx, pos, y, x = n_idx[inside], pos[inside], y[inside], x[inside]
+        return n_idx, pos, y * W + x
+
     @staticmethod
     def cat(masks: Sequence["MaskList"]) -> "MaskList":
         """Concatenate mask lists of the same image, padding crops to a common size."""
@@ -138,10 +157,14 @@ class MaskList:
     # ------------------------------------------------------------ conversions
     @staticmethod
     def from_dense(masks: Tensor, pad: int = 1) -> "MaskList":
-        """Crop dense masks ``Tensor[N, H, W]`` (bool or float) to their tight boxes plus ``pad`` pixels.
+        """Crop dense masks ``Tensor[N, H, W]`` (bool or float) to their tight boxes plus ``pad`` pixels:
+        the one dense-to-crops conversion (``ops.mask_iou`` / ``mask_nms`` use it with ``pad=0``).
 
         The padding keeps a border of zeros around each object, so that bilinear sampling at
-        the crop's edge (RoIAlign of mask targets) sees background, not a replicated edge.
+        the crop's edge (RoIAlign of mask targets) sees background, not a replicated edge. An empty
+        mask gets a box of size 0 (plus the padding) at (0, 0); all crops share the largest box's
+        size (at least 1 x 1). The boxes come from two passes over the masks as bytes (a bool
+        ``!= 0`` or ``any`` would be several times slower at 800 x 520 x 704).
         """
         if masks.dim() != 3:
             raise ValueError(f"from_dense expects [N, H, W], got {tuple(masks.shape)}")
@@ -149,22 +172,20 @@ class MaskList:
         if n == 0:
             return MaskList.empty((H, W), device=masks.device, dtype=masks.dtype)
         nz = masks if masks.dtype == torch.bool else masks != 0  # `bool != 0` would widen to int64
-        rows = nz.any(dim=2)  # [N, H]
-        cols = nz.any(dim=1)  # [N, W]
+        u8 = nz.view(torch.uint8)
+        rows = u8.amax(dim=2) > 0  # [N, H]
+        cols = u8.amax(dim=1) > 0  # [N, W]
         ar_h = torch.arange(H, device=masks.device)
         ar_w = torch.arange(W, device=masks.device)
-        big = max(H, W) + 1
-        y0 = torch.where(rows, ar_h, big).amin(dim=1)
+        y0 = torch.where(rows, ar_h, H).amin(dim=1)
         y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
-        x0 = torch.where(cols, ar_w, big).amin(dim=1)
+        x0 = torch.where(cols, ar_w, W).amin(dim=1)
         x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
         empty = y1 <= 0
-        y0 = torch.where(empty, torch.zeros_like(y0), y0) - pad
-        x0 = torch.where(empty, torch.zeros_like(x0), x0) - pad
-        y1 = torch.where(empty, torch.zeros_like(y1), y1) + pad
-        x1 = torch.where(empty, torch.zeros_like(x1), x1) + pad
-        h = int((y1 - y0).max())
-        w = int((x1 - x0).max())
+        y0, x0 = y0.masked_fill(empty, 0) - pad, x0.masked_fill(empty, 0) - pad
+        y1, x1 = y1.masked_fill(empty, 0) + pad, x1.masked_fill(empty, 0) + pad
+        h = max(int((y1 - y0).max()), 1)
+        w = max(int((x1 - x0).max()), 1)
         origins = torch.stack([x0, y0], dim=1).long()
         crops = _gather_windows(masks, origins, h, w)
         return MaskList(crops, origins, (H, W))

@@ -1003,7 +1003,7 @@ def injected(marks: Dict[str, str]):
             if calls[0] == int(marks["interrupt_on"]):
                 raise KeyboardInterrupt
             return real_post(*a, **k)
-        patch(predict_cli, "postprocess", interrupting)
+        patch(predict_cli, "filter_predictions", interrupting)
     try:
         yield
     finally:

@@ -119,7 +119,7 @@ def test_arrays_of_every_dtype_are_read_as_the_same_file_would_be(tmp_path):
 
 def test_predict_is_the_raw_output_post_processed_as_documented(tiny, tmp_path):
     from maskrcnn import load_model
-    from maskrcnn.inference.filtering import postprocess
+    from maskrcnn.inference.filtering import filter_predictions
 
     (tmp_path / "tuned.yaml").write_text("test:\n  score_thresh: [0.5]\n  min_area: [30]\n")
     model = load_model(tiny, device="cpu", thresholds=str(tmp_path / "tuned.yaml"))
@@ -138,7 +138,7 @@ def test_predict_is_the_raw_output_post_processed_as_documented(tiny, tmp_path):
     assert np.all(np.diff(det.scores) <= 0) and det.classes.tolist() == [0] * len(det)
     ys, xs = np.nonzero(det.masks[0])
     assert det.boxes[0].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # tight boxes
-    again = postprocess(raw, model.test_cfg)
+    again = filter_predictions(raw, model.test_cfg)
     assert torch.equal(again.masks.to_dense(), torch.from_numpy(det.masks))
     # segment: the same objects painted 1..N in score order
     labels = model.segment(image)

@@ -114,9 +114,9 @@ def _to_float(pred: Instances) -> Instances:
 # ------------------------------------------------------------------- post-processing
 def postprocess_for_submission(pred: Instances, test_cfg: TestConfig) -> Instances:
     """Final binary, non-overlapping instances, exactly as the submission makes them."""
-    from maskrcnn.inference.filtering import postprocess
+    from maskrcnn.inference.filtering import filter_predictions
 
-    return postprocess(pred, test_cfg)
+    return filter_predictions(pred, test_cfg)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -152,7 +152,7 @@ def coco_record(image_id: str, raw: Instances, gt: Instances, test_cfg: TestConf
     """One image's COCO annotations and results (``maskrcnn.evaluation.coco_ap.encode_image``) from the
     model's raw detections, each soft mask binarised at its class's ``test.mask_thresh``."""
     from maskrcnn.evaluation.coco_ap import encode_image
-    from maskrcnn.inference.filtering import per_class
+    from maskrcnn.inference.thresholds import per_class
 
     m = raw.masks
     if m is not None and m.is_soft and len(m):

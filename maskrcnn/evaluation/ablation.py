@@ -241,9 +241,9 @@ class Backend:
         return build_predictor(models, test_cfg, device=dev)  # test_cfg.tta is the variant's
 
     def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
-        from maskrcnn.inference.filtering import postprocess
+        from maskrcnn.inference.filtering import filter_predictions
 
-        return postprocess(inst, test_cfg)
+        return filter_predictions(inst, test_cfg)
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -14,7 +14,7 @@ The sweep calls post-processing's own rules (``maskrcnn.inference.filtering``: `
   ``image_class: relabel`` all its instances are judged by that class's thresholds, so classes
   are tuned independently on their own images.
 - ``mask_rescore`` (in the starting ``TestConfig``) is honoured: for each mask threshold the
-  scores are rescored at that threshold before the sweep, as ``postprocess`` does. ``fill_holes``
+  scores are rescored at that threshold before the sweep, as ``filter_predictions`` does. ``fill_holes``
   is not swept (the exact re-score applies it).
 - For each mask threshold, each image's masks are binarised and their overlaps resolved once
   (each pixel to the best-scoring mask; a mask keeping less than ``overlap_min_keep`` of its
@@ -26,7 +26,7 @@ The sweep calls post-processing's own rules (``maskrcnn.inference.filtering``: `
   post-processing would hand a dropped small mask's pixels to a worse-scoring neighbour.
 - Each (score threshold, min area) is then a subset of predictions: the one-to-one matching
   runs on the surviving candidate pairs of all images of the class at once.
-After the sweep, the chosen thresholds are scored again through ``postprocess`` itself and that
+After the sweep, the chosen thresholds are scored again through ``filter_predictions`` itself and that
 exact figure is reported too (``--no-verify`` skips it).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ from maskrcnn.config import TestConfig
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator, candidate_pairs, precisions_from_counts, precisions_from_pairs
-from maskrcnn.inference.filtering import image_class, keep_largest_pieces, postprocess, remove_overlaps, rescore
+from maskrcnn.inference.filtering import filter_predictions, image_class, keep_largest_pieces, remove_overlaps, rescore
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
@@ -94,8 +94,8 @@ def prepare_image(item: TuneItem, mask_thresh: float, remove: bool, min_keep: fl
     """Binarise at ``mask_thresh``, resolve overlaps in score order, find candidate pairs with the GT.
 
     With ``mask_rescore`` the scores are post-processing's rescored ones (``rescore`` at this mask
-    threshold), so the score sweep and the overlap order see what ``postprocess`` would.
-    With ``one_piece`` each resolved mask keeps its largest piece, as ``postprocess`` does.
+    threshold), so the score sweep and the overlap order see what ``filter_predictions`` would.
+    With ``one_piece`` each resolved mask keeps its largest piece, as ``filter_predictions`` does.
     """
     inst = item.get_pred()
     scores = inst.scores
@@ -231,10 +231,10 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
 
 
 def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig, progress: str = "off") -> float:
-    """mAP of ``items`` through ``postprocess`` itself (the sweep's figures are exact up to min_area)."""
+    """mAP of ``items`` through ``filter_predictions`` itself (the sweep's figures are exact up to min_area)."""
     ev = KaggleEvaluator()
     for it in track(items, "tune: verify", mode=progress):
-        ev.add(it.image_id, postprocess(it.get_pred(), test_cfg), it.gt, it.class_name)
+        ev.add(it.image_id, filter_predictions(it.get_pred(), test_cfg), it.gt, it.class_name)
     return ev.summary()["mAP"]
 
 

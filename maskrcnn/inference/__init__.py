@@ -1,9 +1,9 @@
-"""Inference: loading checkpoints, TTA views, mask-level merging of views and models, post-processing,
-Kaggle CSV files (submissions and labels), and predict.py's command line (``predict_cli``)."""
+"""Inference: loading checkpoints, TTA views, mask-level merging of views and models, filtering
+(thresholds, overlaps), Kaggle-valid submissions, and predict.py's command line (``predict_cli``)."""
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.tta import View, parse_tta
 
-__all__ = ["Predictor", "View", "build_predictor", "load_model", "merge_instances", "parse_tta", "postprocess"]
+__all__ = ["Predictor", "View", "build_predictor", "load_model", "merge_instances", "parse_tta", "filter_predictions"]

@@ -1,6 +1,6 @@
 """Post-processing of raw (soft) predictions into a Kaggle-valid set of binary masks.
 
-``postprocess(instances, test_cfg)``, in this order:
+``filter_predictions(instances, test_cfg)``, in this order:
 
 1. The image's class (Sartorius: its cell type) is the most frequent label among the instances
    that pass their own class's score threshold (all instances when none pass); ties go to the
@@ -37,24 +37,9 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import IMAGE_CLASS_MODES, TestConfig
+from maskrcnn.inference.thresholds import per_class
 from maskrcnn.ops.pieces import largest_piece
 from maskrcnn.structures import Instances, MaskList
-
-
-def per_class(values: Sequence[float], labels: Tensor, name: str, dtype=torch.float32) -> Tensor:
-    """``Tensor[N]`` of ``values[labels]``, or ``values[0]`` for all when one value is given.
-
-    Raises ValueError naming the field when a label has no value.
-    """
-    vals = torch.as_tensor(list(values), dtype=dtype, device=labels.device)
-    if vals.numel() == 0:
-        raise ValueError(f"test.{name} is empty; give one value per class or one for all")
-    if vals.numel() == 1:
-        return vals.expand(labels.shape[0]).clone()
-    if labels.numel() and (int(labels.max()) >= vals.numel() or int(labels.min()) < 0):
-        bad = int(labels.max()) if int(labels.max()) >= vals.numel() else int(labels.min())
-        raise ValueError(f"test.{name} has {vals.numel()} values (one per class), but class {bad} was predicted")
-    return vals[labels]
 
 
 def image_class(instances: Instances, score_thresh: Sequence[float]) -> int:
@@ -141,26 +126,6 @@ def fill_holes(crops: Tensor, check_every: int = 8) -> Tensor:
     return (fg | (bg & ~reach))[:, 1:-1, 1:-1]
 
 
-def foreground_pixels(masks: MaskList):
-    """The binary masks' pixels inside the image: ``(mask index, position in crops.flatten(), flat image index)``.
-
-    Positions are decoded arithmetically from one ``nonzero`` over the flattened crops, and lookups
-    use ``index_select``: both far cheaper on CPU than multi-dimensional advanced indexing.
-    """
-    H, W = masks.image_size
-    n, h, w = masks.crops.shape
-    pos = torch.nonzero(masks.crops.flatten(), as_tuple=True)[0]
-    n_idx = torch.div(pos, h * w, rounding_mode="floor")
-    rem = pos - n_idx * (h * w)
-    iy = torch.div(rem, w, rounding_mode="floor")
-    y = masks.origins[:, 1].index_select(0, n_idx) + iy
-    x = masks.origins[:, 0].index_select(0, n_idx) + (rem - iy * w)
-    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    if not bool(inside.all()):
-        n_idx, pos, y, x = n_idx[inside], pos[inside], y[inside], x[inside]
-    return n_idx, pos, y * W + x
-
-
 def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled: bool = True):
     """Give each pixel to the best-ranked mask covering it; drop masks left too small (step 4 of the
     module doc; threshold tuning resolves each mask threshold's overlaps with it too).
@@ -176,7 +141,7 @@ def remove_overlaps(masks: MaskList, min_keep: float, min_area: Tensor, enabled:
     n = len(masks)
     H, W = masks.image_size
     dev = masks.device
-    n_idx, pos, flat = foreground_pixels(masks)
+    n_idx, pos, flat = masks.foreground_pixels()
     rank = n_idx.int()
     area = torch.bincount(n_idx, minlength=n)
     need = min_area.to(area.device).long().clamp(min=1)
@@ -232,7 +197,7 @@ def keep_largest_pieces(masks: MaskList, alive: Tensor, min_area: Tensor):
     return MaskList(out, masks.origins, masks.image_size), alive
 
 
-def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
+def filter_predictions(instances: Instances, test_cfg: TestConfig) -> Instances:
     """Raw predictions (soft or binary masks) -> final binary, non-overlapping masks for one image.
 
     Args:
@@ -246,7 +211,7 @@ def postprocess(instances: Instances, test_cfg: TestConfig) -> Instances:
         docstring for the order of the steps.
     """
     if instances.scores is None or instances.masks is None:
-        raise ValueError("postprocess needs instances with scores and masks")
+        raise ValueError("filter_predictions needs instances with scores and masks")
     if test_cfg.image_class not in IMAGE_CLASS_MODES:
         raise ValueError(f"test.image_class must be one of {IMAGE_CLASS_MODES}, got {test_cfg.image_class!r}")
     size = instances.image_size

@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from maskrcnn.inference.filtering import foreground_pixels, per_class
+from maskrcnn.inference.thresholds import per_class
 from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 
@@ -161,7 +161,7 @@ def cross_view_edges(views: Sequence[MaskList], iou_threshold: float,
     view_ids = torch.cat([torch.full((c,), k, dtype=torch.long, device=dev) for k, c in enumerate(counts)])
     px_n, px_flat, start = [], [], 0
     for v in views:  # a loop over views
-        n_idx, _, flat = foreground_pixels(v)
+        n_idx, _, flat = v.foreground_pixels()
         px_n.append(n_idx + start)
         px_flat.append(flat)
         start += len(v)

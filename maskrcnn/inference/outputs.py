@@ -43,7 +43,6 @@ import torch
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open, atomic_write_bytes
 from maskrcnn.formats.image_files import encode_png
-from maskrcnn.inference.filtering import foreground_pixels
 from maskrcnn.formats.kaggle_csv import DSB_SUBMISSION_HEADER, SUBMISSION_HEADER
 from maskrcnn.inference.submission import instances_to_rows, save_submission
 from maskrcnn.structures import Instances, MaskList
@@ -74,13 +73,13 @@ def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
     if masks is None:
         raise ValueError("label_image needs instances with masks")
     if masks.is_soft:
-        raise ValueError("label_image needs binary masks (run postprocess first)")
+        raise ValueError("label_image needs binary masks (run filter_predictions first)")
     n = len(masks)
     canvas = torch.zeros(H * W, dtype=torch.int64)
     count = 0
     if n:
         masks = masks.to("cpu")
-        n_idx, _, flat = foreground_pixels(masks)
+        n_idx, _, flat = masks.foreground_pixels()
         owner = torch.full((H * W,), n + 1, dtype=torch.int64)
         owner.scatter_reduce_(0, flat, n_idx + 1, reduce="amin")  # the best-scoring mask wins a shared pixel
         canvas = torch.where(owner <= n, owner, canvas)

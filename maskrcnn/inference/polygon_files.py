@@ -55,7 +55,7 @@ class PolygonFileError(UserError, ValueError):
 
 def _outlines(final: Instances) -> Outlines:
     if final.masks is None or final.masks.is_soft:
-        raise ValueError("polygon outputs need binary masks (run postprocess first)")
+        raise ValueError("polygon outputs need binary masks (run filter_predictions first)")
     masks = final.masks.to("cpu")
     return trace_outlines(masks.crops, masks.origins)
 

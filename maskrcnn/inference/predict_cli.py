@@ -51,7 +51,7 @@ from maskrcnn.inference.caps import cap_warning, caps_summary
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.guard import check_fits, predict_guarded
 from maskrcnn.inference.input_control import NORMALIZE_CHOICES, input_overrides, is_dim, normalize_16bit
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
                                         model_class_names)
@@ -112,7 +112,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
 
     Yields:
         ``(image id, final Instances (bool masks, no overlaps), seconds per stage)`` per image, the
-        stages being ``read``, ``model``, ``merge``, ``postprocess`` and ``total``. An image that
+        stages being ``read``, ``model``, ``merge``, ``filter_predictions`` and ``total``. An image that
         cannot be read yields ``(image id, None, {"skipped": reason, "path": path})`` after a
         warning naming it, unless ``strict``: then its error is raised.
     """
@@ -136,7 +136,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str], test_cfg: TestCon
             predictor.tile_desc = f"{iid}: tiles"
             raw = predictor.predict_raw(image)
             stamps.append(time.perf_counter())
-            final = postprocess(raw, test_cfg)
+            final = filter_predictions(raw, test_cfg)
             stamps.append(time.perf_counter())
             return final
 

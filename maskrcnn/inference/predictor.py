@@ -16,7 +16,7 @@ from maskrcnn.config import ConfigError, TestConfig
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.caps import CapHit, CapMonitor
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.tta import View, parse_tta
 from maskrcnn.structures import Instances, MaskList
 
@@ -228,8 +228,8 @@ class Predictor:
         return out
 
     def predict(self, image: Tensor, test_cfg: TestConfig) -> Instances:
-        """``postprocess(predict_raw(image), test_cfg)``: final bool masks, no overlaps."""
-        return postprocess(self.predict_raw(image), test_cfg)
+        """``filter_predictions(predict_raw(image), test_cfg)``: final bool masks, no overlaps."""
+        return filter_predictions(self.predict_raw(image), test_cfg)
 
 
 _AMP = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -8,11 +8,11 @@ truth:
 1. The image's class rule (``test.image_class``) is applied once to all instances.
 2. **Cells**: instances with fused score ``>= keep`` that were seen in at least ``agree`` views.
    The fused score is already the mean over all views (a view that missed the object counts 0),
-   so ``agree`` adds a hard vote on top of the soft one. They go through ``postprocess`` (mask
+   so ``agree`` adds a hard vote on top of the soft one. They go through ``filter_predictions`` (mask
    threshold, hole filling, overlap removal, min area), so they are what ``predict.py`` would
    submit at score threshold ``keep``.
 3. **Ignore regions** (label ``IGNORE_LABEL``): the other instances with score ``>= ignore``,
-   binarised (``postprocess`` without overlap removal), minus those lying mostly (more than
+   binarised (``filter_predictions`` without overlap removal), minus those lying mostly (more than
    ``max_covered`` of their pixels) on the cells: those are duplicates of a cell, not an object
    the teacher was unsure of. The trainer takes no loss from anchors and proposals inside them.
 4. Everything below ``ignore`` is background, as in any label.
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import TestConfig
-from maskrcnn.inference.filtering import image_class, postprocess
+from maskrcnn.inference.filtering import image_class, filter_predictions
 from maskrcnn.structures import IGNORE_LABEL, Instances, MaskList
 
 
@@ -90,8 +90,8 @@ def pseudo_labels(merged: Instances, view_counts: Tensor, test_cfg: TestConfig, 
     confident = (scores >= keep) & (view_counts.to(dev) >= agree)
     uncertain = (scores >= ignore) & ~confident
     cfg = dataclasses.replace(test_cfg, image_class="none")
-    cells = postprocess(inst[torch.nonzero(confident).squeeze(1)], dataclasses.replace(cfg, score_thresh=(keep,)))
-    regions = postprocess(inst[torch.nonzero(uncertain).squeeze(1)],
+    cells = filter_predictions(inst[torch.nonzero(confident).squeeze(1)], dataclasses.replace(cfg, score_thresh=(keep,)))
+    regions = filter_predictions(inst[torch.nonzero(uncertain).squeeze(1)],
                           dataclasses.replace(cfg, score_thresh=(ignore,), remove_overlaps=False))
     if len(regions):
         free = _covered_fraction(regions.masks, cells.masks) <= max_covered

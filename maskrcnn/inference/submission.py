@@ -123,7 +123,7 @@ def instances_to_rows(image_id: str, instances: Instances, order: str = "row") -
     if m is None:
         raise ValueError(f"{image_id}: instances have no masks")
     if m.is_soft:
-        raise ValueError(f"{image_id}: masks must be binary (run postprocess first)")
+        raise ValueError(f"{image_id}: masks must be binary (run filter_predictions first)")
     return masks_to_rows(image_id, m, order)
 
 

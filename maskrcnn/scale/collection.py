@@ -112,7 +112,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
     from maskrcnn.formats.image_files import read_image
     from maskrcnn.inference.caps import cap_warning
     from maskrcnn.inference.guard import check_fits, predict_guarded
-    from maskrcnn.inference.filtering import postprocess
+    from maskrcnn.inference.filtering import filter_predictions
 
     pred = predictor_for(spec)
     done = 0
@@ -130,7 +130,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
             check_fits(image, pred, path)
             raw = pred.predict_raw(image)
             stamps.append(time.perf_counter())
-            final = postprocess(raw, spec.test)
+            final = filter_predictions(raw, spec.test)
             stamps.append(time.perf_counter())
             return final
 

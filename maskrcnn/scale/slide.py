@@ -10,13 +10,13 @@ distributed result is the single-process tiled prediction's, computed in three k
    lowest ``test.score_thresh`` and move them into the slide's pixels. Soft masks as crops.
 2. ``finish_block(job, t, *neighbours)``: ``tiling.stitch`` on the blocks whose windows overlap
    block ``t``'s rows and columns (its neighbourhood, usually 3 x 3), post-processing
-   (``postprocess``: thresholds, overlap removal) in the neighbourhood's own frame, and the objects
+   (``filter_predictions``: thresholds, overlap removal) in the neighbourhood's own frame, and the objects
    whose box centre lies in block ``t``'s core are block ``t``'s. Every object whose views lie in
    the blocks overlapping it is joined and post-processed identically in the neighbourhoods of all
    the blocks that see it (their windows all overlap the object, so all of them are in each
    neighbourhood), and exactly one core holds its centre: one cell, never two halves, never twice.
    With objects smaller than the overlap this equals stitching all blocks at once (tested against
-   ``Predictor`` with tiles, which does that). The image-class rule of ``postprocess``
+   ``Predictor`` with tiles, which does that). The image-class rule of ``filter_predictions``
    (``test.image_class``, several classes) is decided per neighbourhood, not per slide.
 3. ``write_chunk``: each chunk of the output label image is painted by one task from the objects
    of the blocks that reach it (no two tasks write one chunk), where masks overlap the better score
@@ -49,7 +49,7 @@ import torch
 
 from maskrcnn.fileio import atomic_open
 from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.tiling import TileGrid, _centres, _read_tile, _shift, plan_tiles, stitch
 from maskrcnn.scale.sources import ImageSource
 from maskrcnn.scale.workers import ModelSpec, predictor_for
@@ -174,7 +174,7 @@ def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult
                     mask_threshold=min(test.mask_thresh))
     ox, oy = sub.xs[0], sub.ys[0]
     frame = (sub.ys[-1] + sub.tile_h - oy, sub.xs[-1] + sub.tile_w - ox)
-    final = postprocess(_shift(joined, -ox, -oy, frame), job.model.test)
+    final = filter_predictions(_shift(joined, -ox, -oy, frame), job.model.test)
     final = _shift(final, ox, oy, grid.image_size)
     if len(final):
         final = final[torch.nonzero(grid.owner(_centres(final.boxes)) == t, as_tuple=True)[0]]

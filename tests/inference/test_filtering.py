@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.filtering import fill_holes, image_class, mask_confidence, postprocess
+from maskrcnn.inference.filtering import fill_holes, image_class, mask_confidence, filter_predictions
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -28,7 +28,7 @@ def test_overlaps_go_to_the_best_score_and_losers_are_dropped_then_repainted():
     d[0, 0:10, 0:10] = 0.9           # A: 100 px, best score
     d[1, 0:10, 4:14] = 0.9           # B: 100 px, 60 under A -> keeps 40% < 50%: dropped
     d[2, 0:10, 11:21] = 0.9          # C: 100 px, 30 under B; B is gone, so C keeps all
-    out = postprocess(_inst(d, [0.9, 0.8, 0.7]), _cfg(overlap_min_keep=0.5))
+    out = filter_predictions(_inst(d, [0.9, 0.8, 0.7]), _cfg(overlap_min_keep=0.5))
     assert out.scores.tolist() == pytest.approx([0.9, 0.7])
     dense = out.masks.to_dense()
     assert torch.equal(dense[0], d[0] > 0)
@@ -36,11 +36,11 @@ def test_overlaps_go_to_the_best_score_and_losers_are_dropped_then_repainted():
     assert out.masks.crops.dtype == torch.bool
     assert torch.equal(out.boxes, torch.tensor([[0.0, 0, 10, 10], [11, 0, 21, 10]]))
     # keeping 40% is enough at overlap_min_keep=0.4: B keeps columns 10..13, C loses columns 11..13
-    out = postprocess(_inst(d, [0.9, 0.8, 0.7]), _cfg(overlap_min_keep=0.4))
+    out = filter_predictions(_inst(d, [0.9, 0.8, 0.7]), _cfg(overlap_min_keep=0.4))
     areas = out.masks.areas().tolist()
     assert areas == [100, 40, 70]
     # without overlap removal masks are kept whole
-    out = postprocess(_inst(d, [0.9, 0.8, 0.7]), _cfg(remove_overlaps=False))
+    out = filter_predictions(_inst(d, [0.9, 0.8, 0.7]), _cfg(remove_overlaps=False))
     assert out.masks.areas().tolist() == [100, 100, 100]
 
 
@@ -53,7 +53,7 @@ def test_random_overlaps_leave_no_pixel_twice_and_respect_ranks():
         d[k, y:y + 8 + k % 5, x:x + 6 + k % 7] = torch.rand(1, generator=g).item() * 0.5 + 0.5
     scores = torch.rand(n, generator=g)
     # one_piece off: this checks overlap removal alone (its fraction counts all of a mask's pieces)
-    out = postprocess(_inst(d, scores), _cfg(overlap_min_keep=0.3, min_area=(5,), one_piece=False))
+    out = filter_predictions(_inst(d, scores), _cfg(overlap_min_keep=0.3, min_area=(5,), one_piece=False))
     dense = out.masks.to_dense()
     assert dense.sum(0).max() <= 1
     assert (dense.flatten(1).sum(1) >= 5).all()
@@ -77,16 +77,16 @@ def test_per_class_score_mask_thresholds_and_min_area():
     labels = [0, 0, 1, 1, 2, 2]
     scores = [0.35, 0.25, 0.6, 0.45, 0.9, 0.8]
     cfg = _cfg(score_thresh=(0.3, 0.5, 0.7), mask_thresh=(0.5, 0.5, 0.7), min_area=(0, 0, 20))
-    out = postprocess(_inst(d, scores, labels), cfg)
+    out = filter_predictions(_inst(d, scores, labels), cfg)
     # class 0 keeps 0.35, class 1 keeps 0.6, class 2: both pass the score but mask threshold 0.7
     # leaves only instance 5's 10-pixel strip, under class 2's min area of 20.
     assert out.scores.tolist() == pytest.approx([0.6, 0.35])
     assert out.labels.tolist() == [1, 0]
-    out = postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, min_area=(0, 0, 10)))
+    out = filter_predictions(_inst(d, scores, labels), dataclasses.replace(cfg, min_area=(0, 0, 10)))
     assert out.scores.tolist() == pytest.approx([0.8, 0.6, 0.35])
     assert out.masks.areas().tolist() == [10, 50, 50]
     with pytest.raises(ValueError, match="test.score_thresh has 2 values .* class 2"):
-        postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, score_thresh=(0.3, 0.5)))
+        filter_predictions(_inst(d, scores, labels), dataclasses.replace(cfg, score_thresh=(0.3, 0.5)))
 
 
 def test_image_class_is_the_most_frequent_label():
@@ -97,20 +97,20 @@ def test_image_class_is_the_most_frequent_label():
     labels = [2, 1, 1, 2, 1]  # class 1 is the majority among passing instances
     scores = [0.95, 0.5, 0.45, 0.9, 0.42]
     cfg = _cfg(score_thresh=(0.1, 0.4, 0.1), min_area=(0, 0, 60), image_class="relabel")
-    out = postprocess(_inst(d, scores, labels), cfg)
+    out = filter_predictions(_inst(d, scores, labels), cfg)
     # relabel: everything becomes class 1 and is judged by class 1's thresholds (score 0.4, min area 0)
     assert out.labels.tolist() == [1, 1, 1, 1, 1]
     assert out.scores.tolist() == pytest.approx([0.95, 0.9, 0.5, 0.45, 0.42])
-    out = postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, image_class="filter"))
+    out = filter_predictions(_inst(d, scores, labels), dataclasses.replace(cfg, image_class="filter"))
     assert out.labels.tolist() == [1, 1, 1] and out.scores.tolist() == pytest.approx([0.5, 0.45, 0.42])
     # none: each instance keeps its class; class 2's min area of 60 drops both class-2 instances
-    out = postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, image_class="none"))
+    out = filter_predictions(_inst(d, scores, labels), dataclasses.replace(cfg, image_class="none"))
     assert out.labels.tolist() == [1, 1, 1]
     # 0.2 fails class 1's score threshold: 2 passing each, and class 2's larger score sum wins;
     # relabelled to class 2, all are under its min area
     scores[4] = 0.2
-    assert len(postprocess(_inst(d, scores, labels), cfg)) == 0
-    out = postprocess(_inst(d, scores, labels), dataclasses.replace(cfg, min_area=(0,)))
+    assert len(filter_predictions(_inst(d, scores, labels), cfg)) == 0
+    out = filter_predictions(_inst(d, scores, labels), dataclasses.replace(cfg, min_area=(0,)))
     assert out.labels.tolist() == [2] * 5
 
 
@@ -139,16 +139,16 @@ def test_fill_holes_fills_enclosed_background_only():
     d = torch.zeros((1, 12, 12))
     d[0, 1:10, 1:10] = 0.9
     d[0, 4:6, 4:6] = 0.1
-    out = postprocess(_inst(d, [0.9]), _cfg(fill_holes=True))
+    out = filter_predictions(_inst(d, [0.9]), _cfg(fill_holes=True))
     assert out.masks.areas().tolist() == [81]
 
 
 def test_empty_inputs_and_everything_filtered():
     empty = Instances.empty((10, 10), with_scores=True, with_masks=True)
-    assert len(postprocess(empty, Cfg())) == 0
+    assert len(filter_predictions(empty, Cfg())) == 0
     d = torch.zeros((1, 10, 10))
     d[0, 2:5, 2:5] = 0.9
-    out = postprocess(_inst(d, [0.1]), Cfg())
+    out = filter_predictions(_inst(d, [0.1]), Cfg())
     assert len(out) == 0 and out.masks is not None
 
 
@@ -168,20 +168,20 @@ def test_mask_rescore_changes_the_score_threshold_and_the_overlap_priority():
     d[0, 10:12, 0:10] = 0.3          # below the mask threshold: not part of A's mean
     d[1, 0:10, 4:14] = 1.0           # B: 0.6 * 1.0 = 0.6; shares 60 of its 100 px with A
     # Without rescoring A ranks first and takes the shared pixels; B keeps 40% < 50%: dropped.
-    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5))
+    out = filter_predictions(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5))
     assert out.scores.tolist() == pytest.approx([0.9])
     assert out.masks.areas().tolist() == [100]
     # Rescored, B ranks first and A is the one dropped; the output carries the rescored score.
-    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5, mask_rescore=True))
+    out = filter_predictions(_inst(d, [0.9, 0.6]), _cfg(overlap_min_keep=0.5, mask_rescore=True))
     assert out.scores.tolist() == pytest.approx([0.6])
     assert torch.equal(out.masks.to_dense()[0], d[1] > 0.5)
     # Disjoint masks: a score threshold of 0.5 keeps A (0.9) unrescored, drops it (0.495) rescored.
     d[1] = 0
     d[1, 12:20, 12:20] = 1.0
-    assert postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,))).scores.tolist() == pytest.approx([0.9, 0.6])
-    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,), mask_rescore=True))
+    assert filter_predictions(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,))).scores.tolist() == pytest.approx([0.9, 0.6])
+    out = filter_predictions(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.5,), mask_rescore=True))
     assert out.scores.tolist() == pytest.approx([0.6])
-    out = postprocess(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.4,), mask_rescore=True))
+    out = filter_predictions(_inst(d, [0.9, 0.6]), _cfg(score_thresh=(0.4,), mask_rescore=True))
     assert out.scores.tolist() == pytest.approx([0.6, 0.495])
 
 
@@ -189,5 +189,5 @@ def test_mask_rescore_needs_soft_masks():
     d = torch.zeros((1, 10, 10), dtype=torch.bool)
     d[0, 2:6, 2:6] = True
     with pytest.raises(ValueError, match="mask_rescore needs soft masks"):
-        postprocess(_inst(d, [0.9]), _cfg(mask_rescore=True))
-    assert len(postprocess(_inst(d, [0.9]), _cfg())) == 1
+        filter_predictions(_inst(d, [0.9]), _cfg(mask_rescore=True))
+    assert len(filter_predictions(_inst(d, [0.9]), _cfg())) == 1

@@ -5,7 +5,7 @@ and of the threshold-tuning sweep, so that tuned thresholds reproduce the tuned 
 import torch
 
 from maskrcnn import config
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.structures import Instances, MaskList
 
 
@@ -24,10 +24,10 @@ def _cfg(**kw):
 def test_a_score_at_the_threshold_is_kept():
     d = torch.zeros(3, 20, 20)
     d[0, 0:4, 0:4] = d[1, 8:12, 8:12] = d[2, 14:18, 0:4] = 0.9
-    out = postprocess(_instances(d, [0.5, 0.4999, 0.75]), _cfg(score_thresh=(0.5,)))
+    out = filter_predictions(_instances(d, [0.5, 0.4999, 0.75]), _cfg(score_thresh=(0.5,)))
     assert out.scores.tolist() == [0.75, 0.5]
     thr = float(torch.tensor(0.3, dtype=torch.float32))  # a float32 score equal to a float64 threshold
-    out = postprocess(_instances(d, [thr, 0.2, 0.75]), _cfg(score_thresh=(thr,)))
+    out = filter_predictions(_instances(d, [thr, 0.2, 0.75]), _cfg(score_thresh=(thr,)))
     assert len(out) == 2
 
 
@@ -35,6 +35,6 @@ def test_a_mask_value_at_the_threshold_is_foreground():
     d = torch.zeros(1, 10, 10)
     d[0, 2:6, 2:6] = 0.5  # exactly the threshold: 16 px in
     d[0, 6, 2:6] = 0.4999  # just under: out
-    out = postprocess(_instances(d, [0.9]), _cfg(mask_thresh=(0.5,)))
+    out = filter_predictions(_instances(d, [0.9]), _cfg(mask_thresh=(0.5,)))
     assert out.masks.areas().tolist() == [16.0]
     torch.testing.assert_close(out.boxes, torch.tensor([[2.0, 2.0, 6.0, 6.0]]))

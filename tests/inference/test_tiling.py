@@ -5,7 +5,7 @@ import torch
 
 from maskrcnn.config import ConfigError
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.tiling import plan_tiles, stitch, tile_starts, tiled_predict
 from maskrcnn.structures import Instances
 from tests.inference.stub_model import IdStubModel, draw_objects, random_blobs
@@ -171,7 +171,7 @@ def test_empty_tiles_and_empty_image():
         assert_same(tiled_predict(predict_raw, big, 64, 20, merge=merge), whole)
     empty = tiled_predict(predict_raw, torch.zeros((1, H, W)), 64, 20)
     assert len(empty) == 0 and empty.image_size == (H, W) and empty.masks is not None
-    assert len(postprocess(empty, Cfg(score_thresh=(0.0,)))) == 0
+    assert len(filter_predictions(empty, Cfg(score_thresh=(0.0,)))) == 0
 
 
 def test_image_smaller_than_a_tile_is_predicted_whole():
@@ -217,17 +217,17 @@ def test_stitch_of_shifted_soft_masks_keeps_crops_small():
     out = tiled_predict(predict_raw, image, 96, 32)
     assert out.masks.crops.shape[1] < 40 and out.masks.crops.shape[2] < 40
     assert out.masks.is_soft  # still raw predictions, ready for postprocess
-    final = postprocess(out, Cfg(score_thresh=(0.0,)))
+    final = filter_predictions(out, Cfg(score_thresh=(0.0,)))
     assert len(final) == len(out)
 
 
 def test_dropping_weak_instances_per_tile_changes_nothing_after_postprocess():
     image, _ = blob_image(120, 200, 200, seed=15)
     cfg = Cfg(score_thresh=(0.6,), image_class="none")
-    full = postprocess(tiled_predict(predict_raw, image, 64, 24), cfg)
+    full = filter_predictions(tiled_predict(predict_raw, image, 64, 24), cfg)
     early = tiled_predict(predict_raw, image, 64, 24, score_thresh=0.6)
     assert len(early) < len(tiled_predict(predict_raw, image, 64, 24))
-    assert_same(postprocess(early, cfg), full)
+    assert_same(filter_predictions(early, cfg), full)
 
 
 def test_numpy_uint16_image_is_read_one_tile_at_a_time(tmp_path):

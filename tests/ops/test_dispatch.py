@@ -132,10 +132,10 @@ def test_mask_nms_and_crop_mask_nms_run_the_kernels(kernel_calls, device):
     scores = torch.tensor([0.5, 0.9, 0.7], device=device)
     assert ops.mask_nms(m, scores, 0.3).tolist() == [1, 2]  # IoU(0, 1) = 1/3 > 0.3
     assert ops.mask_nms(m, scores, 0.4).tolist() == [1, 2, 0]
-    from maskrcnn.ops.masks import dense_to_crops
+    from maskrcnn.structures import MaskList
 
-    crops, origins = dense_to_crops(m)
-    assert ops.crop_mask_nms(crops, origins, scores, 0.3).tolist() == [1, 2]
+    crops = MaskList.from_dense(m, pad=0)
+    assert ops.crop_mask_nms(crops.crops, crops.origins, scores, 0.3).tolist() == [1, 2]
     assert kernel_calls["crop_mask_intersection"] == 3 and kernel_calls["greedy_suppress"] == 3
 
 

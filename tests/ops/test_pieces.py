@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.inference.filtering import postprocess
+from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.ops.pieces import count_pieces, label_pieces, largest_piece
 from maskrcnn.structures import Instances, MaskList
 
@@ -97,17 +97,17 @@ def test_postprocess_drops_the_island_overlap_removal_leaves():
     d[1, 8:11, 2:18] = 0.9    # B: a horizontal bar through A: A cuts it into 18 px left and 18 px right
     d[1, 8:11, 2:3] = 0.0     # ... make the left part 15 px, so the right part (18 px) is B's largest piece
     cfg = Cfg(score_thresh=(0.0,), min_area=(0,), image_class="none", overlap_min_keep=0.3)
-    out = postprocess(_inst(d, [0.9, 0.8]), cfg)
+    out = filter_predictions(_inst(d, [0.9, 0.8]), cfg)
     dense = out.masks.to_dense()
     expect_b = torch.zeros(20, 20, dtype=torch.bool)
     expect_b[8:11, 12:18] = True
     assert torch.equal(dense[1], expect_b)
     assert out.boxes[1].tolist() == [12.0, 8.0, 18.0, 11.0]
-    off = postprocess(_inst(d, [0.9, 0.8]), Cfg(score_thresh=(0.0,), min_area=(0,), image_class="none",
+    off = filter_predictions(_inst(d, [0.9, 0.8]), Cfg(score_thresh=(0.0,), min_area=(0,), image_class="none",
                                                        overlap_min_keep=0.3, one_piece=False))
     assert off.masks.areas().tolist() == [40, 33]
     # the largest piece (18 px) is below min_area 20: B is dropped
-    out = postprocess(_inst(d, [0.9, 0.8]), Cfg(score_thresh=(0.0,), min_area=(20,), image_class="none",
+    out = filter_predictions(_inst(d, [0.9, 0.8]), Cfg(score_thresh=(0.0,), min_area=(20,), image_class="none",
                                                        overlap_min_keep=0.3))
     assert out.scores.tolist() == pytest.approx([0.9])
 
@@ -121,8 +121,8 @@ def test_every_postprocessed_object_is_one_piece_on_random_overlaps():
         d[k, y:y + 6 + k % 5, x:x + 5 + k % 6] = 0.9
     scores = torch.rand(n, generator=g)
     cfg = Cfg(score_thresh=(0.0,), min_area=(0,), image_class="none", overlap_min_keep=0.2)
-    raw = postprocess(_inst(d, scores), Cfg(**{**cfg.__dict__, "one_piece": False}))
+    raw = filter_predictions(_inst(d, scores), Cfg(**{**cfg.__dict__, "one_piece": False}))
     assert int((count_pieces(raw.masks.crops) > 1).sum()) > 0  # the case arises here
-    out = postprocess(_inst(d, scores), cfg)
+    out = filter_predictions(_inst(d, scores), cfg)
     assert len(out) > 5
     assert count_pieces(out.masks.crops).tolist() == [1] * len(out)

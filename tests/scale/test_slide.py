@@ -112,7 +112,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     both post-processed: the same cells, pixel for pixel, on a tiny model with percentile normalisation."""
     from maskrcnn.config import load_config, to_dict
     from maskrcnn.inference.outputs import label_image
-    from maskrcnn.inference.filtering import postprocess
+    from maskrcnn.inference.filtering import filter_predictions
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.model import build_model
@@ -141,7 +141,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     model, mcfg = load_model(str(tmp_path / "tiny.pth"), "cpu")
     test = mcfg.test.__class__(**{**mcfg.test.__dict__, "tile_size": 96, "tile_overlap": 32})
     pred = build_predictor([model], test, device="cpu")
-    ref = postprocess(pred.predict_raw(torch.from_numpy(a.astype(np.float32) / 65535.0)), test)
+    ref = filter_predictions(pred.predict_raw(torch.from_numpy(a.astype(np.float32) / 65535.0)), test)
     want = label_image(ref).astype(np.int64)
     assert want.max() > 5  # the random model finds things to compare
     pairs = set(zip(got.ravel().tolist(), want.ravel().tolist()))
