@@ -22,9 +22,9 @@ import time
 import torch
 
 from maskrcnn.formats.image_files import read_image
-from maskrcnn.data.label_folders import masks_from_label_array
+from maskrcnn.formats.label_images import masks_from_label_array
 from maskrcnn.inference.checkpoint import load_model
-from maskrcnn.inference.outputs import label_image
+from maskrcnn.formats.label_images import to_label_image
 from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predict_cli import image_ids, list_images
 from maskrcnn.inference.predictor import build_predictor
@@ -36,7 +36,7 @@ def split_count(final) -> tuple:
     if len(final) == 0:
         return 0, 0, 0
     in_masks = int((count_pieces(final.masks.crops) > 1).sum())
-    lab = masks_from_label_array(label_image(final).astype("int64"))
+    lab = masks_from_label_array(to_label_image(final).astype("int64"))
     in_labels = int((count_pieces(lab.crops) > 1).sum()) if len(lab) else 0
     return len(final), in_masks, in_labels
 

@@ -84,7 +84,7 @@ def cmd_baseline(args) -> None:
     import zarr
 
     from maskrcnn.inference.checkpoint import load_model
-    from maskrcnn.inference.outputs import label_image
+    from maskrcnn.formats.label_images import to_label_image
     from maskrcnn.inference.filtering import filter_predictions
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.tiling import plan_tiles
@@ -101,7 +101,7 @@ def cmd_baseline(args) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     final = filter_predictions(pred.predict_raw(image), test)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    np.save(args.labels, label_image(final))
+    np.save(args.labels, to_label_image(final))
     print(json.dumps({"cells": len(final), "wall_s": wall, "cpu_s": cpu, "tiles": len(plan_tiles(a.shape, args.block, args.overlap)),
                       "peak_mb": _mem_kb() / 1024.0,
                       "rss_before_mb": before / 1024.0}))

@@ -22,7 +22,7 @@ from PIL import Image
 from maskrcnn import load_model
 from maskrcnn.data.image_folders import list_image_files
 from maskrcnn.evaluation.kaggle import image_score
-from maskrcnn.inference.outputs import label_image
+from maskrcnn.formats.label_images import to_label_image
 from maskrcnn.zoo.export import export
 
 
@@ -48,7 +48,7 @@ def main() -> None:
         for path in paths:
             image = np.asarray(Image.open(path))
             a, b = full.predict_instances(image), half.predict_instances(image)
-            la, lb = label_image(a), label_image(b)
+            la, lb = to_label_image(a), to_label_image(b)
             s = image_score(b.masks, a.masks) if len(a) or len(b) else 1.0
             n32, n16, same = n32 + len(a), n16 + len(b), same + int(np.array_equal(la, lb))
             scores.append(s)

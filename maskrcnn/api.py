@@ -9,7 +9,7 @@
 beside the weights unless others are given, its TTA views), and each call runs predict.py's steps
 for one image: the pixels are converted as ``read_image`` converts a file (``image_from_array``),
 predicted (``Predictor.predict_raw``) and post-processed (``filter_predictions``), and ``segment`` paints
-them as ``--format labels`` does (``label_image``). So ``model.segment(np.asarray(Image.open(f)))``
+them as ``--format labels`` does (``to_label_image``). So ``model.segment(np.asarray(Image.open(f)))``
 equals the label image ``predict.py --format labels`` writes for ``f``.
 
 What the calls return:
@@ -36,7 +36,8 @@ import torch
 from maskrcnn.config import Config, TestConfig
 from maskrcnn.formats.image_files import image_from_array
 from maskrcnn.device import resolve_device
-from maskrcnn.inference.outputs import label_image, model_class_names
+from maskrcnn.inference.outputs import model_class_names
+from maskrcnn.formats.label_images import to_label_image
 from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predict_cli import build_parser, load_predictor, resolve_weight_files
 from maskrcnn.inference.predictor import Predictor
@@ -127,7 +128,7 @@ class CellModel:
     def segment(self, image) -> np.ndarray:
         """The label image of ``image``: ``uint16[H, W]`` (``uint32`` past 65535 objects), 0 background,
         1..N the objects in decreasing score order; ``predict.py --format labels``'s pixels."""
-        return label_image(self.predict_instances(image), max_label=MAX_LABEL_32)
+        return to_label_image(self.predict_instances(image), max_label=MAX_LABEL_32)
 
 
 def load_model(weights: Union[str, Sequence[str]] = "nuclei", device: str = "auto",

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from maskrcnn import cli
 from maskrcnn.errors import UserError
+from maskrcnn.formats.kaggle_csv import ImageTruth, KaggleCsvError, order_for, read_mask_csv
 from maskrcnn.structures import Instances, MaskList, Sample
 
 # Okabe & Ito (2008), "Color Universal Design": sky blue, vermillion, yellow.
@@ -244,13 +245,11 @@ class MaskSource:
         self.is_csv = os.path.isfile(spec)
         if not self.is_csv and not os.path.isdir(spec):
             raise FileNotFoundError(f"--gt/--pred: no such file or folder: {spec}")
-        self._rows: Optional[Dict[str, "ImageTruth"]] = None
+        self._rows: Optional[Dict[str, ImageTruth]] = None
         self.strict = True  # an image id the CSV does not hold is an error (else: no masks, listed in missing)
         self.missing: List[str] = []
         self.order = order
         if self.is_csv and order == "auto":
-            from maskrcnn.formats.kaggle_csv import order_for
-
             self.order = order_for([spec], "auto")
 
     def masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
@@ -264,7 +263,7 @@ class MaskSource:
         for suffix in (".png", ".tif", ".tiff"):  # label images: predict.py --format labels / labels-tif
             label_image = os.path.join(self.spec, image_id + suffix)
             if os.path.isfile(label_image):
-                from maskrcnn.inference.outputs import read_label_image
+                from maskrcnn.formats.label_images import read_label_image
 
                 return read_label_image(label_image)
         files = _png_files(self.spec)  # one image's mask PNGs
@@ -275,7 +274,6 @@ class MaskSource:
     def _csv_masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
         """Masks of ``image_id`` in the CSV; KaggleCsvError for an id the file does not hold (viz would
         draw nothing and look fine) or a declared size other than the image's."""
-        from maskrcnn.formats.kaggle_csv import ImageTruth, KaggleCsvError, read_mask_csv
         from maskrcnn.formats.rle import decode_crops
 
         if self._rows is None:

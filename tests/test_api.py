@@ -164,7 +164,7 @@ def test_thresholds_beside_the_weights_load_with_them(tiny, tmp_path):
 
 
 def test_more_than_65535_objects_make_a_32_bit_label_image():
-    from maskrcnn.inference.outputs import OutputError, label_image
+    from maskrcnn.formats.label_images import LabelImageError, to_label_image
     from maskrcnn.structures import Instances, MaskList
 
     n, side = 65536 + 3, 257  # one pixel per object, row-major
@@ -173,10 +173,10 @@ def test_more_than_65535_objects_make_a_32_bit_label_image():
     masks = MaskList(torch.ones((n, 1, 1), dtype=torch.bool), origins, (side, side))
     inst = Instances((side, side), torch.zeros((n, 4)), torch.zeros(n, dtype=torch.long),
                      torch.linspace(1, 0, n), masks)
-    labels = label_image(inst, max_label=2**32 - 1)
+    labels = to_label_image(inst, max_label=2**32 - 1)
     assert labels.dtype == np.uint32 and labels.ravel()[:n].tolist() == list(range(1, n + 1))
-    with pytest.raises(OutputError, match="do not fit a 16-bit label image"):
-        label_image(inst)
+    with pytest.raises(LabelImageError, match="do not fit a 16-bit label image"):
+        to_label_image(inst)
 
 
 def test_import_maskrcnn_stays_cheap_and_exports_the_api():

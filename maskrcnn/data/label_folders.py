@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES
-from maskrcnn.formats.image_files import convert_channels, open_image, read_image
+from maskrcnn.formats.image_files import convert_channels, read_image
+from maskrcnn.formats.label_images import masks_from_label_array, read_label_array
 from maskrcnn.errors import UserError
-from maskrcnn.structures import Instances, MaskList, Sample
+from maskrcnn.structures import Instances, Sample
 
 MASK_FOLDERS = ("masks", "labels")
 MASK_SUFFIXES = ("_cp_masks", "_masks")  # Cellpose: <name>_masks.png; its own outputs <name>_cp_masks.png
@@ -35,63 +35,6 @@ IGNORED_SUFFIXES = ("_flows", "_seg")  # Cellpose's other outputs beside the ima
 
 class LabelFolderError(UserError, ValueError):
     """A problem with an images + label images folder; the message names the file(s)."""
-
-
-def masks_from_label_array(a: np.ndarray, where: str = "", error=LabelFolderError) -> MaskList:
-    """The objects of a label image ``int[H, W]`` (0 background, each positive value one object) as a
-    bool MaskList, in increasing label order; each crop is the object's tight box (the crops share
-    the largest box's size).
-
-    With ``where`` (the file), ``error`` naming it when the values look like an ordinary image's
-    grey levels rather than objects: over 20 values whose pixels fill, in the median, under 10% of
-    their boxes (an image given where label images belong).
-    """
-    H, W = a.shape
-    values = np.unique(a)
-    values = values[values != 0]
-    if values.size == 0:
-        return MaskList.empty((H, W))
-    ys, xs = np.nonzero(a)
-    k = np.searchsorted(values, a[ys, xs])
-    y0 = np.full(values.size, H, np.int64)
-    x0 = np.full(values.size, W, np.int64)
-    y1 = np.zeros(values.size, np.int64)
-    x1 = np.zeros(values.size, np.int64)
-    np.minimum.at(y0, k, ys)
-    np.minimum.at(x0, k, xs)
-    np.maximum.at(y1, k, ys + 1)
-    np.maximum.at(x1, k, xs + 1)
-    if where and values.size > 20:
-        fill = np.bincount(k, minlength=values.size) / ((y1 - y0) * (x1 - x0))
-        if np.median(fill) < 0.1:  # a photo's grey levels are scattered pixels, not objects
-            raise error(f"{where}: not a label image: its {values.size} values are scattered pixels (each fills "
-                        f"{np.median(fill):.0%} of its box, median), not objects; give label images "
-                        "(0 = background, one id per object; predict.py --format labels writes them)")
-    h, w = int((y1 - y0).max()), int((x1 - x0).max())
-    crops = np.zeros((values.size, h, w), dtype=bool)
-    crops[k, ys - y0[k], xs - x0[k]] = True
-    origins = torch.from_numpy(np.stack([x0, y0], axis=1))
-    return MaskList(torch.from_numpy(crops), origins, (H, W))
-
-
-def read_label_array(path: str, error=LabelFolderError) -> np.ndarray:
-    """A label image file as ``int64[H, W]``; ``error`` (naming the file) when it is not one channel
-    of non-negative whole numbers."""
-    with open_image(path, path, signed_ok=True) as im:  # 32-bit label TIFFs are signed (Pillow's mode I)
-        mode = im.mode
-        a = np.asarray(im)
-    if a.ndim != 2:
-        raise error(f"{path}: a label image has one channel of object ids, this one has shape {a.shape} "
-                    f"(mode {mode}); save the labels as a 1-channel 8/16-bit PNG or TIFF")
-    if a.dtype.kind == "f":
-        if not np.isfinite(a).all() or (a != np.round(a)).any():
-            bad = a[~np.isfinite(a) | (a != np.round(a))][0]
-            raise error(f"{path}: label image holds the non-integer value {bad}: label images hold object ids "
-                        "(0 = background, 1, 2, ... one per object), not probabilities or intensities")
-    a = a.astype(np.int64)
-    if a.size and a.min() < 0:
-        raise error(f"{path}: label image holds the negative value {a.min()}; object ids are 0 (background) or positive")
-    return a
 
 
 def _stem(name: str) -> str:
@@ -200,12 +143,12 @@ class LabelFolderDataset:
         name, path, label_path = self.pairs[index]
         image = convert_channels(read_image(path), self.channels, path)
         H, W = int(image.shape[1]), int(image.shape[2])
-        a = read_label_array(label_path)
+        a = read_label_array(label_path, LabelFolderError)
         if a.shape != (H, W):
             raise LabelFolderError(f"{label_path} is {a.shape[1]}x{a.shape[0]} (WxH) but its image {path} is {W}x{H}")
-        masks = masks_from_label_array(a, label_path)
+        masks = masks_from_label_array(a, label_path, LabelFolderError)
         inst = Instances((H, W), masks.tight_boxes(), torch.zeros(len(masks), dtype=torch.long), None, masks)
         return Sample(image, inst, name, {"path": path, "label_path": label_path, "class_names": self.class_names})
 
 
-__all__ = ["LabelFolderDataset", "LabelFolderError", "find_pairs", "masks_from_label_array", "read_label_array"]
+__all__ = ["LabelFolderDataset", "LabelFolderError", "find_pairs"]

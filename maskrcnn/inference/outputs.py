@@ -32,87 +32,29 @@ without pixels are dropped, so labels stay consecutive.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_open, atomic_write_bytes
 from maskrcnn.formats.image_files import encode_png
 from maskrcnn.formats.kaggle_csv import DSB_SUBMISSION_HEADER, SUBMISSION_HEADER
+from maskrcnn.formats.label_images import MAX_LABEL_32, encode_label_tiff, to_label_image
 from maskrcnn.inference.submission import instances_to_rows, save_submission
-from maskrcnn.structures import Instances, MaskList
+from maskrcnn.structures import Instances
 
 FORMATS = ("csv", "dsb", "coco", "labels", "labels-tif", "geojson", "imagej-roi")
 DEFAULT_OUT = {"csv": "submission.csv", "dsb": "submission.csv", "coco": "results.json", "labels": "labels",
                "labels-tif": "labels", "geojson": "outlines", "imagej-roi": "rois"}
 FOLDER_FORMATS = ("labels", "labels-tif", "geojson", "imagej-roi")  # --out is a folder, one file per image
-MAX_LABEL = 65535  # 16-bit label images
-MAX_LABEL_32 = 2 ** 31 - 1  # TIFF: 32-bit signed integers (Pillow's mode I)
 LABEL_SUFFIX = ".png"
 
 
 class OutputError(UserError, ValueError):
     """An output that cannot be written as asked (the message names the file or the mapping)."""
-
-
-# ------------------------------------------------------------------------ label images
-def label_image(inst: Instances, max_label: int = MAX_LABEL) -> np.ndarray:
-    """``uint16[H, W]``: 0 background, ``k`` = the k-th object of ``inst`` (binary masks in decreasing
-    score order); where masks overlap the earlier (better) one wins and emptied objects are dropped,
-    so the labels are ``1..N`` without gaps. ``max_label``: more objects are an OutputError; above
-    65535 (the Python API's ``segment``, TIFF label images) an image of more than 65535 objects is
-    ``uint32``.
-    """
-    H, W = inst.image_size
-    masks = inst.masks
-    if masks is None:
-        raise ValueError("label_image needs instances with masks")
-    if masks.is_soft:
-        raise ValueError("label_image needs binary masks (run filter_predictions first)")
-    n = len(masks)
-    canvas = torch.zeros(H * W, dtype=torch.int64)
-    count = 0
-    if n:
-        masks = masks.to("cpu")
-        n_idx, _, flat = masks.foreground_pixels()
-        owner = torch.full((H * W,), n + 1, dtype=torch.int64)
-        owner.scatter_reduce_(0, flat, n_idx + 1, reduce="amin")  # the best-scoring mask wins a shared pixel
-        canvas = torch.where(owner <= n, owner, canvas)
-        present = torch.zeros(n + 2, dtype=torch.bool)
-        present[canvas] = True
-        present[0] = False
-        count = int(present.sum())
-        if count > max_label:
-            raise OutputError(f"{count} objects do not fit a 16-bit label image (at most {max_label}); "
-                              "--format labels-tif writes 32-bit TIFFs then")
-        renumber = torch.cumsum(present.long(), 0) * present.long()  # 1..N in score order, 0 elsewhere
-        canvas = renumber[canvas]
-    return canvas.view(H, W).numpy().astype(np.uint16 if count <= MAX_LABEL else np.uint32)
-
-
-def encode_label_tiff(labels: np.ndarray) -> bytes:
-    """TIFF bytes of a label image ``uint16[H, W]`` or ``uint32[H, W]``, deflate-compressed (32-bit
-    ids are stored as Pillow's signed mode ``I``: ids stay below 2**31)."""
-    from PIL import Image
-
-    a = np.ascontiguousarray(labels)
-    if a.dtype == np.uint32:
-        a = a.astype(np.int32)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="TIFF", compression="tiff_adobe_deflate")
-    return buf.getvalue()
-
-def read_label_image(path: str) -> MaskList:
-    """The objects of a label image (0 = background, each other value one object) as a bool MaskList,
-    in increasing label order (``maskrcnn.data.label_folders``, the training reader's own)."""
-    from maskrcnn.data.label_folders import masks_from_label_array, read_label_array
-
-    return masks_from_label_array(read_label_array(path, OutputError), path, OutputError)
 
 
 # --------------------------------------------------------------------------- COCO ids
@@ -277,7 +219,7 @@ class LabelImageWriter(Writer):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise OutputError(f"--format {fmt} writes a folder of {what}, but {folder} is a file")
         self.folder, self.suffix, self.what, self.fmt = folder, suffix, what, fmt
-        self.encode = encode if encode is not None else (lambda final: encode_png(label_image(final), compress_level=6))
+        self.encode = encode if encode is not None else (lambda final: encode_png(to_label_image(final), compress_level=6))
         parent, name = os.path.split(os.path.abspath(folder))
         self.staging = os.path.join(parent, f".{name}.partial.{os.getpid()}")
         self.staged: List[str] = []
@@ -334,7 +276,7 @@ def folder_writer(fmt: str, folder: str, class_names: Optional[Sequence[str]] = 
     from maskrcnn.inference.polygon_files import geojson_bytes, imagej_roi_zip
 
     if fmt == "labels-tif":
-        return LabelImageWriter(folder, ".tif", lambda f: encode_label_tiff(label_image(f, MAX_LABEL_32)),
+        return LabelImageWriter(folder, ".tif", lambda f: encode_label_tiff(to_label_image(f, MAX_LABEL_32)),
                                 "label images", fmt)
     if fmt == "geojson":
         return LabelImageWriter(folder, ".geojson", lambda f: geojson_bytes(f, class_names), "GeoJSON outline files",

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from maskrcnn.config import DataConfig
-from maskrcnn.data.label_folders import LabelFolderDataset, LabelFolderError, masks_from_label_array
+from maskrcnn.data.label_folders import LabelFolderDataset, LabelFolderError
+from maskrcnn.formats.label_images import masks_from_label_array
 from maskrcnn.data.loader import build_dataset, build_reader
 
 
@@ -132,7 +133,7 @@ def test_real_dsb2018_images_as_label_pngs_give_the_dsb_reader_objects(tmp_path)
     if not os.path.isdir(root):
         pytest.skip("DSB2018 data not present")
     from maskrcnn.data.dsb2018 import DSB2018Dataset
-    from maskrcnn.inference.outputs import label_image
+    from maskrcnn.formats.label_images import to_label_image
 
     dsb = DSB2018Dataset(root)
     os.makedirs(tmp_path / "images")
@@ -142,7 +143,7 @@ def test_real_dsb2018_images_as_label_pngs_give_the_dsb_reader_objects(tmp_path)
         s = dsb.load(i)
         Image.open(dsb.image_path(s.image_id)).save(tmp_path / "images" / f"{s.image_id}.png")
         inst = s.instances.replace(scores=torch.ones(len(s.instances)))
-        Image.fromarray(label_image(inst)).save(tmp_path / "masks" / f"{s.image_id}.png")
+        Image.fromarray(to_label_image(inst)).save(tmp_path / "masks" / f"{s.image_id}.png")
     ours = LabelFolderDataset(str(tmp_path))
     for k, i in enumerate(picks):
         a, b = ours.load(k), dsb.load(i)

@@ -12,8 +12,8 @@ from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.formats.rle import decode
 from maskrcnn.evaluation.coco_ap import evaluate_coco_files
 from maskrcnn.evaluation.score import score_files
-from maskrcnn.inference.outputs import (OutputError, build_writer, coco_category_ids, coco_image_ids, label_image,
-                                        read_label_image)
+from maskrcnn.inference.outputs import OutputError, build_writer, coco_category_ids, coco_image_ids
+from maskrcnn.formats.label_images import LabelImageError, read_label_image, to_label_image
 from maskrcnn.inference.predict_cli import image_ids, list_images, predict_images, write_predictions
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.formats.kaggle_csv import csv_kind, order_for, read_submission
@@ -79,10 +79,10 @@ def test_label_image_by_hand():
     expect = np.zeros((6, 7), np.uint16)
     expect[2:5, 3:6] = 2
     expect[1:3, 1:4] = 1
-    got = label_image(inst)
+    got = to_label_image(inst)
     assert got.dtype == np.uint16 and np.array_equal(got, expect)
     empty = Instances.empty((4, 5), with_scores=True, with_masks=True)
-    assert np.array_equal(label_image(empty), np.zeros((4, 5), np.uint16))
+    assert np.array_equal(to_label_image(empty), np.zeros((4, 5), np.uint16))
 
 
 def test_labels_format_writes_16_bit_pngs_that_read_back(tmp_path):
@@ -116,8 +116,8 @@ def test_too_many_objects_for_16_bits():
     origins = torch.stack([torch.arange(n) % 300, torch.arange(n) // 300], 1)
     m = MaskList(crops, origins, (300, 300))
     inst = Instances((300, 300), m.tight_boxes(), torch.zeros(n, dtype=torch.long), torch.ones(n), m)
-    with pytest.raises(OutputError, match="16-bit"):
-        label_image(inst)
+    with pytest.raises(LabelImageError, match="16-bit"):
+        to_label_image(inst)
 
 
 # ------------------------------------------------------------------------------ DSB CSV

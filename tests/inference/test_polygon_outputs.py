@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.inference.outputs import build_writer, encode_label_tiff, label_image, read_label_image
+from maskrcnn.inference.outputs import build_writer
+from maskrcnn.formats.label_images import encode_label_tiff, read_label_image, to_label_image
 from maskrcnn.inference.polygon_files import (PolygonFileError, geojson_collection, imagej_roi_bytes, imagej_roi_zip,
                                               read_geojson, read_imagej_roi, read_imagej_roi_zip)
 from maskrcnn.inference.predict_cli import list_images
@@ -190,7 +191,7 @@ def test_more_than_65535_objects_make_a_32_bit_tiff(tmp_path):
     origins = torch.stack([torch.arange(n) % 300, torch.arange(n) // 300], 1)
     m = MaskList(crops, origins, (300, 300))
     inst = Instances((300, 300), m.tight_boxes(), torch.zeros(n, dtype=torch.long), torch.ones(n), m)
-    a = label_image(inst, max_label=2 ** 31 - 1)
+    a = to_label_image(inst, max_label=2 ** 31 - 1)
     assert a.dtype == np.uint32 and int(a.max()) == n and a[0, 0] == 1 and a[1, 0] == 301
     path = tmp_path / "big.tif"
     path.write_bytes(encode_label_tiff(a))

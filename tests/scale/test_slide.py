@@ -111,7 +111,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     """The CLI end to end (a local cluster of 1 process) against ``Predictor`` with the same tiles,
     both post-processed: the same cells, pixel for pixel, on a tiny model with percentile normalisation."""
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.inference.outputs import label_image
+    from maskrcnn.formats.label_images import to_label_image
     from maskrcnn.inference.filtering import filter_predictions
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.checkpoint import load_model
@@ -142,7 +142,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     test = mcfg.test.__class__(**{**mcfg.test.__dict__, "tile_size": 96, "tile_overlap": 32})
     pred = build_predictor([model], test, device="cpu")
     ref = filter_predictions(pred.predict_raw(torch.from_numpy(a.astype(np.float32) / 65535.0)), test)
-    want = label_image(ref).astype(np.int64)
+    want = to_label_image(ref).astype(np.int64)
     assert want.max() > 5  # the random model finds things to compare
     pairs = set(zip(got.ravel().tolist(), want.ravel().tolist()))
     # one to one: every label of one image covers exactly one label of the other
