@@ -91,8 +91,9 @@ def open_images(folder: str, channels: int):
     """The reader of ``--images``: DSB2018 layout (``<id>/images/<id>.png``) or a flat folder."""
     if not os.path.isdir(folder):
         raise PseudoLabelError(f"--images {folder}: no such folder")
-    subdirs = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
-    if subdirs and any(os.path.isfile(os.path.join(folder, d, "images", f"{d}.png")) for d in subdirs):
+    from maskrcnn.formats import dsb_layout
+
+    if dsb_layout.image_files(folder):
         from maskrcnn.data.dsb2018 import DSB2018Dataset
 
         return DSB2018Dataset(folder, labeled=False, channels=channels)

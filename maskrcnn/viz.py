@@ -253,11 +253,11 @@ class MaskSource:
             self.order = order_for([spec], "auto")
 
     def masks(self, image_id: str, size: Tuple[int, int]) -> MaskList:
-        from maskrcnn.data.dsb2018 import read_mask_crops
+        from maskrcnn.formats.dsb_layout import mask_folder, read_mask_crops
 
         if self.is_csv:
             return self._csv_masks(image_id, size)
-        dsb = os.path.join(self.spec, image_id, "masks")
+        dsb = mask_folder(self.spec, image_id)
         if os.path.isdir(dsb):
             return read_mask_crops(_png_files(dsb), size)
         for suffix in (".png", ".tif", ".tiff"):  # label images: predict.py --format labels / labels-tif

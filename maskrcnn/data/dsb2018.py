@@ -3,8 +3,7 @@
 Images are RGBA PNGs (the first three channels are used; many are grayscale stored as RGB): the
 reader yields 3-channel images for all of them, so batches mix freely. One class, ``nucleus``.
 
-Each mask PNG is decoded and immediately cropped to its nonzero box (``Image.getbbox`` runs in C),
-so an image with 375 nuclei never holds 375 full-size masks.
+The folder layout and the mask PNGs are read by ``maskrcnn.formats.dsb_layout``.
 
 Each sample's ``meta["cell_type"]`` is its imaging domain (``imaging_domain``): ``fluorescence``,
 ``brightfield`` or ``histology``. The data has one class (``nucleus``); the domain is what the
@@ -18,11 +17,11 @@ import os
 import warnings
 from typing import List, Sequence
 
-import numpy as np
 import torch
 
-from maskrcnn.formats.image_files import convert_channels, is_gray, open_image, read_image
-from maskrcnn.errors import UserError
+from maskrcnn.formats import dsb_layout
+from maskrcnn.formats.dsb_layout import read_mask_crops
+from maskrcnn.formats.image_files import convert_channels, is_gray, read_image
 from maskrcnn.structures import Instances, MaskList, Sample
 
 DSB_CLASSES = ("nucleus",)
@@ -39,65 +38,6 @@ def imaging_domain(image: torch.Tensor) -> str:
     if not is_gray(image):
         return "histology"
     return "fluorescence" if float(image.mean()) < 0.5 else "brightfield"
-
-
-class DSB2018FormatError(UserError, ValueError):
-    """A problem with a DSB2018 folder; the message names the file."""
-
-
-def _any_channel(im):
-    """A one-channel image that is nonzero where any colour channel of ``im`` is (alpha ignored).
-
-    Converting an RGB mask to luminance would lose a dim pure-blue object ((0, 0, 1) -> 0).
-    """
-    from PIL import Image
-
-    rgb = im if im.mode in ("RGB", "RGBA", "LA") else im.convert("RGBA" if "A" in im.mode else "RGB")
-    a = np.asarray(rgb)
-    colour = a[..., :1] if rgb.mode == "LA" else a[..., :3]
-    return Image.fromarray((colour.max(axis=2) > 0).astype(np.uint8) * 255, "L")
-
-
-def read_mask_crops(paths: Sequence[str], image_size, pad: int = 1) -> MaskList:
-    """Read binary mask PNGs (nonzero = object; in a colour PNG, any nonzero colour channel) of one
-    image into a bool ``MaskList``.
-
-    Raises:
-        DSB2018FormatError: a mask whose size differs from ``image_size = (H, W)``.
-        maskrcnn.formats.image_files.ImageReadError / FileNotFoundError: an unreadable or missing mask file.
-
-    Empty mask files are skipped with a warning naming them.
-    """
-    H, W = int(image_size[0]), int(image_size[1])
-    crops: List[np.ndarray] = []
-    boxes: List[tuple] = []
-    empty: List[str] = []
-    for p in paths:  # one decode per file: the files are the format
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"mask file not found: {p}")
-        with open_image(p, p) as im:
-            if im.size != (W, H):
-                raise DSB2018FormatError(f"{p}: mask is {im.size[0]}x{im.size[1]} (WxH) but its image is {W}x{H}")
-            if im.mode not in ("L", "1", "P", "I;16", "I"):
-                im = _any_channel(im)
-            bbox = im.getbbox()
-            if bbox is None:
-                empty.append(p)
-                continue
-            crops.append(np.asarray(im.crop(bbox)) != 0)
-            boxes.append(bbox)
-    if empty:
-        warnings.warn(f"{len(empty)} empty mask files skipped (e.g. {empty[:3]})", stacklevel=2)
-    if not crops:
-        return MaskList.empty((H, W))
-    b = np.asarray(boxes, dtype=np.int64)  # x0, y0, x1, y1
-    h = int((b[:, 3] - b[:, 1]).max()) + 2 * pad
-    w = int((b[:, 2] - b[:, 0]).max()) + 2 * pad
-    out = np.zeros((len(crops), h, w), dtype=bool)
-    for k, c in enumerate(crops):  # one slice copy per file, alongside the decode above
-        out[k, pad:pad + c.shape[0], pad:pad + c.shape[1]] = c
-    origins = torch.from_numpy(b[:, :2] - pad)
-    return MaskList(torch.from_numpy(out), origins, (H, W))
 
 
 class DSB2018Dataset:
@@ -132,7 +72,7 @@ class DSB2018Dataset:
             p = self.image_path(i)
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{os.path.join(root, i)}: image file {p} not found")
-            if self.labeled and not os.path.isdir(os.path.join(root, i, "masks")):
+            if self.labeled and not os.path.isdir(dsb_layout.mask_folder(root, i)):
                 raise FileNotFoundError(f"{os.path.join(root, i)}: no masks/ folder (pass labeled=False for test images)")
         self.image_ids: List[str] = ids
         self._strata = None
@@ -146,11 +86,10 @@ class DSB2018Dataset:
         return len(self.image_ids)
 
     def image_path(self, image_id: str) -> str:
-        return os.path.join(self.root, image_id, "images", f"{image_id}.png")
+        return dsb_layout.image_path(self.root, image_id)
 
     def mask_paths(self, image_id: str) -> List[str]:
-        d = os.path.join(self.root, image_id, "masks")
-        return [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.lower().endswith(".png")]
+        return dsb_layout.mask_paths(self.root, image_id)
 
     def strata(self) -> list:
         """Split strata: ``HxW/gray|rgb/dark|mid|bright`` (size, modality, mean intensity bucket).
@@ -184,4 +123,4 @@ class DSB2018Dataset:
         return Sample(image, inst, image_id, meta)
 
 
-__all__ = ["DSB2018Dataset", "DSB2018FormatError", "read_mask_crops", "imaging_domain", "DSB_CLASSES", "DSB_DOMAINS"]
+__all__ = ["DSB2018Dataset", "imaging_domain", "DSB_CLASSES", "DSB_DOMAINS"]

@@ -13,6 +13,7 @@ import os
 from typing import List
 
 from maskrcnn.errors import UserError
+from maskrcnn.formats import dsb_layout
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -36,19 +37,9 @@ def flat_image_files(folder: str) -> List[str]:
     )
 
 
-def dsb_image_files(folder: str) -> List[str]:
-    """``<id>/images/<id>.png`` of every ``<id>/`` folder in ``folder`` that has one, sorted by id."""
-    out = []
-    for d in sorted(os.listdir(folder)):
-        p = os.path.join(folder, d, "images", d + ".png")
-        if os.path.isfile(p) or os.path.islink(p):  # a dangling link too: named when read
-            out.append(p)
-    return out
-
-
 def is_dsb_layout(folder: str) -> bool:
     """True when ``folder`` holds no image directly but ``<id>/images/<id>.png`` folders."""
-    return os.path.isdir(folder) and not flat_image_files(folder) and bool(dsb_image_files(folder))
+    return os.path.isdir(folder) and not flat_image_files(folder) and bool(dsb_layout.image_files(folder))
 
 
 def list_image_files(folder: str) -> List[str]:
@@ -60,7 +51,7 @@ def list_image_files(folder: str) -> List[str]:
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = flat_image_files(folder) or dsb_image_files(folder)
+    paths = flat_image_files(folder) or dsb_layout.image_files(folder)
     if not paths:
         raise ImageFolderError(
             f"{folder}: no images: neither image files ({', '.join(IMAGE_SUFFIXES)}) in it nor DSB2018 "

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.data.dsb2018 import DSB2018Dataset, DSB2018FormatError, imaging_domain
+from maskrcnn.data.dsb2018 import DSB2018Dataset, imaging_domain
+from maskrcnn.formats.dsb_layout import DSB2018FormatError
 from maskrcnn.formats.image_files import ImageReadError
 
 from .conftest import DSB_ROOT
