@@ -143,21 +143,8 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
     Returns a small summary dict (counts and byte sizes).
     """
     global _WORKER_READER
-    if image_codec not in IMAGE_CODECS:
-        raise ValueError(f"image_codec must be one of {IMAGE_CODECS}, got {image_codec!r}")
-    if image_codec == "webp":
-        from PIL import features
-
-        if not features.check("webp"):
-            raise RuntimeError("this Pillow has no WebP support; use image_codec='png' (--image-codec png)")
+    _check_codec(image_codec)
     n = len(reader)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    codecs = np.zeros(n, dtype=np.uint8)
-    sizes = np.zeros((n, 2), dtype=np.int32)
-    inst_off = np.zeros(n + 1, dtype=np.int64)
-    channels, labels, boxes, packed, metas = [], [], [], [], []
-    carry = np.zeros(0, dtype=bool)  # mask bits not yet packed (fewer than 8)
-    nbits = 0
     blob_path = out + ".images.tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     pool = None
@@ -169,71 +156,105 @@ def write_cache(reader, out: str, image_codec: str = "webp", progress: bool = Fa
         records = pool.imap(_encode_in_worker, ((i, image_codec) for i in range(n)), chunksize=4)
     else:
         records = (_encode_sample(reader, i, image_codec) for i in range(n))
+    table = _CacheTable(n)
     try:
         with open(blob_path, "wb") as blob_file:
-            records = track(records, "cache", total=n, mode="bar" if progress else "off")
-            for i, (codec, blob, ch, size, lab, box, bits, meta) in enumerate(records):  # one image at a time
-                blob_file.write(blob)
-                offsets[i + 1] = offsets[i] + len(blob)
-                codecs[i] = codec
-                channels.append(ch)
-                sizes[i] = size
-                if lab is not None:
-                    labels.append(lab)
-                    boxes.append(box)
-                inst_off[i + 1] = inst_off[i] + (0 if lab is None else len(lab))
-                nbits += bits.size
-                bits = np.concatenate([carry, bits])
-                whole = bits.size - bits.size % 8
-                packed.append(np.packbits(bits[:whole]))
-                carry = bits[whole:]
-                metas.append(meta)
+            for i, record in enumerate(track(records, "cache", total=n, mode="bar" if progress else "off")):
+                table.add(i, record, blob_file)  # one image at a time
         if pool is not None:
             pool.close()
             pool.join()
-        packed.append(np.packbits(carry))
-        out_channels = max(channels) if channels else 1
-        info = {
-            "version": CACHE_VERSION,
-            "class_names": list(reader.class_names),
-            "image_ids": list(reader.image_ids),
-            "strata": [str(s) for s in reader.strata()],
-            "meta": metas,
-            "channels": out_channels,
-            "source": type(reader).__name__,
-        }
-        arrays = dict(
-            info=np.frombuffer(json.dumps(info).encode(), dtype=np.uint8),
-            image_offsets=offsets,
-            image_codecs=codecs,
-            image_sizes=sizes,
-            inst_offsets=inst_off,
-            labels=np.concatenate(labels) if labels else np.zeros(0, dtype=np.int16),
-            boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4), dtype=np.int32),
-            mask_bits=np.concatenate(packed),
-            mask_nbits=np.asarray([nbits], dtype=np.int64),
-        )
-        with atomic_open(out, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-            for name, arr in arrays.items():
-                _npy_member(zf, name, arr)
-            # The images: stored (WebP/PNG bytes do not deflate), streamed from the temporary file.
-            with zf.open(zipfile.ZipInfo("image_bytes.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
-                         force_zip64=True) as member, open(blob_path, "rb") as src:
-                header = {"descr": "|u1", "fortran_order": False, "shape": (int(offsets[-1]),)}
-                np.lib.format.write_array_header_1_0(member, header)
-                while True:
-                    chunk = src.read(1 << 24)
-                    if not chunk:
-                        break
-                    member.write(chunk)
+        _write_npz(out, table.arrays(reader), blob_path, int(table.offsets[-1]))
     finally:
         if pool is not None:
             pool.terminate()
         _WORKER_READER = None
         if os.path.exists(blob_path):
             os.remove(blob_path)
-    return {"images": n, "instances": int(inst_off[-1]), "file_bytes": os.path.getsize(out),
-            "image_bytes": int(offsets[-1]), "mask_bits": int(nbits)}
+    return {"images": n, "instances": int(table.inst_off[-1]), "file_bytes": os.path.getsize(out),
+            "image_bytes": int(table.offsets[-1]), "mask_bits": int(table.nbits)}
+
+
+def _check_codec(image_codec: str) -> None:
+    if image_codec not in IMAGE_CODECS:
+        raise ValueError(f"image_codec must be one of {IMAGE_CODECS}, got {image_codec!r}")
+    if image_codec == "webp":
+        from PIL import features
+
+        if not features.check("webp"):
+            raise RuntimeError("this Pillow has no WebP support; use image_codec='png' (--image-codec png)")
+
+
+class _CacheTable:
+    """The cache's arrays, filled one image record (``_encode_sample``) at a time; the image bytes
+    go to ``blob_file`` and the mask bits are packed as they come."""
+
+    def __init__(self, n: int):
+        self.offsets = np.zeros(n + 1, dtype=np.int64)
+        self.codecs = np.zeros(n, dtype=np.uint8)
+        self.sizes = np.zeros((n, 2), dtype=np.int32)
+        self.inst_off = np.zeros(n + 1, dtype=np.int64)
+        self.channels, self.labels, self.boxes, self.packed, self.metas = [], [], [], [], []
+        self.carry = np.zeros(0, dtype=bool)  # mask bits not yet packed (fewer than 8)
+        self.nbits = 0
+
+    def add(self, i: int, record, blob_file) -> None:
+        codec, blob, ch, size, lab, box, bits, meta = record
+        blob_file.write(blob)
+        self.offsets[i + 1] = self.offsets[i] + len(blob)
+        self.codecs[i] = codec
+        self.channels.append(ch)
+        self.sizes[i] = size
+        if lab is not None:
+            self.labels.append(lab)
+            self.boxes.append(box)
+        self.inst_off[i + 1] = self.inst_off[i] + (0 if lab is None else len(lab))
+        self.nbits += bits.size
+        bits = np.concatenate([self.carry, bits])
+        whole = bits.size - bits.size % 8
+        self.packed.append(np.packbits(bits[:whole]))
+        self.carry = bits[whole:]
+        self.metas.append(meta)
+
+    def arrays(self, reader) -> dict:
+        """The ``.npz`` members but the image bytes, in file order."""
+        info = {
+            "version": CACHE_VERSION,
+            "class_names": list(reader.class_names),
+            "image_ids": list(reader.image_ids),
+            "strata": [str(s) for s in reader.strata()],
+            "meta": self.metas,
+            "channels": max(self.channels) if self.channels else 1,
+            "source": type(reader).__name__,
+        }
+        return dict(
+            info=np.frombuffer(json.dumps(info).encode(), dtype=np.uint8),
+            image_offsets=self.offsets,
+            image_codecs=self.codecs,
+            image_sizes=self.sizes,
+            inst_offsets=self.inst_off,
+            labels=np.concatenate(self.labels) if self.labels else np.zeros(0, dtype=np.int16),
+            boxes=np.concatenate(self.boxes) if self.boxes else np.zeros((0, 4), dtype=np.int32),
+            mask_bits=np.concatenate(self.packed + [np.packbits(self.carry)]),
+            mask_nbits=np.asarray([self.nbits], dtype=np.int64),
+        )
+
+
+def _write_npz(out: str, arrays: dict, blob_path: str, image_bytes: int) -> None:
+    """The ``.npz`` at ``out`` (atomically): ``arrays`` deflated, then the images stored (WebP/PNG
+    bytes do not deflate), streamed from ``blob_path``."""
+    with atomic_open(out, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            _npy_member(zf, name, arr)
+        with zf.open(zipfile.ZipInfo("image_bytes.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
+                     force_zip64=True) as member, open(blob_path, "rb") as src:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (image_bytes,)}
+            np.lib.format.write_array_header_1_0(member, header)
+            while True:
+                chunk = src.read(1 << 24)
+                if not chunk:
+                    break
+                member.write(chunk)
 
 
 def _mapped_member(path: str, member: str) -> Optional[np.ndarray]:
