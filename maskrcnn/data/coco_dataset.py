@@ -35,7 +35,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from maskrcnn.data.transforms import clip_to_image
-from maskrcnn.formats.coco_json import AnnotationStore, CocoFormatError, decode_rles, load_coco_json
+from maskrcnn.formats.coco_json import AnnotationStore, CocoFormatError, decode_rles, image_positions, load_coco_json
 from maskrcnn.formats.image_files import read_image
 from maskrcnn.structures import Instances, MaskList, Sample
 
@@ -71,16 +71,8 @@ class CocoDataset:
             if missing:
                 raise CocoFormatError(f"{ann_file}: categories {missing} are not in data.classes {self.class_names}")
             self._cat_to_label = {c["id"]: self.class_names.index(str(c["name"])) for c in cats}
-        self._images = []
-        image_pos: Dict[object, int] = {}
-        for im in doc["images"]:
-            for key in ("id", "file_name", "height", "width"):
-                if key not in im:
-                    raise CocoFormatError(f"{ann_file}: image entry {im.get('id', '?')} lacks {key!r}")
-            if im["id"] in image_pos:
-                raise CocoFormatError(f"{ann_file}: image id {im['id']} appears twice")
-            image_pos[im["id"]] = len(self._images)
-            self._images.append(im)
+        self._images = doc["images"]
+        image_pos = image_positions(doc, ann_file)
         for a in doc["annotations"]:  # the hook replaced every annotation with a segmentation by None
             if a is not None:
                 raise CocoFormatError(f"{ann_file}: annotation {a.get('id') if isinstance(a, dict) else a!r} has no "

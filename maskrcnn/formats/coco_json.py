@@ -68,6 +68,20 @@ def check_image_ids(doc: dict, path: str) -> None:
                                   "COCO image ids are integers")
 
 
+def image_positions(doc: dict, path: str) -> Dict[object, int]:
+    """``{image id: position in doc["images"]}``; CocoFormatError naming the entry for an image
+    without ``id``, ``file_name``, ``height`` or ``width``, or an id that appears twice."""
+    pos: Dict[object, int] = {}
+    for k, im in enumerate(doc["images"]):
+        for key in ("id", "file_name", "height", "width"):
+            if key not in im:
+                raise CocoFormatError(f"{path}: image entry {im.get('id', '?')} lacks {key!r}")
+        if im["id"] in pos:
+            raise CocoFormatError(f"{path}: image id {im['id']} appears twice")
+        pos[im["id"]] = k
+    return pos
+
+
 class AnnotationStore:
     """Every annotation of a COCO json in flat arrays, filled by ``json.load``'s ``object_hook``
     while the file parses: each annotation's Python objects (its polygon lists of floats) live only
@@ -144,4 +158,5 @@ def masks_to_coco_rles(masks: MaskList) -> List[dict]:
     return mask_utils.frPyObjects(objs, H, W) if objs else []
 
 
-__all__ = ["AnnotationStore", "CocoFormatError", "check_image_ids", "decode_rles", "load_coco_json", "masks_to_coco_rles"]
+__all__ = ["AnnotationStore", "CocoFormatError", "check_image_ids", "decode_rles", "image_positions", "load_coco_json",
+           "masks_to_coco_rles"]
