@@ -5,7 +5,7 @@ post-processes its predictions to final binary masks (small: crops of bool), the
 gathered on rank 0, which scores them with the Kaggle metric, and the scores are broadcast so
 that every rank agrees on the best checkpoint.
 
-Post-processing is ``maskrcnn.inference.filtering.postprocess`` (thresholds from ``cfg.test``,
+Post-processing is ``maskrcnn.inference.filtering.filter_predictions`` (thresholds from ``cfg.test``,
 image class, overlap removal), scoring ``maskrcnn.evaluation.kaggle.KaggleEvaluator``: the same
 code the submission and ``evaluate.py`` use.
 """

@@ -40,7 +40,7 @@ Outputs (atomic): ``ablation.md`` and ``ablation.csv`` with columns
 Variant | Backbone | Iterations | Ensemble | Normalization | Color aug | TTA | mAP | <per class>,
 and ``results.json`` with each variant's summary and cache directory.
 
-The calls into data and inference (dataset, checkpoint loading, Predictor, postprocess) are in
+The calls into data and inference (dataset, checkpoint loading, Predictor, filter_predictions) are in
 ``Backend``, so tests can pass a fake one.
 """
 from __future__ import annotations
@@ -240,7 +240,7 @@ class Backend:
         models = [self.load_model(w, dev, variant.set) for w in variant.weights]
         return build_predictor(models, test_cfg, device=dev)  # test_cfg.tta is the variant's
 
-    def postprocess(self, inst: Instances, test_cfg: TestConfig) -> Instances:
+    def filter_predictions(self, inst: Instances, test_cfg: TestConfig) -> Instances:
         from maskrcnn.inference.filtering import filter_predictions
 
         return filter_predictions(inst, test_cfg)
@@ -416,7 +416,7 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
             log(f"[{v.name}] cached: {cache.dir}")
         ev = KaggleEvaluator()
         for g in track(gts, f"[{v.name}] score", mode=progress):  # a loop over images
-            ev.add(g.image_id, backend.postprocess(cache.get(g.image_id), test_cfg), g.masks, g.class_name)
+            ev.add(g.image_id, backend.filter_predictions(cache.get(g.image_id), test_cfg), g.masks, g.class_name)
         summary = ev.summary()
         infos = [backend.checkpoint_info(w) for w in v.weights]
         row = describe(v, infos)

@@ -54,7 +54,7 @@ class FakeBackend(Backend):
     def predictor(self, variant, test_cfg, device):
         return FakePredictor(self, variant.weights)
 
-    def postprocess(self, inst, test_cfg):
+    def filter_predictions(self, inst, test_cfg):
         keep = inst.scores >= test_cfg.score_thresh[0]
         inst = inst[torch.nonzero(keep)[:, 0]]
         return inst.replace(masks=inst.masks.threshold(test_cfg.mask_thresh[0]))
