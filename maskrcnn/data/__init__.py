@@ -1,4 +1,5 @@
-"""Data: readers (one per on-disk format), RLE, augmentation, synthetic cells, splits, loader.
+"""Data: datasets (one per on-disk layout; the files are read by ``maskrcnn.formats``), augmentation,
+synthetic cells, splits, loader.
 
 Every reader yields ``maskrcnn.structures.Sample``. Entry points::
 
