@@ -163,25 +163,14 @@ class MaskList:
         The padding keeps a border of zeros around each object, so that bilinear sampling at
         the crop's edge (RoIAlign of mask targets) sees background, not a replicated edge. An empty
         mask gets a box of size 0 (plus the padding) at (0, 0); all crops share the largest box's
-        size (at least 1 x 1). The boxes come from two passes over the masks as bytes (a bool
-        ``!= 0`` or ``any`` would be several times slower at 800 x 520 x 704).
+        size (at least 1 x 1).
         """
         if masks.dim() != 3:
             raise ValueError(f"from_dense expects [N, H, W], got {tuple(masks.shape)}")
         n, H, W = masks.shape
         if n == 0:
             return MaskList.empty((H, W), device=masks.device, dtype=masks.dtype)
-        nz = masks if masks.dtype == torch.bool else masks != 0  # `bool != 0` would widen to int64
-        u8 = nz.view(torch.uint8)
-        rows = u8.amax(dim=2) > 0  # [N, H]
-        cols = u8.amax(dim=1) > 0  # [N, W]
-        ar_h = torch.arange(H, device=masks.device)
-        ar_w = torch.arange(W, device=masks.device)
-        y0 = torch.where(rows, ar_h, H).amin(dim=1)
-        y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
-        x0 = torch.where(cols, ar_w, W).amin(dim=1)
-        x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
-        empty = y1 <= 0
+        x0, y0, x1, y1, empty = _extents(masks)
         y0, x0 = y0.masked_fill(empty, 0) - pad, x0.masked_fill(empty, 0) - pad
         y1, x1 = y1.masked_fill(empty, 0) + pad, x1.masked_fill(empty, 0) + pad
         h = max(int((y1 - y0).max()), 1)
@@ -222,19 +211,9 @@ class MaskList:
 
     def tight_boxes(self) -> Tensor:
         """Tensor[N, 4] float xyxy: the tight box of each mask's nonzero pixels (zeros for empty masks)."""
-        n, h, w = self.crops.shape
-        if n == 0:
+        if len(self) == 0:
             return torch.zeros((0, 4), dtype=torch.float32, device=self.device)
-        nz = self.crops if self.crops.dtype == torch.bool else self.crops != 0
-        rows = nz.any(dim=2)
-        cols = nz.any(dim=1)
-        ar_h = torch.arange(h, device=self.device)
-        ar_w = torch.arange(w, device=self.device)
-        y0 = torch.where(rows, ar_h, h).amin(dim=1)
-        y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
-        x0 = torch.where(cols, ar_w, w).amin(dim=1)
-        x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
-        empty = y1 <= 0
+        x0, y0, x1, y1, empty = _extents(self.crops)
         boxes = torch.stack([x0, y0, x1, y1], dim=1) + self.origins.repeat(1, 2)
         boxes = torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
         return boxes.float()
@@ -251,6 +230,27 @@ class MaskList:
         new_origins = torch.stack([x0, y0], dim=1)
         crops = _gather_windows(self.crops, new_origins - self.origins, h, w)
         return MaskList(crops, new_origins, self.image_size)
+
+
+def _extents(masks: Tensor):
+    """``x0, y0, x1, y1, empty`` (each ``Tensor[N]``) of the nonzero pixels of ``masks[N, A, B]`` (bool
+    or numeric; ends exclusive; an empty mask has ``x1 = y1 = 0``). Two passes over the masks as
+    bytes: a bool ``!= 0`` or ``any`` would be several times slower at 800 x 520 x 704."""
+    if masks.numel() == 0:  # 0-size masks: all empty (and a byte max over nothing is an error)
+        z = torch.zeros(masks.shape[0], dtype=torch.long, device=masks.device)
+        return z, z, z, z, torch.ones_like(z, dtype=torch.bool)
+    nz = masks if masks.dtype == torch.bool else masks != 0  # `bool != 0` would widen to int64
+    u8 = nz.view(torch.uint8)
+    rows = u8.amax(dim=2) > 0  # [N, A]
+    cols = u8.amax(dim=1) > 0  # [N, B]
+    A, B = masks.shape[1], masks.shape[2]
+    ar_h = torch.arange(A, device=masks.device)
+    ar_w = torch.arange(B, device=masks.device)
+    y0 = torch.where(rows, ar_h, A).amin(dim=1)
+    y1 = torch.where(rows, ar_h, -1).amax(dim=1) + 1
+    x0 = torch.where(cols, ar_w, B).amin(dim=1)
+    x1 = torch.where(cols, ar_w, -1).amax(dim=1) + 1
+    return x0, y0, x1, y1, y1 <= 0
 
 
 def _gather_windows(src: Tensor, origins: Tensor, h: int, w: int) -> Tensor:
