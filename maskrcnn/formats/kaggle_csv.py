@@ -93,7 +93,7 @@ def csv_records(path: str) -> Iterator[Tuple[int, List[str]]]:
                 yield reader.line_num, rec
         except UnicodeDecodeError:
             raise KaggleCsvError(f"not a UTF-8 text (CSV) file: undecodable bytes near line "
-                                  f"{reader.line_num + 1} ({path})") from None
+                                 f"{reader.line_num + 1} ({path})") from None
         except csv.Error as e:
             raise KaggleCsvError(f"{path}: line {reader.line_num}: not a valid CSV record ({e})") from None
 
@@ -116,7 +116,7 @@ def order_for(paths: Sequence[str], order: str = "auto") -> str:
     if len(set(kinds.values())) > 1:
         named = ", ".join(f"{p} ({'ImageId,EncodedPixels' if k == 'dsb' else 'id,...'})" for p, k in kinds.items())
         raise KaggleCsvError(f"the files mix DSB2018 and Sartorius headers, so their RLE order is unclear: "
-                              f"give --order row or col, and --labels-order for a label file of the other kind ({named})")
+                             f"give --order row or col, and --labels-order for a label file of the other kind ({named})")
     return "col" if "dsb" in kinds.values() else "row"
 
 
@@ -135,7 +135,7 @@ def read_submission(path: str) -> List[SubmissionRow]:
         raise KaggleCsvError(f"{path}: empty file; expected the header 'id,predicted' (or 'ImageId,EncodedPixels')")
     if tuple(h.strip().lower() for h in header) not in (SUBMISSION_HEADER, tuple(h.lower() for h in DSB_SUBMISSION_HEADER)):
         raise KaggleCsvError(f"{path}: line 1: header is {','.join(header)!r}; expected 'id,predicted' "
-                              "(Sartorius) or 'ImageId,EncodedPixels' (DSB2018)")
+                             "(Sartorius) or 'ImageId,EncodedPixels' (DSB2018)")
     rows = []
     for line, rec in records:
         if not rec:

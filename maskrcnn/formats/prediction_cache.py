@@ -1,4 +1,4 @@
-"""On-disk cache of raw (soft) validation predictions, one file per image.
+"""The prediction cache: raw (soft) validation predictions on disk, one file per image.
 
 Layout of a cache directory::
 
@@ -14,7 +14,7 @@ Files are written atomically, so an interrupted run resumes where it stopped.
 
 The directory name is a hash of the prediction-relevant settings (``settings_key``), so a
 change of weights, TTA, model overrides or data split never reuses stale predictions, while
-variants that differ only in post-processing share one cache.
+variants that differ only in filtering (thresholds, overlaps) share one cache.
 """
 from __future__ import annotations
 
