@@ -996,7 +996,7 @@ def injected(marks: Dict[str, str]):
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 470")
         patch(torch, "save", full_save)
     if marks.get("interrupt_on"):
-        real_post, calls = predict_cli.postprocess, [0]
+        real_post, calls = predict_cli.filter_predictions, [0]
 
         def interrupting(*a, **k):
             calls[0] += 1
