@@ -23,9 +23,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from maskrcnn.data.image_folders import IMAGE_SUFFIXES
+from maskrcnn.errors import UserError
 from maskrcnn.formats.image_files import convert_channels, read_image
 from maskrcnn.formats.label_images import masks_from_label_array, read_label_array
-from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, Sample
 
 MASK_FOLDERS = ("masks", "labels")

@@ -27,8 +27,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from maskrcnn.formats.coco_json import check_image_ids, load_coco_json, masks_to_coco_rles
 from maskrcnn.errors import UserError
+from maskrcnn.formats.coco_json import check_image_ids, load_coco_json, masks_to_coco_rles
 from maskrcnn.structures import Instances
 
 MAX_DETS = (100, 300, 1000)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from maskrcnn.evaluation.run_masks import RunMasks
 from maskrcnn.evaluation.kaggle import THRESHOLDS, KaggleEvaluator
+from maskrcnn.evaluation.run_masks import RunMasks
 from maskrcnn.formats.kaggle_csv import group_rows, read_labels, read_submission
 from maskrcnn.inference.submission import find_overlaps, parse_image_rows
 

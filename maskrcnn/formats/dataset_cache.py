@@ -34,9 +34,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from maskrcnn.formats.image_files import convert_channels, decode_image_bytes, encode_png, is_gray
 from maskrcnn.errors import InputError
 from maskrcnn.fileio import atomic_open
+from maskrcnn.formats.image_files import convert_channels, decode_image_bytes, encode_png, is_gray
 from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList, Sample
 

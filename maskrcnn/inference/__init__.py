@@ -1,8 +1,8 @@
 """Inference: loading checkpoints, TTA views, mask-level merging of views and models, filtering
 (thresholds, overlaps), Kaggle-valid submissions, and predict.py's command line (``predict_cli``)."""
-from maskrcnn.inference.merge import merge_instances
-from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.checkpoint import load_model
+from maskrcnn.inference.filtering import filter_predictions
+from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.predictor import Predictor, build_predictor
 from maskrcnn.inference.tta import View, parse_tta
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 from maskrcnn.data.dsb2018 import DSB2018Dataset
 from maskrcnn.data.sartorius import SartoriusDataset
+from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 from maskrcnn.structures import Instances, MaskList, Sample
 
 

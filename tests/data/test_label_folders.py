@@ -8,8 +8,8 @@ from PIL import Image
 
 from maskrcnn.config import DataConfig
 from maskrcnn.data.label_folders import LabelFolderDataset, LabelFolderError
-from maskrcnn.formats.label_images import masks_from_label_array
 from maskrcnn.data.loader import build_dataset, build_reader
+from maskrcnn.formats.label_images import masks_from_label_array
 
 
 def _labels(h, w, seed):

@@ -6,9 +6,9 @@ import torch
 
 from maskrcnn.config import load_config
 from maskrcnn.data import build_dataset
-from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 from maskrcnn.data.pseudo_mix import MixedReader, PseudoDataError, mix_repeats
 from maskrcnn.data.splits import labeled_subset, read_ids_file, write_ids_file
+from maskrcnn.formats.dataset_cache import CacheDataset, write_cache
 from maskrcnn.structures import IGNORE_LABEL, Instances, MaskList, Sample
 
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.formats.image_files import ImageReadError, write_image
-from maskrcnn.formats.rle import RLEError
 from maskrcnn.data.sartorius import SartoriusDataset, SartoriusUnlabeled
+from maskrcnn.formats.image_files import ImageReadError, write_image
 from maskrcnn.formats.kaggle_csv import KaggleCsvError
+from maskrcnn.formats.rle import RLEError
 
 
 def _copy(src, dst):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
 from maskrcnn.evaluation.run_masks import RunMasks
 from maskrcnn.formats.rle import encode
-from maskrcnn.evaluation.kaggle import candidate_pairs, image_precisions
 from tests.evaluation.shapes import dense, jittered_case
 from tests.evaluation.test_kaggle import reference_precisions
 

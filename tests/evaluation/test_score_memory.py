@@ -4,8 +4,8 @@ import tracemalloc
 
 import numpy as np
 
-from maskrcnn.formats.rle import encode
 from maskrcnn.evaluation.score import score_files
+from maskrcnn.formats.rle import encode
 
 
 def _frame_and_cells(path_sub, path_lab, cells, H=520, W=704):

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from maskrcnn.config import TestConfig as Cfg
-from maskrcnn.formats.rle import decode
 from maskrcnn.evaluation.coco_ap import evaluate_coco_files
 from maskrcnn.evaluation.score import score_files
-from maskrcnn.inference.outputs import OutputError, build_writer, coco_category_ids, coco_image_ids
+from maskrcnn.formats.kaggle_csv import csv_kind, order_for, read_submission
 from maskrcnn.formats.label_images import LabelImageError, read_label_image, to_label_image
+from maskrcnn.formats.rle import decode
+from maskrcnn.inference.outputs import OutputError, build_writer, coco_category_ids, coco_image_ids
 from maskrcnn.inference.predict_cli import image_ids, list_images, predict_images, write_predictions
 from maskrcnn.inference.predictor import Predictor
-from maskrcnn.formats.kaggle_csv import csv_kind, order_for, read_submission
 from maskrcnn.structures import Instances, MaskList
 from tests.inference.stub_model import IdStubModel, draw_objects, random_blobs
 

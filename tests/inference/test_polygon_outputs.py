@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.inference.outputs import build_writer
 from maskrcnn.formats.label_images import encode_label_tiff, read_label_image, to_label_image
+from maskrcnn.inference.outputs import build_writer
 from maskrcnn.inference.polygon_files import (PolygonFileError, geojson_collection, imagej_roi_bytes, imagej_roi_zip,
                                               read_geojson, read_imagej_roi, read_imagej_roi_zip)
 from maskrcnn.inference.predict_cli import list_images

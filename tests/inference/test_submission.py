@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.formats.rle import decode, decode_crops
 from maskrcnn.formats.kaggle_csv import KaggleCsvError, label_masks, masks_to_rows, read_labels, read_submission, SubmissionRow, write_labels, write_submission
+from maskrcnn.formats.rle import decode, decode_crops
 from maskrcnn.inference.submission import instances_to_rows, save_submission, validate_rows, validate_submission_rows
 from maskrcnn.structures import Instances, MaskList
 from tests.evaluation.shapes import dense, random_blobs, rect
