@@ -26,7 +26,7 @@ from maskrcnn.data.label_folders import masks_from_label_array
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.outputs import label_image
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predict_cli import image_ids, list_images
+from maskrcnn.inference.predict_run import image_ids, list_images
 from maskrcnn.inference.predictor import build_predictor
 from maskrcnn.ops.pieces import count_pieces
 

@@ -33,12 +33,13 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from maskrcnn.cli.predict import build_parser
 from maskrcnn.config import Config, TestConfig
 from maskrcnn.data.images import image_from_array
 from maskrcnn.device import resolve_device
 from maskrcnn.inference.outputs import label_image, model_class_names
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.predict_cli import build_parser, load_predictor, resolve_weight_files
+from maskrcnn.inference.predict_run import load_predictor, resolve_weight_files
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.structures import Instances
 

@@ -1,7 +1,8 @@
 """The package's layer rule (README, "Abstractions"): imports point down, never up or in a circle.
 
-    errors -> structures, fileio, device, cli, progress -> config, ops -> data, model -> inference -> evaluation -> engine
-    -> front ends (viz, the command lines, the model zoo's export tool, the Python API, the deploy export, scale: the Dask paths)
+    errors -> structures, fileio, device, progress -> config, ops -> data, model -> inference -> evaluation -> engine
+    -> the front ends: the tools under the commands (viz's drawing, pseudo_label, the model zoo's export, scale: the
+    Dask paths) -> the command lines (cli: one module per command) -> the Python API and ``python -m maskrcnn``
 
 Every import counts, also those inside functions (they only delay the cycle).
 """
@@ -9,8 +10,8 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
-LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops"), ("data", "model"), ("inference",), ("evaluation",),
-          ("engine",), ("viz", "pseudo_label", "zoo", "api", "export", "scale")]
+LAYERS = [("errors",), ("structures", "fileio", "device", "progress"), ("config", "ops"), ("data", "model"), ("inference",),
+          ("evaluation",), ("engine",), ("viz", "pseudo_label", "zoo", "scale"), ("cli",), ("api", "__main__")]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 
 
