@@ -33,8 +33,8 @@ def main(argv=None) -> int:
         print(_usage())
         return 0 if argv else cli.EXIT_USER_ERROR
     if argv[0] not in COMMANDS:
-        print(f"error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)} (see python -m maskrcnn --help)",
-              file=sys.stderr)
+        print(f"error: unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)} "
+              "(see python -m maskrcnn --help)", file=sys.stderr)
         return cli.EXIT_USER_ERROR
     return importlib.import_module(f"maskrcnn.cli.{argv[0]}").main(argv[1:])  # --debug goes on to it
 

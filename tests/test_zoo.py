@@ -1,5 +1,5 @@
 """The model zoo: weights by name in every front end, tuned thresholds beside the weights, and
-``python -m maskrcnn.zoo export`` (fp16 weights that load as float32 and predict as the original)."""
+``python -m maskrcnn zoo export`` (fp16 weights that load as float32 and predict as the original)."""
 import os
 
 import numpy as np

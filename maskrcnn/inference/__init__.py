@@ -1,5 +1,6 @@
 """Inference: loading checkpoints, TTA views, mask-level merging of views and models, post-processing,
-Kaggle CSV files (submissions and labels), and predict.py's command line (``predict_cli``)."""
+Kaggle CSV files (submissions and labels), and predict.py's run over image files (``predict_run``;
+its command line is ``maskrcnn.cli.predict``)."""
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
 from maskrcnn.inference.checkpoint import load_model

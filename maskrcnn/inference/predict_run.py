@@ -389,7 +389,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def finish_run(timings: List[Dict], writer) -> int:
-    """The end of a prediction run (predict.py, ``python -m maskrcnn.scale collection``): the timing
+    """The end of a prediction run (predict.py, ``python -m maskrcnn scale collection``): the timing
     table, the caps reached (``timing["caps"]``: cap keys), what was written, the images skipped;
     returns the exit code (``EXIT_SKIPPED`` when some were)."""
     print(timing_summary(timings))

@@ -1,4 +1,4 @@
-"""``python -m maskrcnn.scale collection``: predict.py's outputs, byte for byte, from Dask workers;
+"""``python -m maskrcnn scale collection``: predict.py's outputs, byte for byte, from Dask workers;
 resumable; a worker lost mid-run loses and duplicates nothing."""
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""``python -m maskrcnn.scale slide``: a large image in blocks on Dask, cells joined across block borders."""
+"""``python -m maskrcnn scale slide``: a large image in blocks on Dask, cells joined across block borders."""
 import csv
 import os
 
