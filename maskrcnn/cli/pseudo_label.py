@@ -51,7 +51,6 @@ def build_parser():
     return p
 
 
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Exit code of ``python -m maskrcnn pseudo_label argv`` (user errors: one ``error:`` line, exit 2)."""
     return cli.run(_main, argv)
