@@ -5,7 +5,7 @@
 """
 import sys
 
-from maskrcnn.inference.predict_cli import main
+from maskrcnn.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -76,9 +76,9 @@ setup(
     # torch is installed first, pinned (README); the rest as requirements.txt (pybind11 and ninja build).
     install_requires=["torch", "numpy>=1.24", "pycocotools>=2.0.7", "tqdm>=4.60", "pyyaml>=6.0", "Pillow>=9.0"],
     entry_points={"console_scripts": [
-        "maskrcnn-train=maskrcnn.engine.train_cli:main",
-        "maskrcnn-predict=maskrcnn.inference.predict_cli:main",
-        "maskrcnn-evaluate=maskrcnn.evaluation.evaluate_cli:main",
+        "maskrcnn-train=maskrcnn.cli.train:main",
+        "maskrcnn-predict=maskrcnn.cli.predict:main",
+        "maskrcnn-evaluate=maskrcnn.cli.evaluate:main",
     ]},
     ext_modules=[make_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

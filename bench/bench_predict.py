@@ -19,8 +19,8 @@ import torch
 
 
 from maskrcnn.config import load_config, to_dict
-from maskrcnn.data.synthetic import main as write_synthetic
-from maskrcnn.inference.predict_cli import main as predict_main
+from maskrcnn.cli.predict import main as predict_main
+from maskrcnn.cli.synthetic import main as write_synthetic
 from maskrcnn.model import build_model
 
 

@@ -15,7 +15,7 @@
 #
 # Data: the DSB2018 stage-1 cache and its fold file in the ignored folder .devdata (../shared does
 # not travel). Make them here once (CPU):
-#   python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out .devdata/dsb2018.npz
+#   python -m maskrcnn make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out .devdata/dsb2018.npz
 #   python -m bench.gpu_issue16 folds --out .devdata/dsb2018_folds.json --data .devdata/dsb2018.npz
 # The exact device call (working tree ~2 MB + .devdata ~38 MB, under the 64 MiB limit):
 #   run(command="bash bench/gpu_issue16.sh", carry=[".devdata"], timeout_s=600)

@@ -4,7 +4,7 @@ one epoch of the training loader (time, peak memory, cache size), against pycoco
 
     python -m bench.livecell_scale generate --out /tmp/livecell            # 5,239 images, ~1.6M cells
     python -m bench.livecell_scale read --dir /tmp/livecell   # pycocotools COCO() vs CocoDataset
-    python -m bench.livecell_scale cache --dir /tmp/livecell  # python -m maskrcnn.data.make_cache
+    python -m bench.livecell_scale cache --dir /tmp/livecell  # python -m maskrcnn make_cache
     python -m bench.livecell_scale loader --dir /tmp/livecell # one epoch, configs/livecell_r50.yaml
     (--images N --cells M for a smaller run; every measurement runs in its own process)
 
@@ -171,7 +171,7 @@ def cmd_read(args) -> None:
 
 def cmd_cache(args) -> None:
     out = args.cache or os.path.join(args.dir, "livecell_like.npz")
-    cmd = [sys.executable, "-m", "maskrcnn.data.make_cache", "--format", "coco", "--root", os.path.join(args.dir, "images"),
+    cmd = [sys.executable, "-m", "maskrcnn", "make_cache", "--format", "coco", "--root", os.path.join(args.dir, "images"),
            "--ann-file", _ann(args), "--out", out] + (["--workers", str(args.workers)] if args.workers else [])
     t = time.time()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)

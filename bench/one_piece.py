@@ -26,7 +26,7 @@ from maskrcnn.formats.label_images import masks_from_label_array
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.formats.label_images import to_label_image
 from maskrcnn.inference.filtering import filter_predictions
-from maskrcnn.inference.predict_cli import image_ids, list_images
+from maskrcnn.inference.predict_run import image_ids, list_images
 from maskrcnn.inference.predictor import build_predictor
 from maskrcnn.ops.pieces import count_pieces
 

@@ -173,7 +173,7 @@ def cmd_collection(args) -> None:
 
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.inference.outputs import SubmissionWriter
-    from maskrcnn.inference.predict_cli import main as predict_main
+    from maskrcnn.cli.predict import main as predict_main
     from maskrcnn.scale.collection import assemble, claim_work_dir, list_inputs, manifest, part_path, run_collection
     from maskrcnn.scale.workers import ModelSpec
 

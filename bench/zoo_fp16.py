@@ -3,7 +3,7 @@
     python -m bench.zoo_fp16 --checkpoint output/nuclei_cpu/model_final.pth \
         --images ../shared/data/dsb2018/stage1_train [--limit 20] [--tta ""]
 
-Exports the checkpoint with ``python -m maskrcnn.zoo export``'s code into a temporary zoo, loads the
+Exports the checkpoint with ``python -m maskrcnn zoo export``'s code into a temporary zoo, loads the
 float32 checkpoint and the fp16 entry with the Python API (``maskrcnn.load_model``; the same test
 settings: the checkpoint's, no thresholds file) and, on the first ``--limit`` images of
 ``--images`` (sorted by name; a flat folder or a DSB2018 folder), prints per image the objects

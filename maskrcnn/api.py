@@ -33,13 +33,14 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from maskrcnn.cli.predict import build_parser
 from maskrcnn.config import Config, TestConfig
 from maskrcnn.formats.image_files import image_from_array
 from maskrcnn.device import resolve_device
-from maskrcnn.inference.outputs import model_class_names
 from maskrcnn.formats.label_images import to_label_image
 from maskrcnn.inference.filtering import filter_predictions
-from maskrcnn.inference.predict_cli import build_parser, load_predictor, resolve_weight_files
+from maskrcnn.inference.outputs import model_class_names
+from maskrcnn.inference.predict_run import load_predictor, resolve_weight_files
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.structures import Instances
 

@@ -245,7 +245,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class PseudoConfig:
-    """A pseudo-labelled dataset (``python -m maskrcnn.pseudo_label``) mixed into the training split."""
+    """A pseudo-labelled dataset (``python -m maskrcnn pseudo_label``) mixed into the training split."""
 
     path: str = ""  # the .npz the tool wrote; empty: no pseudo-labels
     # Fraction of each epoch's training images drawn from the pseudo-labelled set: the labelled
@@ -690,7 +690,7 @@ def override_test_config(test_cfg: TestConfig, values: Dict[str, Any], source: s
 
 
 # Model keys that change only how a trained model is run, not what it learnt: predict.py (and
-# python -m maskrcnn.pseudo_label) take them with --set. Other model.* keys are fixed by the
+# python -m maskrcnn pseudo_label) take them with --set. Other model.* keys are fixed by the
 # weights (the architecture) or only act in training.
 PREDICT_MODEL_KEYS = (
     "model.rpn.pre_nms_topk_test", "model.rpn.post_nms_topk_test", "model.rpn.nms_thresh", "model.rpn.min_size",

@@ -216,19 +216,19 @@ class Outcome:
 
 def _tool(name: str):
     if name == "predict":
-        from maskrcnn.inference.predict_cli import main
+        from maskrcnn.cli.predict import main
     elif name == "evaluate":
         from evaluate import main
     elif name == "train":
         from train import main
     elif name == "viz":
-        from maskrcnn.viz import main
+        from maskrcnn.cli.viz import main
     elif name == "make_cache":
-        from maskrcnn.data.make_cache import main
+        from maskrcnn.cli.make_cache import main
     elif name == "synthetic":
-        from maskrcnn.data.synthetic import main
+        from maskrcnn.cli.synthetic import main
     elif name == "pseudo_label":
-        from maskrcnn.pseudo_label import main
+        from maskrcnn.cli.pseudo_label import main
     else:
         raise KeyError(name)
     return main
@@ -238,17 +238,17 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
     """Run ``tool``'s ``main(argv)`` here, capturing stdout/stderr, counting images predict reads."""
     import warnings
 
-    from maskrcnn.inference import predict_cli
+    from maskrcnn.inference import predict_run
 
     reads = [0]
-    real_read = predict_cli.read_image_with_depth
+    real_read = predict_run.read_image_with_depth
 
     def counting_read(*a, **k):
         reads[0] += 1
         return real_read(*a, **k)
 
     out, err = io.StringIO(), io.StringIO()
-    predict_cli.read_image_with_depth = counting_read
+    predict_run.read_image_with_depth = counting_read
     old_debug = os.environ.pop("MASKRCNN_DEBUG", None)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -260,15 +260,15 @@ def attempt(tool: str, argv: Sequence[str]) -> Outcome:
             except BaseException as e:  # noqa: BLE001 - a traceback is an outcome here
                 code, exc = None, e
     finally:
-        predict_cli.read_image_with_depth = real_read
+        predict_run.read_image_with_depth = real_read
         if old_debug is not None:
             os.environ["MASKRCNN_DEBUG"] = old_debug
     return Outcome(code, out.getvalue(), err.getvalue(), exc, reads[0])
 
 
-SCRIPTS = {"predict": ["predict.py"], "evaluate": ["evaluate.py"], "train": ["train.py"], "viz": ["-m", "maskrcnn.viz"],
-           "make_cache": ["-m", "maskrcnn.data.make_cache"], "synthetic": ["-m", "maskrcnn.data.synthetic"],
-           "pseudo_label": ["-m", "maskrcnn.pseudo_label"]}
+SCRIPTS = {"predict": ["predict.py"], "evaluate": ["evaluate.py"], "train": ["train.py"], "viz": ["-m", "maskrcnn", "viz"],
+           "make_cache": ["-m", "maskrcnn", "make_cache"], "synthetic": ["-m", "maskrcnn", "synthetic"],
+           "pseudo_label": ["-m", "maskrcnn", "pseudo_label"]}
 
 
 def attempt_subprocess(tool: str, argv: Sequence[str], timeout: float = 300) -> Outcome:
@@ -947,7 +947,7 @@ def injected(marks: Dict[str, str]):
     import errno
 
     from maskrcnn import fileio
-    from maskrcnn.inference import predict_cli
+    from maskrcnn.inference import predict_run
     from maskrcnn.inference.predictor import Predictor
 
     undo = []
@@ -996,14 +996,14 @@ def injected(marks: Dict[str, str]):
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 576 vs 470")
         patch(torch, "save", full_save)
     if marks.get("interrupt_on"):
-        real_post, calls = predict_cli.filter_predictions, [0]
+        real_post, calls = predict_run.filter_predictions, [0]
 
         def interrupting(*a, **k):
             calls[0] += 1
             if calls[0] == int(marks["interrupt_on"]):
                 raise KeyboardInterrupt
             return real_post(*a, **k)
-        patch(predict_cli, "filter_predictions", interrupting)
+        patch(predict_run, "filter_predictions", interrupting)
     try:
         yield
     finally:

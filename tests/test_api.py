@@ -39,7 +39,7 @@ def _same_as_predict_py(weights, tmp_path, tta, **load):
     (``tta``: both with ``--tta tta``; None: the model's own)."""
     from maskrcnn import load_model
     from maskrcnn.formats.image_files import write_image
-    from maskrcnn.inference.predict_cli import main
+    from maskrcnn.cli.predict import main
 
     paths = _dsb_images(tmp_path / "images")
     assert main(["--weights", weights, "--images", str(tmp_path / "images"), "--format", "labels", "--out",
@@ -188,6 +188,30 @@ def test_import_maskrcnn_stays_cheap_and_exports_the_api():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         maskrcnn.nope
+
+
+def test_the_public_api_is_exported_from_the_package_and_works(tiny):
+    """``maskrcnn.<name>`` for every name of ``__all__``: the object of its home module, listed by
+    ``dir``; the config loader and the model loader work through the package's names."""
+    import maskrcnn
+    from maskrcnn import api, config, errors, structures
+
+    homes = {"load_model": api, "CellModel": api, "Detections": api, "load_config": config, "Config": config,
+             "Instances": structures, "MaskList": structures, "ImageList": structures, "Sample": structures,
+             "UserError": errors}
+    assert set(maskrcnn.__all__) == set(homes) | {"__version__"}
+    for name, home in homes.items():
+        assert getattr(maskrcnn, name) is getattr(home, name), name
+        assert name in dir(maskrcnn)
+    cfg = maskrcnn.load_config(os.path.join(REPO, "configs", "small.yaml"), ["solver.lr=0.5"])
+    assert isinstance(cfg, maskrcnn.Config) and cfg.solver.lr == 0.5
+    with pytest.raises(maskrcnn.UserError, match="lrr"):
+        maskrcnn.load_config(os.path.join(REPO, "configs", "small.yaml"), ["solver.lrr=1"])
+    model = maskrcnn.load_model(tiny, device="cpu")
+    assert isinstance(model, maskrcnn.CellModel)
+    found = model.predict(np.zeros((64, 80), np.uint8))
+    assert isinstance(found, maskrcnn.Detections) and isinstance(found.instances, maskrcnn.Instances)
+    assert isinstance(found.instances.masks, maskrcnn.MaskList)
 
 
 def test_unknown_weights_name_the_zoo(monkeypatch, tmp_path):

@@ -87,8 +87,8 @@ def test_parser_errors_are_one_line_and_help_shows_defaults(capsys):
     ["evaluate.py", "score", "--submission", "nope.csv", "--labels", "nope.csv"],
     ["evaluate.py", "scor"],
     ["predict.py", "--weights", "nope.pth", "--images", "."],
-    ["-m", "maskrcnn.viz", "--image", "nope.png"],
-    ["-m", "maskrcnn.data.make_cache", "--format", "dsb2018", "--root", "nope", "--out", "x.npz"],
+    ["-m", "maskrcnn", "viz", "--image", "nope.png"],
+    ["-m", "maskrcnn", "make_cache", "--format", "dsb2018", "--root", "nope", "--out", "x.npz"],
 ])
 def test_every_front_end_reports_a_user_error_in_one_line(command):
     env = dict(os.environ, OMP_NUM_THREADS="1")

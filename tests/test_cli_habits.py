@@ -76,13 +76,13 @@ def test_predict_set_takes_test_and_inference_model_keys_and_explains_the_others
 # ------------------------------------------------------------------- --set accumulates
 def test_set_accumulates_in_predict_evaluate_and_pseudo_label():
     import evaluate
-    from maskrcnn import pseudo_label
-    from maskrcnn.inference import predict_cli
+    from maskrcnn.cli import predict, pseudo_label
+    from maskrcnn.inference import predict_run
 
-    a = predict_cli.build_parser().parse_args(["--weights", "w", "--images", "i", "--set", "test.min_area=5",
+    a = predict.build_parser().parse_args(["--weights", "w", "--images", "i", "--set", "test.min_area=5",
                                                "--set", "test.fill_holes=true", "test.merge_iou=0.6"])
     assert a.set == ["test.min_area=5", "test.fill_holes=true", "test.merge_iou=0.6"]
-    t = predict_cli.resolve_test_config(a, predict_cli.TestConfig())
+    t = predict_run.resolve_test_config(a, predict_run.TestConfig())
     assert (t.min_area, t.fill_holes, t.merge_iou) == ((5,), True, 0.6)
     a = evaluate.build_parser().parse_args(["labels", "--config", "c", "--out", "o", "--set", "a=1", "--set", "b=2"])
     assert a.set == ["a=1", "b=2"]
@@ -109,12 +109,13 @@ def test_train_py_applies_every_set_group(capsys):
 
 # ---------------------------------------------------------------------------- --tta none
 def test_tta_none_is_no_tta():
-    from maskrcnn.inference import predict_cli
+    from maskrcnn.cli import predict
+    from maskrcnn.inference import predict_run
     from maskrcnn.inference.tta import parse_tta
 
-    a = predict_cli.build_parser().parse_args(["--weights", "w", "--images", "i", "--tta", "none"])
-    base = predict_cli.TestConfig(tta=("hflip", "vflip"))
-    assert predict_cli.resolve_test_config(a, base).tta == ()
+    a = predict.build_parser().parse_args(["--weights", "w", "--images", "i", "--tta", "none"])
+    base = predict_run.TestConfig(tta=("hflip", "vflip"))
+    assert predict_run.resolve_test_config(a, base).tta == ()
     assert [v.name for v in parse_tta("none")] == [v.name for v in parse_tta("")] and len(parse_tta(["None"])) == 1
     with pytest.raises(ConfigError, match="none"):
         parse_tta("none,hflip")

@@ -1,7 +1,9 @@
 """The package's layer rule (README, "Abstractions"): imports point down, never up or in a circle.
 
-    errors -> structures, fileio, device, cli, progress -> config, ops, formats (file formats: readers and writers) -> data, model -> inference -> evaluation -> engine
-    -> front ends (viz, the command lines, the model zoo's export tool, the Python API, the deploy export, scale: the Dask paths)
+    errors -> structures, fileio, device, progress -> config, ops, formats (file formats: readers and writers) -> data, model
+    -> inference -> evaluation -> engine -> the front ends: the tools under the commands (viz's drawing, pseudo_label,
+    the model zoo's export, scale: the Dask paths) -> the command lines (cli: one module per command) -> the Python API
+    and ``python -m maskrcnn``
 
 Every import counts, also those inside functions (they only delay the cycle).
 """
@@ -9,8 +11,9 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "maskrcnn")
-LAYERS = [("errors",), ("structures", "fileio", "device", "cli", "progress"), ("config", "ops", "formats"), ("data", "model"), ("inference",), ("evaluation",),
-          ("engine",), ("viz", "pseudo_label", "zoo", "api", "export", "scale")]
+LAYERS = [("errors",), ("structures", "fileio", "device", "progress"), ("config", "ops", "formats"), ("data", "model"),
+          ("inference",), ("evaluation",), ("engine",), ("viz", "pseudo_label", "zoo", "scale"), ("cli",),
+          ("api", "__main__")]
 LAYER = {part: k for k, parts in enumerate(LAYERS) for part in parts}
 
 
@@ -82,3 +85,19 @@ def test_no_circular_imports():
 
 def test_every_part_of_the_package_has_a_layer():
     assert {_part(m) for m in _graph()} - {"maskrcnn", "_C"} <= set(LAYER)
+
+
+def test_the_command_lines_live_in_one_package():
+    """Every command's ``main`` (``cli.run``) and every ``__main__`` block is in ``maskrcnn/cli`` or is
+    ``python -m maskrcnn``'s dispatcher: one place to read and change the front ends."""
+    outside = []
+    for mod, path in _modules():
+        if _part(mod) in ("cli", "__main__"):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "__name__":
+                outside.append(f"{mod}: __main__ block")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run"
+                  and isinstance(node.func.value, ast.Name) and node.func.value.id == "cli"):
+                outside.append(f"{mod}: cli.run")
+    assert not outside, "command lines outside maskrcnn/cli: " + ", ".join(sorted(outside))

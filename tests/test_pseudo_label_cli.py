@@ -1,4 +1,4 @@
-"""``python -m maskrcnn.pseudo_label``: label a folder end to end (flat and DSB2018 layouts, TTA
+"""``python -m maskrcnn pseudo_label``: label a folder end to end (flat and DSB2018 layouts, TTA
 agreement), read the written dataset back, the summary, and user errors as one line with exit 2.
 
 The model is the id stub (``tests/inference/stub_model.py``): it detects exactly the objects drawn
@@ -15,7 +15,7 @@ import maskrcnn.inference.checkpoint as checkpoint
 from maskrcnn.config import load_config
 from maskrcnn.formats.dataset_cache import CacheDataset
 from maskrcnn.formats.image_files import write_image
-from maskrcnn.pseudo_label import main
+from maskrcnn.cli.pseudo_label import main
 from maskrcnn.structures import IGNORE_LABEL
 from tests.inference.stub_model import IdStubModel, draw_objects, object_score
 

@@ -7,7 +7,8 @@ from PIL import Image
 from maskrcnn.formats.image_files import read_image, write_image
 from maskrcnn.formats.rle import encode
 from maskrcnn.structures import Instances, MaskList, Sample
-from maskrcnn.viz import BOTH_COLOUR, GT_COLOUR, PRED_COLOUR, draw_overlay, main, outline_pixels, save_grid
+from maskrcnn.cli.viz import main
+from maskrcnn.viz import BOTH_COLOUR, GT_COLOUR, PRED_COLOUR, draw_overlay, outline_pixels, save_grid
 
 
 def _square(y0, x0, s, H=12, W=14):
@@ -116,7 +117,7 @@ def test_batch_mode_over_a_dsb_folder_with_label_images_and_dsb_csvs(tmp_path, c
     import csv
 
     from maskrcnn.inference.outputs import LabelImageWriter
-    from maskrcnn.inference.predict_cli import list_images, predict_images, write_predictions
+    from maskrcnn.inference.predict_run import list_images, predict_images, write_predictions
     from maskrcnn.inference.predictor import Predictor
     from maskrcnn.config import TestConfig as Cfg
     from tests.inference.stub_model import IdStubModel

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn import cli
+from maskrcnn.errors import user_error_message
 from maskrcnn.fileio import OutputPathError, WriteError, atomic_open, atomic_write_text, check_not_input
 
 
@@ -52,7 +52,7 @@ def test_disk_full_mid_write_is_one_line_naming_the_file_and_keeps_the_old_one(t
         with atomic_open(target, "w") as f:
             f.write("x" * 100_000)
     assert str(e.value) == f"disk full writing {target}"
-    assert cli.user_error_message(e.value) == f"disk full writing {target}"
+    assert user_error_message(e.value) == f"disk full writing {target}"
     assert target.read_text() == "old content\n"
     assert sorted(os.listdir(tmp_path)) == ["sub.csv"]  # the temp file is gone
 

@@ -1,5 +1,5 @@
 """The model zoo: weights by name in every front end, tuned thresholds beside the weights, and
-``python -m maskrcnn.zoo export`` (fp16 weights that load as float32 and predict as the original)."""
+``python -m maskrcnn zoo export`` (fp16 weights that load as float32 and predict as the original)."""
 import os
 
 import numpy as np
@@ -10,7 +10,7 @@ from PIL import Image
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.zoo import ZOO_ENV, WeightsNotFound, resolve_weights, thresholds_beside, zoo_names
 from maskrcnn.zoo.export import ExportError, export
-from maskrcnn.zoo.export import main as zoo_main
+from maskrcnn.cli.zoo import main as zoo_main
 from tests.inference.stub_model import TINY_RGB_MODEL, save_tiny_checkpoint
 
 
@@ -75,8 +75,8 @@ def test_thresholds_beside_the_weights_are_found(tmp_path):
 
 def test_unknown_weights_are_one_error_line_in_every_front_end(zoo, tiny, tmp_path, capsys):
     import train
-    from maskrcnn.inference.predict_cli import main as predict_main
-    from maskrcnn.pseudo_label import main as pseudo_main
+    from maskrcnn.cli.predict import main as predict_main
+    from maskrcnn.cli.pseudo_label import main as pseudo_main
 
     src, _ = tiny
     (zoo / "nuclei.pth").write_bytes(open(src, "rb").read())
@@ -164,7 +164,7 @@ def test_export_refuses_what_it_cannot_ship(zoo, tiny, tmp_path):
 
 
 def test_predict_applies_the_thresholds_beside_the_weights_unless_given_others(zoo, tiny, tmp_path, capsys):
-    from maskrcnn.inference.predict_cli import main as predict_main
+    from maskrcnn.cli.predict import main as predict_main
 
     src, _ = tiny
     export(src, "cells")

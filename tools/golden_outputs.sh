@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Byte-identity check for refactors: runs the README's main command and predict.py on real
 # images in several output formats, and prints the sha256 of every file they write.
-#   bash tools/golden_outputs.sh OUTDIR > before.txt   # on the old commit
-#   bash tools/golden_outputs.sh OUTDIR > after.txt    # on the new one; diff before.txt after.txt
+#   bash tools/golden_outputs.sh > before.txt   # on the old commit
+#   bash tools/golden_outputs.sh > after.txt    # on the new one; diff before.txt after.txt
+# Everything is written under output/golden (a fixed relative path: checkpoints hold the config,
+# whose output_dir must read the same in every checkout).
 # Needs ../shared/data/dsb2018 (3 images are copied) and the built extension; ~2 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: tools/golden_outputs.sh OUTDIR}
+out=output/golden
 rm -rf "$out"; mkdir -p "$out/images"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONHASHSEED=0
 for id in $(ls ../shared/data/dsb2018/stage1_train | sort | sed -n '1p;200p;400p'); do

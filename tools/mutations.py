@@ -445,7 +445,7 @@ MUTATIONS: List[Mutation] = [
     M("yaml_exponent_strings", "1e-4 in YAML is a string again (YAML 1.1)",
       [("maskrcnn/config.py", "|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)\n", "\n")], HABITS),
     M("16bit_as_read", "a 16-bit image for an 8-bit model is predicted as read (nearly black)",
-      [("maskrcnn/inference/predict_cli.py", "return normalize_16bit(image, cfg), note", "return image, note")], CAPS),
+      [("maskrcnn/inference/predict_run.py", "return normalize_16bit(image, cfg), note", "return image, note")], CAPS),
     M("pseudo_duplicates_kept", "uncertain duplicates of cells become ignore regions",
       [("maskrcnn/inference/pseudo_selection.py", "free = _covered_fraction(regions.masks, cells.masks) <= max_covered",
         "free = _covered_fraction(regions.masks, cells.masks) <= 1.0")], PSEUDO),

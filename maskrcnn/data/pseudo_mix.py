@@ -1,7 +1,7 @@
 """Pseudo-labelled images mixed into a training split (semi-supervised training).
 
 A pseudo-labelled dataset is a dataset cache (``maskrcnn.formats.dataset_cache``, ``.npz``) written by
-``python -m maskrcnn.pseudo_label``: each image holds the teacher's confident cells as ordinary
+``python -m maskrcnn pseudo_label``: each image holds the teacher's confident cells as ordinary
 instances and its uncertain detections as ignore regions (label ``IGNORE_LABEL`` = -1, which the
 model takes no loss from). ``data.pseudo.path`` names it (the file, or the folder the tool wrote
 it to); ``data.pseudo.ratio`` sets the share of pseudo-labelled images in each epoch.
@@ -31,7 +31,7 @@ def pseudo_path(path: str) -> str:
     p = os.path.join(path, PSEUDO_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(p):
         raise PseudoDataError(f"data.pseudo.path: no pseudo-labelled dataset at {p} "
-                              f"(write one with python -m maskrcnn.pseudo_label)")
+                              f"(write one with python -m maskrcnn pseudo_label)")
     return p
 
 

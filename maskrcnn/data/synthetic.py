@@ -15,9 +15,10 @@ Image ``i`` is generated lazily from ``(seed, i)`` only, so a dataset is determi
 memory, and each image can be made in a worker. Rendering is vectorised over cells (all cells of an
 image are evaluated on ``[N, S, S]`` crops).
 
-Command line: write a synthetic dataset in a real layout, so that readers are exercised end to end::
+Command line (``maskrcnn.cli.synthetic``): write a synthetic dataset in a real layout, so that readers are
+exercised end to end::
 
-    python -m maskrcnn.data.synthetic --out DIR --num-images N --layout sartorius|dsb2018|coco
+    python -m maskrcnn synthetic --out DIR --num-images N --layout sartorius|dsb2018|coco
 """
 from __future__ import annotations
 
@@ -25,14 +26,12 @@ import csv
 import io
 import json
 import os
-import sys
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskrcnn import cli
 from maskrcnn.structures import Instances, MaskList, Sample
 
 CELL_TYPES = ("shsy5y", "astro", "cort")  # Sartorius' class order; synthetic shapes mimic each
@@ -347,35 +346,3 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
                                  "area": float(dense[k].sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
         doc = {"images": images, "annotations": anns, "categories": cats}
         atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``python -m maskrcnn.data.synthetic argv`` (user errors: one ``error:`` line and 2)."""
-    return cli.run(_write_synthetic, argv)
-
-
-def _write_synthetic(argv: Sequence[str]) -> None:
-    p = cli.ArgumentParser(prog="python -m maskrcnn.data.synthetic",
-                           description="Write a synthetic cell dataset in a real layout.")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--num-images", type=cli.int_at_least(1), default=48, help="how many images")
-    p.add_argument("--layout", default="sartorius", choices=["sartorius", "dsb2018", "coco"],
-                   help="sartorius: train/<id>.png + train.csv; dsb2018: <id>/images, <id>/masks; coco: images/ + "
-                        "annotations.json")
-    p.add_argument("--height", type=cli.int_at_least(32), default=128, help="image height in pixels")
-    p.add_argument("--width", type=cli.int_at_least(32), default=160, help="image width in pixels")
-    p.add_argument("--cells", type=cli.int_at_least(0), nargs=2, default=(6, 24), metavar=("MIN", "MAX"),
-                   help="cells per image")
-    p.add_argument("--seed", type=int, default=0, help="another seed, other images")
-    args = p.parse_args(argv)
-    if args.cells[0] > args.cells[1]:
-        p.error(f"argument --cells: MIN {args.cells[0]} is above MAX {args.cells[1]}")
-    if not args.out:
-        p.error("argument --out: an empty folder name")
-    ds = SyntheticCells(args.num_images, args.height, args.width, tuple(args.cells), args.seed)
-    write_layout(ds, args.out, args.layout)
-    print(f"wrote {len(ds)} synthetic images to {args.out} ({args.layout} layout)")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

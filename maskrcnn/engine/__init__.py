@@ -7,5 +7,6 @@
 - ``distributed.py``: process group set-up (torchrun ``env://`` or explicit) and collectives.
 - ``validate.py``: prediction -> submission post-processing -> Kaggle metric, sharded over ranks.
 - ``curves.py``: ``metrics.jsonl`` and the Pillow loss/validation plot.
-- ``launch.py``: the front end's process set-up and exit codes.
+
+The command line, its process set-up and exit codes: ``maskrcnn.cli.train``.
 """

@@ -15,7 +15,7 @@ the source reader (image, boxes, labels, masks; crops padded by one pixel).
 
 Command line (``maskrcnn/data/make_cache.py``)::
 
-    python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
+    python -m maskrcnn make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
 
 Scale: writing and reading hold one image's work at a time, never the dataset's (images are
 encoded in ``--workers`` processes and streamed to the file; ``CacheDataset`` maps the stored

@@ -1,5 +1,6 @@
 """Inference: loading checkpoints, TTA views, mask-level merging of views and models, filtering
-(thresholds, overlaps), Kaggle-valid submissions, and predict.py's command line (``predict_cli``)."""
+(thresholds, overlaps), Kaggle-valid submissions, and predict.py's run over image files (``predict_run``;
+its command line is ``maskrcnn.cli.predict``)."""
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.merge import merge_instances

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Tuple, TypeVar
 import torch
 
 from maskrcnn.formats.image_files import ImageReadError
+from maskrcnn.errors import user_error_message
 
 T = TypeVar("T")
 
@@ -106,14 +107,12 @@ def predict_guarded(work: Callable[[], T], path: str, strict: bool = False) -> T
     """``(work(), None)``, or ``(None, reason)`` when ``work`` fails on its image in a way that is
     the image's (see the module doc); with ``strict`` such a failure is raised as a user error
     (``ImageReadError``: one ``error:`` line) instead."""
-    from maskrcnn import cli
-
     try:
         return work(), None
     except (ImageReadError, OSError) as e:
         if strict:
             raise
-        return None, cli.user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
+        return None, user_error_message(e) or f"{type(e).__name__}: {e} ({path})"
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise

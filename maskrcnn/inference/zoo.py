@@ -3,7 +3,7 @@
 The zoo is the folder ``maskrcnn/zoo/`` of the package (installed with it as package data); the
 environment variable ``MASKRCNN_ZOO`` names another folder instead (tests, a site's own models).
 An entry ``<name>`` is its weights ``<name>.pth`` (a checkpoint, fp16 floats, with its config:
-``python -m maskrcnn.zoo export``), its model card ``<name>.md`` and, optionally, tuned
+``python -m maskrcnn zoo export``), its model card ``<name>.md`` and, optionally, tuned
 thresholds ``<name>.thresholds.yaml``.
 
 Every front end that takes weights reads them through ``maskrcnn.inference.checkpoint``, which

@@ -7,6 +7,6 @@
   ``predict.py``'s outputs byte for byte (``collection``).
 - One model per worker process, loaded once (``workers``).
 
-Command lines: ``python -m maskrcnn.scale slide|collection --help`` (``commands``). The rest of the
+Command lines: ``python -m maskrcnn scale slide|collection --help`` (``maskrcnn.cli.scale``). The rest of the
 package never imports this one, and it imports dask, zarr and tifffile only when it runs.
 """

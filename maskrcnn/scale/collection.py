@@ -48,7 +48,7 @@ class CollectionError(UserError, ValueError):
 # ------------------------------------------------------------------------------ inputs
 def list_inputs(spec: str, limit: int = 0) -> List[str]:
     """The image paths of ``spec``: a folder, a glob pattern or a list file (see the module doc)."""
-    from maskrcnn.inference.predict_cli import list_images
+    from maskrcnn.inference.predict_run import list_images
 
     if os.path.isdir(spec):
         return list_images(spec, limit)
@@ -106,7 +106,7 @@ def predict_images_task(spec: ModelSpec, work_dir: str, items: Sequence[Tuple[st
     """Predict ``items`` (``(path, image id)``) on this worker, one part file each; returns how many it
     predicted (images whose part already exists are left alone).
 
-    Each image goes through the steps of ``predict_cli.predict_images`` (read, the memory check,
+    Each image goes through the steps of ``predict_run.predict_images`` (read, the memory check,
     predict, post-process, inside ``guard.predict_guarded``): an image that cannot be read or
     processed gets a part with the reason, as predict.py gives it an empty row."""
     from maskrcnn.formats.image_files import read_image
@@ -209,7 +209,7 @@ def run_collection(client, spec: ModelSpec, paths: Sequence[str], ids: Sequence[
 def assemble(work_dir: str, ids: Sequence[str], writer, progress: str = "bar") -> List[Dict]:
     """Hand every image's part to ``writer`` in input order (as ``predict.py``'s ``write_predictions``)
     and finish it; returns the timings (those of skipped images hold ``skipped`` and ``path``)."""
-    from maskrcnn.inference.predict_cli import write_predictions
+    from maskrcnn.inference.predict_run import write_predictions
     from maskrcnn.progress import track
 
     def parts():

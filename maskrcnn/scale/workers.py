@@ -28,7 +28,7 @@ class ModelSpec:
     Attributes:
         weights: checkpoint paths (several = an ensemble); read with ``load_model(path, device, config)``.
         config: YAML config for bare state dicts (``predict.py --config``), or None.
-        test: the resolved test settings (``predict_cli.resolve_test_config``).
+        test: the resolved test settings (``predict_run.resolve_test_config``).
         device, batch_size, amp: as ``predict.py``'s options.
         threads: torch CPU threads per worker process.
         factory: instead of ``weights``, a picklable top-level function returning the models (tests).
@@ -42,7 +42,7 @@ class ModelSpec:
     amp: str = ""
     threads: int = 1
     factory: Optional[Callable[[], Sequence[torch.nn.Module]]] = None
-    # predict.py's automatic tiling ``(tile, limit)`` (``predict_cli.auto_tiling``), and its model
+    # predict.py's automatic tiling ``(tile, limit)`` (``predict_run.auto_tiling``), and its model
     # options (``--set model.*``, ``--normalize``, ``--diameter``, ``--scale``) as sorted items
     auto_tile: Tuple[int, int] = (0, 0)
     load_args: Tuple[Tuple[str, object], ...] = ()
@@ -63,7 +63,7 @@ def load_models(spec: ModelSpec):
     if spec.load_args:  # exactly as predict.py loads them
         import argparse
 
-        from maskrcnn.inference.predict_cli import load_models as cli_load_models
+        from maskrcnn.inference.predict_run import load_models as cli_load_models
 
         ns = argparse.Namespace(**{k: list(v) if isinstance(v, tuple) else v for k, v in spec.load_args})
         return list(cli_load_models(ns, device)[0])

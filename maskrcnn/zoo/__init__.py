@@ -4,5 +4,5 @@
 Each entry ``<name>`` is ``<name>.pth`` (fp16 weights with their config), ``<name>.md`` (its model
 card) and, optionally, ``<name>.thresholds.yaml`` (tuned thresholds, applied automatically).
 Names are resolved by ``maskrcnn.inference.zoo``; entries are made from a training checkpoint by
-``python -m maskrcnn.zoo export`` (``maskrcnn.zoo.export``).
+``python -m maskrcnn zoo export`` (``maskrcnn.cli.zoo``, ``maskrcnn.zoo.export``).
 """

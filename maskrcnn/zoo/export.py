@@ -1,8 +1,8 @@
 """Make a model zoo entry from a training checkpoint; list the entries.
 
-    python -m maskrcnn.zoo export output/nuclei_cpu/model_final.pth --name nuclei \
+    python -m maskrcnn zoo export output/nuclei_cpu/model_final.pth --name nuclei \
         [--thresholds tuned.yaml] [--out-dir DIR] [--overwrite]
-    python -m maskrcnn.zoo list
+    python -m maskrcnn zoo list
 
 ``export`` writes into the zoo folder (default: ``maskrcnn/zoo/`` of the package, or ``$MASKRCNN_ZOO``):
 
@@ -24,25 +24,21 @@ nonzero values that round to 0 are reported.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import os
 import re
 import string
-import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import torch
 
-from maskrcnn import cli
-from maskrcnn.config import ConfigError, apply_thresholds, check_class_counts, to_dict
+from maskrcnn.config import apply_thresholds, check_class_counts, to_dict
 from maskrcnn.engine.checkpoint import atomic_save
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.inference.checkpoint import model_from_checkpoint, read_checkpoint
-from maskrcnn.inference.zoo import (CARD_SUFFIX, THRESHOLDS_SUFFIX, WEIGHTS_SUFFIX, resolve_weights, zoo_dir,
-                                    zoo_names)
+from maskrcnn.inference.zoo import CARD_SUFFIX, THRESHOLDS_SUFFIX, WEIGHTS_SUFFIX, resolve_weights, zoo_dir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 CARD_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "CARD_TEMPLATE.md")
@@ -158,47 +154,3 @@ def export(src: str, name: str, out_dir: Optional[str] = None, thresholds: Optio
             "thresholds": os.path.join(out_dir, name + THRESHOLDS_SUFFIX) if thresholds else None,
             "source_bytes": os.path.getsize(src), "bytes": os.path.getsize(weights),
             **{k: half[k] for k in ("max_rel_error", "worst", "flushed", "fp32_bytes", "fp16_bytes")}}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m maskrcnn.zoo", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("export", help="make a zoo entry (fp16 weights + config, card, thresholds) from a checkpoint")
-    e.add_argument("checkpoint", help="a training checkpoint, e.g. output/nuclei_cpu/model_final.pth")
-    e.add_argument("--name", required=True, help="the entry's name (--weights NAME), e.g. nuclei")
-    e.add_argument("--thresholds", default=None, help="tuned thresholds YAML (evaluate.py tune) to ship beside it")
-    e.add_argument("--out-dir", default=None, help=f"the zoo folder (default: $MASKRCNN_ZOO or {zoo_dir()})")
-    e.add_argument("--config", default=None, help="YAML config for a bare state dict")
-    e.add_argument("--overwrite", action="store_true", help="replace an entry of that name (its card is kept)")
-    sub.add_parser("list", help="the zoo's entries")
-    return p
-
-
-def _run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "list":
-        for n in zoo_names():
-            path = os.path.join(zoo_dir(), n + WEIGHTS_SUFFIX)
-            extra = " + thresholds" if os.path.isfile(os.path.join(zoo_dir(), n + THRESHOLDS_SUFFIX)) else ""
-            print(f"{n:<20}{os.path.getsize(path) / 2**20:8.1f} MiB  {path}{extra}")
-        if not zoo_names():
-            print(f"no models in {zoo_dir()}", file=sys.stderr)
-        return 0
-    if args.thresholds and not os.path.isfile(args.thresholds):
-        raise ConfigError(f"--thresholds: file not found ({args.thresholds})")
-    r = export(args.checkpoint, args.name, args.out_dir, args.thresholds, args.overwrite, args.config)
-    print(f"wrote {r['weights']}: {r['bytes'] / 2**20:.2f} MiB; the tensors {r['fp16_bytes'] / 2**20:.2f} MiB in "
-          f"float16, {r['fp32_bytes'] / 2**20:.2f} MiB in float32 ({r['fp16_bytes'] / r['fp32_bytes']:.3f}x); the "
-          f"checkpoint {r['source_bytes'] / 2**20:.2f} MiB ({r['bytes'] / r['source_bytes']:.3f}x: no optimizer state)")
-    print(f"fp16 rounding: largest relative error {r['max_rel_error']:.2e} ({r['worst']}), "
-          f"{r['flushed']} nonzero value(s) rounded to 0")
-    if r["thresholds"]:
-        print(f"wrote {r['thresholds']}")
-    print(f"wrote {r['card']} (fill in the TBDs)" if r["card"] else
-          f"kept the existing card {os.path.join(os.path.dirname(r['weights']), args.name + CARD_SUFFIX)}")
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``python -m maskrcnn.zoo argv`` (user errors: one ``error:`` line and 2)."""
-    return cli.run(_run, argv)

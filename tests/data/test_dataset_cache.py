@@ -97,7 +97,7 @@ def test_bad_cache_files(tmp_path):
 
 
 def test_the_cache_builder_shows_a_progress_bar(tmp_path, dsb_dir, capsys):
-    from maskrcnn.data.make_cache import main
+    from maskrcnn.cli.make_cache import main
 
     assert main(["--format", "dsb2018", "--root", str(dsb_dir), "--out", str(tmp_path / "c.npz")]) == 0
     captured = capsys.readouterr()

@@ -1,6 +1,7 @@
 import torch
 
-from maskrcnn.data.synthetic import CELL_TYPES, SyntheticCells, main
+from maskrcnn.cli.synthetic import main
+from maskrcnn.data.synthetic import CELL_TYPES, SyntheticCells
 
 
 def test_default_images_are_deterministic_lazy_and_consistent():

@@ -1,4 +1,4 @@
-"""torch.export of the inference model: ``python -m maskrcnn.export`` writes one .pt2 file, which a
+"""torch.export of the inference model: ``python -m maskrcnn export`` writes one .pt2 file, which a
 process without the model code runs (only the compiled ops loaded) with eager's predictions."""
 import glob
 import json
@@ -12,7 +12,7 @@ import torch
 
 from maskrcnn.config import load_config, to_dict
 from maskrcnn.formats.image_files import read_image
-from maskrcnn.export import main as export_main
+from maskrcnn.cli.export import main as export_main
 from maskrcnn.model import build_model
 from maskrcnn.model.roi_heads import paste_masks
 

@@ -15,7 +15,7 @@ from maskrcnn.formats.kaggle_csv import csv_kind, order_for, read_submission
 from maskrcnn.formats.label_images import LabelImageError, read_label_image, to_label_image
 from maskrcnn.formats.rle import decode
 from maskrcnn.inference.outputs import OutputError, build_writer, coco_category_ids, coco_image_ids
-from maskrcnn.inference.predict_cli import image_ids, list_images, predict_images, write_predictions
+from maskrcnn.inference.predict_run import image_ids, list_images, predict_images, write_predictions
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.structures import Instances, MaskList
 from tests.inference.stub_model import IdStubModel, draw_objects, random_blobs
@@ -234,7 +234,7 @@ def test_coco_id_mapping_errors(tmp_path):
 
 def test_predict_py_formats_on_a_dsb_folder_with_a_tiny_real_model(tmp_path, capsys):
     from maskrcnn.config import load_config, to_dict
-    from maskrcnn.inference.predict_cli import main
+    from maskrcnn.cli.predict import main
     from maskrcnn.model import build_model
     from tests.inference.stub_model import TINY_MODEL
 

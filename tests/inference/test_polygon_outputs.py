@@ -13,7 +13,7 @@ from maskrcnn.formats.label_images import encode_label_tiff, read_label_image, t
 from maskrcnn.inference.outputs import build_writer
 from maskrcnn.inference.polygon_files import (PolygonFileError, geojson_collection, imagej_roi_bytes, imagej_roi_zip,
                                               read_geojson, read_imagej_roi, read_imagej_roi_zip)
-from maskrcnn.inference.predict_cli import list_images
+from maskrcnn.inference.predict_run import list_images
 from maskrcnn.ops.polygons import rasterize_rings, trace_outlines
 from maskrcnn.structures import Instances, MaskList
 from tests.inference.test_outputs import SPECS, _dsb_folder, _predict, _same_objects

@@ -11,7 +11,8 @@ from maskrcnn.config import Config, ConfigError, from_dict, load_config, to_dict
 from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.inference.caps import CapHit, CapMonitor, cap_warning
 from maskrcnn.inference.input_control import input_overrides
-from maskrcnn.inference.predict_cli import main, predict_images
+from maskrcnn.cli.predict import main
+from maskrcnn.inference.predict_run import predict_images
 from maskrcnn.inference.predictor import Predictor
 from maskrcnn.inference.tiling import auto_tile_size
 from maskrcnn.model.mask_rcnn import CAP_KEYS

@@ -10,8 +10,9 @@ from PIL import Image
 
 from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.formats.rle import decode
-from maskrcnn.inference.predict_cli import main, predict_images, timing_summary, write_predictions
 from maskrcnn.inference.predictor import Predictor, build_predictor
+from maskrcnn.cli.predict import main
+from maskrcnn.inference.predict_run import predict_images, timing_summary, write_predictions
 from tests.inference.stub_model import TINY_MODEL, IdStubModel, draw_objects, object_score, random_blobs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

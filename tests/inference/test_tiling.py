@@ -331,7 +331,8 @@ def test_predictor_tiles_use_the_whole_image_percentiles():
 
 
 def test_predict_py_tile_options_become_test_settings():
-    from maskrcnn.inference.predict_cli import build_parser, resolve_test_config
+    from maskrcnn.cli.predict import build_parser
+    from maskrcnn.inference.predict_run import resolve_test_config
 
     args = build_parser().parse_args(["--weights", "w.pth", "--images", "d", "--tile", "96", "--tile-overlap", "40"])
     t = resolve_test_config(args, Cfg(tile_overlap=64))

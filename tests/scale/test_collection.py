@@ -1,4 +1,4 @@
-"""``python -m maskrcnn.scale collection``: predict.py's outputs, byte for byte, from Dask workers;
+"""``python -m maskrcnn scale collection``: predict.py's outputs, byte for byte, from Dask workers;
 resumable; a worker lost mid-run loses and duplicates nothing."""
 import os
 import shutil
@@ -12,9 +12,9 @@ pytest.importorskip("tifffile")
 
 from maskrcnn.config import TestConfig as Cfg  # noqa: E402
 from maskrcnn.inference.outputs import SubmissionWriter  # noqa: E402
-from maskrcnn.inference.predict_cli import main as predict_main  # noqa: E402
+from maskrcnn.cli.predict import main as predict_main  # noqa: E402
 from maskrcnn.scale.collection import assemble, claim_work_dir, list_inputs, manifest, run_collection  # noqa: E402
-from maskrcnn.scale.commands import main  # noqa: E402
+from maskrcnn.cli.scale import main  # noqa: E402
 from maskrcnn.scale.workers import ModelSpec  # noqa: E402
 from tests.inference.stub_model import random_blobs  # noqa: E402
 from tests.inference.test_outputs import _dsb_folder  # noqa: E402

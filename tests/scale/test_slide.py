@@ -1,4 +1,4 @@
-"""``python -m maskrcnn.scale slide``: a large image in blocks on Dask, cells joined across block borders."""
+"""``python -m maskrcnn scale slide``: a large image in blocks on Dask, cells joined across block borders."""
 import csv
 import os
 
@@ -116,7 +116,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
     from maskrcnn.inference.predictor import build_predictor
     from maskrcnn.inference.checkpoint import load_model
     from maskrcnn.model import build_model
-    from maskrcnn.scale.commands import main
+    from maskrcnn.cli.scale import main
     from tests.inference.stub_model import TINY_MODEL
 
     text = TINY_MODEL.replace("num_classes: 3", "num_classes: 1").replace(
@@ -150,7 +150,7 @@ def test_slide_matches_single_process_tiled_prediction_of_a_real_model(tmp_path)
 
 
 def test_slide_command_errors_are_one_line(tmp_path, capsys):
-    from maskrcnn.scale.commands import main
+    from maskrcnn.cli.scale import main
 
     zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(100, 100), chunks=(50, 50), dtype="uint8")[:] = 0
     (tmp_path / "exists.zarr").mkdir()

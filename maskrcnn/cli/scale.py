@@ -1,8 +1,8 @@
-"""``python -m maskrcnn.scale slide|collection``: the command lines of the Dask paths.
+"""``python -m maskrcnn scale slide|collection``: the command lines of the Dask paths.
 
-    python -m maskrcnn.scale slide --weights W.pth --image big.zarr --out labels.zarr --table cells.csv \
+    python -m maskrcnn scale slide --weights W.pth --image big.zarr --out labels.zarr --table cells.csv \
         [--block 512 --overlap 64] [--workers 2 | --scheduler tcp://HOST:8786]
-    python -m maskrcnn.scale collection --weights W.pth --images DIR|'GLOB'|LIST.txt --out submission.csv \
+    python -m maskrcnn scale collection --weights W.pth --images DIR|'GLOB'|LIST.txt --out submission.csv \
         [--format csv|dsb|coco|labels|...] [--work-dir DIR] [--workers 2 | --scheduler tcp://HOST:8786]
 
 ``collection`` takes every option of ``predict.py`` (same meaning, same outputs). Without
@@ -26,7 +26,7 @@ COMMANDS = ("slide", "collection")
 
 
 class ScaleError(UserError, ValueError):
-    """A command-line mistake of ``python -m maskrcnn.scale``."""
+    """A command-line mistake of ``python -m maskrcnn scale``."""
 
 
 def _need_extra() -> None:
@@ -80,7 +80,7 @@ def _test_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_slide_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python -m maskrcnn.scale slide",
+    p = cli.ArgumentParser(prog="python -m maskrcnn scale slide",
                            description="Cell masks of one large image (zarr, OME-Zarr, TIFF) on a Dask cluster: "
                                        "a zarr label image and a per-cell CSV.")
     _test_options(p)
@@ -99,10 +99,10 @@ def build_slide_parser() -> argparse.ArgumentParser:
 
 
 def build_collection_parser() -> argparse.ArgumentParser:
-    from maskrcnn.inference.predict_cli import build_parser
+    from maskrcnn.cli.predict import build_parser
 
     p = build_parser()
-    p.prog = "python -m maskrcnn.scale collection"
+    p.prog = "python -m maskrcnn scale collection"
     p.description = ("predict.py on a Dask cluster: a folder, glob pattern or list file of images; resumable; "
                      "the same outputs as predict.py.")
     for a in p._actions:  # --images takes more here than in predict.py
@@ -120,7 +120,7 @@ def _spec(args, cfgs, tile: bool):
     """The ``ModelSpec`` of the command line and the checkpoints' configs ``cfgs`` (test settings
     resolved and checked against each checkpoint's classes, as ``predict.py`` does)."""
     from maskrcnn.config import check_class_counts
-    from maskrcnn.inference.predict_cli import AMP_CHOICES, resolve_test_config
+    from maskrcnn.inference.predict_run import AMP_CHOICES, resolve_test_config
     from maskrcnn.scale.workers import ModelSpec
 
     if not tile:
@@ -143,7 +143,7 @@ def slide_main(argv: Sequence[str]) -> int:
     args = build_slide_parser().parse_args(argv)
     _need_extra()
     from maskrcnn.fileio import check_not_input, check_output_path
-    from maskrcnn.inference.predict_cli import check_same_classes, resolve_weight_files
+    from maskrcnn.inference.predict_run import check_same_classes, resolve_weight_files
     from maskrcnn.scale.slide import plan_blocks, run_slide
     from maskrcnn.scale.sources import open_source
 
@@ -180,7 +180,7 @@ def slide_main(argv: Sequence[str]) -> int:
 def collection_main(argv: Sequence[str]) -> int:
     from maskrcnn.config import TestConfig
     from maskrcnn.inference.outputs import DEFAULT_OUT, FOLDER_FORMATS, build_writer, model_class_names
-    from maskrcnn.inference.predict_cli import (auto_tiling, check_same_classes, finish_run, image_ids,
+    from maskrcnn.inference.predict_run import (auto_tiling, check_same_classes, finish_run, image_ids,
                                                 load_models, resolve_test_config, resolve_weight_files)
     from maskrcnn.inference.predictor import check_min_views
     from maskrcnn.inference.tta import parse_tta
@@ -237,17 +237,17 @@ def collection_main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``python -m maskrcnn.scale argv`` (``maskrcnn.cli`` conventions)."""
+    """The exit code of ``python -m maskrcnn scale argv`` (``maskrcnn.cli`` conventions)."""
     return cli.run(_main, argv)
 
 
 def _main(argv: Sequence[str]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m maskrcnn.scale {slide,collection} ...\n\n"
+        print("usage: python -m maskrcnn scale {slide,collection} ...\n\n"
               "  slide       one large image (zarr, OME-Zarr, TIFF) -> a zarr label image and a per-cell CSV\n"
               "  collection  predict.py on a Dask cluster: folder, glob or list file; resumable\n\n"
-              "python -m maskrcnn.scale COMMAND --help shows its options.")
+              "python -m maskrcnn scale COMMAND --help shows its options.")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         raise ScaleError(f"unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)}")

@@ -1,12 +1,14 @@
-"""``predict.py``'s command line: a folder of images -> ``submission.csv`` (or another ``--format``:
-``maskrcnn.inference.outputs``), with a timing summary.
+"""``predict.py``'s run: a folder of images -> ``submission.csv`` (or another ``--format``:
+``maskrcnn.inference.outputs``), with a timing summary. Its command line is ``maskrcnn.cli.predict``;
+the Python API (``maskrcnn.api``) and the Dask collection (``maskrcnn.scale``) build their models
+and write their outputs with the functions here.
 
 The run has three parts, each a function: list the images (``list_images``, ``image_ids``: the
 checks that need no model; flat or DSB2018 folders), predict them one at a time
 (``predict_images``: read, predict, post-process), and write what comes out
 (``write_predictions``: the writer of ``--format``; the Kaggle CSVs are validated as Kaggle would
 and written atomically).
-``main`` wires them to the arguments; ``resolve_test_config`` gathers the test settings from the
+``run_predict`` wires them to the arguments; ``resolve_test_config`` gathers the test settings from the
 checkpoint, a thresholds file and the command line.
 
 Everything that can be checked is checked before the first image is predicted
@@ -30,9 +32,7 @@ import sys
 import time
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from maskrcnn import cli
 from maskrcnn.config import (
-    PREDICT_MODEL_KEYS,
     Config,
     ConfigError,
     TestConfig,
@@ -42,7 +42,7 @@ from maskrcnn.config import (
     reject_repeated_keys,
     split_predict_overrides,
 )
-from maskrcnn.data.image_folders import IMAGE_SUFFIXES, list_image_files  # noqa: F401 (IMAGE_SUFFIXES: public here too)
+from maskrcnn.data.image_folders import list_image_files
 from maskrcnn.formats.image_files import read_image_with_depth
 from maskrcnn.device import resolve_device
 from maskrcnn.errors import UserError
@@ -50,10 +50,10 @@ from maskrcnn.fileio import check_not_input, check_output_path
 from maskrcnn.inference.caps import cap_warning, caps_summary
 from maskrcnn.inference.checkpoint import load_model
 from maskrcnn.inference.guard import check_fits, predict_guarded
-from maskrcnn.inference.input_control import NORMALIZE_CHOICES, input_overrides, is_dim, normalize_16bit
+from maskrcnn.inference.input_control import input_overrides, is_dim, normalize_16bit
 from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
-from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, FORMATS, SubmissionWriter, Writer, build_writer,
+from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, SubmissionWriter, Writer, build_writer,
                                         model_class_names)
 from maskrcnn.inference.tiling import auto_tile_size
 from maskrcnn.inference.tta import parse_tta
@@ -235,73 +235,7 @@ def timing_summary(timings: Sequence[Timing]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(
-        prog=cli.program("predict.py"),
-        description="Predict cell instance masks for a folder of images and write a Kaggle submission.csv "
-                    "(or DSB2018 CSV, COCO results json, 16-bit label images: --format).",
-    )
-    p.add_argument("--weights", nargs="+", required=True,
-                   help="checkpoint(s) or model zoo name(s), e.g. nuclei (MODEL_ZOO.md); several = an ensemble")
-    p.add_argument("--images", required=True, help="folder of .png/.tif images (ids = file names), or a DSB2018 "
-                   "folder of <id>/images/<id>.png")
-    p.add_argument("--format", choices=FORMATS, default="csv",
-                   help="csv: Kaggle submission id,predicted; dsb: DSB2018 submission ImageId,EncodedPixels "
-                        "(column-major); coco: COCO results json; labels: a folder of 16-bit label PNGs <id>.png; "
-                        "labels-tif: 16-bit label TIFFs <id>.tif; geojson: outlines <id>.geojson (QuPath); "
-                        "imagej-roi: <id>.zip of ImageJ polygon ROIs (Fiji)")
-    p.add_argument("--out", default=None, help="file to write, a folder for --format labels, labels-tif, geojson, "
-                   f"imagej-roi (default: {DEFAULT_OUT['csv']}; coco: {DEFAULT_OUT['coco']}; labels, labels-tif: "
-                   f"{DEFAULT_OUT['labels']}/; geojson: {DEFAULT_OUT['geojson']}/; imagej-roi: {DEFAULT_OUT['imagej-roi']}/)")
-    p.add_argument("--coco-gt", default=None, metavar="COCO.json",
-                   help="--format coco: take image ids (by file name) and category ids from this COCO json "
-                        "(default: image ids 1..N in input order, category_id = class + 1)")
-    p.add_argument("--config", default=None, help="YAML config for bare state dicts (or to override the checkpoints')")
-    p.add_argument("--tta", default=None, help="comma-separated views, e.g. hflip,vflip,rot90,scale=1.25 or d4; "
-                   "none: no TTA (default: test.tta of the first checkpoint's config)")
-    p.add_argument("--thresholds", default=None, help="YAML of test.* fields (tuned thresholds) overriding the config "
-                   "(default: A.thresholds.yaml beside the first weights A.pth, when there is one)")
-    cli.add_set_option(p, "test.* overrides, e.g. test.min_area=[75,150,75] test.fill_holes=true, and the model "
-                       "keys that act only at inference: " + ", ".join(PREDICT_MODEL_KEYS)
-                       + " (e.g. the detection caps: model.roi_heads.detections_per_image=3000)")
-    p.add_argument("--normalize", choices=NORMALIZE_CHOICES, default="model",
-                   help="intensity normalisation: model = as the model was trained (and 16-bit images "
-                        "percentile-normalised for a model trained on 8-bit data); percentile = every image by its "
-                        "model.input.percentile_low/high; none = as read (8-bit / 255, 16-bit / 65535)")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--diameter", type=float, default=None, metavar="PIXELS",
-                      help="typical object diameter in your images: resized so it matches the objects the model "
-                           "learnt (model.input.object_diameter; scale x object_diameter / PIXELS)")
-    size.add_argument("--scale", type=float, default=None, metavar="FACTOR",
-                      help="resize the images by FACTOR x the model's model.input.scale (0.5: objects twice "
-                           "as large as the training data's)")
-    p.add_argument("--min-views", type=cli.int_at_least(1), default=None, help="default: test.tta_min_views")
-    p.add_argument("--merge-iou", type=float, default=None, help="default: test.merge_iou")
-    tiling = p.add_mutually_exclusive_group()
-    tiling.add_argument("--tile", type=int, default=None, metavar="PIXELS",
-                        help="predict images larger than this in overlapping tiles of this size, stitched "
-                             "(test.tile_size; 0: whole images, as --no-tile). Default (test.tile_size 0): "
-                             "automatic, from the model's config: tiles of max(2 x training crop, 1024 / "
-                             "model.input.scale) px for images longer than 3 tiles, and for smaller ones "
-                             "longer than a tile whose whole-image prediction reached a detection cap")
-    tiling.add_argument("--no-tile", action="store_true", help="never tile: every image whole (no automatic tiling)")
-    p.add_argument("--tile-overlap", type=int, default=None, metavar="PIXELS",
-                   help="pixels neighbouring tiles share, at least the largest cell's size (default: test.tile_overlap)")
-    p.add_argument("--order", choices=("row", "col"), default=None,
-                   help="RLE pixel order of --format csv (default: row, as Sartorius; dsb is always col)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=cli.int_at_least(1), default=1, help="views per model call")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast the models (GPU)")
-    p.add_argument("--limit", type=cli.int_at_least(0), default=0, help="only the first N images (0: all)")
-    p.add_argument("--strict", action="store_true",
-                   help="stop at an image that cannot be read (default: an empty row, a warning, exit code 3)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="a line every 30 s (images done, rate, ETA) instead of a progress bar (the default "
-                        "when stderr is not a terminal: logs, kernels)")
-    return p
-
-
+# ---------------------------------------------------------------------- arguments
 def resolve_test_config(args: argparse.Namespace, base: TestConfig) -> TestConfig:
     """``base`` (the first checkpoint's test section) with ``--thresholds``, ``--set`` and the
     ``--tta`` / ``--min-views`` / ``--merge-iou`` / ``--tile`` / ``--tile-overlap`` options applied,
@@ -431,14 +365,9 @@ def load_predictor(args: argparse.Namespace, device) -> Tuple[Predictor, TestCon
     return predictor, test_cfg, list(cfgs)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``predict.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``;
-    3 when the submission was written but some images could not be read)."""
-    return cli.run(_predict, argv)
-
-
-def _predict(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run_predict(args: argparse.Namespace) -> int:
+    """predict.py's run once its arguments are parsed (``maskrcnn.cli.predict``): check them, load the
+    models, predict every image, write the outputs; returns the exit code (``finish_run``)."""
     paths = check_arguments(args)
     device = resolve_device(args.device, key="--device")
     predictor, test_cfg, cfgs = load_predictor(args, device)
@@ -460,7 +389,7 @@ def _predict(argv: Sequence[str]) -> int:
 
 
 def finish_run(timings: List[Dict], writer) -> int:
-    """The end of a prediction run (predict.py, ``python -m maskrcnn.scale collection``): the timing
+    """The end of a prediction run (predict.py, ``python -m maskrcnn scale collection``): the timing
     table, the caps reached (``timing["caps"]``: cap keys), what was written, the images skipped;
     returns the exit code (``EXIT_SKIPPED`` when some were)."""
     print(timing_summary(timings))

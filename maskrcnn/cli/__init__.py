@@ -1,11 +1,19 @@
-"""What every front end shares: one error convention and one argument parser.
+"""The command lines, one module per command, and what they share: one error convention and one
+argument parser.
 
-``train.py``, ``predict.py``, ``evaluate.py`` and the ``python -m maskrcnn.*`` commands call their
-``main(argv)`` through :func:`run`:
+    train.py, maskrcnn-train            maskrcnn.cli.train
+    predict.py, maskrcnn-predict        maskrcnn.cli.predict
+    evaluate.py, maskrcnn-evaluate      maskrcnn.cli.evaluate
+    python -m maskrcnn COMMAND          maskrcnn.cli.COMMAND: export, make_cache, pseudo_label, scale,
+                                        synthetic, viz, zoo (``maskrcnn/__main__.py``)
+
+A command module parses its arguments and calls the layer that does the work (data, inference,
+evaluation, engine); the front ends are the top layer. Each command's ``main(argv)`` runs under :func:`run`:
 
 - a user's mistake (``maskrcnn.errors.UserError`` and the errors derived from it, a file that is
   missing, unreadable or a folder where a file was expected, an unknown or malformed argument) is
-  printed as one line ``error: <what is wrong> (<where>)`` on stderr and the exit code is 2;
+  printed as one line ``error: <what is wrong> (<where>)`` on stderr and the exit code is 2
+  (``maskrcnn.errors.user_error_message``);
 - anything else is a bug of ours and keeps its traceback (exit 1);
 - ``--debug`` anywhere on the command line, or ``MASKRCNN_DEBUG=1``, shows the traceback of user
   errors too;
@@ -15,41 +23,20 @@
 
 :class:`ArgumentParser` reports its own errors the same way (one line, exit 2, instead of
 argparse's usage block) and shows each option's default in ``--help``.
-
-This module imports nothing from the package, so a command at any layer may use it.
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from maskrcnn.errors import UserError
+from maskrcnn.errors import user_error_message
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MASKRCNN_DEBUG"
-
-# OS errors that describe the user's files or machine, not a bug: a path that is missing, not
-# readable or writable, a folder given for a file (or the reverse), a full or read-only disk.
-_USER_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
-_USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
-
-
-def user_error_message(exc: BaseException) -> Optional[str]:
-    """The one-line message for ``exc`` when it is the user's mistake, else None (a bug)."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, OSError) and (isinstance(exc, _USER_OS_ERRORS) or exc.errno in _USER_ERRNOS):
-        if exc.filename is not None and exc.strerror:
-            where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-            return f"{exc.strerror.lower()} ({where})"
-        return str(exc)
-    return None
-
 
 def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")

@@ -1,6 +1,6 @@
 """Export a trained model for deployment: one ``.pt2`` file (``torch.export``), image in, detections out.
 
-    python -m maskrcnn.export --weights output/dsb2018_cpu/model_final.pth --size 520 704 --out model.pt2
+    python -m maskrcnn export --weights output/dsb2018_cpu/model_final.pth --size 520 704 --out model.pt2
 
 The file runs with ``torch.export.load(path).module()(image)`` once the compiled ops are
 registered (``import maskrcnn._C`` or ``torch.ops.load_library``); see docs/deploy.md and
@@ -8,7 +8,6 @@ registered (``import maskrcnn._C`` or ``torch.ops.load_library``); see docs/depl
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -23,12 +22,12 @@ from maskrcnn.ops import get_ext
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``python -m maskrcnn.export argv`` (user errors: one ``error:`` line and 2)."""
+    """The exit code of ``python -m maskrcnn export argv`` (user errors: one ``error:`` line and 2)."""
     return cli.run(_export, argv)
 
 
 def _export(argv: Sequence[str]) -> None:
-    p = cli.ArgumentParser(prog="python -m maskrcnn.export", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m maskrcnn export", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="checkpoint (.pth) of a trained model")
     p.add_argument("--out", required=True, help="the .pt2 file to write")
     p.add_argument("--size", type=cli.int_at_least(1), nargs=2, required=True, metavar=("H", "W"),
@@ -50,7 +49,3 @@ def _export(argv: Sequence[str]) -> None:
     save_exported(program, args.out)
     print(f"exported {args.weights} for {args.channels}x{args.size[0]}x{args.size[1]} images to {args.out} "
           f"in {time.time() - t:.0f} s")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,6 +13,7 @@ COCO mask/box AP; it takes no run directory and writes nothing but ``--eval-out`
 The command line of ``train.py`` (a checkout) and ``maskrcnn-train`` (an installed package).
 """
 import os
+import sys
 
 # Sleep, not spin, when an OpenMP thread waits: on a shared CPU machine spinning threads fight
 # other processes and a 2-thread run can be several times slower than a 1-thread one. Must be
@@ -20,8 +21,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from maskrcnn import cli
-from maskrcnn.config import load_config, reject_repeated_keys
-from maskrcnn.engine.launch import main_train
+from maskrcnn.config import Config, load_config, reject_repeated_keys
+from maskrcnn.engine import distributed as du
+from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
 from maskrcnn.progress import progress_mode
 
 
@@ -59,4 +61,31 @@ def _train(argv) -> int:
 def main(argv=None) -> int:
     """The exit code of ``train.py argv`` (user errors: one ``error:`` line and 2, see ``maskrcnn.cli``)."""
     return cli.run(_train, argv)
+
+
+def main_train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> int:
+    """Run ``cfg`` to the end in this process (joining torchrun's group when launched by it).
+
+    Returns a process exit code: 0 done, 3 a non-finite loss. The user's mistakes (a configuration
+    error, a missing file, a run refused at start: ``RunError``) propagate as ``UserError`` for
+    ``cli.run`` to report (exit 2).
+    """
+    rank = 0
+    try:
+        device = du.init_distributed(device=cfg.train.device) if du.launched_by_torchrun() else None
+        rank = du.get_rank()
+        try:
+            summary = Trainer(cfg, resume=resume, device=device, progress=progress, overwrite=overwrite).train()
+        finally:
+            du.cleanup()
+    except NonFiniteLossError as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 3
+    if rank == 0:
+        best = summary["best_score"]
+        print(
+            f"done: {summary['iteration']} iterations in {cfg.train.output_dir}; "
+            + (f"best validation mAP {best:.4f} at iteration {summary['best_iteration']}" if best is not None else "no validation")
+        )
+    return 0
 

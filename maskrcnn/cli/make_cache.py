@@ -1,14 +1,10 @@
 """Write a dataset as one compact ``.npz`` cache (``maskrcnn.formats.dataset_cache``)::
 
-    python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
-
-The command line lives apart from the cache itself: it needs every reader (``build_reader``), and
-``build_reader`` needs the cache's reader, so one module holding both would import itself in a circle.
+    python -m maskrcnn make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -20,12 +16,12 @@ from maskrcnn.fileio import check_not_input, check_output_path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The exit code of ``python -m maskrcnn.data.make_cache argv`` (user errors: one ``error:`` line and 2)."""
+    """The exit code of ``python -m maskrcnn make_cache argv`` (user errors: one ``error:`` line and 2)."""
     return cli.run(_make_cache, argv)
 
 
 def _make_cache(argv: Sequence[str]) -> None:
-    p = cli.ArgumentParser(prog="python -m maskrcnn.data.make_cache",
+    p = cli.ArgumentParser(prog="python -m maskrcnn make_cache",
                            description="Write a compact single-file cache (.npz) of a dataset.")
     p.add_argument("--format", required=True, choices=["dsb2018", "sartorius", "coco", "label_folders", "synthetic", "cache"],
                    help="the dataset's layout (as data.format)")
@@ -45,6 +41,3 @@ def _make_cache(argv: Sequence[str]) -> None:
           f"{summary['file_bytes'] / 1e6:.2f} MB (images {summary['image_bytes'] / 1e6:.2f} MB) "
           f"in {time.time() - t:.0f} s")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
