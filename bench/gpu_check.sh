@@ -29,7 +29,7 @@
 #   python -m maskrcnn.data.make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out .devdata/dsb2018.npz
 #   python -m bench.gpu_check folds --out .devdata/dsb2018_folds.json --data .devdata/dsb2018.npz
 # CPU dry run of the training phase's Python parts with tiny sizes (no build, no torchvision needed):
-#   QUICK=1 DEVICE=cpu OUT=/tmp/gpu_check bash bench/gpu_check.sh training
+#   QUICK=1 DEVICE=cpu FP16_ITERS=4 MEM_ITERS=2 OUT=/tmp/gpu_check bash bench/gpu_check.sh training   (~4 min)
 #
 # Env: OUT (default output/gpu_check), WORK (/tmp/gpu_check), BUDGET (s for the whole call, 560),
 # PYTHON, DEVICE (cuda), SKIP_BUILD=1, HOST_CC/HOST_CXX, TORCH_CUDA_ARCH_LIST (9.0), TEST_TIMEOUT
