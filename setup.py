@@ -9,7 +9,7 @@ A CUDA build happens when torch was built with CUDA and nvcc is found (``CUDA_HO
 ``FORCE_CUDA=1`` (it then needs a CUDA torch to link against). ``TORCH_CUDA_ARCH_LIST`` picks the
 GPU architectures (torch's default otherwise: the visible GPU's). ninja is used when installed.
 ``tools/check_cuda_syntax.sh`` compiles the .cu files with ``nvcc -c`` against a CPU torch's
-headers, for machines without a CUDA torch; ``tools/gpu_check.sh`` builds, tests and benchmarks
+headers, for machines without a CUDA torch; ``bench/gpu_check.sh`` builds, tests and benchmarks
 on a GPU machine in one command.
 
 Host compiler: use one that links libstdc++ dynamically, as torch does. On an image whose

@@ -13,7 +13,7 @@ What it holds:
 ``CacheDataset`` (``data.format: cache``, ``data.root: file.npz``) yields the same ``Sample``s as
 the source reader (image, boxes, labels, masks; crops padded by one pixel).
 
-Command line (``maskrcnn/data/make_cache.py``)::
+Command line (``maskrcnn/cli/make_cache.py``)::
 
     python -m maskrcnn make_cache --format dsb2018 --root ../shared/data/dsb2018/stage1_train --out dsb2018.npz
 

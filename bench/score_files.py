@@ -1,6 +1,7 @@
-"""`evaluate.py score` on an adversarial but valid file, today's implementation against e1502d4's.
+"""What `evaluate.py score` (``score_files``) costs, time and peak memory, on an adversarial but
+valid file and on a normal one, this tree against another revision (``--old``).
 
-The adversarial file (issue 12): one 520 x 704 image whose submission holds a frame-shaped mask
+The adversarial file: one 520 x 704 image whose submission holds a frame-shaped mask
 (a 2-pixel border of the whole image: its box is the image) and 999 tiny cells (2 x 2 pixels); the
 label file holds the same objects. Until e1502d4 every mask was decoded into a crop padded to the
 largest one, so this ~24 KB file cost 1,000 full images per side. The normal case: images of ~1,000
@@ -9,10 +10,10 @@ similar cells (ellipses of radius 4-14 px, predictions jittered, 5% false positi
 Each implementation scores each file in its own process (``score_files``, what `evaluate.py
 score` runs); printed: seconds of the scoring call, peak RSS of the process (after imports, and at
 the end) and the mAP, side by side, with the ratio. The old implementation is the package at
-``--old`` (default e1502d4), extracted with ``git archive`` into a temporary folder (the compiled
-extension is copied along when present).
+``--old`` (default e1502d4, the last one before run lists), extracted with ``git archive`` into a
+temporary folder (the compiled extension is copied along when present).
 
-    python -m bench.adversarial_score [--cells 999] [--normal-images 16] [--old e1502d4] [--skip-old-adversarial]
+    python -m bench.score_files [--cells 999] [--normal-images 16] [--old e1502d4] [--skip-old-adversarial]
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Issue 16's GPU checks besides the head to head's speed phase, each writing one small JSON.
+"""The training phase's GPU checks besides the head to head's speed runs, each writing one small JSON.
 
-    python -m bench.gpu_issue16 roi-align --out R.json             # NCHW float32 RoIAlign vs torchvision
-    python -m bench.gpu_issue16 fp16 --out F.json --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json
-    python -m bench.gpu_issue16 memory --out M.json --amp fp16      # Sartorius recipe's peak memory, capped
-    python -m bench.gpu_issue16 merge --out ALL.json --speed results.json roi_align=R.json fp16=F.json ...
-    python -m bench.gpu_issue16 folds --out .devdata/dsb2018_folds.json --data .devdata/dsb2018.npz
+    python -m bench.gpu_check roi-align --out R.json             # NCHW float32 RoIAlign vs torchvision
+    python -m bench.gpu_check fp16 --out F.json --data .devdata/dsb2018.npz --split-file .devdata/dsb2018_folds.json
+    python -m bench.gpu_check memory --out M.json --amp fp16      # Sartorius recipe's peak memory, capped
+    python -m bench.gpu_check merge --out ALL.json --speed results.json roi_align=R.json fp16=F.json ...
+    python -m bench.gpu_check folds --out .devdata/dsb2018_folds.json --data .devdata/dsb2018.npz
     (add --device cpu --quick to any of them: tiny sizes, to check that the code runs end to end)
 
 - ``roi-align``: forward and forward+backward of contiguous (NCHW) float32 RoIAlign, ours vs
@@ -24,7 +24,7 @@
   (``speed.models.<name>.train_it_per_s`` / ``infer_img_per_s``) plus the other checks.
 
 Run it from the repository root with the package importable (``PYTHONPATH=.``);
-``bench/gpu_issue16.sh`` runs everything in one GPU call.
+``bash bench/gpu_check.sh training`` runs everything in one GPU call.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import time
 import torch
 
 
-# --quick: a slim ResNet-18-FPN, same code paths (for a CPU dry run; bench/gpu_issue16.sh passes it
+# --quick: a slim ResNet-18-FPN, same code paths (for a CPU dry run; bench/gpu_check.sh passes it
 # to head_to_head.py too).
 QUICK_MODEL = [
     "model.backbone.name=resnet18", "model.backbone.stem_out_channels=32", "model.backbone.res2_out_channels=32",
@@ -300,7 +300,7 @@ def main(argv=None):
     p.add_argument("--cap-gib", type=float, default=15.0)
     p.add_argument("--work", default="", help="training output folder (default: a temporary one)")
     p.add_argument("--speed", default="", help="merge: head_to_head.py results.json")
-    p.add_argument("--what", default="bash bench/gpu_issue16.sh")
+    p.add_argument("--what", default="bash bench/gpu_check.sh training")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("parts", nargs="*", help="merge: the other JSON files")
     args = p.parse_intermixed_args(argv)

@@ -1,6 +1,6 @@
-"""GPU checks of the training engine (no GPU in CI): run on a CUDA machine, prints PASS/FAIL lines.
+"""GPU checks of the training engine (no GPU in CI; `bash bench/gpu_check.sh engine`): PASS/FAIL lines.
 
-    python tools/engine_gpu_check.py [--config configs/small.yaml] [--iters 12] [--out DIR]
+    python -m bench.gpu_check_engine [--config configs/small.yaml] [--iters 12] [--out DIR]
 
 1. bf16 autocast on CUDA: a run stopped by an exception during iteration k+1 (after the
    checkpoint at k) and resumed ends with losses close to an uninterrupted run's (GPU kernels are
