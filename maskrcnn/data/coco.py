@@ -39,7 +39,7 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn.data.images import read_image
 from maskrcnn.data.rle import encode_crops
-from maskrcnn.data.transforms import clip_to_image
+from maskrcnn.data.transforms.geometric import clip_to_image
 from maskrcnn.errors import UserError
 from maskrcnn.structures import Instances, MaskList, Sample
 
