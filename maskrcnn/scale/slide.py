@@ -1,14 +1,14 @@
 """One large image on a Dask cluster: blocks predicted on workers, cells joined across block borders
 by the tiling's own rules, a chunked zarr label image and a per-cell table.
 
-The blocks are ``maskrcnn.inference.tiling``'s tiles (``plan_tiles(shape, block, overlap)``), so the
+The blocks are ``maskrcnn.inference.tile_grid``'s tiles (``plan_tiles(shape, block, overlap)``), so the
 distributed result is the single-process tiled prediction's, computed in three kinds of task:
 
 1. ``predict_block(job, t)``: read block ``t``'s window from the source (only its zarr chunks or
    TIFF tiles), skip it when it holds no foreground (the cheap test below), else run every model and
    TTA view on it and merge them (as ``Predictor`` does for one tile), drop detections under the
    lowest ``test.score_thresh`` and move them into the slide's pixels. Soft masks as crops.
-2. ``finish_block(job, t, *neighbours)``: ``tiling.stitch`` on the blocks whose windows overlap
+2. ``finish_block(job, t, *neighbours)``: ``stitching.stitch`` on the blocks whose windows overlap
    block ``t``'s rows and columns (its neighbourhood, usually 3 x 3), post-processing
    (``postprocess``: thresholds, overlap removal) in the neighbourhood's own frame, and the objects
    whose box centre lies in block ``t``'s core are block ``t``'s. Every object whose views lie in
@@ -50,7 +50,9 @@ import torch
 from maskrcnn.fileio import atomic_open
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.postprocess import postprocess
-from maskrcnn.inference.tiling import TileGrid, _centres, _read_tile, _shift, plan_tiles, stitch
+from maskrcnn.inference.stitching import box_centres, stitch
+from maskrcnn.inference.tile_grid import TileGrid, plan_tiles
+from maskrcnn.inference.tiling import read_tile, shift_instances
 from maskrcnn.scale.sources import ImageSource
 from maskrcnn.scale.workers import ModelSpec, predictor_for
 from maskrcnn.structures import Instances
@@ -121,7 +123,7 @@ def neighbourhood(grid: TileGrid, t: int) -> Tuple[List[int], _Neighbourhood]:
 
 def scaled(a: np.ndarray) -> torch.Tensor:
     """``ndarray[C, h, w]`` as a float tensor scaled as ``read_image`` scales (uint8 / 255, uint16 / 65535)."""
-    return _read_tile(a, 0, 0, a.shape[-1], a.shape[-2])
+    return read_tile(a, 0, 0, a.shape[-1], a.shape[-2])
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -158,7 +160,7 @@ def predict_block(job: SlideJob, t: int) -> BlockPrediction:
     thresh = min(job.model.test.score_thresh)
     if thresh > 0:
         inst = inst[torch.nonzero(inst.scores >= thresh, as_tuple=True)[0]]
-    return BlockPrediction(_shift(inst, x0, y0, size), False, time.perf_counter() - t0, time.thread_time() - c0)
+    return BlockPrediction(shift_instances(inst, x0, y0, size), False, time.perf_counter() - t0, time.thread_time() - c0)
 
 
 def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult:
@@ -174,10 +176,10 @@ def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult
                     mask_threshold=min(test.mask_thresh))
     ox, oy = sub.xs[0], sub.ys[0]
     frame = (sub.ys[-1] + sub.tile_h - oy, sub.xs[-1] + sub.tile_w - ox)
-    final = postprocess(_shift(joined, -ox, -oy, frame), job.model.test)
-    final = _shift(final, ox, oy, grid.image_size)
+    final = postprocess(shift_instances(joined, -ox, -oy, frame), job.model.test)
+    final = shift_instances(final, ox, oy, grid.image_size)
     if len(final):
-        final = final[torch.nonzero(grid.owner(_centres(final.boxes)) == t, as_tuple=True)[0]]
+        final = final[torch.nonzero(grid.owner(box_centres(final.boxes)) == t, as_tuple=True)[0]]
     return BlockResult(final, cell_table(final), time.perf_counter() - t0, time.thread_time() - c0)
 
 
@@ -259,7 +261,7 @@ def write_chunk(out_path: str, window: Tuple[int, int, int, int], *parts_and_off
 
 # ------------------------------------------------------------------------- the client side
 def plan_blocks(source: ImageSource, block: int, overlap: int) -> TileGrid:
-    """The block grid of ``source`` (tiling's ``plan_tiles``); the overlap must be at most half a block,
+    """The block grid of ``source`` (``tile_grid.plan_tiles``); the overlap must be at most half a block,
     so that a block's neighbourhood is the blocks next to it."""
     if not 0 <= overlap <= block // 2:
         raise ValueError(f"--overlap must be between 0 and half the block ({block // 2}), got {overlap}")
