@@ -387,7 +387,7 @@ MUTATIONS: List[Mutation] = [
       [("maskrcnn/evaluation/coco.py", 'dts = [{k: v for k, v in r.items() if k != "bbox"} for r in results]',
         "dts = [dict(r) for r in results]")], ["tests/evaluation/test_coco.py"]),
     M("ablation_paths_from_cwd", "relative paths of an ablation file resolve against the current directory",
-      [("maskrcnn/evaluation/ablation.py", "return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))",
+      [("maskrcnn/evaluation/ablation_spec.py", "return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))",
         "return p if not p or os.path.isabs(p) else os.path.abspath(p)")], ["tests/evaluation/test_ablation.py"]),
     M("eval_only_on_train_split", "--eval-only scores the training split",
       [("maskrcnn/engine/eval_only.py", 'dataset = build_dataset(cfg.data, split="val")',
