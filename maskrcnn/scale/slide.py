@@ -305,7 +305,6 @@ def replace_folder(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-
 def _gather(client, futures, desc: str, mode: str, unit: str = "block") -> list:
     """The results of ``futures`` in their order, with progress as they complete."""
     from distributed import as_completed
@@ -336,29 +335,54 @@ def run_slide(client, source: ImageSource, spec: ModelSpec, out: str, table: str
     """
     import uuid
 
-    import zarr
-
     t_start = time.perf_counter()
     spec = spec.without_tiles()
     grid = plan_blocks(source, block, overlap)
     ranges, (lo, hi) = client.submit(slide_ranges, source, spec, pure=False).result()
     job = SlideJob(source, grid, spec, ranges, skip_contrast * (hi - lo) if skip_contrast > 0 else 0.0)
     run = uuid.uuid4().hex[:8]
-    T = len(grid)
+    finished, info, summaries = _predict_and_finish(client, job, run, progress)
+    tables = [s[0] for s in summaries]
+    counts = np.array([len(t["x0"]) for t in tables], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    folder = os.path.dirname(os.path.abspath(out))
+    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.{run}.partial")
+    arr, painted = _write_labels(client, tmp, grid.image_size, chunk, finished, tables, counts, offsets, run, progress)
+    del finished
+    arr.attrs.update({"source": os.path.abspath(source.path), "cells": int(counts.sum()), "block": block,
+                      "overlap": overlap, "weights": list(spec.weights), "painted_pixels": int(painted)})
+    rows = write_table(table, tables, offsets)
+    replace_folder(tmp, out)
+    done = [s for s in info if not s[0]]
+    return {"blocks": len(grid), "skipped": sum(1 for s in info if s[0]), "cells": int(rows),
+            "detections": int(sum(s[2] for s in info)),
+            "predict_s": float(np.mean([s[1] for s in done])) if done else 0.0,
+            "predict_cpu_s": float(np.mean([s[3] for s in done])) if done else 0.0,
+            "finish_s": float(np.mean([s[1] for s in summaries])),
+            "finish_cpu_s": float(np.mean([s[2] for s in summaries])), "wall_s": time.perf_counter() - t_start}
+
+
+def _predict_and_finish(client, job: SlideJob, run: str, progress: str):
+    """Steps 1 and 2 of the module doc on the cluster: the futures of every block's ``BlockResult``,
+    and the gathered ``prediction_summary`` and ``block_summary`` of each block."""
+    T = len(job.grid)
     preds = [client.submit(predict_block, job, t, key=f"predict-{run}-{t}") for t in range(T)]
-    finished = [client.submit(finish_block, job, t, *[preds[u] for u in neighbourhood(grid, t)[0]],
+    finished = [client.submit(finish_block, job, t, *[preds[u] for u in neighbourhood(job.grid, t)[0]],
                               key=f"finish-{run}-{t}") for t in range(T)]
     info = [client.submit(prediction_summary, p, key=f"info-{run}-{t}") for t, p in enumerate(preds)]
     del preds  # each block's predictions are freed once its neighbours are finished
     summaries = _gather(client, [client.submit(block_summary, f, key=f"summary-{run}-{t}")
                                  for t, f in enumerate(finished)], "blocks", progress)
-    info = client.gather(info)
-    tables = [s[0] for s in summaries]
-    counts = np.array([len(t["x0"]) for t in tables], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    H, W = grid.image_size
-    folder = os.path.dirname(os.path.abspath(out))
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.{run}.partial")
+    return finished, client.gather(info), summaries
+
+
+def _write_labels(client, tmp: str, size: Tuple[int, int], chunk: int, finished, tables, counts: np.ndarray,
+                  offsets: np.ndarray, run: str, progress: str):
+    """Step 3 of the module doc: the zarr label image at ``tmp``, each chunk painted by one task from
+    the blocks whose objects reach it; returns the array and the painted pixels."""
+    import zarr
+
+    H, W = size
     arr = zarr.open_array(tmp, mode="w", shape=(H, W), chunks=(min(chunk, H), min(chunk, W)), dtype="uint32",
                           fill_value=0)
     reach = _union_boxes(tables)
@@ -369,15 +393,4 @@ def run_slide(client, source: ImageSource, spec: ModelSpec, out: str, table: str
             args = [a for b in hit.tolist() for a in (finished[b], int(offsets[b]))]
             writes.append(client.submit(write_chunk, tmp, (x0, y0, x1, y1), *args, key=f"write-{run}-{c}"))
     painted = sum(_gather(client, writes, "chunks", progress, unit="chunk")) if writes else 0
-    del finished
-    arr.attrs.update({"source": os.path.abspath(source.path), "cells": int(counts.sum()), "block": block,
-                      "overlap": overlap, "weights": list(spec.weights), "painted_pixels": int(painted)})
-    rows = write_table(table, tables, offsets)
-    replace_folder(tmp, out)
-    done = [s for s in info if not s[0]]
-    return {"blocks": T, "skipped": sum(1 for s in info if s[0]), "cells": int(rows),
-            "detections": int(sum(s[2] for s in info)),
-            "predict_s": float(np.mean([s[1] for s in done])) if done else 0.0,
-            "predict_cpu_s": float(np.mean([s[3] for s in done])) if done else 0.0,
-            "finish_s": float(np.mean([s[1] for s in summaries])),
-            "finish_cpu_s": float(np.mean([s[2] for s in summaries])), "wall_s": time.perf_counter() - t_start}
+    return arr, painted
