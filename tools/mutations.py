@@ -162,8 +162,8 @@ MUTATIONS: List[Mutation] = [
       ["tests/inference/test_merge_threshold.py"]),
     # ------------------------------------------------------------------------------ RoI heads
     M("matcher_fg_strict", "the matcher needs IoU > fg threshold (not >=)",
-      [("maskrcnn/model/matching.py", "        labels[best_iou >= fg_iou_thresh] = FOREGROUND\n        if allow_low_quality:\n            b, g",
-        "        labels[best_iou > fg_iou_thresh] = FOREGROUND\n        if allow_low_quality:\n            b, g")],
+      [("maskrcnn/model/matching.py", "        labels[best_iou >= fg_iou_thresh] = FOREGROUND\n        if allow_low_quality:\n            b, j = low_quality",
+        "        labels[best_iou > fg_iou_thresh] = FOREGROUND\n        if allow_low_quality:\n            b, j = low_quality")],
       MODEL),
     M("matcher_low_quality_all", "low-quality matching promotes every box of a GT's best IoU, even IoU 0",
       [("maskrcnn/model/matching.py", "            g, j = torch.nonzero((iou == chunk_best) & (chunk_best > 0), as_tuple=True)",
