@@ -87,7 +87,7 @@ def cmd_baseline(args) -> None:
     from maskrcnn.formats.label_images import to_label_image
     from maskrcnn.inference.filtering import filter_predictions
     from maskrcnn.inference.predictor import build_predictor
-    from maskrcnn.inference.tiling import plan_tiles
+    from maskrcnn.inference.tile_grid import plan_tiles
 
     torch.set_num_threads(args.threads)
     model, cfg = load_model(args.weights, "cpu")

@@ -107,7 +107,7 @@ def near_seams(inst: Instances, idx: torch.Tensor, grid, margin: float) -> int:
 
 
 def cmd_check(args) -> None:
-    from maskrcnn.inference.tiling import plan_tiles
+    from maskrcnn.inference.tile_grid import plan_tiles
 
     torch.set_num_threads(args.threads)
     model, cfg = load_model(args.weights, "cpu")

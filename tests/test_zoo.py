@@ -212,7 +212,7 @@ def test_an_ablation_variant_takes_a_zoo_name(zoo, tmp_path):
     import yaml
 
     from maskrcnn.config import ConfigError
-    from maskrcnn.evaluation.ablation import load_ablation_spec
+    from maskrcnn.evaluation.ablation_spec import load_ablation_spec
 
     (zoo / "cells.pth").write_text("weights")
     (tmp_path / "cfg.yaml").write_text("{}\n")

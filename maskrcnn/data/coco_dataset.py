@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from maskrcnn.data.transforms import clip_to_image
+from maskrcnn.data.transforms.geometric import clip_to_image
 from maskrcnn.formats.coco_json import AnnotationStore, CocoFormatError, decode_rles, image_positions, load_coco_json
 from maskrcnn.formats.image_files import read_image
 from maskrcnn.structures import Instances, MaskList, Sample

@@ -264,7 +264,7 @@ def build_dataset(cfg, split: str = "train", augment: bool = False, seed: int = 
     pseudo-labelled images of ``cfg.pseudo.path`` (``maskrcnn.data.pseudo_mix``) when that is set.
     """
     from maskrcnn.data.splits import load_or_make_folds, read_ids_file, restrict_to_ids, split_indices
-    from maskrcnn.data.transforms import build_batch_transform, build_transforms
+    from maskrcnn.data.transforms.pipeline import build_batch_transform, build_transforms
 
     reader = build_reader(cfg) if reader is None else reader
     if split == "all":

@@ -129,28 +129,26 @@ def _place(rng: np.random.Generator, n_want: int, sizes: np.ndarray, height: int
     return np.array(order, dtype=np.int64), cx, cy
 
 
+# Per cell type: ranges of the long semi-axis ``a`` (times the image's scale), of the short one ``b``
+# (``b_of_a``: a fraction of ``a``; else pixels times the scale), of the two harmonics' amplitudes,
+# the neurites per cell (``[lo, hi)``; None: none) and the contrast.
+_SHAPES = {
+    "cort": dict(a=(4.5, 7.5), b=(0.8, 1.0), b_of_a=True, harm=(0.0, 0.08), neurites=None, contrast=(0.30, 0.42)),
+    "shsy5y": dict(a=(7.0, 11.0), b=(3.2, 4.8), b_of_a=False, harm=(0.0, 0.06), neurites=(1, 3), contrast=(0.28, 0.40)),
+    "astro": dict(a=(10.0, 15.0), b=(0.6, 0.95), b_of_a=True, harm=(0.05, 0.16), neurites=None, contrast=(0.20, 0.30)),
+}
+
+
 def _shape_params(rng: np.random.Generator, kind: str, k: int, scale: float):
     """Per-candidate shape parameters: semi-axes a >= b, rotation, harmonics, neurites, contrast."""
-    if kind == "cort":
-        a = rng.uniform(4.5, 7.5, k) * scale
-        b = a * rng.uniform(0.8, 1.0, k)
-        harm = rng.uniform(0.0, 0.08, (k, 2))
-        n_neurites = np.zeros(k, dtype=np.int64)
-        contrast = rng.uniform(0.30, 0.42, k)
-    elif kind == "shsy5y":
-        a = rng.uniform(7.0, 11.0, k) * scale
-        b = rng.uniform(3.2, 4.8, k) * scale
-        harm = rng.uniform(0.0, 0.06, (k, 2))
-        n_neurites = rng.integers(1, 3, k)
-        contrast = rng.uniform(0.28, 0.40, k)
-    elif kind == "astro":
-        a = rng.uniform(10.0, 15.0, k) * scale
-        b = a * rng.uniform(0.6, 0.95, k)
-        harm = rng.uniform(0.05, 0.16, (k, 2))
-        n_neurites = np.zeros(k, dtype=np.int64)
-        contrast = rng.uniform(0.20, 0.30, k)
-    else:
+    if kind not in _SHAPES:
         raise ValueError(f"unknown synthetic cell type {kind!r}; expected one of {CELL_TYPES}")
+    p = _SHAPES[kind]
+    a = rng.uniform(*p["a"], k) * scale
+    b = a * rng.uniform(*p["b"], k) if p["b_of_a"] else rng.uniform(*p["b"], k) * scale
+    harm = rng.uniform(*p["harm"], (k, 2))
+    n_neurites = np.zeros(k, dtype=np.int64) if p["neurites"] is None else rng.integers(*p["neurites"], k)
+    contrast = rng.uniform(*p["contrast"], k)
     alpha = rng.uniform(0, np.pi, k)
     phase = rng.uniform(0, 2 * np.pi, (k, 2))
     # Neurites leave from the two ends of the long axis, with some angular spread.
@@ -285,64 +283,78 @@ def write_layout(dataset: SyntheticCells, out: str, layout: str = "sartorius") -
       end up empty are left out).
     - ``coco``: ``annotations.json`` (compressed RLE segmentations) + ``images/<id>.png``.
     """
-    from maskrcnn.formats.image_files import encode_png, to_uint8, write_image
-    from maskrcnn.fileio import atomic_write_bytes
-    from maskrcnn.formats.rle import encode_crops
-
-    if layout not in ("sartorius", "dsb2018", "coco"):
+    writers = {"sartorius": _write_sartorius, "dsb2018": _write_dsb2018, "coco": _write_coco}
+    if layout not in writers:
         raise ValueError(f"unknown layout {layout!r}; expected sartorius, dsb2018 or coco")
     os.makedirs(out, exist_ok=True)
-    if layout == "sartorius":
-        rows = []
-        for i in range(len(dataset)):
-            s = dataset.load(i)
-            write_image(os.path.join(out, "train", f"{s.image_id}.png"), s.image)
-            H, W = s.instances.image_size
-            rles = encode_crops(s.instances.masks.crops, s.instances.masks.origins, (H, W), order="row")
-            for r in rles:
-                rows.append([s.image_id, r, W, H, s.meta["cell_type"], "11h30m00s", "2019-06-16",
-                             f"{s.meta['cell_type']}[synthetic]", "0 days 11:30:00"])
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
-                    "sample_id", "elapsed_timedelta"])
-        w.writerows(rows)
-        atomic_write_bytes(os.path.join(out, "train.csv"), buf.getvalue().encode())
-    elif layout == "dsb2018":
-        for i in range(len(dataset)):
-            s = dataset.load(i)
-            d = os.path.join(out, s.image_id)
-            gray = to_uint8(s.image)
-            rgba = np.stack([gray, gray, gray, np.full_like(gray, 255)], axis=2)
-            atomic_write_bytes(os.path.join(d, "images", f"{s.image_id}.png"), encode_png(rgba, 6))
-            os.makedirs(os.path.join(d, "masks"), exist_ok=True)
-            dense = s.instances.masks.to_dense().numpy()
-            # Later masks win overlapping pixels: label map by "last index that covers the pixel".
-            idx = np.where(dense.any(0), dense.shape[0] - 1 - np.argmax(dense[::-1], axis=0), -1)
-            for k in range(dense.shape[0]):  # one file per nucleus is the format itself
-                m = idx == k
-                if m.any():
-                    atomic_write_bytes(os.path.join(d, "masks", f"m{k:04d}.png"),
-                                       encode_png(m.astype(np.uint8) * 255, 6))
-    else:
-        from pycocotools import mask as mask_utils
+    writers[layout](dataset, out)
 
-        images, anns = [], []
-        cats = [{"id": c + 1, "name": name} for c, name in enumerate(dataset.class_names)]
-        for i in range(len(dataset)):
-            s = dataset.load(i)
-            H, W = s.instances.image_size
-            fname = f"{s.image_id}.png"
-            write_image(os.path.join(out, "images", fname), s.image)
-            images.append({"id": i + 1, "file_name": fname, "height": H, "width": W})
-            dense = s.instances.masks.to_dense().numpy()
-            if dense.shape[0]:
-                rles = mask_utils.encode(np.asfortranarray(dense.transpose(1, 2, 0).astype(np.uint8)))
-                boxes = s.instances.boxes.tolist()
-                for k, (r, lab) in enumerate(zip(rles, s.instances.labels.tolist())):
-                    x0, y0, x1, y1 = boxes[k]
-                    anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": lab + 1, "iscrowd": 0,
-                                 "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
-                                 "area": float(dense[k].sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
-        doc = {"images": images, "annotations": anns, "categories": cats}
-        atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())
+
+def _write_sartorius(dataset: SyntheticCells, out: str) -> None:
+    from maskrcnn.formats.image_files import write_image
+    from maskrcnn.formats.rle import encode_crops
+    from maskrcnn.fileio import atomic_write_bytes
+
+    rows = []
+    for i in range(len(dataset)):
+        s = dataset.load(i)
+        write_image(os.path.join(out, "train", f"{s.image_id}.png"), s.image)
+        H, W = s.instances.image_size
+        rles = encode_crops(s.instances.masks.crops, s.instances.masks.origins, (H, W), order="row")
+        for r in rles:
+            rows.append([s.image_id, r, W, H, s.meta["cell_type"], "11h30m00s", "2019-06-16",
+                         f"{s.meta['cell_type']}[synthetic]", "0 days 11:30:00"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
+                "sample_id", "elapsed_timedelta"])
+    w.writerows(rows)
+    atomic_write_bytes(os.path.join(out, "train.csv"), buf.getvalue().encode())
+
+
+def _write_dsb2018(dataset: SyntheticCells, out: str) -> None:
+    from maskrcnn.formats.image_files import encode_png, to_uint8
+    from maskrcnn.fileio import atomic_write_bytes
+
+    for i in range(len(dataset)):
+        s = dataset.load(i)
+        d = os.path.join(out, s.image_id)
+        gray = to_uint8(s.image)
+        rgba = np.stack([gray, gray, gray, np.full_like(gray, 255)], axis=2)
+        atomic_write_bytes(os.path.join(d, "images", f"{s.image_id}.png"), encode_png(rgba, 6))
+        os.makedirs(os.path.join(d, "masks"), exist_ok=True)
+        dense = s.instances.masks.to_dense().numpy()
+        # Later masks win overlapping pixels: label map by "last index that covers the pixel".
+        idx = np.where(dense.any(0), dense.shape[0] - 1 - np.argmax(dense[::-1], axis=0), -1)
+        for k in range(dense.shape[0]):  # one file per nucleus is the format itself
+            m = idx == k
+            if m.any():
+                atomic_write_bytes(os.path.join(d, "masks", f"m{k:04d}.png"),
+                                   encode_png(m.astype(np.uint8) * 255, 6))
+
+
+def _write_coco(dataset: SyntheticCells, out: str) -> None:
+    from pycocotools import mask as mask_utils
+
+    from maskrcnn.formats.image_files import write_image
+    from maskrcnn.fileio import atomic_write_bytes
+
+    images, anns = [], []
+    cats = [{"id": c + 1, "name": name} for c, name in enumerate(dataset.class_names)]
+    for i in range(len(dataset)):
+        s = dataset.load(i)
+        H, W = s.instances.image_size
+        fname = f"{s.image_id}.png"
+        write_image(os.path.join(out, "images", fname), s.image)
+        images.append({"id": i + 1, "file_name": fname, "height": H, "width": W})
+        dense = s.instances.masks.to_dense().numpy()
+        if dense.shape[0]:
+            rles = mask_utils.encode(np.asfortranarray(dense.transpose(1, 2, 0).astype(np.uint8)))
+            boxes = s.instances.boxes.tolist()
+            for k, (r, lab) in enumerate(zip(rles, s.instances.labels.tolist())):
+                x0, y0, x1, y1 = boxes[k]
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": lab + 1, "iscrowd": 0,
+                             "segmentation": {"size": r["size"], "counts": r["counts"].decode()},
+                             "area": float(dense[k].sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    doc = {"images": images, "annotations": anns, "categories": cats}
+    atomic_write_bytes(os.path.join(out, "annotations.json"), json.dumps(doc).encode())

@@ -1,34 +1,7 @@
 """Ablation runs: variants x validation split -> Kaggle mAP tables (``python evaluate.py ablate``).
 
-An ablation file (YAML)::
-
-    config: r50.yaml                  # its data section gives the validation split; its test
-                                      # section the default post-processing
-    output_dir: ../output/ablation    # tables, caches and the split's label CSV go here
-    split: val                        # train | val | all
-    max_images: 0                     # 0: the whole split
-    device: auto
-    defaults: {tta: []}               # merged into every variant
-    variants:
-      - name: R50 12k
-        weights: ../output/r50/model_final.pth   # or a list: an ensemble
-        tta: [hflip, vflip]                      # prediction-relevant (part of the cache key)
-        merge_iou: 0.5                           # prediction-relevant
-        min_views: 1                             # prediction-relevant
-        set: [model.input.pixel_std=[0.2,0.2,0.2]]   # model overrides, prediction-relevant
-        test: {score_thresh: [0.3, 0.5, 0.6]}    # post-processing only (shares the cache)
-        thresholds: tuned.yaml                   # post-processing from `evaluate.py tune`
-        columns: {Backbone: R50 (LIVECell)}      # override cells of the table
-
-Relative paths (``config``, ``output_dir``, ``weights``, ``thresholds``) are relative to the folder of
-the ablation file, as ``base:`` in configs: the file above, saved as ``configs/ablation.yaml``, reads
-``configs/r50.yaml`` and ``output/r50/model_final.pth`` from any current directory, and a spec kept
-next to its checkpoints moves with them; a ``weights`` entry that is no file there may name a model of
-the zoo (``weights: nuclei``). ``config``, ``weights`` and ``thresholds`` must exist when
-the file is read (before any prediction); one that does not is one error naming the key, the path as
-written and as resolved, and, when the path exists relative to the current directory instead, the
-value to write. (Paths inside the config itself, such as ``data.root``, are relative to the current
-directory, as for ``train.py``.) A ``configs/ablation_example.yaml`` runs the README's small model.
+The ablation file (its keys, checks and relative paths) is ``maskrcnn.evaluation.ablation_spec``'s;
+the table's columns are ``maskrcnn.evaluation.ablation_table``'s.
 
 Raw (soft) predictions are cached per variant under ``output_dir/cache/<hash>`` where the hash
 covers only prediction-relevant settings (weights files, TTA, merge settings, model overrides,
@@ -45,17 +18,16 @@ The calls into data and inference (dataset, checkpoint loading, Predictor, filte
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from maskrcnn.config import (Config, ConfigError, TestConfig, apply_thresholds, load_config, override_test_config,
-                             read_yaml_mapping, to_dict)
+from maskrcnn.config import Config, TestConfig, apply_thresholds, load_config, override_test_config, to_dict
+from maskrcnn.evaluation.ablation_spec import AblationSpec, Variant, load_ablation_spec
+from maskrcnn.evaluation.ablation_table import describe, format_tables, per_class_columns
 from maskrcnn.formats.prediction_cache import PredictionCache, settings_key, weights_fingerprint
 from maskrcnn.fileio import atomic_json, atomic_write_text
 from maskrcnn.evaluation.kaggle import KaggleEvaluator
@@ -63,147 +35,6 @@ from maskrcnn.progress import track
 from maskrcnn.structures import Instances, MaskList
 
 CACHE_FORMAT = 2  # bump when the cache's file layout changes
-TABLE_COLUMNS = ("Variant", "Backbone", "Iterations", "Ensemble", "Normalization", "Color aug", "TTA", "mAP")
-_TOP_KEYS = ("config", "output_dir", "split", "max_images", "device", "defaults", "variants")
-_VARIANT_KEYS = ("name", "weights", "tta", "merge_iou", "min_views", "set", "test", "thresholds", "columns")
-
-
-# ------------------------------------------------------------------------------ the spec
-@dataclass
-class Variant:
-    name: str
-    weights: List[str]
-    tta: List[str] = field(default_factory=list)
-    merge_iou: Optional[float] = None  # None: the config's test.merge_iou
-    min_views: Optional[int] = None  # None: the config's test.tta_min_views
-    set: List[str] = field(default_factory=list)
-    test: Dict[str, Any] = field(default_factory=dict)
-    thresholds: str = ""
-    columns: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class AblationSpec:
-    config: str
-    output_dir: str
-    variants: List[Variant]
-    split: str = "val"
-    max_images: int = 0
-    device: str = "auto"
-
-
-def _as_list(v, key: str, where: str) -> list:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [v]
-    if not isinstance(v, list):
-        raise ConfigError(f"{where}: {key} must be a list, got {v!r}")
-    return list(v)
-
-
-def load_ablation_spec(path: str) -> AblationSpec:
-    """Parse and check an ablation YAML; relative paths are taken from the file's folder (module doc).
-
-    Raises ConfigError naming the file, the variant and the key for unknown keys, missing
-    ``config``/``variants``/``weights``, duplicate names, values of the wrong type, or a
-    ``config``/``weights``/``thresholds`` file that does not exist (``check_spec_paths``).
-    """
-    data = read_yaml_mapping(path, "ablation")
-    unknown = sorted(set(data) - set(_TOP_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_TOP_KEYS)}")
-    base = os.path.dirname(os.path.abspath(path))
-
-    def rel(p: str) -> str:
-        return p if not p or os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
-
-    def weights_file(p: str) -> str:  # a path relative to the file, else a model zoo name (nuclei)
-        from maskrcnn.inference.zoo import zoo_path
-
-        return rel(p) if os.path.isfile(rel(p)) or zoo_path(p) is None else zoo_path(p)
-
-    if not data.get("config"):
-        raise ConfigError(f"{path}: 'config' (the YAML config with the data and test sections) is required")
-    raw_variants = data.get("variants")
-    if not isinstance(raw_variants, list) or not raw_variants:
-        raise ConfigError(f"{path}: 'variants' must be a non-empty list")
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: 'defaults' must be a mapping")
-    variants, names = [], set()
-    for k, rv in enumerate(raw_variants):
-        where = f"{path}: variants[{k}]"
-        if not isinstance(rv, dict):
-            raise ConfigError(f"{where}: must be a mapping, got {rv!r}")
-        v = {**defaults, **rv}
-        unknown = sorted(set(v) - set(_VARIANT_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_VARIANT_KEYS)}")
-        name = str(v.get("name") or "").strip()
-        if not name:
-            raise ConfigError(f"{where}: 'name' is required")
-        if name in names:
-            raise ConfigError(f"{where}: duplicate variant name {name!r}")
-        names.add(name)
-        weights = [weights_file(str(w)) for w in _as_list(v.get("weights"), "weights", where)]
-        if not weights:
-            raise ConfigError(f"{where} ({name}): 'weights' is required (a checkpoint path or a list)")
-        for key, tp in (("test", dict), ("columns", dict)):
-            if v.get(key) is not None and not isinstance(v[key], tp):
-                raise ConfigError(f"{where} ({name}): {key} must be a mapping, got {v[key]!r}")
-        try:
-            merge_iou = None if v.get("merge_iou") is None else float(v["merge_iou"])
-            min_views = None if v.get("min_views") is None else int(v["min_views"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} ({name}): merge_iou must be a number and min_views an integer") from None
-        variants.append(Variant(
-            name=name, weights=weights, tta=[str(t) for t in _as_list(v.get("tta"), "tta", where)],
-            merge_iou=merge_iou, min_views=min_views,
-            set=[str(s) for s in _as_list(v.get("set"), "set", where)], test=dict(v.get("test") or {}),
-            thresholds=rel(str(v.get("thresholds") or "")),
-            columns={str(a): str(b) for a, b in (v.get("columns") or {}).items()},
-        ))
-    split = str(data.get("split", "val"))
-    if split not in ("train", "val", "all"):
-        raise ConfigError(f"{path}: split must be train, val or all, got {split!r}")
-    try:
-        max_images = int(data.get("max_images", 0) or 0)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: max_images must be an integer, got {data.get('max_images')!r}") from None
-    spec = AblationSpec(rel(str(data["config"])), rel(str(data.get("output_dir") or "output/ablation")),
-                        variants, split, max_images, str(data.get("device", "auto")))
-    written = {"config": str(data["config"])}
-    for k, rv in enumerate(raw_variants):
-        v = {**defaults, **rv}
-        written[f"variants[{k}]"] = {"weights": [str(w) for w in _as_list(v.get("weights"), "weights", path)],
-                                     "thresholds": str(v.get("thresholds") or "")}
-    check_spec_paths(spec, path, written)
-    return spec
-
-
-def _missing_path(spec_path: str, key: str, as_written: str, resolved: str) -> ConfigError:
-    """The one error for an input of an ablation file that is not there (see the module doc)."""
-    msg = (f"{spec_path}: {key}: {as_written} not found: relative paths are relative to the ablation file's "
-           f"folder, so this is {resolved}")
-    if not os.path.isabs(as_written) and os.path.exists(as_written):
-        fix = os.path.relpath(os.path.abspath(as_written), os.path.dirname(os.path.abspath(spec_path)))
-        msg += f"; it exists relative to the current directory: write {fix} (or an absolute path)"
-    return ConfigError(msg)
-
-
-def check_spec_paths(spec: AblationSpec, spec_path: str, written: Dict[str, Any]) -> None:
-    """Raise ConfigError (``_missing_path``) for the first ``config``, ``weights`` or ``thresholds``
-    file of ``spec`` that does not exist; ``written`` holds the values as the file spells them."""
-    if not os.path.isfile(spec.config):
-        raise _missing_path(spec_path, "config", written["config"], spec.config)
-    for k, v in enumerate(spec.variants):
-        raw = written[f"variants[{k}]"]
-        for w, w_raw in zip(v.weights, raw["weights"]):
-            if not os.path.isfile(w):
-                raise _missing_path(spec_path, f"variants[{k}] ({v.name}): weights", w_raw, w)
-        if v.thresholds and not os.path.isfile(v.thresholds):
-            raise _missing_path(spec_path, f"variants[{k}] ({v.name}): thresholds", raw["thresholds"], v.thresholds)
 
 
 # ------------------------------------------------------------- calls into data and inference
@@ -300,49 +131,6 @@ def class_name_of(sample, class_names: Sequence[str]) -> Optional[str]:
     return None
 
 
-_BACKBONES = {"resnet18": "R18", "resnet34": "R34", "resnet50": "R50", "resnet101": "R101", "resnext101_32x8d": "X101-32x8d"}
-_NORMS = {"frozen_bn": "FrozenBN", "bn": "BN", "gn": "GN"}
-
-
-def _join(values: Sequence[str]) -> str:
-    out = []
-    for x in values:
-        if x not in out:
-            out.append(x)
-    return " + ".join(out)
-
-
-def describe(v: Variant, infos: Sequence[Tuple[Optional[Config], Optional[int]]]) -> Dict[str, str]:
-    """Table cells of a variant from its checkpoints' configs; ``v.columns`` overrides any."""
-    cfgs = [c for c, _ in infos]
-    cells = {
-        "Variant": v.name,
-        "Backbone": _join([_BACKBONES.get(c.model.backbone.name, c.model.backbone.name) if c else "?" for c in cfgs]),
-        "Iterations": _join([str(it) if it is not None else "?" for _, it in infos]),
-        "Ensemble": "no" if len(v.weights) == 1 else f"{len(v.weights)} models",
-        "Normalization": _join([_NORMS.get(c.model.backbone.norm, c.model.backbone.norm) if c else "?" for c in cfgs]),
-        "Color aug": _join(["yes" if c and (c.data.augment.brightness or c.data.augment.contrast or c.data.augment.gamma)
-                            else ("no" if c else "?") for c in cfgs]),
-        "TTA": "+".join(v.tta) if v.tta else "none",
-    }
-    cells.update(v.columns)
-    return cells
-
-
-def format_tables(rows: List[Dict[str, str]], class_names: Sequence[str]) -> Tuple[str, str]:
-    """(Markdown, CSV) texts of the ablation table; ``rows`` hold TABLE_COLUMNS and class cells."""
-    cols = list(TABLE_COLUMNS) + [c for c in class_names]
-    md = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" if c in TABLE_COLUMNS[:-1] else "---:" for c in cols) + "|"]
-    for r in rows:
-        md.append("| " + " | ".join(str(r.get(c, "")).replace("|", "/") for c in cols) + " |")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([r.get(c, "") for c in cols])
-    return "\n".join(md) + "\n", buf.getvalue()
-
-
 # ------------------------------------------------------------------------------- the run
 @dataclass
 class _GT:
@@ -351,8 +139,7 @@ class _GT:
     class_name: Optional[str]
 
 
-def _ground_truth(spec: AblationSpec, cfg: Config, backend: Backend, data: dict, class_names: Sequence[str],
-                  dataset_holder: dict) -> Tuple[List[_GT], str]:
+def _ground_truth(spec: AblationSpec, data: dict, class_names: Sequence[str], dataset: Callable) -> Tuple[List[_GT], str]:
     """The split's ground truth, from ``labels_<hash>.csv`` when written before, else from the dataset."""
     from maskrcnn.formats.kaggle_csv import label_masks, read_labels, write_labels
 
@@ -360,7 +147,7 @@ def _ground_truth(spec: AblationSpec, cfg: Config, backend: Backend, data: dict,
     if os.path.isfile(path):
         labels = read_labels(path)
         return [_GT(i, label_masks(img, "row", source=path), img.cell_type) for i, img in labels.items()], path
-    ds = dataset_holder.setdefault("ds", backend.dataset(cfg, spec.split))
+    ds = dataset()
     n = len(ds) if spec.max_images <= 0 else min(len(ds), spec.max_images)
     gts = []
     for k in range(n):  # a loop over images
@@ -389,49 +176,69 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
     device = device or spec.device
     cfg = load_config(spec.config)
     holder: dict = {}
+
+    def dataset():  # read once, and only when needed
+        return holder.setdefault("ds", backend.dataset(cfg, spec.split))
+
     # The cache records the class names, so that `evaluate.py tune` needs no --classes.
-    class_names = split_class_names(cfg, lambda: holder.setdefault("ds", backend.dataset(cfg, spec.split)))
+    class_names = split_class_names(cfg, dataset)
     os.makedirs(spec.output_dir, exist_ok=True)
     data = data_settings(cfg, spec.split, spec.max_images)
-    gts, labels_path = _ground_truth(spec, cfg, backend, data, class_names, holder)
-    image_ids = [g.image_id for g in gts]
+    gts, labels_path = _ground_truth(spec, data, class_names, dataset)
     log(f"{len(gts)} images of split {spec.split!r}; ground truth in {labels_path}")
     rows, results = [], {}
     for v in spec.variants:
         test_cfg = variant_test_config(cfg.test, v)
         cache = PredictionCache(os.path.join(spec.output_dir, "cache"), prediction_settings(v, test_cfg, data))
-        if not cache.is_complete(image_ids):
-            missing = [k for k, i in enumerate(image_ids) if not cache.has(i)]
-            log(f"[{v.name}] predicting {len(missing)} of {len(image_ids)} images -> {cache.dir}")
-            if missing:
-                predictor = backend.predictor(v, test_cfg, device)
-                ds = holder.setdefault("ds", backend.dataset(cfg, spec.split))
-                for k in track(missing, f"[{v.name}] predict", mode=progress):
-                    s = ds[k]
-                    if str(s.image_id) != image_ids[k]:
-                        raise RuntimeError(f"dataset order changed: image {k} is {s.image_id}, labels say {image_ids[k]}")
-                    cache.put(image_ids[k], predict_raw(predictor, s.image))
-            cache.mark_complete(image_ids, class_names, extra={"labels": os.path.abspath(labels_path)})
-        else:
-            log(f"[{v.name}] cached: {cache.dir}")
-        ev = KaggleEvaluator()
-        for g in track(gts, f"[{v.name}] score", mode=progress):  # a loop over images
-            ev.add(g.image_id, backend.filter_predictions(cache.get(g.image_id), test_cfg), g.masks, g.class_name)
-        summary = ev.summary()
-        infos = [backend.checkpoint_info(w) for w in v.weights]
-        row = describe(v, infos)
-        row["mAP"] = f"{summary['mAP']:.4f}"
-        for name, val in summary["per_class"].items():
-            row[name] = f"{val:.4f}"
+        _fill_cache(cache, v, test_cfg, [g.image_id for g in gts], class_names, labels_path, backend, dataset,
+                    device, log, progress)
+        row, summary = _score_variant(v, cache, gts, test_cfg, backend, progress)
         rows.append(row)
         results[v.name] = {"summary": summary, "cache": cache.dir, "test": to_dict(test_cfg)}
         log(f"[{v.name}] mAP {summary['mAP']:.4f}")
-    seen = []
-    for r in results.values():
-        for name in r["summary"]["per_class"]:
-            if name not in seen:
-                seen.append(name)
-    per_class_cols = [c for c in class_names if c in seen] + [c for c in seen if c not in class_names]
+    _write_outputs(spec, rows, results, class_names, labels_path, log)
+    return rows
+
+
+def _fill_cache(cache: PredictionCache, v: Variant, test_cfg: TestConfig, image_ids: Sequence[str],
+                class_names: Sequence[str], labels_path: str, backend: Backend, dataset: Callable, device: str,
+                log, progress: str) -> None:
+    """Predict the images missing from the variant's cache (the model is loaded only when some are)."""
+    if cache.is_complete(image_ids):
+        log(f"[{v.name}] cached: {cache.dir}")
+        return
+    missing = [k for k, i in enumerate(image_ids) if not cache.has(i)]
+    log(f"[{v.name}] predicting {len(missing)} of {len(image_ids)} images -> {cache.dir}")
+    if missing:
+        predictor = backend.predictor(v, test_cfg, device)
+        ds = dataset()
+        for k in track(missing, f"[{v.name}] predict", mode=progress):
+            s = ds[k]
+            if str(s.image_id) != image_ids[k]:
+                raise RuntimeError(f"dataset order changed: image {k} is {s.image_id}, labels say {image_ids[k]}")
+            cache.put(image_ids[k], predict_raw(predictor, s.image))
+    cache.mark_complete(image_ids, class_names, extra={"labels": os.path.abspath(labels_path)})
+
+
+def _score_variant(v: Variant, cache: PredictionCache, gts: Sequence[_GT], test_cfg: TestConfig, backend: Backend,
+                   progress: str) -> Tuple[Dict[str, str], dict]:
+    """The variant's table row and Kaggle summary, its cached predictions post-processed by ``test_cfg``."""
+    ev = KaggleEvaluator()
+    for g in track(gts, f"[{v.name}] score", mode=progress):  # a loop over images
+        ev.add(g.image_id, backend.filter_predictions(cache.get(g.image_id), test_cfg), g.masks, g.class_name)
+    summary = ev.summary()
+    infos = [backend.checkpoint_info(w) for w in v.weights]
+    row = describe(v, infos)
+    row["mAP"] = f"{summary['mAP']:.4f}"
+    for name, val in summary["per_class"].items():
+        row[name] = f"{val:.4f}"
+    return row, summary
+
+
+def _write_outputs(spec: AblationSpec, rows: List[Dict[str, str]], results: Dict[str, dict],
+                   class_names: Sequence[str], labels_path: str, log) -> None:
+    """``ablation.md``, ``ablation.csv`` and ``results.json``; logs the table and how to tune on it."""
+    per_class_cols = per_class_columns([r["summary"] for r in results.values()], class_names)
     md, text_csv = format_tables(rows, per_class_cols)
     atomic_write_text(os.path.join(spec.output_dir, "ablation.md"), md)
     atomic_write_text(os.path.join(spec.output_dir, "ablation.csv"), text_csv)
@@ -443,7 +250,6 @@ def run_ablation(spec: AblationSpec, backend: Optional[Backend] = None, device: 
         first = os.path.relpath(first)  # as the user would type it from here
     log(f"tune thresholds on a variant's cached predictions, e.g.: python evaluate.py tune --predictions {first} "
         f"--out tuned.yaml")
-    return rows
 
 
 def predict_raw(predictor, image: torch.Tensor) -> Instances:

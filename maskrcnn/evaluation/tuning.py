@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -172,50 +172,34 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
     """
     nc = max(1, len(class_names))
     names = list(class_names) or ["all"]
+    # The grids always hold the starting values, so that the starting thresholds are scored too.
     mask_grid = sorted(set(float(m) for m in mask_grid) | {float(_value_for(base.mask_thresh, c)) for c in range(nc)})
     score_grid = sorted(set(float(s) for s in score_grid) | {float(_value_for(base.score_thresh, c)) for c in range(nc)})
     area_grid = sorted(set(int(a) for a in area_grid) | {int(_value_for(base.min_area, c)) for c in range(nc)})
-    # One pass over the images (one image's soft masks in memory at a time): its class, and for
-    # each mask threshold its resolved masks' scores, areas and candidate pairs.
-    groups, prepared = [], [[None] * len(items) for _ in mask_grid]
-    for k, it in enumerate(track(items, "tune", mode=progress)):
-        loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
-        g = image_class(loaded.pred, base.score_thresh)  # postprocess's own rule
-        if g >= nc:
-            raise TuneError(f"image {it.image_id}: predicted class {g} but only {nc} class name(s) are known "
-                            f"({', '.join(names)}): give --classes NAME ... in label order, or --config CONFIG")
-        groups.append(g)
-        if g >= 0:
-            for mi, mt in enumerate(mask_grid):
-                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep,
-                                                base.mask_rescore, base.one_piece)
+    groups, prepared = _prepare_items(items, base, names, mask_grid, progress)
     # Images with no prediction score the same whatever the thresholds; they stay in the means.
     empty_prec = [precisions_from_counts(np.zeros(10), 0, len(it.gt)).mean() for it in items]
-    results = {c: np.zeros((len(mask_grid), len(score_grid), len(area_grid))) for c in range(nc)}
-    for c in range(nc):
-        idx = [k for k, g in enumerate(groups) if g == c]
-        if idx:
-            for mi in range(len(mask_grid)):
-                results[c][mi] = sweep_group([prepared[mi][k] for k in idx], score_grid, area_grid) * len(idx)
     chosen = {k: [] for k in THRESHOLD_KEYS}
     per_class, total_best, total_base = {}, 0.0, 0.0
     for c in range(nc):
-        n_c = sum(1 for g in groups if g == c)
-        r = results[c]
+        idx = [k for k, g in enumerate(groups) if g == c]
+        r = np.zeros((len(mask_grid), len(score_grid), len(area_grid)))
+        if idx:
+            for mi in range(len(mask_grid)):
+                r[mi] = sweep_group([prepared[mi][k] for k in idx], score_grid, area_grid) * len(idx)
         base_ix = (mask_grid.index(float(_value_for(base.mask_thresh, c))),
                    score_grid.index(float(_value_for(base.score_thresh, c))),
                    area_grid.index(int(_value_for(base.min_area, c))))
-        if n_c == 0:
-            best = base_ix  # nothing to tune on: keep the starting values
-        else:
-            # First best in grid order (low mask threshold, low score, small area) for determinism.
-            best = np.unravel_index(int(np.argmax(r)), r.shape)
+        # First best in grid order (low mask threshold, low score, small area) for determinism;
+        # nothing to tune on: keep the starting values.
+        best = np.unravel_index(int(np.argmax(r)), r.shape) if idx else base_ix
         mt, st, ma = mask_grid[best[0]], score_grid[best[1]], area_grid[best[2]]
         chosen["mask_thresh"].append(mt)
         chosen["score_thresh"].append(st)
         chosen["min_area"].append(ma)
         total_best += r[best]
         total_base += r[base_ix]
+        n_c = len(idx)
         per_class[names[c] if c < len(names) else str(c)] = {
             "num_images": n_c, "mAP": float(r[best] / n_c) if n_c else float("nan"),
             "base_mAP": float(r[base_ix] / n_c) if n_c else float("nan"),
@@ -228,6 +212,27 @@ def tune_thresholds(items: Sequence[TuneItem], class_names: Sequence[str], base:
         res.exact_mAP = exact_score(items, dataclasses.replace(base, **{k: tuple(v) for k, v in chosen.items()}),
                                     progress)
     return res
+
+
+def _prepare_items(items: Sequence[TuneItem], base: TestConfig, names: Sequence[str], mask_grid: Sequence[float],
+                   progress: str) -> Tuple[List[int], List[List[Optional[_Prepared]]]]:
+    """One pass over the images (one image's soft masks in memory at a time): each image's class
+    (-1: no prediction passes), and for each mask threshold its resolved masks' scores, areas and
+    candidate pairs (``prepared[mask index][image index]``, None for images of no class)."""
+    nc = max(1, len(names))
+    groups, prepared = [], [[None] * len(items) for _ in mask_grid]
+    for k, it in enumerate(track(items, "tune", mode=progress)):
+        loaded = TuneItem(it.image_id, it.get_pred(), it.gt, it.class_name)
+        g = image_class(loaded.pred, base.score_thresh)  # postprocess's own rule
+        if g >= nc:
+            raise TuneError(f"image {it.image_id}: predicted class {g} but only {nc} class name(s) are known "
+                            f"({', '.join(names)}): give --classes NAME ... in label order, or --config CONFIG")
+        groups.append(g)
+        if g >= 0:
+            for mi, mt in enumerate(mask_grid):
+                prepared[mi][k] = prepare_image(loaded, mt, base.remove_overlaps, base.overlap_min_keep,
+                                                base.mask_rescore, base.one_piece)
+    return groups, prepared
 
 
 def exact_score(items: Sequence[TuneItem], test_cfg: TestConfig, progress: str = "off") -> float:

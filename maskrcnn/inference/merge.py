@@ -286,10 +286,7 @@ def merge_instances(
     order = order[areas[order] > 0]
     n = int(order.numel())
     if n == 0:
-        empty = Instances(size, torch.zeros((0, 4), device=dev), torch.zeros(0, dtype=torch.long, device=dev),
-                          torch.zeros(0, device=dev),
-                          MaskList(torch.zeros((0, 1, 1), dtype=out_dtype, device=dev),
-                                   torch.zeros((0, 2), dtype=torch.long, device=dev), size))
+        empty = Instances.empty(size, dev, with_scores=True).replace(masks=MaskList.empty(size, dev, out_dtype))
         return (empty, torch.zeros(0, dtype=torch.long, device=dev)) if return_view_counts else empty
     # Re-index the edges by rank, higher rank first.
     rank = torch.full((scores.shape[0],), -1, dtype=torch.long, device=dev)
@@ -297,7 +294,16 @@ def merge_instances(
     ri, rj = rank[gi], rank[gj]
     seed_of = greedy_clusters(n, torch.minimum(ri, rj), torch.maximum(ri, rj), iou)
     m_g, m_cl, K = _one_member_per_view(seed_of, order, view_ids[order], V)
+    out, members = _fuse_clusters(views, scores, view_ids, m_g, m_cl, K, V, min_views, out_dtype, max_elements)
+    return (out, members) if return_view_counts else out
 
+
+def _fuse_clusters(views: Sequence[Instances], scores: Tensor, view_ids: Tensor, m_g: Tensor, m_cl: Tensor, K: int,
+                   V: int, min_views: int, out_dtype: torch.dtype, max_elements: int) -> Tuple[Instances, Tensor]:
+    """Step 5 and 6 of the module docstring: each cluster's fused score, soft mask, box and label from
+    its members (``m_g``: pooled index, ``m_cl``: cluster), the clusters seen in at least
+    ``min_views`` views, by decreasing fused score; and their member counts."""
+    size, dev = views[0].image_size, views[0].boxes.device
     w = scores[m_g].clamp(min=1e-12)  # weights of the soft-mask and box averages
     wsum = torch.zeros(K, device=dev).index_add_(0, m_cl, w)
     fused = torch.zeros(K, device=dev).index_add_(0, m_cl, scores[m_g]) / V
@@ -316,7 +322,7 @@ def merge_instances(
     out_masks = MaskList(acc[kept].to(out_dtype), u_org[kept], size)
     out = Instances(size, boxes[kept].to(views[0].boxes.dtype), labels[kept],
                     fused[kept].to(views[0].scores.dtype), out_masks)
-    return (out, members[kept]) if return_view_counts else out
+    return out, members[kept]
 
 
 def _check_views(views: Sequence[Instances], min_views: int, num_views: Optional[int]) -> int:
@@ -360,6 +366,20 @@ def _one_member_per_view(seed_of: Tensor, order: Tensor, vid: Tensor, V: int) ->
     return order[m_idx], cluster[m_idx], int(cluster.max()) + 1
 
 
+def union_windows(starts: Tensor, ends: Tensor, groups: Tensor, K: int) -> Tuple[Tensor, Tensor]:
+    """Per group ``0..K-1``, the window holding its members' windows ``[starts, ends)``
+    (``Tensor[M, 2]`` int64, ``(x, y)``): ``(lo Tensor[K, 2], hi Tensor[K, 2])``."""
+    big = torch.iinfo(torch.long).max
+    dev = starts.device
+    lo = torch.stack([
+        torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, groups, starts[:, c], reduce="amin")
+        for c in (0, 1)], dim=1)
+    hi = torch.stack([
+        torch.full((K,), -big, dtype=torch.long, device=dev).scatter_reduce(0, groups, ends[:, c], reduce="amax")
+        for c in (0, 1)], dim=1)
+    return lo, hi
+
+
 def _sum_weighted_masks(views: Sequence[Instances], view_ids: Tensor, m_g: Tensor, m_cl: Tensor, K: int,
                         w: Tensor, max_elements: int) -> Tuple[Tensor, Tensor]:
     """Each cluster's union window of its members' crop windows, ``origins (Tensor[K, 2])``, and the
@@ -370,13 +390,7 @@ def _sum_weighted_masks(views: Sequence[Instances], view_ids: Tensor, m_g: Tenso
     starts = [sum(len(u) for u in views[:k]) for k in range(len(views))]
     m_org = origins[m_g]
     m_end = m_org + ext[m_g].flip(1)  # (x0 + w, y0 + h), each member's own crop size
-    big = torch.iinfo(torch.long).max
-    u_org = torch.stack([
-        torch.full((K,), big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_org[:, c], reduce="amin")
-        for c in (0, 1)], dim=1)
-    u_end = torch.stack([
-        torch.full((K,), -big, dtype=torch.long, device=dev).scatter_reduce(0, m_cl, m_end[:, c], reduce="amax")
-        for c in (0, 1)], dim=1)
+    u_org, u_end = union_windows(m_org, m_end, m_cl, K)
     Wc, Hc = (int(x) for x in (u_end - u_org).max(dim=0).values)
     acc = torch.zeros((K * Hc * Wc,), dtype=torch.float32, device=dev)
     m_view = view_ids[m_g]

@@ -55,7 +55,7 @@ from maskrcnn.inference.filtering import filter_predictions
 from maskrcnn.inference.predictor import Predictor, build_predictor, check_min_views
 from maskrcnn.inference.outputs import (DEFAULT_OUT, FOLDER_FORMATS, SubmissionWriter, Writer, build_writer,
                                         model_class_names)
-from maskrcnn.inference.tiling import auto_tile_size
+from maskrcnn.inference.tile_grid import auto_tile_size
 from maskrcnn.inference.tta import parse_tta
 from maskrcnn.inference.zoo import resolve_weights, thresholds_beside
 from maskrcnn.progress import progress_mode, track

@@ -111,14 +111,14 @@ class Predictor:
             raise ConfigError(f"amp must be one of {', '.join(repr(a) for a in _AMP)}, got {amp!r}")
         self.amp = amp
         if tile_size:
-            from maskrcnn.inference.tiling import check_tiling
+            from maskrcnn.inference.tile_grid import check_tiling
 
             check_tiling(int(tile_size), int(tile_overlap))
         self.tile_size, self.tile_overlap = int(tile_size), int(tile_overlap)
         self.tile_score_thresh = float(tile_score_thresh)
         self.auto_tile = (int(auto_tile[0]), int(auto_tile[1])) if auto_tile and auto_tile[0] else (0, 0)
         if self.auto_tile[0]:
-            from maskrcnn.inference.tiling import check_tiling
+            from maskrcnn.inference.tile_grid import check_tiling
 
             check_tiling(self.auto_tile[0], int(tile_overlap))
         self.tile_progress = tile_progress
@@ -210,7 +210,8 @@ class Predictor:
     def _predict_tiled(self, image: Tensor, tile_size: int, why: str) -> Instances:
         """``predict_raw`` of an image larger than a tile: each tile merged over models and views,
         the tiles stitched (``tiled_predict``; its time counts as merge)."""
-        from maskrcnn.inference.tiling import plan_tiles, tiled_predict
+        from maskrcnn.inference.tile_grid import plan_tiles
+        from maskrcnn.inference.tiling import tiled_predict
 
         t0 = time.perf_counter()
         self.last_timing = {"model": 0.0, "merge": 0.0}

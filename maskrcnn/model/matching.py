@@ -133,45 +133,58 @@ def match_boxes_batched(
         labels (Tensor[B, A] int8).
     """
     B, G = gt_valid.shape
-    shared = boxes.dim() == 2
     A = boxes.shape[-2]
     dev = boxes.device
     if G == 0 or A == 0:
         matched = torch.zeros((B, A), dtype=torch.long, device=dev)
         labels = torch.full((B, A), BACKGROUND, dtype=torch.int8, device=dev)
     else:
-        bx = boxes[None] if shared else boxes
-        chunk = max(1, max_elements // (B * G))
-        pad = ~gt_valid[:, :, None]
-        best_iou, matched = [], []
-        cand_b, cand_gt, cand_box, cand_val = [], [], [], []
-        for s in range(0, A, chunk):  # chunks of boxes bound memory; not a loop over instances
-            iou = pairwise_iou_batched(gt_boxes, bx[:, s : s + chunk]).masked_fill_(pad, -1.0)  # [B, G, a]
-            v, i = iou.max(dim=1)
-            best_iou.append(v)
-            matched.append(i)
-            if allow_low_quality:
-                chunk_best = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
-                # Only positive maxima can make a match: GTs without overlap here (and padding) add nothing.
-                b, g, j = torch.nonzero((iou == chunk_best) & (chunk_best > 0), as_tuple=True)
-                cand_b.append(b)
-                cand_gt.append(g)
-                cand_box.append(j + s)
-                cand_val.append(chunk_best[b, g, 0])
-        best_iou = torch.cat(best_iou, dim=1)
-        matched = torch.cat(matched, dim=1)
+        best_iou, matched, low_quality = _best_gt_per_box(gt_boxes, gt_valid, boxes, allow_low_quality, max_elements)
         labels = torch.full((B, A), IGNORE, dtype=torch.int8, device=dev)
         labels[best_iou < bg_iou_thresh] = BACKGROUND
         labels[best_iou >= fg_iou_thresh] = FOREGROUND
         if allow_low_quality:
-            b, g, j, val = torch.cat(cand_b), torch.cat(cand_gt), torch.cat(cand_box), torch.cat(cand_val)
-            flat = b * G + g
-            gt_best = torch.full((B * G,), -1.0, device=dev).scatter_reduce_(0, flat, val, reduce="amax")
-            lq = (val == gt_best[flat]) & (val > 0)
-            labels[b[lq], j[lq]] = FOREGROUND
+            b, j = low_quality
+            labels[b, j] = FOREGROUND
     if box_valid is not None:
         labels = labels.masked_fill(~box_valid, IGNORE)
     return matched, labels
+
+
+def _best_gt_per_box(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor, allow_low_quality: bool,
+                     max_elements: int) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
+    """For :func:`match_boxes_batched`: each box's best IoU and GT ``(Tensor[B, A], Tensor[B, A])``
+    from the ``[B, G, A]`` IoU taken in chunks of boxes, and with ``allow_low_quality`` the
+    ``(image, box)`` indices of each GT's best boxes (ties included, positive IoU only)."""
+    B, G = gt_valid.shape
+    A = boxes.shape[-2]
+    bx = boxes[None] if boxes.dim() == 2 else boxes
+    chunk = max(1, max_elements // (B * G))
+    pad = ~gt_valid[:, :, None]
+    best_iou, matched = [], []
+    cand_b, cand_gt, cand_box, cand_val = [], [], [], []
+    for s in range(0, A, chunk):  # chunks of boxes bound memory; not a loop over instances
+        iou = pairwise_iou_batched(gt_boxes, bx[:, s : s + chunk]).masked_fill_(pad, -1.0)  # [B, G, a]
+        v, i = iou.max(dim=1)
+        best_iou.append(v)
+        matched.append(i)
+        if allow_low_quality:
+            chunk_best = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
+            # Only positive maxima can make a match: GTs without overlap here (and padding) add nothing.
+            b, g, j = torch.nonzero((iou == chunk_best) & (chunk_best > 0), as_tuple=True)
+            cand_b.append(b)
+            cand_gt.append(g)
+            cand_box.append(j + s)
+            cand_val.append(chunk_best[b, g, 0])
+    low_quality = None
+    if allow_low_quality:
+        # A chunk's maxima are candidates; the GT's maximum over all chunks decides.
+        b, g, j, val = torch.cat(cand_b), torch.cat(cand_gt), torch.cat(cand_box), torch.cat(cand_val)
+        flat = b * G + g
+        gt_best = torch.full((B * G,), -1.0, device=boxes.device).scatter_reduce_(0, flat, val, reduce="amax")
+        lq = (val == gt_best[flat]) & (val > 0)
+        low_quality = (b[lq], j[lq])
+    return torch.cat(best_iou, dim=1), torch.cat(matched, dim=1), low_quality
 
 
 def ignore_inside(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor, ignore_valid: Optional[Tensor],

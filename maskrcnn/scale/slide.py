@@ -1,14 +1,14 @@
 """One large image on a Dask cluster: blocks predicted on workers, cells joined across block borders
 by the tiling's own rules, a chunked zarr label image and a per-cell table.
 
-The blocks are ``maskrcnn.inference.tiling``'s tiles (``plan_tiles(shape, block, overlap)``), so the
+The blocks are ``maskrcnn.inference.tile_grid``'s tiles (``plan_tiles(shape, block, overlap)``), so the
 distributed result is the single-process tiled prediction's, computed in three kinds of task:
 
 1. ``predict_block(job, t)``: read block ``t``'s window from the source (only its zarr chunks or
    TIFF tiles), skip it when it holds no foreground (the cheap test below), else run every model and
    TTA view on it and merge them (as ``Predictor`` does for one tile), drop detections under the
    lowest ``test.score_thresh`` and move them into the slide's pixels. Soft masks as crops.
-2. ``finish_block(job, t, *neighbours)``: ``tiling.stitch`` on the blocks whose windows overlap
+2. ``finish_block(job, t, *neighbours)``: ``stitching.stitch`` on the blocks whose windows overlap
    block ``t``'s rows and columns (its neighbourhood, usually 3 x 3), post-processing
    (``filter_predictions``: thresholds, overlap removal) in the neighbourhood's own frame, and the objects
    whose box centre lies in block ``t``'s core are block ``t``'s. Every object whose views lie in
@@ -50,7 +50,9 @@ import torch
 from maskrcnn.fileio import atomic_open
 from maskrcnn.inference.merge import merge_instances
 from maskrcnn.inference.filtering import filter_predictions
-from maskrcnn.inference.tiling import TileGrid, _centres, _read_tile, _shift, plan_tiles, stitch
+from maskrcnn.inference.stitching import box_centres, stitch
+from maskrcnn.inference.tile_grid import TileGrid, plan_tiles
+from maskrcnn.inference.tiling import read_tile, shift_instances
 from maskrcnn.scale.sources import ImageSource
 from maskrcnn.scale.workers import ModelSpec, predictor_for
 from maskrcnn.structures import Instances
@@ -121,7 +123,7 @@ def neighbourhood(grid: TileGrid, t: int) -> Tuple[List[int], _Neighbourhood]:
 
 def scaled(a: np.ndarray) -> torch.Tensor:
     """``ndarray[C, h, w]`` as a float tensor scaled as ``read_image`` scales (uint8 / 255, uint16 / 65535)."""
-    return _read_tile(a, 0, 0, a.shape[-1], a.shape[-2])
+    return read_tile(a, 0, 0, a.shape[-1], a.shape[-2])
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -158,7 +160,7 @@ def predict_block(job: SlideJob, t: int) -> BlockPrediction:
     thresh = min(job.model.test.score_thresh)
     if thresh > 0:
         inst = inst[torch.nonzero(inst.scores >= thresh, as_tuple=True)[0]]
-    return BlockPrediction(_shift(inst, x0, y0, size), False, time.perf_counter() - t0, time.thread_time() - c0)
+    return BlockPrediction(shift_instances(inst, x0, y0, size), False, time.perf_counter() - t0, time.thread_time() - c0)
 
 
 def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult:
@@ -174,10 +176,10 @@ def finish_block(job: SlideJob, t: int, *around: BlockPrediction) -> BlockResult
                     mask_threshold=min(test.mask_thresh))
     ox, oy = sub.xs[0], sub.ys[0]
     frame = (sub.ys[-1] + sub.tile_h - oy, sub.xs[-1] + sub.tile_w - ox)
-    final = filter_predictions(_shift(joined, -ox, -oy, frame), job.model.test)
-    final = _shift(final, ox, oy, grid.image_size)
+    final = filter_predictions(shift_instances(joined, -ox, -oy, frame), job.model.test)
+    final = shift_instances(final, ox, oy, grid.image_size)
     if len(final):
-        final = final[torch.nonzero(grid.owner(_centres(final.boxes)) == t, as_tuple=True)[0]]
+        final = final[torch.nonzero(grid.owner(box_centres(final.boxes)) == t, as_tuple=True)[0]]
     return BlockResult(final, cell_table(final), time.perf_counter() - t0, time.thread_time() - c0)
 
 
@@ -259,7 +261,7 @@ def write_chunk(out_path: str, window: Tuple[int, int, int, int], *parts_and_off
 
 # ------------------------------------------------------------------------- the client side
 def plan_blocks(source: ImageSource, block: int, overlap: int) -> TileGrid:
-    """The block grid of ``source`` (tiling's ``plan_tiles``); the overlap must be at most half a block,
+    """The block grid of ``source`` (``tile_grid.plan_tiles``); the overlap must be at most half a block,
     so that a block's neighbourhood is the blocks next to it."""
     if not 0 <= overlap <= block // 2:
         raise ValueError(f"--overlap must be between 0 and half the block ({block // 2}), got {overlap}")
@@ -303,7 +305,6 @@ def replace_folder(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-
 def _gather(client, futures, desc: str, mode: str, unit: str = "block") -> list:
     """The results of ``futures`` in their order, with progress as they complete."""
     from distributed import as_completed
@@ -334,29 +335,54 @@ def run_slide(client, source: ImageSource, spec: ModelSpec, out: str, table: str
     """
     import uuid
 
-    import zarr
-
     t_start = time.perf_counter()
     spec = spec.without_tiles()
     grid = plan_blocks(source, block, overlap)
     ranges, (lo, hi) = client.submit(slide_ranges, source, spec, pure=False).result()
     job = SlideJob(source, grid, spec, ranges, skip_contrast * (hi - lo) if skip_contrast > 0 else 0.0)
     run = uuid.uuid4().hex[:8]
-    T = len(grid)
+    finished, info, summaries = _predict_and_finish(client, job, run, progress)
+    tables = [s[0] for s in summaries]
+    counts = np.array([len(t["x0"]) for t in tables], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    folder = os.path.dirname(os.path.abspath(out))
+    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.{run}.partial")
+    arr, painted = _write_labels(client, tmp, grid.image_size, chunk, finished, tables, counts, offsets, run, progress)
+    del finished
+    arr.attrs.update({"source": os.path.abspath(source.path), "cells": int(counts.sum()), "block": block,
+                      "overlap": overlap, "weights": list(spec.weights), "painted_pixels": int(painted)})
+    rows = write_table(table, tables, offsets)
+    replace_folder(tmp, out)
+    done = [s for s in info if not s[0]]
+    return {"blocks": len(grid), "skipped": sum(1 for s in info if s[0]), "cells": int(rows),
+            "detections": int(sum(s[2] for s in info)),
+            "predict_s": float(np.mean([s[1] for s in done])) if done else 0.0,
+            "predict_cpu_s": float(np.mean([s[3] for s in done])) if done else 0.0,
+            "finish_s": float(np.mean([s[1] for s in summaries])),
+            "finish_cpu_s": float(np.mean([s[2] for s in summaries])), "wall_s": time.perf_counter() - t_start}
+
+
+def _predict_and_finish(client, job: SlideJob, run: str, progress: str):
+    """Steps 1 and 2 of the module doc on the cluster: the futures of every block's ``BlockResult``,
+    and the gathered ``prediction_summary`` and ``block_summary`` of each block."""
+    T = len(job.grid)
     preds = [client.submit(predict_block, job, t, key=f"predict-{run}-{t}") for t in range(T)]
-    finished = [client.submit(finish_block, job, t, *[preds[u] for u in neighbourhood(grid, t)[0]],
+    finished = [client.submit(finish_block, job, t, *[preds[u] for u in neighbourhood(job.grid, t)[0]],
                               key=f"finish-{run}-{t}") for t in range(T)]
     info = [client.submit(prediction_summary, p, key=f"info-{run}-{t}") for t, p in enumerate(preds)]
     del preds  # each block's predictions are freed once its neighbours are finished
     summaries = _gather(client, [client.submit(block_summary, f, key=f"summary-{run}-{t}")
                                  for t, f in enumerate(finished)], "blocks", progress)
-    info = client.gather(info)
-    tables = [s[0] for s in summaries]
-    counts = np.array([len(t["x0"]) for t in tables], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    H, W = grid.image_size
-    folder = os.path.dirname(os.path.abspath(out))
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.{run}.partial")
+    return finished, client.gather(info), summaries
+
+
+def _write_labels(client, tmp: str, size: Tuple[int, int], chunk: int, finished, tables, counts: np.ndarray,
+                  offsets: np.ndarray, run: str, progress: str):
+    """Step 3 of the module doc: the zarr label image at ``tmp``, each chunk painted by one task from
+    the blocks whose objects reach it; returns the array and the painted pixels."""
+    import zarr
+
+    H, W = size
     arr = zarr.open_array(tmp, mode="w", shape=(H, W), chunks=(min(chunk, H), min(chunk, W)), dtype="uint32",
                           fill_value=0)
     reach = _union_boxes(tables)
@@ -367,15 +393,4 @@ def run_slide(client, source: ImageSource, spec: ModelSpec, out: str, table: str
             args = [a for b in hit.tolist() for a in (finished[b], int(offsets[b]))]
             writes.append(client.submit(write_chunk, tmp, (x0, y0, x1, y1), *args, key=f"write-{run}-{c}"))
     painted = sum(_gather(client, writes, "chunks", progress, unit="chunk")) if writes else 0
-    del finished
-    arr.attrs.update({"source": os.path.abspath(source.path), "cells": int(counts.sum()), "block": block,
-                      "overlap": overlap, "weights": list(spec.weights), "painted_pixels": int(painted)})
-    rows = write_table(table, tables, offsets)
-    replace_folder(tmp, out)
-    done = [s for s in info if not s[0]]
-    return {"blocks": T, "skipped": sum(1 for s in info if s[0]), "cells": int(rows),
-            "detections": int(sum(s[2] for s in info)),
-            "predict_s": float(np.mean([s[1] for s in done])) if done else 0.0,
-            "predict_cpu_s": float(np.mean([s[3] for s in done])) if done else 0.0,
-            "finish_s": float(np.mean([s[1] for s in summaries])),
-            "finish_cpu_s": float(np.mean([s[2] for s in summaries])), "wall_s": time.perf_counter() - t_start}
+    return arr, painted

@@ -2,7 +2,7 @@
 on both axes (an off-by-one would never show the last row or column to the model)."""
 import torch
 
-from maskrcnn.data.transforms import RandomCrop
+from maskrcnn.data.transforms.geometric import RandomCrop
 from maskrcnn.structures import Instances, MaskList, Sample
 
 torch.set_num_threads(1)

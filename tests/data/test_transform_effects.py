@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from maskrcnn.config import AugmentConfig
-from maskrcnn.data import transforms as T
+from maskrcnn.data.transforms import copy_paste, geometric, photometric, pipeline
 from maskrcnn.structures import Instances, MaskList, Sample
 
 H, W = 14, 20
@@ -75,13 +75,13 @@ def _textured(h=11, w=13):
 def test_gaussian_blur_equals_a_hand_built_kernel(sigma):
     img = _textured()
     want = torch.from_numpy(_blur_by_hand(img[0].double().numpy(), sigma)).float()
-    torch.testing.assert_close(T.gaussian_blur(img, sigma)[0], want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(photometric.gaussian_blur(img, sigma)[0], want, atol=1e-6, rtol=0)
 
 
 def test_blur_transform_blurs_with_its_sigma():
     s = _sample()
     s = Sample(_textured(H, W), s.instances, "s", {})
-    out = T.Blur((1.2, 1.2))(s, torch.Generator().manual_seed(0))
+    out = photometric.Blur((1.2, 1.2))(s, torch.Generator().manual_seed(0))
     want = torch.from_numpy(_blur_by_hand(s.image[0].double().numpy(), 1.2)).float()
     torch.testing.assert_close(out.image[0], want, atol=1e-6, rtol=0)
     assert out.instances is s.instances
@@ -94,7 +94,7 @@ def _variation(img):
 def test_configured_blur_is_applied():
     s = _sample()
     s = Sample(_textured(H, W), s.instances, "s", {})
-    pipe = T.build_transforms(AugmentConfig(hflip=0.0, vflip=0.0, blur_prob=1.0))
+    pipe = pipeline.build_transforms(AugmentConfig(hflip=0.0, vflip=0.0, blur_prob=1.0))
     for seed in range(3):
         out = pipe(s, torch.Generator().manual_seed(seed))
         assert _variation(out.image) < 0.7 * _variation(s.image)  # smoother: it was blurred
@@ -115,7 +115,7 @@ def _cp_sample(boxes, label, size=(40, 48)):
 def test_copy_paste_with_probability_one_adds_instances_and_their_pixels(seed):
     a = _cp_sample([(5, 5, 3), (30, 20, 3)], label=0)
     b = _cp_sample([(10, 30, 4), (25, 8, 4)], label=1)
-    out = T.CopyPaste(1.0)([a, b], torch.Generator().manual_seed(seed))
+    out = copy_paste.CopyPaste(1.0)([a, b], torch.Generator().manual_seed(seed))
     for before, after in zip((a, b), out):
         inst = after.instances
         assert len(inst) > len(before.instances)  # every image received at least one instance
@@ -132,14 +132,14 @@ def test_copy_paste_with_probability_one_adds_instances_and_their_pixels(seed):
 
 # ------------------------------------------------------------------- geometric: all move together
 EXACT = [
-    ("hflip", lambda s, g: T.hflip(s)),
-    ("vflip", lambda s, g: T.vflip(s)),
-    ("rot90_1", lambda s, g: T.rot90(s, 1)),
-    ("rot90_2", lambda s, g: T.rot90(s, 2)),
-    ("rot90_3", lambda s, g: T.rot90(s, 3)),
-    ("crop", lambda s, g: T.crop(s, 4, 2, 10, 8)),
-    ("random_crop", T.RandomCrop((9, 15))),
-    ("Rot90", T.Rot90()),
+    ("hflip", lambda s, g: geometric.hflip(s)),
+    ("vflip", lambda s, g: geometric.vflip(s)),
+    ("rot90_1", lambda s, g: geometric.rot90(s, 1)),
+    ("rot90_2", lambda s, g: geometric.rot90(s, 2)),
+    ("rot90_3", lambda s, g: geometric.rot90(s, 3)),
+    ("crop", lambda s, g: geometric.crop(s, 4, 2, 10, 8)),
+    ("random_crop", geometric.RandomCrop((9, 15))),
+    ("Rot90", geometric.Rot90()),
 ]
 
 
@@ -156,7 +156,7 @@ def test_exact_transforms_move_image_masks_and_boxes_together(name, t):
 @pytest.mark.parametrize("angle, scale", [(25.0, 1.0), (-40.0, 1.3), (10.0, 0.8)])
 def test_affine_moves_image_masks_and_boxes_together(angle, scale):
     s = _sample()
-    out = T.affine(s, angle, scale)
+    out = geometric.affine(s, angle, scale)
     inst = out.instances
     assert torch.equal(inst.boxes, inst.masks.tight_boxes())
     assert inst.labels.tolist() == [0, 1, 2]
@@ -174,11 +174,11 @@ def test_affine_moves_image_masks_and_boxes_together(angle, scale):
 # Boxes without masks (e.g. box-only data), by hand for box (2, 3, 7, 12) of the 14 x 20 image.
 BOX = torch.tensor([[2.0, 3.0, 7.0, 12.0]])
 BOX_CASES = [
-    ("hflip", lambda s: T.hflip(s), [[13.0, 3.0, 18.0, 12.0]]),  # x -> 20 - x
-    ("vflip", lambda s: T.vflip(s), [[2.0, 2.0, 7.0, 11.0]]),  # y -> 14 - y
-    ("rot90", lambda s: T.rot90(s, 1), [[3.0, 13.0, 12.0, 18.0]]),  # (x, y) -> (y, 20 - x), image 20 x 14
-    ("rot180", lambda s: T.rot90(s, 2), [[13.0, 2.0, 18.0, 11.0]]),
-    ("crop", lambda s: T.crop(s, 4, 2, 10, 8), [[0.0, 1.0, 3.0, 8.0]]),  # shifted by (4, 2), clipped to 10 x 8
+    ("hflip", lambda s: geometric.hflip(s), [[13.0, 3.0, 18.0, 12.0]]),  # x -> 20 - x
+    ("vflip", lambda s: geometric.vflip(s), [[2.0, 2.0, 7.0, 11.0]]),  # y -> 14 - y
+    ("rot90", lambda s: geometric.rot90(s, 1), [[3.0, 13.0, 12.0, 18.0]]),  # (x, y) -> (y, 20 - x), image 20 x 14
+    ("rot180", lambda s: geometric.rot90(s, 2), [[13.0, 2.0, 18.0, 11.0]]),
+    ("crop", lambda s: geometric.crop(s, 4, 2, 10, 8), [[0.0, 1.0, 3.0, 8.0]]),  # shifted by (4, 2), clipped to 10 x 8
 ]
 
 
@@ -189,7 +189,7 @@ def test_boxes_without_masks_by_hand(name, t, want):
     torch.testing.assert_close(out.instances.boxes, torch.tensor(want))
 
 
-AGREE_CASES = [c[:2] for c in BOX_CASES[:4]] + [("crop", lambda s: T.crop(s, 1, 1, 18, 12))]  # a window cutting no object
+AGREE_CASES = [c[:2] for c in BOX_CASES[:4]] + [("crop", lambda s: geometric.crop(s, 1, 1, 18, 12))]  # a window cutting no object
 
 
 @pytest.mark.parametrize("name, t", AGREE_CASES, ids=[c[0] for c in AGREE_CASES])

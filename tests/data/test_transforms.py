@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskrcnn.config import AugmentConfig
-from maskrcnn.data import transforms as T
+from maskrcnn.data.transforms import copy_paste, geometric, photometric, pipeline
 from maskrcnn.structures import Instances, MaskList, Sample
 
 H, W = 12, 16
@@ -40,7 +40,7 @@ def _check_consistent(s: Sample):
 
 def test_hflip_of_l_shape_equals_flipped_dense():
     s = _sample(_two_masks())
-    out = T.hflip(s)
+    out = geometric.hflip(s)
     _check_consistent(out)
     assert torch.equal(out.instances.masks.to_dense(), _two_masks().flip(-1))
     assert torch.equal(out.image, s.image.flip(-1))
@@ -48,7 +48,7 @@ def test_hflip_of_l_shape_equals_flipped_dense():
 
 
 def test_vflip_of_l_shape_equals_flipped_dense():
-    out = T.vflip(_sample(_two_masks()))
+    out = geometric.vflip(_sample(_two_masks()))
     _check_consistent(out)
     assert torch.equal(out.instances.masks.to_dense(), _two_masks().flip(-2))
 
@@ -56,12 +56,12 @@ def test_vflip_of_l_shape_equals_flipped_dense():
 def test_rot90_matches_torch_rot90_and_four_turns_are_identity():
     s = _sample(_two_masks())
     for k in range(1, 4):
-        out = T.rot90(s, k)
+        out = geometric.rot90(s, k)
         _check_consistent(out)
         assert out.instances.image_size == ((W, H) if k % 2 else (H, W))
         assert torch.equal(out.instances.masks.to_dense(), torch.rot90(_two_masks(), k, dims=(1, 2)))
         assert torch.equal(out.image, torch.rot90(s.image, k, dims=(1, 2)))
-    back = T.rot90(T.rot90(T.rot90(T.rot90(s, 1), 1), 1), 1)
+    back = geometric.rot90(geometric.rot90(geometric.rot90(geometric.rot90(s, 1), 1), 1), 1)
     assert torch.equal(back.image, s.image)
     assert torch.equal(back.instances.masks.to_dense(), _two_masks())
     assert torch.equal(back.instances.boxes, s.instances.boxes)
@@ -72,20 +72,20 @@ def test_crop_keeps_exactly_the_window_pixels_and_drops_small_remnants():
     s = _sample(dense)
     # Window x in [2, 10), y in [1, 9): the L keeps rows 2..8 of column 3 and the foot up to x=7;
     # the corner box keeps x in [2, 4), y in [1, 3) = 4 pixels.
-    out = T.crop(s, 2, 1, 8, 8, min_area=0)
+    out = geometric.crop(s, 2, 1, 8, 8, min_area=0)
     _check_consistent(out)
     assert torch.equal(out.instances.masks.to_dense(), dense[:, 1:9, 2:10])
     assert torch.equal(out.image, s.image[:, 1:9, 2:10])
-    dropped = T.crop(s, 2, 1, 8, 8, min_area=5)  # the 4-pixel remnant of the box goes
+    dropped = geometric.crop(s, 2, 1, 8, 8, min_area=5)  # the 4-pixel remnant of the box goes
     assert dropped.instances.labels.tolist() == [0]
     assert torch.equal(dropped.instances.masks.to_dense()[0], dense[0, 1:9, 2:10])
     # An uncut object smaller than min_area stays.
     tiny = torch.zeros(1, H, W, dtype=torch.bool)
     tiny[0, 5, 5] = True
-    kept = T.crop(_sample(tiny), 4, 4, 4, 4, min_area=5)
+    kept = geometric.crop(_sample(tiny), 4, 4, 4, 4, min_area=5)
     assert len(kept.instances) == 1
     with pytest.raises(ValueError, match="not inside"):
-        T.crop(s, 10, 0, 8, 8)
+        geometric.crop(s, 10, 0, 8, 8)
 
 
 def test_affine_identity_and_quarter_turn_match_exact_transforms():
@@ -94,11 +94,11 @@ def test_affine_identity_and_quarter_turn_match_exact_transforms():
     sq[0, 8, 3:8] = True
     sq[1, 10:13, 9:12] = True
     s = _sample(sq)
-    same = T.affine(s, 0.0, 1.0)
+    same = geometric.affine(s, 0.0, 1.0)
     _check_consistent(same)
     assert torch.equal(same.instances.masks.to_dense(), sq)
     assert torch.allclose(same.image, s.image, atol=1e-6)
-    turned = T.affine(s, 90.0, 1.0)
+    turned = geometric.affine(s, 90.0, 1.0)
     _check_consistent(turned)
     assert torch.equal(turned.instances.masks.to_dense(), torch.rot90(sq, 1, dims=(1, 2)))
     assert torch.allclose(turned.image, torch.rot90(s.image, 1, dims=(1, 2)), atol=1e-5)
@@ -107,7 +107,7 @@ def test_affine_identity_and_quarter_turn_match_exact_transforms():
 def test_affine_scale_two_doubles_a_square():
     m = torch.zeros(1, H, W, dtype=torch.bool)
     m[0, 4:8, 6:10] = True
-    out = T.affine(_sample(m), 0.0, 2.0)
+    out = geometric.affine(_sample(m), 0.0, 2.0)
     _check_consistent(out)
     assert out.instances.image_size == (2 * H, 2 * W)
     expect = torch.zeros(2 * H, 2 * W, dtype=torch.bool)
@@ -120,7 +120,7 @@ def test_affine_rotation_keeps_areas_and_drops_objects_rotated_out():
     yy, xx = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
     big[0] = (yy - 20) ** 2 + (xx - 20) ** 2 < 36  # a disc at the centre
     big[1, 0:2, 0:2] = True  # a corner speck: a 30 degree turn moves it outside the image
-    out = T.affine(_sample(big), 30.0, 1.0)
+    out = geometric.affine(_sample(big), 30.0, 1.0)
     _check_consistent(out)
     assert out.instances.labels.tolist() == [0]
     area = float(out.instances.masks.areas()[0])
@@ -130,21 +130,21 @@ def test_affine_rotation_keeps_areas_and_drops_objects_rotated_out():
 def test_photometric_blur_noise_leave_instances_and_stay_in_range():
     s = _sample(_two_masks())
     g = torch.Generator().manual_seed(0)
-    for t in (T.Photometric(0.2, 0.5, 0.5), T.Blur(), T.Noise(0.1)):
+    for t in (photometric.Photometric(0.2, 0.5, 0.5), photometric.Blur(), photometric.Noise(0.1)):
         out = t(s, g)
         assert out.instances is s.instances
         assert float(out.image.min()) >= 0 and float(out.image.max()) <= 1
         assert out.image.shape == s.image.shape
     flat = torch.full((1, 9, 9), 0.4)
-    assert torch.allclose(T.gaussian_blur(flat, 1.0), flat, atol=1e-6)
-    assert torch.allclose(T.photometric(flat, 0.1, 1.0, 1.0), flat + 0.1)
+    assert torch.allclose(photometric.gaussian_blur(flat, 1.0), flat, atol=1e-6)
+    assert torch.allclose(photometric.photometric(flat, 0.1, 1.0, 1.0), flat + 0.1)
 
 
 def test_compose_is_deterministic_given_the_generator_and_boxes_stay_tight():
     cfg = AugmentConfig(hflip=0.5, vflip=0.5, rot90=0.5, rotate_degrees=20, rotate_prob=0.7, scale_range=(0.8, 1.3),
                         crop_size=(10, 10), min_area=2, brightness=0.1, contrast=0.2, gamma=0.2, blur_prob=0.5,
                         noise_std=0.05)
-    pipe = T.build_transforms(cfg)
+    pipe = pipeline.build_transforms(cfg)
     assert len(pipe) == 8
     s = _sample(_two_masks())
     outs = []
@@ -166,7 +166,7 @@ def test_copy_paste_moves_pixels_and_occludes_targets():
     src_mask = torch.zeros(1, H, W, dtype=torch.bool)
     src_mask[0, 0:2, 0:3] = True
     source = _sample(src_mask, labels=torch.tensor([5]), image=torch.ones(1, H, W))
-    out = T.paste_instances(target, source, torch.tensor([0]), dx=4, dy=4, min_area=0)
+    out = copy_paste.paste_instances(target, source, torch.tensor([0]), dx=4, dy=4, min_area=0)
     _check_consistent(out)
     d = out.instances.masks.to_dense()
     assert out.instances.labels.tolist() == [0, 5]
@@ -176,13 +176,13 @@ def test_copy_paste_moves_pixels_and_occludes_targets():
     assert torch.equal(d[0], dense[0] & ~pasted)  # the target lost the covered pixels
     assert torch.equal(out.image[0] > 0.5, pasted)
     # An occluded remnant below min_area is dropped.
-    gone = T.paste_instances(target, source, torch.tensor([0]), dx=2, dy=2, min_area=15)
+    gone = copy_paste.paste_instances(target, source, torch.tensor([0]), dx=2, dy=2, min_area=15)
     assert gone.instances.labels.tolist() == [5]
 
 
 def test_copy_paste_batch_transform_is_deterministic_and_consistent():
-    cp = T.build_batch_transform(AugmentConfig(copy_paste_prob=1.0))
-    assert cp is not None and T.build_batch_transform(AugmentConfig()) is None
+    cp = pipeline.build_batch_transform(AugmentConfig(copy_paste_prob=1.0))
+    assert cp is not None and pipeline.build_batch_transform(AugmentConfig()) is None
     a = _sample(_two_masks())
     m = torch.zeros(1, H, W, dtype=torch.bool)
     m[0, 5:9, 9:13] = True
@@ -198,7 +198,7 @@ def test_copy_paste_batch_transform_is_deterministic_and_consistent():
 def test_transforms_handle_images_without_objects():
     s = Sample(torch.rand(1, H, W), Instances.empty((H, W), with_masks=True), "e", {})
     g = torch.Generator().manual_seed(0)
-    for t in (T.HFlip(), T.VFlip(), T.Rot90(), T.Affine(10, (0.9, 1.1)), T.RandomCrop((8, 8))):
+    for t in (geometric.HFlip(), geometric.VFlip(), geometric.Rot90(), geometric.Affine(10, (0.9, 1.1)), geometric.RandomCrop((8, 8))):
         out = t(s, g)
         assert len(out.instances) == 0
         assert tuple(out.image.shape[-2:]) == out.instances.image_size
@@ -213,30 +213,30 @@ def _rgb_sample():
 
 def test_invert_maps_image_to_one_minus_image_and_keeps_instances():
     s = _rgb_sample()
-    out = T.Invert()(s, torch.Generator())
+    out = photometric.Invert()(s, torch.Generator())
     assert torch.allclose(out.image, 1 - s.image)
     assert out.instances is s.instances
-    assert torch.allclose(T.invert(T.invert(s.image)), s.image)
+    assert torch.allclose(photometric.invert(photometric.invert(s.image)), s.image)
 
 
 def test_to_gray_gives_equal_channels_holding_the_bt601_luma():
     s = _rgb_sample()
-    out = T.ToGray()(s, torch.Generator())
+    out = photometric.ToGray()(s, torch.Generator())
     assert out.image.shape == s.image.shape
     luma = 0.299 * s.image[0] + 0.587 * s.image[1] + 0.114 * s.image[2]
     for c in range(3):
         assert torch.allclose(out.image[c], luma, atol=1e-6)
     gray = s.image[:1].expand(3, -1, -1)
-    assert torch.allclose(T.to_gray(gray), gray, atol=1e-6)  # gray stays as it was
+    assert torch.allclose(photometric.to_gray(gray), gray, atol=1e-6)  # gray stays as it was
     one = s.image[:1]
-    assert T.to_gray(one) is one
+    assert photometric.to_gray(one) is one
 
 
 def test_channel_shuffle_permutes_channels_and_leaves_gray_images_alone():
     s = _rgb_sample()
     seen = set()
     for seed in range(12):
-        out = T.ChannelShuffle()(s, torch.Generator().manual_seed(seed))
+        out = photometric.ChannelShuffle()(s, torch.Generator().manual_seed(seed))
         perm = []
         for c in range(3):
             match = [k for k in range(3) if torch.equal(out.image[c], s.image[k])]
@@ -246,40 +246,40 @@ def test_channel_shuffle_permutes_channels_and_leaves_gray_images_alone():
         seen.add(tuple(perm))
     assert len(seen) > 2  # several permutations, not one fixed order
     gray = _sample(_two_masks(), image=torch.rand(1, H, W).expand(3, -1, -1).contiguous())
-    assert torch.equal(T.ChannelShuffle()(gray, torch.Generator().manual_seed(1)).image, gray.image)
+    assert torch.equal(photometric.ChannelShuffle()(gray, torch.Generator().manual_seed(1)).image, gray.image)
 
 
 def test_stain_jitter_identity_and_scaling_one_stain():
     s = _rgb_sample()
-    same = T.stain_jitter(s.image, [1, 1, 1], [0, 0, 0])
+    same = photometric.stain_jitter(s.image, [1, 1, 1], [0, 0, 0])
     assert torch.allclose(same, s.image, atol=1e-5)
     # A pixel holding only haematoxylin at concentration c: I = exp(-c * h). Doubling alpha_H
     # doubles its optical density and leaves the other stains at zero.
-    h = T._STAIN_OD[0]
+    h = photometric._STAIN_OD[0]
     img = torch.exp(-0.5 * h).float().view(3, 1, 1).expand(3, 4, 4).contiguous()
-    out = T.stain_jitter(img, [2.0, 1.0, 1.0], [0, 0, 0])
+    out = photometric.stain_jitter(img, [2.0, 1.0, 1.0], [0, 0, 0])
     assert torch.allclose(out[:, 0, 0].double(), torch.exp(-1.0 * h), atol=1e-5)
     # beta adds stain everywhere: white turns into the eosin colour.
     white = torch.ones(3, 2, 2)
-    pink = T.stain_jitter(white, [1, 1, 1], [0, 0.3, 0])
-    assert torch.allclose(pink[:, 0, 0].double(), torch.exp(-0.3 * T._STAIN_OD[1]), atol=1e-5)
+    pink = photometric.stain_jitter(white, [1, 1, 1], [0, 0.3, 0])
+    assert torch.allclose(pink[:, 0, 0].double(), torch.exp(-0.3 * photometric._STAIN_OD[1]), atol=1e-5)
     # The random transform stays in range, keeps the instances and tints a gray image.
     gray = _sample(_two_masks(), image=torch.rand(1, H, W).expand(3, -1, -1).contiguous())
-    out = T.StainJitter(0.3)(gray, torch.Generator().manual_seed(0))
+    out = photometric.StainJitter(0.3)(gray, torch.Generator().manual_seed(0))
     assert out.instances is gray.instances
     assert float(out.image.min()) >= 0 and float(out.image.max()) <= 1
     assert not torch.equal(out.image[0], out.image[1])
     one = torch.rand(1, H, W)
-    assert T.stain_jitter(one, [2, 2, 2], [0.1, 0.1, 0.1]) is one
+    assert photometric.stain_jitter(one, [2, 2, 2], [0.1, 0.1, 0.1]) is one
 
 
 def test_colour_steps_are_built_in_order_from_the_config():
     cfg = AugmentConfig(hflip=0, vflip=0, to_gray=0.1, invert=0.5, stain_jitter=0.5, stain_sigma=0.2,
                         channel_shuffle=0.3)
-    pipe = T.build_transforms(cfg)
+    pipe = pipeline.build_transforms(cfg)
     assert [type(t).__name__ for _, t in pipe.steps] == ["ToGray", "Invert", "StainJitter", "ChannelShuffle"]
     assert [p for p, _ in pipe.steps] == [0.1, 0.5, 0.5, 0.3]
-    assert len(T.build_transforms(AugmentConfig(hflip=0, vflip=0, stain_jitter=0.5, stain_sigma=0))) == 0
+    assert len(pipeline.build_transforms(AugmentConfig(hflip=0, vflip=0, stain_jitter=0.5, stain_sigma=0))) == 0
     # Deterministic given the generator; every image stays in [0, 1].
     s = _rgb_sample()
     for seed in range(5):

@@ -7,7 +7,8 @@ import torch
 import yaml
 
 from maskrcnn.config import ConfigError, from_dict
-from maskrcnn.evaluation.ablation import Backend, load_ablation_spec, run_ablation
+from maskrcnn.evaluation.ablation import Backend, run_ablation
+from maskrcnn.evaluation.ablation_spec import load_ablation_spec
 from maskrcnn.structures import Instances, MaskList, Sample
 from tests.evaluation.shapes import dense, rect
 

@@ -14,7 +14,7 @@ from maskrcnn.inference.input_control import input_overrides
 from maskrcnn.cli.predict import main
 from maskrcnn.inference.predict_run import predict_images
 from maskrcnn.inference.predictor import Predictor
-from maskrcnn.inference.tiling import auto_tile_size
+from maskrcnn.inference.tile_grid import auto_tile_size
 from maskrcnn.model.mask_rcnn import CAP_KEYS
 from maskrcnn.model.roi_heads import box_inference
 from maskrcnn.model.rpn import find_top_proposals

@@ -9,7 +9,8 @@ the tile on its right (below), so that each object has exactly one owner.
 import pytest
 import torch
 
-from maskrcnn.inference.tiling import plan_tiles, stitch
+from maskrcnn.inference.stitching import stitch
+from maskrcnn.inference.tile_grid import plan_tiles
 from maskrcnn.structures import Instances, MaskList
 
 torch.set_num_threads(1)
@@ -48,3 +49,18 @@ def test_a_box_centred_on_a_boundary_is_kept_once_by_ownership():
     out = stitch(tiles, grid, merge=False)
     assert len(out) == 1 and float(out.scores[0]) == pytest.approx(0.6)
     assert out.boxes.tolist() == [[102.0, 40.0, 112.0, 50.0]]
+
+
+def test_views_dropped_by_ownership_leave_an_empty_result_of_the_whole_image():
+    # Tile 0 sees a whole square centred in tile 1's core (x = 113), tile 1 another one centred in
+    # tile 0's core (x = 98), both inside the tiles' shared region and not matching each other: no
+    # owner contributed a view to either, so both go, and the empty result is the whole image's.
+    grid = plan_tiles((200, 300), 128, 32)
+    tiles = []
+    for t in range(len(grid)):
+        if t in (0, 1):
+            tiles.append(_square(110 if t == 0 else 95, 40, 6, (200, 300), 0.9))
+        else:
+            tiles.append(_square(0, 0, 1, (200, 300), 0.1)[:0])
+    out = stitch(tiles, grid, merge=True)
+    assert len(out) == 0 and out.image_size == (200, 300)

@@ -6,7 +6,9 @@ import torch
 from maskrcnn.config import ConfigError
 from maskrcnn.config import TestConfig as Cfg
 from maskrcnn.inference.filtering import filter_predictions
-from maskrcnn.inference.tiling import plan_tiles, stitch, tile_starts, tiled_predict
+from maskrcnn.inference.stitching import stitch
+from maskrcnn.inference.tile_grid import plan_tiles, tile_starts
+from maskrcnn.inference.tiling import tiled_predict
 from maskrcnn.structures import Instances
 from tests.inference.stub_model import IdStubModel, draw_objects, random_blobs
 

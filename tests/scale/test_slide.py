@@ -10,7 +10,7 @@ zarr = pytest.importorskip("zarr")
 distributed = pytest.importorskip("distributed")
 
 from maskrcnn.config import TestConfig as Cfg  # noqa: E402
-from maskrcnn.inference.tiling import plan_tiles  # noqa: E402
+from maskrcnn.inference.tile_grid import plan_tiles  # noqa: E402
 from maskrcnn.scale.slide import neighbourhood, run_slide  # noqa: E402
 from maskrcnn.scale.sources import open_source  # noqa: E402
 from maskrcnn.scale.workers import ModelSpec  # noqa: E402
