@@ -6,7 +6,8 @@ import sys
 
 from maskrcnn.config import Config
 from maskrcnn.engine import distributed as du
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
+from maskrcnn.engine.hooks import NonFiniteLossError
+from maskrcnn.engine.trainer import Trainer
 
 logger = logging.getLogger("maskrcnn.engine")
 

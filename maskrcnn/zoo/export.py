@@ -37,7 +37,7 @@ import torch
 
 from maskrcnn import cli
 from maskrcnn.config import ConfigError, apply_thresholds, check_class_counts, to_dict
-from maskrcnn.engine.checkpoint import atomic_save
+from maskrcnn.inference.checkpoint import atomic_save
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
 from maskrcnn.inference.checkpoint import model_from_checkpoint, read_checkpoint

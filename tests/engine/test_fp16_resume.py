@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from maskrcnn.config import load_config
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.trainer import Trainer
 from tests.engine.standins import TinyDataset, TinyModel, tiny_config
 

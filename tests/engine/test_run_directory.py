@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from maskrcnn.engine.checkpoint import RunDirectoryError, load_checkpoint
+from maskrcnn.engine.run_directory import RunDirectoryError
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.trainer import Trainer
 from tests.engine.standins import TinyDataset, tiny_config

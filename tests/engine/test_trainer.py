@@ -7,7 +7,8 @@ from PIL import Image
 from maskrcnn.config import ConfigError
 from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, check_train_config
+from maskrcnn.engine.hooks import NonFiniteLossError
+from maskrcnn.engine.trainer import Trainer, check_train_config
 from tests.engine.standins import TinyDataset, tiny_config
 from tests.engine.test_validation_values import kaggle_score_by_hand
 from tests.engine.standins import TinyModel as _TinyModel
