@@ -4,7 +4,9 @@ The trainer registers them in this order; ``after_step`` hooks see ``loop.iterat
 step, so a period ``p`` fires at iterations ``p, 2p, ...`` and at ``max_iter``:
 
 - ``RunFilesHook``: rank 0's run files at the start (run marker, metrics, config, resume's
-  set-aside best and demoted final), then a barrier;
+  set-aside best and demoted final), then a barrier; at the end the run lock (taken when the
+  ``Trainer`` was built) is released;
+- the ``TrainStep`` itself: wraps the model in DistributedDataParallel under several processes;
 - ``NonFiniteLossGuard``: stops every rank on a NaN/inf loss before its backward pass;
 - ``LRScheduleHook``: one scheduler step per optimiser step;
 - ``MetricsHook``: the start line, loss means every ``train.log_period`` to ``metrics.jsonl`` and
@@ -54,7 +56,8 @@ def draw(trainer: Trainer) -> None:
 
 class RunFilesHook(HookBase):
     """Rank 0, before the first step: the metrics file, the checkpoints and the config match the
-    point the run starts from; then every rank waits for it."""
+    point the run starts from; then every rank waits for it. At the end, also on errors, the run
+    directory's lock and the log handlers are released (``Trainer.close``)."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -63,6 +66,9 @@ class RunFilesHook(HookBase):
         if self.trainer.is_main:
             self._start_files()
         du.barrier()
+
+    def close(self) -> None:
+        self.trainer.close()
 
     def _start_files(self) -> None:
         tr = self.trainer

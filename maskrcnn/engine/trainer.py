@@ -1,4 +1,5 @@
-"""The training loop: AMP, gradient accumulation and clipping, exact resume, DDP, validation.
+"""The trainer: builds one run (its folder, resume, model, optimiser, data) and the loop that runs
+it (``maskrcnn.engine.loop`` with the hooks of ``maskrcnn.engine.hooks``).
 
 One *iteration* is one optimiser step over ``solver.accum_steps`` micro-batches of
 ``data.batch_size`` images per process, so an iteration sees
@@ -150,7 +151,7 @@ class Trainer:
     Args:
         cfg: the run's configuration (sections solver, train, data, model, test).
         resume: continue from ``<output_dir>/last_checkpoint`` when it exists; the keys in
-            ``RESUME_MAY_CHANGE`` may differ from the checkpoint's config and apply from the resume
+            ``maskrcnn.engine.resume.RESUME_MAY_CHANGE`` may differ from the checkpoint's config and apply from the resume
             point on; other changes are refused (``ResumeError``).
         model: use this module instead of ``build_model(cfg.model)`` (tests use stand-ins).
         train_dataset, val_dataset: instead of ``build_dataset(cfg.data, "train"/"val")``;

@@ -18,7 +18,6 @@ The run directory's files around them are ``maskrcnn.engine.run_directory``'s.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
