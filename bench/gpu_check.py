@@ -153,7 +153,8 @@ def _trainer_run(cfg) -> dict:
     import signal
 
     from maskrcnn.engine.curves import read_metrics
-    from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
+    from maskrcnn.engine.hooks import NonFiniteLossError
+    from maskrcnn.engine.trainer import Trainer
 
     t = time.perf_counter()
     error = None

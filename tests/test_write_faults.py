@@ -60,7 +60,7 @@ def test_disk_full_mid_write_is_one_line_naming_the_file_and_keeps_the_old_one(t
 def test_torch_save_on_a_full_disk_names_the_checkpoint(tmp_path, monkeypatch):
     """torch's zip writer turns the short write into ``RuntimeError: ... unexpected pos``."""
     from maskrcnn import fileio
-    from maskrcnn.engine.checkpoint import atomic_save
+    from maskrcnn.inference.checkpoint import atomic_save
 
     monkeypatch.setattr(fileio, "open", _full_open(1000), raising=False)
     path = tmp_path / "model_0000100.pth"
@@ -84,7 +84,7 @@ def small_tmpfs(tmp_path):
 
 
 def test_a_real_full_disk_during_a_checkpoint(small_tmpfs):
-    from maskrcnn.engine.checkpoint import atomic_save
+    from maskrcnn.inference.checkpoint import atomic_save
 
     path = small_tmpfs / "model_final.pth"
     atomic_save({"w": torch.zeros(1000)}, str(path))  # fits

@@ -352,9 +352,9 @@ MUTATIONS: List[Mutation] = [
     M("rng_not_restored", "--resume does not restore the RNG states",
       [("maskrcnn/engine/trainer.py", "            restore_rng_state(rng[self.rank])", "            pass")], ENGINE),
     M("accum_not_averaged", "accumulated micro-batch gradients are summed, not averaged (lr x accum_steps)",
-      [("maskrcnn/engine/trainer.py", "scaled = total / accum", "scaled = total")], ENGINE),
+      [("maskrcnn/engine/loop.py", "scaled = total / self.accum", "scaled = total")], ENGINE),
     M("loss_component_dropped", "the first loss component is left out of the total that is backpropagated",
-      [("maskrcnn/engine/trainer.py", "total = sum(v.float() for v in losses.values())",
+      [("maskrcnn/engine/loop.py", "total = sum(v.float() for v in losses.values())",
         "total = sum(v.float() for v in list(losses.values())[1:])")], ENGINE),
     M("lr_scaled_by_accum", "the learning rate is multiplied by accum_steps (a misplaced linear scaling rule)",
       [("maskrcnn/engine/schedule.py", "return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)",
@@ -483,21 +483,21 @@ MUTATIONS: List[Mutation] = [
         "    if beta < 1.0:\n        return (pred - target).abs().sum()")], PIN),
     # ------------------------------------------ issue 24: optimiser steps against hand computations
     M("clip_after_step", "gradients are clipped after the optimiser step (the step uses unclipped ones)",
-      [("maskrcnn/engine/trainer.py",
-        "            if clip > 0:\n                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))\n"
+      [("maskrcnn/engine/loop.py",
+        "            if self.clip > 0:\n                grad_norm = float(nn.utils.clip_grad_norm_(self.params(), self.clip))\n"
         "            self.optimizer.step()",
-        "            self.optimizer.step()\n            if clip > 0:\n"
-        "                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))")], STEPS),
+        "            self.optimizer.step()\n            if self.clip > 0:\n"
+        "                grad_norm = float(nn.utils.clip_grad_norm_(self.params(), self.clip))")], STEPS),
     M("fp16_clip_without_unscale", "fp16: gradients are clipped while still scaled (no unscale_ first)",
-      [("maskrcnn/engine/trainer.py", "                self.scaler.unscale_(self.optimizer)\n", "")], STEPS),
+      [("maskrcnn/engine/loop.py", "                self.scaler.unscale_(self.optimizer)\n", "")], STEPS),
     M("fp16_unscale_after_clip", "fp16: unscale_ runs after the clip",
-      [("maskrcnn/engine/trainer.py",
+      [("maskrcnn/engine/loop.py",
         "                self.scaler.unscale_(self.optimizer)\n"
-        "                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))",
-        "                grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))\n"
+        "                grad_norm = float(nn.utils.clip_grad_norm_(self.params(), self.clip))",
+        "                grad_norm = float(nn.utils.clip_grad_norm_(self.params(), self.clip))\n"
         "                self.scaler.unscale_(self.optimizer)")], STEPS),
     M("scaler_update_skipped", "fp16: the scaler is never updated after a step",
-      [("maskrcnn/engine/trainer.py", "            self.scaler.update()\n", "")], STEPS),
+      [("maskrcnn/engine/loop.py", "            self.scaler.update()\n", "")], STEPS),
     M("adamw_betas_swapped", "AdamW gets the betas in the wrong order",
       [("maskrcnn/engine/schedule.py", "torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))",
         "torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas)[::-1])")], STEPS),
@@ -513,7 +513,7 @@ MUTATIONS: List[Mutation] = [
     M("augment_ignores_epoch", "every epoch has the first epoch's augmentation of each image",
       [("maskrcnn/data/loader.py", "mix_seed(self.seed, epoch, index)", "mix_seed(self.seed, 0, index)")], EPOCHS),
     M("trainer_epoch_not_advanced", "the Trainer restarts epoch 0 after every epoch",
-      [("maskrcnn/engine/trainer.py", "            self.epoch += 1\n            self.batch_in_epoch = 0",
+      [("maskrcnn/engine/loop.py", "            self.epoch += 1\n            self.batch_in_epoch = 0",
         "            self.batch_in_epoch = 0")], EPOCHS),
     M("distributed_epoch_not_set", "a distributed sampler never gets the epoch (the same shard order every epoch)",
       [("maskrcnn/data/loader.py", '        if self.inner is not None and hasattr(self.inner, "set_epoch"):',
@@ -551,8 +551,8 @@ MUTATIONS: List[Mutation] = [
     M("crop_never_first_column", "random crops never start at the first column",
       [("maskrcnn/data/transforms/geometric.py", "x0 = randint(g, 0, W - cw)", "x0 = randint(g, min(1, W - cw), W - cw)")], CROPS),
     M("best_on_tie", "a tied validation score replaces the best checkpoint",
-      [("maskrcnn/engine/trainer.py", "improved = self.best_score is None or score > self.best_score",
-        "improved = self.best_score is None or score >= self.best_score")], ["tests/engine/test_best_ties.py"]),
+      [("maskrcnn/engine/hooks.py", "improved = tr.best_score is None or score > tr.best_score",
+        "improved = tr.best_score is None or score >= tr.best_score")], ["tests/engine/test_best_ties.py"]),
     # ------------------------------------------- issue 24: COCO formats through pycocotools, by hand
     M("coco_eval_bbox_xyxy", "validation COCO boxes are given to pycocotools as xyxy",
       [("maskrcnn/evaluation/coco_ap.py", "np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)",
@@ -565,8 +565,8 @@ MUTATIONS: List[Mutation] = [
       [("maskrcnn/model/roi_heads.py", 'loss_cls = F.cross_entropy(cls_logits.float(), gt_classes, reduction="mean")',
         'loss_cls = F.cross_entropy(cls_logits.float(), gt_classes.flip(0), reduction="mean")')], LEARN),
     M("learn_schedule_never_steps", "optimiser: the LR schedule never advances (stuck at the first warm-up rate)",
-      [("maskrcnn/engine/trainer.py", "                    self.scheduler.step()\n", "                    pass\n")], LEARN),
+      [("maskrcnn/engine/hooks.py", "            self.scheduler.step()\n", "            pass\n")], LEARN),
     M("learn_targets_of_other_image", "data: each image of a batch is trained with another image's targets",
-      [("maskrcnn/engine/trainer.py", "targets = [smp.instances.to(self.device) for smp in batch]",
+      [("maskrcnn/engine/loop.py", "targets = [smp.instances.to(self.device) for smp in batch]",
         "targets = [smp.instances.to(self.device) for smp in batch[::-1]]")], LEARN),
 ]

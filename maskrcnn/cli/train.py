@@ -23,7 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from maskrcnn import cli
 from maskrcnn.config import Config, load_config, reject_repeated_keys
 from maskrcnn.engine import distributed as du
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
+from maskrcnn.engine.hooks import NonFiniteLossError
+from maskrcnn.engine.trainer import Trainer
 from maskrcnn.progress import progress_mode
 
 

@@ -193,13 +193,18 @@ class _Panel:
             if pts:
                 legend.append((name, color))
         if legend:
-            w = max(int(d.textlength(n, font=self.small)) for n, _ in legend) + 34
-            lx, ly = px1 + 12, py0
-            d.rectangle((lx, ly, lx + w, ly + 18 * len(legend) + 8), fill="white", outline=(160, 160, 160))
-            for i, (name, color) in enumerate(legend):
-                yy = ly + 13 + 18 * i
-                d.line((lx + 6, yy, lx + 24, yy), fill=color, width=3)
-                d.text((lx + 30, yy), name, fill="black", font=self.small, anchor="lm")
+            self._legend(legend)
+
+    def _legend(self, legend: List[Tuple[str, Tuple[int, int, int]]]) -> None:
+        """Series names and colours in a box right of the plot."""
+        d, (_, py0, px1, _) = self.draw, self.plot
+        w = max(int(d.textlength(n, font=self.small)) for n, _ in legend) + 34
+        lx, ly = px1 + 12, py0
+        d.rectangle((lx, ly, lx + w, ly + 18 * len(legend) + 8), fill="white", outline=(160, 160, 160))
+        for i, (name, color) in enumerate(legend):
+            yy = ly + 13 + 18 * i
+            d.line((lx + 6, yy, lx + 24, yy), fill=color, width=3)
+            d.text((lx + 30, yy), name, fill="black", font=self.small, anchor="lm")
 
 
 def draw_curves(records: Iterable[Dict], path: str, max_iter: Optional[int] = None, title: str = "") -> None:

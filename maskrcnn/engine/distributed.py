@@ -16,6 +16,11 @@ import torch.distributed as dist
 from maskrcnn.device import resolve_device
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

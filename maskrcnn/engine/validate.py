@@ -62,12 +62,27 @@ def run_validation(
     """
     n = len(dataset) if max_images <= 0 else min(len(dataset), max_images)
     mine = list(range(du.get_rank(), n, du.get_world_size()))
+    mode = progress if du.is_main_process() else "off"
+    results, coco_records = _predict_shard(model, dataset, mine, test_cfg, device, batch_size, autocast, mode, coco)
+    gathered = du.all_gather_object(results)
+    gathered_coco = du.all_gather_object(coco_records) if coco else []
+    scores = None
+    if du.is_main_process():
+        scores = kaggle_scores([r for part in gathered for r in part], details=details)
+        if coco:
+            scores.update(coco_scores([r for part in gathered_coco for r in part], class_names))
+    return du.broadcast_object(scores)
+
+
+def _predict_shard(model: nn.Module, dataset: Dataset, indices: List[int], test_cfg: TestConfig, device: torch.device,
+                   batch_size: int, autocast, mode: str, coco: bool) -> Tuple[List[tuple], List[dict]]:
+    """This rank's ``(image_id, submission instances, ground truth, class name)`` per image, and its
+    COCO records with ``coco``; the model is in eval mode meanwhile."""
     was_training = model.training
     model.eval()
     results: List[Tuple[str, Instances, Instances, Optional[str]]] = []
     coco_records: List[dict] = []
-    mode = progress if du.is_main_process() else "off"
-    batches = [mine[start:start + max(batch_size, 1)] for start in range(0, len(mine), max(batch_size, 1))]
+    batches = [indices[start:start + max(batch_size, 1)] for start in range(0, len(indices), max(batch_size, 1))]
     try:
         for batch in track(batches, "validate", total=len(batches), mode=mode, unit="batch", leave=False):
             samples = [dataset[i] for i in batch]
@@ -83,14 +98,7 @@ def run_validation(
                     coco_records.append(coco_record(s.image_id, raw, gt, test_cfg))
     finally:
         model.train(was_training)
-    gathered = du.all_gather_object(results)
-    gathered_coco = du.all_gather_object(coco_records) if coco else []
-    scores = None
-    if du.is_main_process():
-        scores = kaggle_scores([r for part in gathered for r in part], details=details)
-        if coco:
-            scores.update(coco_scores([r for part in gathered_coco for r in part], class_names))
-    return du.broadcast_object(scores)
+    return results, coco_records
 
 
 def _class_name(sample) -> Optional[str]:

@@ -1,29 +1,47 @@
-"""Reading checkpoints: the one checkpoint -> model loader (predict, ablations, tools, notebooks)
-and the one checkpoint reader (also the trainer's ``--resume``).
+"""Checkpoints, read and written: the one checkpoint -> model loader (predict, ablations, tools,
+notebooks), the one checkpoint reader (also the trainer's ``--resume``) and the atomic writer.
 
-A checkpoint is the dict the trainer saves (``{"model": state_dict, "config": dict, "iteration":
-int, ...}``; the full layout is in ``maskrcnn.engine.checkpoint``) or a bare ``state_dict``, whose
-config comes from a YAML file. A path that is not a file may name a model of the zoo
-(``--weights nuclei``: ``maskrcnn.inference.zoo``). Files are read with ``torch.load(..., weights_only=True)``: tensors
-and plain values only, never arbitrary pickled objects. Saved configs go through
+A training checkpoint is one ``torch.save``'d dict:
+
+    {"model": state_dict, "config": to_dict(cfg), "iteration": int,
+     "optimizer": ..., "scheduler": ..., "scaler": ... | None,
+     "rng": [per-rank RNG state], "loader": {"epoch": int, "batch": int},
+     "best": {"score": float | None, "iteration": int | None}, "world_size": int}
+
+Only plain Python values and tensors are stored (numpy RNG keys become a tensor), so every file
+loads with ``torch.load(..., weights_only=True)``: tensors and plain values only, never arbitrary
+pickled objects. ``model_best.pth`` holds the model, config, iteration and score only; a bare
+``state_dict`` is read too, its config coming from a YAML file. A path that is not a file may name
+a model of the zoo (``--weights nuclei``: ``maskrcnn.inference.zoo``). Saved configs go through
 ``maskrcnn.config.from_dict``, so keys that older versions wrote still load (``RETIRED_KEYS``).
+The run directory's files around them are ``maskrcnn.engine.run_directory``'s.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from maskrcnn.config import Config, ConfigError, from_dict, load_config, to_dict
+from maskrcnn.fileio import atomic_open
 from maskrcnn.inference.zoo import resolve_weights
-from maskrcnn.model.weights import WeightsError, nonfinite_tensors, why_unreadable
+from maskrcnn.model.weight_files import WeightsError, nonfinite_kind, nonfinite_tensors, why_unreadable
 
 
 class CheckpointError(WeightsError, RuntimeError):
     """A checkpoint that cannot be read or used: not a checkpoint, NaN/inf weights, another
     architecture than its config's. The message names the file (and the tensor)."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through a temp file in the same folder, fsync and ``os.replace``.
+
+    A reader never sees a partial file: on any failure (disk full, a pickling error, an
+    interrupt) the temp file is removed and ``path`` keeps its old content, if any.
+    """
+    with atomic_open(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def _read(path: str) -> Any:
@@ -47,7 +65,7 @@ def check_finite(state: Dict[str, Tensor], path: str) -> None:
     with them predicts nothing or garbage, which would look like a valid, empty submission."""
     bad = nonfinite_tensors(state)
     if bad:
-        kind = "NaN" if bool(torch.isnan(state[bad[0]]).any()) else "inf"
+        kind = nonfinite_kind(state[bad[0]])
         more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
         raise CheckpointError(f"non-finite weights: {bad[0]} holds {kind}{more}; refusing to predict with them ({path})")
 

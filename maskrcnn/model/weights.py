@@ -29,26 +29,18 @@ MSRA weights (and detectron2's COCO R-50/R-101 models) need ``stride_in_1x1: tru
 Tensors whose shapes differ are skipped (e.g. box/mask predictors with another class count), and
 a report of what was loaded, skipped, missing and unused is printed.
 
-Loading never runs code from the file: ``.pth`` files go through ``torch.load(weights_only=True)``
-and ``.pkl`` files through a restricted unpickler that builds only containers, numbers, strings
-and numpy arrays (``SafeWeightsUnpickler``); any other global a pickle names (``os.system``, a
-class, a torch tensor) is refused with ``UnsafePickleError`` before it is looked up.
+Reading the files (and refusing unsafe pickles or NaN/inf weights) is ``maskrcnn.model.weight_files``.
 """
 from __future__ import annotations
 
-import codecs
-import collections
-import os
-import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from maskrcnn.errors import UserError
+from maskrcnn.model.weight_files import WeightsError, read_weights_file
 
 STEM = "backbone.stem.conv1.weight"
 TORCHVISION_STD = (58.395, 57.12, 57.375)  # ImageNet std x 255, RGB
@@ -56,14 +48,6 @@ MSRA_STD = (1.0, 1.0, 1.0)
 FAIR_STD_BGR = (57.375, 57.12, 58.395)
 # Predictors whose shape depends on the number of classes.
 CLASS_HEADS = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred", "roi_heads.mask_head.predictor")
-
-
-class WeightsError(UserError, ValueError):
-    """A weights file that cannot be read or recognised; the message names the file."""
-
-
-class UnsafePickleError(WeightsError):
-    """A ``.pkl`` names a global outside what weights pickles hold; nothing in it was run."""
 
 
 @dataclass
@@ -112,168 +96,6 @@ def _short(items: Sequence[str], limit: int = 12) -> str:
     return s + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
-# ---------------------------------------------------------------------- reading
-def _numpy_internals() -> Tuple[object, object]:
-    """numpy's ``multiarray`` and ``numeric`` modules (``numpy._core`` in 2.x, ``numpy.core`` in 1.x),
-    imported here rather than by the name a pickle gives (numpy 2 warns on ``numpy.core``)."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray, numeric
-    return multiarray, numeric
-
-
-def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as pickles of ``bytes`` with protocol < 3 use it, and nothing else."""
-    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
-        raise UnsafePickleError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin1 text is expected")
-    return codecs.encode(text, "latin1")
-
-
-def _empty_bytes(*args: object) -> bytes:
-    """``bytes()`` as protocol < 3 pickles of ``b""`` call it; never ``bytes(n)`` (an allocation bomb)."""
-    if args:
-        raise UnsafePickleError(f"refused bytes({type(args[0]).__name__}, ...): only bytes() is expected")
-    return b""
-
-
-def _safe_globals() -> Dict[Tuple[str, str], object]:
-    """The globals numpy arrays and scalars, dicts and strings reference in a pickle, by every
-    name numpy 1.x / 2.x and Python 2 / 3 write them under, mapped to the objects themselves."""
-    multiarray, numeric = _numpy_internals()
-    table: Dict[Tuple[str, str], object] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("_codecs", "encode"): _latin1_bytes,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct  # ndarray, protocols 0-4
-        table[(f"{core}.multiarray", "scalar")] = multiarray.scalar  # np.float32(1.0) and friends
-        if hasattr(numeric, "_frombuffer"):  # contiguous arrays, protocol 5
-            table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
-    for builtins in ("builtins", "__builtin__"):  # Python 2 pickles name the module __builtin__
-        table[(builtins, "set")] = set
-        table[(builtins, "frozenset")] = frozenset
-        table[(builtins, "bytes")] = _empty_bytes
-    return table
-
-
-class SafeWeightsUnpickler(pickle.Unpickler):
-    """An unpickler for weights pickles (detectron2 ``.pkl``, Caffe2/MSRA ``.pkl``) that builds
-    only dicts, lists, tuples, numbers, strings, bytes and numpy arrays/scalars/dtypes.
-
-    A pickle calls a global only after ``find_class`` returns it, so refusing there means a
-    crafted file (``__reduce__`` returning ``os.system``) runs nothing. numpy's own globals are
-    returned from a fixed table, never imported by the name the file gives.
-    """
-
-    _allowed: Optional[Dict[Tuple[str, str], object]] = None
-
-    def __init__(self, file, path: str):
-        super().__init__(file, encoding="latin1")  # Python 2 str blobs (Caffe2) are bytes as latin1
-        self.path = path
-        if SafeWeightsUnpickler._allowed is None:
-            SafeWeightsUnpickler._allowed = _safe_globals()
-
-    def find_class(self, module: str, name: str):
-        found = self._allowed.get((module, name))
-        if found is None:
-            raise UnsafePickleError(
-                f"refused to load the global {module}.{name} from a weights pickle: a .pkl may hold only dicts, "
-                f"lists, numbers, strings and numpy arrays, so nothing in the file was run ({self.path})"
-            )
-        return found
-
-
-def load_weights_pickle(path: str) -> object:
-    """The object in the weights pickle ``path``, built by ``SafeWeightsUnpickler``.
-
-    Raises:
-        UnsafePickleError: the file names a global weights pickles do not hold (the message names it).
-        WeightsError: the file is not a readable pickle.
-    """
-    try:
-        with open(path, "rb") as f:
-            return SafeWeightsUnpickler(f, path).load()
-    except WeightsError:
-        raise
-    except Exception as e:  # corrupt, truncated or not a pickle
-        raise WeightsError(why_unreadable(path, e, "weights pickle")) from None
-
-
-def why_unreadable(path: str, exc: BaseException, kind: str = "weights file") -> str:
-    """One line saying why ``path`` is not a ``kind`` (``exc``: what the loader raised): an empty
-    file, a text file (a YAML config or a CSV passed as weights), a damaged zip archive (a
-    truncated ``.pth``), or the loader's first line."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        size, head = -1, b""
-    if size == 0:
-        return f"empty file (0 bytes), not a {kind} ({path})"
-    if head.startswith(b"PK\x03\x04"):
-        return f"damaged or truncated {kind}: its zip archive cannot be read ({path})"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and "\0" not in text:
-        guess = "a YAML config" if ":" in text and "," not in text.splitlines()[0] else "a CSV or text file"
-        return f"a text file ({guess}?), not a {kind} ({path})"
-    message = str(exc)
-    if "Weights only load failed" in message:  # torch's long advice; its one useful line is the reason
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", message, re.S)
-        reason = found.group(1).strip().splitlines()[0][:120] if found else "not tensors and plain values"
-        return f"not a {kind}: torch.load(weights_only=True) refused it ({reason}); nothing in it was run ({path})"
-    first = (message.strip().splitlines() or [""])[0][:160]
-    return f"not a {kind}: {type(exc).__name__}: {first} ({path})"
-
-
-def nonfinite_tensors(state: Dict[str, Tensor]) -> List[str]:
-    """Names of the floating-point tensors of ``state`` that hold NaN or inf, in order."""
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def read_weights_file(path: str) -> Tuple[Dict[str, Tensor], Dict[str, object]]:
-    """Tensors of a ``.pth``/``.pt`` (torch) or ``.pkl`` (pickled numpy) file, and its extra fields
-    (e.g. detectron2's ``__author__``). WeightsError names the file when it is missing, a folder,
-    not a weights file (``why_unreadable``), or holds NaN/inf."""
-    if os.path.isdir(path):
-        raise WeightsError(f"weights file expected, got a folder ({path})")
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file not found: {path} (weights are read from local files only)")
-    if path.endswith(".pkl"):
-        data = load_weights_pickle(path)
-    else:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(why_unreadable(path, e)) from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
-    extras = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool))}
-    for key in ("model", "state_dict", "blobs"):  # checkpoint wrappers
-        if isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    tensors: Dict[str, Tensor] = {}
-    for k, v in data.items():
-        if isinstance(v, np.ndarray) and (v.dtype.kind in "biuf"):  # not strings or objects
-            tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
-        elif isinstance(v, Tensor):
-            tensors[k] = v
-    if not tensors:
-        raise WeightsError(f"{path}: no tensors or arrays found (keys: {list(data)[:8]})")
-    bad = nonfinite_tensors(tensors)
-    if bad:
-        raise WeightsError(f"non-finite values (NaN or inf) in {bad[0]}" + (f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else "")
-                           + f" ({path})")
-    return tensors, extras
-
-
 # ---------------------------------------------------------------------- naming
 def detect_scheme(keys: Sequence[str]) -> str:
     """``ours`` | ``torchvision`` | ``torchvision_detection`` | ``detectron2`` | ``caffe2``."""
@@ -296,32 +118,34 @@ def detect_scheme(keys: Sequence[str]) -> str:
 _BN_SUFFIX = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
 
 
+def _first_rule(rules: Sequence[Tuple[str, Callable[[re.Match], str]]], k: str) -> Optional[str]:
+    """The name the first matching ``(pattern, name_of_match)`` rule gives ``k``, or None."""
+    for pat, fn in rules:
+        m = re.match(pat, k)
+        if m:
+            return fn(m)
+    return None
+
+
+def _res(m: re.Match) -> str:
+    """``backbone.res<stage>.<block>.`` of a torchvision ``layer<stage - 1>.<block>.`` match."""
+    return f"backbone.res{int(m.group(1)) + 1}.{m.group(2)}."
+
+
+_TORCHVISION_RESNET = (
+    (r"conv1\.weight$", lambda m: STEM),
+    (r"bn1\.(.+)$", lambda m: f"backbone.stem.conv1.norm.{m.group(1)}"),
+    (r"layer(\d)\.(\d+)\.conv(\d)\.weight$", lambda m: f"{_res(m)}conv{m.group(3)}.weight"),
+    (r"layer(\d)\.(\d+)\.bn(\d)\.(.+)$", lambda m: f"{_res(m)}conv{m.group(3)}.norm.{m.group(4)}"),
+    (r"layer(\d)\.(\d+)\.downsample\.0\.weight$", lambda m: f"{_res(m)}shortcut.weight"),
+    (r"layer(\d)\.(\d+)\.downsample\.1\.(.+)$", lambda m: f"{_res(m)}shortcut.norm.{m.group(3)}"),
+)
+
+
 def _map_torchvision_resnet(k: str) -> Optional[str]:
     if k.endswith("num_batches_tracked"):
         return None
-    if k == "conv1.weight":
-        return STEM
-    m = re.match(r"bn1\.(.+)$", k)
-    if m:
-        return f"backbone.stem.conv1.norm.{m.group(1)}"
-    m = re.match(r"layer(\d)\.(\d+)\.(.+)$", k)
-    if not m:
-        return None
-    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
-    pre = f"backbone.res{stage}.{block}."
-    m2 = re.match(r"conv(\d)\.weight$", rest)
-    if m2:
-        return pre + rest
-    m2 = re.match(r"bn(\d)\.(.+)$", rest)
-    if m2:
-        return pre + f"conv{m2.group(1)}.norm.{m2.group(2)}"
-    m2 = re.match(r"downsample\.0\.weight$", rest)
-    if m2:
-        return pre + "shortcut.weight"
-    m2 = re.match(r"downsample\.1\.(.+)$", rest)
-    if m2:
-        return pre + f"shortcut.norm.{m2.group(1)}"
-    return None
+    return _first_rule(_TORCHVISION_RESNET, k)
 
 
 def _map_torchvision_detection(k: str) -> Optional[str]:
@@ -367,11 +191,7 @@ def _map_detectron2(k: str) -> Optional[str]:
          lambda m: f"roi_heads.mask_head.convs.{int(m.group(1)) - 1}.{m.group(2)}"),
         (r"roi_heads\.mask_head\.(deconv|predictor)\.(.+)$", lambda m: f"roi_heads.mask_head.{m.group(1)}.{m.group(2)}"),
     )
-    for pat, fn in rules:
-        m = re.match(pat, k)
-        if m:
-            return fn(m)
-    return None
+    return _first_rule(rules, k)
 
 
 def _map_caffe2(k: str) -> Optional[str]:
@@ -462,7 +282,6 @@ def import_weights(model: nn.Module, path: str, channel_order: str = "auto",
     report = ImportReport(path=path, scheme=scheme, channel_order=order, source_std=std)
     mapper = _MAPPERS[scheme]
     target = model.state_dict()
-    modules = dict(model.named_modules())
     mapped: Dict[str, Tensor] = {}
     source_key: Dict[str, str] = {}  # our name -> file key, for every key that maps
     for k, v in tensors.items():
@@ -477,32 +296,9 @@ def import_weights(model: nn.Module, path: str, channel_order: str = "auto",
 
     if scheme == "torchvision_detection":
         _background_last(mapped)
-    in_channels = getattr(model, "in_channels", 3)
     if STEM in mapped and order:
-        if mapped[STEM].shape[1] != 3:
-            raise WeightsError(f"{path}: first conv has {mapped[STEM].shape[1]} input channels, expected 3")
-        mapped[STEM] = convert_first_conv(mapped[STEM], order, std, model.pixel_std, in_channels)
-        mean = model.pixel_mean.flatten().cpu()
-        imagenet = torch.tensor([0.485, 0.456, 0.406]) if mean.numel() == 3 else torch.tensor([0.449])
-        if (mean - imagenet).abs().max() > 0.02:
-            report.notes.append(f"model pixel_mean {mean.tolist()} differs from the ImageNet mean these weights expect")
-        if order == "bgr" and std == MSRA_STD and not _stride_in_1x1(model):
-            report.notes.append("MSRA/Caffe2 weights were trained with the stride in the 1x1 conv: set "
-                                "model.backbone.stride_in_1x1: true")
-
-    for name in [n for n in mapped if n.endswith(".norm.weight")]:
-        base = name[: -len("weight")]
-        mod = modules.get(base[:-1])
-        file_is_bn = base + "running_mean" in source_key or "_bn_" in source_key[name] or scheme in (
-            "torchvision", "torchvision_detection")
-        if isinstance(mod, nn.GroupNorm) and file_is_bn:
-            for p in ("weight", "bias"):
-                if mapped.pop(base + p, None) is not None:
-                    report.skipped[base + p] = "BatchNorm parameters do not fit a GroupNorm layer"
-        elif hasattr(mod, "running_mean") and base + "running_mean" not in source_key:
-            # Affine-only BN (Caffe2): the statistics are folded in already (mean 0, variance 1).
-            mapped[base + "running_mean"] = torch.zeros_like(target[base + "running_mean"])
-            mapped[base + "running_var"] = torch.ones_like(target[base + "running_var"])
+        _convert_stem(model, mapped, path, order, std, report)
+    _fit_norms(model, target, mapped, source_key, scheme, report)
 
     state = {}
     for name, v in mapped.items():
@@ -519,6 +315,42 @@ def import_weights(model: nn.Module, path: str, channel_order: str = "auto",
     if verbose:
         print(report.summary())
     return report
+
+
+def _convert_stem(model: nn.Module, mapped: Dict[str, Tensor], path: str, order: str, std: Tuple[float, ...],
+                  report: ImportReport) -> None:
+    """Convert the file's first conv to our input convention (``convert_first_conv``); note a
+    pixel mean or stride placement that does not match what the weights expect."""
+    if mapped[STEM].shape[1] != 3:
+        raise WeightsError(f"{path}: first conv has {mapped[STEM].shape[1]} input channels, expected 3")
+    mapped[STEM] = convert_first_conv(mapped[STEM], order, std, model.pixel_std, getattr(model, "in_channels", 3))
+    mean = model.pixel_mean.flatten().cpu()
+    imagenet = torch.tensor([0.485, 0.456, 0.406]) if mean.numel() == 3 else torch.tensor([0.449])
+    if (mean - imagenet).abs().max() > 0.02:
+        report.notes.append(f"model pixel_mean {mean.tolist()} differs from the ImageNet mean these weights expect")
+    if order == "bgr" and std == MSRA_STD and not _stride_in_1x1(model):
+        report.notes.append("MSRA/Caffe2 weights were trained with the stride in the 1x1 conv: set "
+                            "model.backbone.stride_in_1x1: true")
+
+
+def _fit_norms(model: nn.Module, target: Dict[str, Tensor], mapped: Dict[str, Tensor], source_key: Dict[str, str],
+               scheme: str, report: ImportReport) -> None:
+    """BatchNorm parameters of the file do not go into GroupNorm layers; affine-only BN files get
+    the statistics they folded in."""
+    modules = dict(model.named_modules())
+    for name in [n for n in mapped if n.endswith(".norm.weight")]:
+        base = name[: -len("weight")]
+        mod = modules.get(base[:-1])
+        file_is_bn = base + "running_mean" in source_key or "_bn_" in source_key[name] or scheme in (
+            "torchvision", "torchvision_detection")
+        if isinstance(mod, nn.GroupNorm) and file_is_bn:
+            for p in ("weight", "bias"):
+                if mapped.pop(base + p, None) is not None:
+                    report.skipped[base + p] = "BatchNorm parameters do not fit a GroupNorm layer"
+        elif hasattr(mod, "running_mean") and base + "running_mean" not in source_key:
+            # Affine-only BN (Caffe2): the statistics are folded in already (mean 0, variance 1).
+            mapped[base + "running_mean"] = torch.zeros_like(target[base + "running_mean"])
+            mapped[base + "running_var"] = torch.ones_like(target[base + "running_var"])
 
 
 def _stride_in_1x1(model: nn.Module) -> bool:

@@ -34,10 +34,9 @@ from typing import Any, Dict, Optional
 import torch
 
 from maskrcnn.config import apply_thresholds, check_class_counts, to_dict
-from maskrcnn.engine.checkpoint import atomic_save
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import atomic_write_text
-from maskrcnn.inference.checkpoint import model_from_checkpoint, read_checkpoint
+from maskrcnn.inference.checkpoint import atomic_save, model_from_checkpoint, read_checkpoint
 from maskrcnn.inference.zoo import CARD_SUFFIX, THRESHOLDS_SUFFIX, WEIGHTS_SUFFIX, resolve_weights, zoo_dir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

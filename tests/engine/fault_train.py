@@ -11,19 +11,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import train  # noqa: E402
-from maskrcnn.engine import trainer  # noqa: E402
+from maskrcnn.engine import hooks  # noqa: E402
 
-_checkpoint = trainer.Trainer._checkpoint
+_save = hooks.CheckpointHook.save
 
 
-def _checkpoint_then_die(self, name):
-    _checkpoint(self, name)
-    if (self.iteration == int(os.environ["FAULT_AFTER"]) and self.rank == int(os.environ.get("FAULT_RANK", "1"))
+def _save_then_die(self, name):
+    _save(self, name)
+    if (self.loop.iteration == int(os.environ["FAULT_AFTER"]) and self.trainer.rank == int(os.environ.get("FAULT_RANK", "1"))
             and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-trainer.Trainer._checkpoint = _checkpoint_then_die
+hooks.CheckpointHook.save = _save_then_die
 
 if __name__ == "__main__":
     sys.exit(train.main())

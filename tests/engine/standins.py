@@ -119,3 +119,12 @@ def tiny_config(output_dir: str, *overrides: str, **solver) -> Config:
     ]
     overrides += [f"solver.{k}={v}" for k, v in solver.items()] + extra
     return load_config(None, overrides)
+
+
+def assert_same_weights_and_optimizer(a: dict, b: dict) -> None:
+    """Two checkpoints hold bitwise the same weights and optimiser state (exact-resume tests)."""
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.trainer import Trainer
 from maskrcnn.structures import Instances, MaskList

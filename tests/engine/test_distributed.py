@@ -20,7 +20,7 @@ def _worker(rank, world, init_file, tmp):
     try:
         # Another run holds "busy" (the test's process): rank 0 is refused, and rank 1 must hear of
         # it and stop too instead of waiting for rank 0 forever.
-        from maskrcnn.engine.checkpoint import RunDirectoryError
+        from maskrcnn.engine.run_directory import RunDirectoryError
 
         try:
             Trainer(tiny_config(os.path.join(tmp, "busy")), model=TinyModel(), train_dataset=TinyDataset(7),

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from maskrcnn.config import load_config
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.trainer import Trainer
-from tests.engine.standins import TinyDataset, TinyModel, tiny_config
+from tests.engine.standins import TinyDataset, TinyModel, assert_same_weights_and_optimizer, tiny_config
 
 torch.set_num_threads(1)
 
@@ -72,11 +72,7 @@ def test_fp16_resume_restores_the_scaler_and_matches_an_uninterrupted_run(tmp_pa
     assert a["scaler"]["scale"] == at_crash["scale"] / 2 and a["scaler"]["_growth_tracker"] == 1
     assert b["scaler"] == a["scaler"]
     assert a["iteration"] == b["iteration"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for k in sa:
-            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+    assert_same_weights_and_optimizer(a, b)
 
 
 def test_overflowing_steps_are_skipped(tmp_path):

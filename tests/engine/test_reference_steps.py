@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from maskrcnn.config import load_config
-from maskrcnn.engine.checkpoint import load_checkpoint
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.trainer import Trainer
 from tests.engine.standins import TinyDataset
 

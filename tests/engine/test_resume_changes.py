@@ -1,14 +1,19 @@
 """--resume with a changed config: allowed solver/train keys apply from the resume point, other
 changes and non-finite or mismatched checkpoints are refused before anything is written."""
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
-from maskrcnn.engine.checkpoint import ResumeError, load_checkpoint
+from maskrcnn.engine.resume import capture_rng_state, may_change_on_resume, restore_rng_state
+from maskrcnn.engine.run_directory import ResumeError
+from maskrcnn.inference.checkpoint import atomic_save, load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.schedule import lr_factor
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, may_change_on_resume
+from maskrcnn.engine.hooks import NonFiniteLossError
+from maskrcnn.engine.trainer import Trainer
 from tests.engine.standins import TinyDataset, tiny_config
 from tests.engine.standins import TinyModel as _TinyModel
 
@@ -175,3 +180,19 @@ def test_the_policy_table():
     for key in ("model.backbone.name", "model.anchors.sizes", "data.format", "data.classes", "data.synthetic.seed",
                 "solver.no_decay_norm_bias", "train.seed"):
         assert not may_change_on_resume(key), key
+
+
+def test_rng_state_round_trip_and_weights_only(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    state = capture_rng_state()
+    atomic_save({"model": {}, "rng": [state]}, str(tmp_path / "c.pth"))
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    loaded = load_checkpoint(str(tmp_path / "c.pth"))  # weights_only=True
+    restore_rng_state(loaded["rng"][0])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from maskrcnn.engine.checkpoint import RunDirectoryError, load_checkpoint
+from maskrcnn.engine.run_directory import BEST, RunDirectory, RunDirectoryError
+from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.trainer import Trainer
 from tests.engine.standins import TinyDataset, tiny_config
@@ -145,3 +146,28 @@ def test_resume_with_nothing_to_resume_but_an_earlier_best_is_refused(tmp_path):
 def test_resume_and_overwrite_exclude_each_other(tmp_path):
     with pytest.raises(ValueError, match="exclude"):
         _trainer(tiny_config(str(tmp_path)), resume=True, overwrite=True)
+
+
+def test_run_directory_refuses_nan_weights(tmp_path):
+    rd = RunDirectory(str(tmp_path))
+    rd.save({"model": {"w": torch.ones(2)}, "iteration": 2}, "model_0000002.pth")
+    with pytest.raises(FloatingPointError, match="w"):
+        rd.save({"model": {"w": torch.tensor([1.0, float("nan")])}, "iteration": 4}, "model_0000004.pth")
+    assert not (tmp_path / "model_0000004.pth").exists()
+    assert rd.latest() == str(tmp_path / "model_0000002.pth")
+
+
+def test_run_directory_keeps_last_k(tmp_path):
+    rd = RunDirectory(str(tmp_path), keep=2)
+    for it in (2, 4, 6, 8):
+        rd.save({"model": {"w": torch.ones(1) * it}}, rd.periodic_name(it))
+    rd.save({"model": {"w": torch.ones(1)}}, BEST, mark_last=False)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["last_checkpoint", "model_0000006.pth", "model_0000008.pth", "model_best.pth"]
+    assert rd.latest().endswith("model_0000008.pth")
+
+
+def test_last_checkpoint_naming_a_missing_file(tmp_path):
+    (tmp_path / "last_checkpoint").write_text("model_0000010.pth\n")
+    with pytest.raises(FileNotFoundError, match="model_0000010.pth"):
+        RunDirectory(str(tmp_path)).latest()

@@ -7,8 +7,9 @@ from PIL import Image
 from maskrcnn.config import ConfigError
 from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.engine.curves import read_metrics
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, check_train_config
-from tests.engine.standins import TinyDataset, tiny_config
+from maskrcnn.engine.hooks import NonFiniteLossError
+from maskrcnn.engine.trainer import Trainer, check_train_config
+from tests.engine.standins import TinyDataset, assert_same_weights_and_optimizer, tiny_config
 from tests.engine.test_validation_values import kaggle_score_by_hand
 from tests.engine.standins import TinyModel as _TinyModel
 
@@ -52,11 +53,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, solver):
     a = load_checkpoint(os.path.join(ref_dir, "model_final.pth"))
     b = load_checkpoint(os.path.join(run_dir, "model_final.pth"))
     assert a["iteration"] == b["iteration"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for k in sa:
-            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+    assert_same_weights_and_optimizer(a, b)
     assert a["loader"] == b["loader"]
     # The metrics file reads as one run: the crashed run's records are replaced, none doubled.
     assert _losses(os.path.join(ref_dir, "metrics.jsonl")) == _losses(os.path.join(run_dir, "metrics.jsonl"))

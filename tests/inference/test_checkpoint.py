@@ -1,8 +1,10 @@
+import os
+
 import pytest
 import torch
 
 from maskrcnn.config import ConfigError, load_config, to_dict
-from maskrcnn.inference.checkpoint import load_checkpoint, load_model
+from maskrcnn.inference.checkpoint import atomic_save, load_checkpoint, load_model
 from maskrcnn.model import build_model
 from tests.inference.stub_model import TINY_MODEL
 
@@ -65,3 +67,27 @@ def test_checkpoints_with_a_retired_config_key_still_load(tmp_path):
     with pytest.warns(UserWarning, match="mask_threshold=0.3 is ignored"):
         _, got = load_model(path)
     assert got.test.mask_thresh == cfg.test.mask_thresh  # it changed nothing before either
+
+
+def test_atomic_save_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "model.pth"
+    atomic_save({"model": {"w": torch.ones(3)}}, str(path))
+    real_save = torch.save
+
+    def failing_save(obj, f, *a, **k):
+        f.write(b"partial bytes")  # a write that dies half-way, as on a full disk
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        atomic_save({"model": {"w": torch.zeros(3)}}, str(path))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(tmp_path)) == ["model.pth"]
+    assert torch.equal(load_checkpoint(str(path))["model"]["w"], torch.ones(3))
+
+
+def test_atomic_save_failure_without_old_file(tmp_path):
+    path = tmp_path / "new.pth"
+    with pytest.raises(Exception):
+        atomic_save({"model": {}, "bad": lambda x: x}, str(path))  # lambdas do not pickle
+    assert os.listdir(tmp_path) == []

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from maskrcnn.model import build_model
-from maskrcnn.model.weights import WeightsError, import_weights, read_weights_file
+from maskrcnn.model.weight_files import WeightsError, read_weights_file
+from maskrcnn.model.weights import import_weights
 from tests.model.helpers import tiny_model_config
 
 IMAGENET = ["model.input.in_channels=3", "model.input.pixel_mean=[0.485,0.456,0.406]",

@@ -1,15 +1,5 @@
-"""Writing training checkpoints: atomic saves, RNG state and the run directory's files. Reading
-them (``load_checkpoint``, ``load_model``) is ``maskrcnn.inference.checkpoint``.
-
-A training checkpoint is one ``torch.save``'d dict:
-
-    {"model": state_dict, "config": to_dict(cfg), "iteration": int,
-     "optimizer": ..., "scheduler": ..., "scaler": ... | None,
-     "rng": [per-rank RNG state], "loader": {"epoch": int, "batch": int},
-     "best": {"score": float | None, "iteration": int | None}, "world_size": int}
-
-Only plain Python values and tensors are stored (numpy RNG keys become a tensor), so every file
-loads with ``torch.load(..., weights_only=True)``.
+"""The run directory (``train.output_dir``): one run at a time, its files, and where a run starts.
+Checkpoints are read and written by ``maskrcnn.inference.checkpoint``.
 
 Files in a run directory (``train.output_dir``):
 - ``model_<iteration:07d>.pth``: periodic full checkpoints (the last ``train.keep_checkpoints``);
@@ -22,20 +12,15 @@ Files in a run directory (``train.output_dir``):
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence
-
-import numpy as np
-import torch
-from torch import nn
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from maskrcnn.engine.curves import CURVES_FILE, METRICS_FILE
 from maskrcnn.errors import UserError
-from maskrcnn.fileio import FolderLock, FolderLocked, atomic_open, atomic_write_text, describe_holder, orphan_temp_files
-from maskrcnn.inference.checkpoint import load_checkpoint
-from maskrcnn.model.weights import nonfinite_tensors  # noqa: F401 - the one home; the trainer imports it from here
+from maskrcnn.fileio import FolderLock, FolderLocked, atomic_write_text, describe_holder, orphan_temp_files
+from maskrcnn.inference.checkpoint import atomic_save, load_checkpoint
+from maskrcnn.model.weight_files import nonfinite_tensors
 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL = "model_final.pth"
@@ -60,49 +45,6 @@ class RunDirectoryError(RunError):
 class ResumeError(RunError):
     """A run cannot be resumed as asked: a config change it cannot honour, a checkpoint with
     non-finite values, unreadable or not fitting the model, or a training set that changed."""
-
-
-# --------------------------------------------------------------------------- atomic writes
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` through a temp file in the same folder, fsync and ``os.replace``.
-
-    A reader never sees a partial file: on any failure (disk full, a pickling error, an
-    interrupt) the temp file is removed and ``path`` keeps its old content, if any.
-    """
-    with atomic_open(path, "wb", fsync=True) as f:
-        torch.save(obj, f)
-
-
-# ------------------------------------------------------------------------------ RNG state
-def capture_rng_state() -> Dict[str, Any]:
-    """Python, numpy, torch (CPU) and CUDA generator states as weights_only-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_state(state: Dict[str, Any]) -> None:
-    """Inverse of ``capture_rng_state``; CUDA states are restored when the device count matches."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-# ------------------------------------------------------------------------------ checks
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 # ------------------------------------------------------------------------- run directory
@@ -278,3 +220,69 @@ class RunDirectory:
         for n in periodic[: max(len(periodic) - self.keep, 0)]:
             if n != keep_name:
                 os.remove(self.path(n))
+
+
+# ---------------------------------------------------------------------- where a run starts
+def choose_start(run_dir: RunDirectory, inputs: Sequence[str], resume: bool, overwrite: bool) -> Tuple[Optional[str], List[str]]:
+    """Rank 0, holding the lock: the checkpoint to resume from (or None for a new run) and the notes
+    to log. Removes temp files of killed writes and, with ``overwrite``, the earlier run's files.
+
+    Raises:
+        RunDirectoryError: the run would replace files train.py did not write or its own
+            ``inputs``, or the folder holds an earlier run that neither ``resume`` nor
+            ``overwrite`` addresses.
+    """
+    out = run_dir.output_dir
+    notes: List[str] = []
+    removed = run_dir.remove_orphan_temp_files()
+    if removed:
+        notes.append(f"removed {len(removed)} temp file(s) of writes killed before they finished: {', '.join(removed)}")
+    path = run_dir.latest() if resume else None
+    _check_foreign_files(run_dir, inputs, resume, overwrite)
+    if path is None:
+        earlier = run_dir.checkpoint_files()
+        if earlier and not overwrite:
+            what = f"last_checkpoint names {_marker_name(run_dir)}" if LAST_CHECKPOINT in earlier else "no last_checkpoint"
+            files = ", ".join(n for n in earlier if n != LAST_CHECKPOINT)
+            if resume:
+                raise RunDirectoryError(
+                    f"nothing to resume in train.output_dir ({what}) but it holds an earlier run's {files}: "
+                    f"start over with --overwrite (removes them) or choose another train.output_dir ({out})"
+                )
+            raise RunDirectoryError(
+                f"train.output_dir holds an earlier run ({what}; {files}): continue it with --resume, replace it "
+                f"with --overwrite (removes its checkpoints), or choose another train.output_dir ({out})"
+            )
+        if overwrite:
+            removed = run_dir.remove_run_files()
+            if removed:
+                notes.append(f"--overwrite: removed the earlier run's {', '.join(removed)}")
+        if resume:
+            notes.append(f"--resume: no checkpoint in {out}; starting a new run")
+    return path, notes
+
+
+def _check_foreign_files(run_dir: RunDirectory, inputs: Sequence[str], resume: bool, overwrite: bool) -> None:
+    """RunDirectoryError when the run would replace or remove files train.py did not write: run
+    file names in a folder without a run marker (a user's own ``config.yaml``), or this run's
+    inputs (backbone weights, pseudo-labels) among the folder's run files."""
+    out = run_dir.output_dir
+    foreign = run_dir.unmarked_run_files()
+    if foreign:
+        raise RunDirectoryError(
+            f"train.output_dir holds {', '.join(foreign)} but no run marker ({RUN_MARKER}): train.py did not "
+            f"write them and would replace{' (--overwrite: remove)' if overwrite else ''} them; move them or "
+            f"choose another train.output_dir ({out})")
+    inside = run_dir.inputs_among_run_files(inputs)
+    if inside and (overwrite or not resume):
+        raise RunDirectoryError(
+            f"{inside[0]} is an input of this run and a file of its train.output_dir that the run replaces or "
+            f"--overwrite removes: copy it elsewhere first or choose another train.output_dir ({out})")
+
+
+def _marker_name(run_dir: RunDirectory) -> str:
+    try:
+        with open(run_dir.path(LAST_CHECKPOINT)) as f:
+            return f.read().strip() or "nothing"
+    except OSError:
+        return "?"
