@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from maskrcnn.config import Config, ConfigError, check_class_counts, dump_config, to_dict
+from maskrcnn.config import Config, ConfigError, check_class_counts, dump_config, resume_refusals, to_dict
 from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
@@ -49,7 +49,7 @@ from maskrcnn.engine.checkpoint import (
     unwrap,
 )
 from maskrcnn.engine.curves import CURVES_FILE, MetricsLog, draw_curves, read_metrics
-from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
+from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, set_schedule_position
 from maskrcnn.engine.validate import run_validation
 from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.progress import format_seconds
@@ -62,51 +62,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_train_config(cfg: Config) -> None:
-    """Raise ``ConfigError`` naming the key for values the trainer cannot run with."""
-    check_solver_config(cfg.solver)
-    t = cfg.train
-    for key in ("checkpoint_period", "eval_period", "log_period", "max_eval_images", "keep_checkpoints", "num_threads"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
-    if t.checkpoint_period == 0:
-        raise ConfigError("train.checkpoint_period must be >= 1 (iterations between checkpoints)")
-    if not t.output_dir:
-        raise ConfigError("train.output_dir must name a folder for checkpoints and logs")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    """Raise ``ConfigError`` for what the trainer needs beyond the keys' own checks (which ran when
+    ``cfg`` was built): a schedule that can train, one threshold per class or one for all."""
+    cfg.solver.check_schedule()
     check_class_counts(cfg.test, cfg.model.roi_heads.num_classes)
-
-
-# Config keys a resumed run may change; each applies from the resume point on (and is logged):
-# the learning rate and its schedule (evaluated at the resume iteration: a larger max_iter under
-# a cosine schedule continues at the rate the longer schedule has there), optimiser
-# hyperparameters (the saved momentum/Adam state stays valid), clipping, accumulation and mixed
-# precision, the periods and other train.* settings, the batch size (the data position is
-# converted by images seen), loader workers, augmentation, where the data lives (the training
-# split must keep its size), validation settings (test.*), and the initial-weights file (unused
-# on resume: the checkpoint holds every weight). "a.b." entries cover a whole section.
-RESUME_MAY_CHANGE = (
-    "solver.lr", "solver.max_iter", "solver.schedule", "solver.steps", "solver.gamma", "solver.warmup_iters",
-    "solver.warmup_factor", "solver.weight_decay", "solver.momentum", "solver.betas", "solver.clip_grad_norm",
-    "solver.accum_steps", "solver.amp",
-    "train.",
-    "data.batch_size", "data.num_workers", "data.root", "data.ann_file", "data.augment.",
-    "test.",
-    "model.backbone.weights", "model.backbone.weights_channel_order", "model.backbone.weights_pixel_std",
-    "model.channels_last",
-)
-# Refused although inside a section above: the epoch's data order is drawn from the seed, so a
-# new seed mid-epoch would repeat some images and skip others.
-RESUME_MAY_NOT_CHANGE = ("train.seed",)
-
-
-def may_change_on_resume(key: str) -> bool:
-    """Whether config key ``key`` (``section.name``) may differ from the checkpoint's on resume."""
-    if key in RESUME_MAY_NOT_CHANGE:
-        return False
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
 
 
 def _why_fixed(key: str) -> str:
@@ -119,23 +78,6 @@ def _why_fixed(key: str) -> str:
     if key == "train.seed":
         return "the data order of the epoch in progress"
     return "not resumable"
-
-
-def config_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` for every flattened key whose value differs (keys
-    only one side has, from an older or newer version of the config, are left out)."""
-
-    def flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    old, new = flat(saved), flat(current)
-    return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
 
 
 def seed_everything(seed: int) -> None:
@@ -216,7 +158,7 @@ class Trainer:
     Args:
         cfg: the run's configuration (sections solver, train, data, model, test).
         resume: continue from ``<output_dir>/last_checkpoint`` when it exists; the keys in
-            ``RESUME_MAY_CHANGE`` may differ from the checkpoint's config and apply from the resume
+            keys ``maskrcnn.config`` declares resumable may differ from the checkpoint's config and apply from the resume
             point on; other changes are refused (``ResumeError``).
         model: use this module instead of ``build_model(cfg.model)`` (tests use stand-ins).
         train_dataset, val_dataset: instead of ``build_dataset(cfg.data, "train"/"val")``;
@@ -409,8 +351,7 @@ class Trainer:
         if not isinstance(ck.get("config") or {}, dict):
             raise ResumeError(f"the checkpoint's config is not a mapping (a {type(ck['config']).__name__}): "
                               f"not a checkpoint train.py wrote ({path})")
-        changes = config_changes(ck.get("config") or {}, to_dict(self.cfg))
-        refused = [(k, a, b) for k, a, b in changes if not may_change_on_resume(k)]
+        refused = resume_refusals(ck.get("config") or {}, to_dict(self.cfg))
         if refused:
             parts = "; ".join(f"{k}: {a!r} -> {b!r} ({_why_fixed(k)})" for k, a, b in refused)
             raise ResumeError(

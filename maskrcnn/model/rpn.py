@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.config import ModelConfig
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
 from maskrcnn.model.matching import ignore_inside, match_boxes_batched, pad_boxes, sample_balanced_masks
@@ -276,6 +277,21 @@ class RPN(nn.Module):
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
         self.ignore_iof_thresh = ignore_iof_thresh
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, strides: Sequence[int]) -> "RPN":
+        """The RPN of ``model.rpn`` with the anchors of ``model.anchors``, on FPN levels of
+        ``in_channels`` channels and ``strides``."""
+        r = cfg.rpn
+        anchors = AnchorGenerator.from_config(cfg.anchors, strides)
+        return cls(
+            RPNHead(in_channels, anchors.num_anchors), anchors,
+            pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
+            post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
+            nms_thresh=r.nms_thresh, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+            batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+            min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta, ignore_iof_thresh=r.ignore_iof_thresh,
+        )
 
     def forward(
         self, features: List[Tensor], image_sizes: Sequence[Tuple[int, int]], gt_boxes: Optional[List[Tensor]] = None,

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
+from maskrcnn.config import may_change_on_resume
 from maskrcnn.engine.checkpoint import ResumeError, load_checkpoint
 from maskrcnn.engine.curves import read_metrics
 from maskrcnn.engine.schedule import lr_factor
-from maskrcnn.engine.trainer import NonFiniteLossError, Trainer, may_change_on_resume
+from maskrcnn.engine.trainer import NonFiniteLossError, Trainer
 from tests.engine.standins import TinyDataset, tiny_config
 from tests.engine.standins import TinyModel as _TinyModel
 
