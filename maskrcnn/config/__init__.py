@@ -18,7 +18,7 @@ from maskrcnn.config.model import (COMPILE_MODES, MAX_CLASSES, NORMS, AnchorConf
                                    InputConfig, MaskHeadConfig, ModelConfig, RoIHeadsConfig, RPNConfig)
 from maskrcnn.config.sections import (AMP_MODES, DATA_FORMATS, IMAGE_CLASS_MODES, OPTIMIZERS, SCHEDULES,
                                       AugmentConfig, Config, DataConfig, PseudoConfig, SolverConfig, SyntheticConfig,
-                                      TestConfig, TrainConfig, may_change_on_resume, resume_refusals)
+                                      TestConfig, TrainConfig, may_change_on_resume, resume_changes)
 from maskrcnn.config.thresholds import (PREDICT_MODEL_KEYS, apply_thresholds, check_class_counts, override_test_config,
                                         split_predict_overrides)
 from maskrcnn.config.yamlfile import load_yaml, read_yaml_mapping
@@ -31,5 +31,5 @@ __all__ = [
     "SyntheticConfig", "TestConfig", "TrainConfig",
     "apply_thresholds", "check_class_counts", "config_changes", "config_keys", "did_you_mean", "dump_config",
     "from_dict", "load_config", "load_yaml", "may_change_on_resume", "override_test_config", "parse_overrides",
-    "read_yaml_mapping", "reject_repeated_keys", "resume_refusals", "split_predict_overrides", "suggest_key", "to_dict",
+    "read_yaml_mapping", "reject_repeated_keys", "resume_changes", "split_predict_overrides", "suggest_key", "to_dict",
 ]

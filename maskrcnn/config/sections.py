@@ -257,6 +257,7 @@ class Config(Section):
 
 # ------------------------------------------------------------------------- resume
 _RESUME_POLICY: Dict[str, bool] = resume_policy(Config)
+Change = Tuple[str, Any, Any]
 
 
 def may_change_on_resume(name: str) -> bool:
@@ -265,7 +266,10 @@ def may_change_on_resume(name: str) -> bool:
     return _RESUME_POLICY.get(name, False)
 
 
-def resume_refusals(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` for every key that differs between a checkpoint's saved
-    config and the current one (both as ``to_dict`` writes them) and that ``--resume`` may not change."""
-    return [c for c in config_changes(saved, current) if not may_change_on_resume(c[0])]
+def resume_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> Tuple[List[Change], List[Change]]:
+    """The keys that differ between a checkpoint's saved config and the current one (both as
+    ``to_dict`` writes them), as ``(key, saved value, current value)``: ``(allowed, refused)``, those
+    ``--resume`` may change (they apply from the resume point on) and those it may not."""
+    changes = config_changes(saved, current)
+    return ([c for c in changes if may_change_on_resume(c[0])],
+            [c for c in changes if not may_change_on_resume(c[0])])

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 from tqdm import tqdm
 
-from maskrcnn.config import Config, ConfigError, check_class_counts, dump_config, resume_refusals, to_dict
+from maskrcnn.config import Config, ConfigError, check_class_counts, dump_config, resume_changes, to_dict
 from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.checkpoint import (
@@ -351,7 +351,7 @@ class Trainer:
         if not isinstance(ck.get("config") or {}, dict):
             raise ResumeError(f"the checkpoint's config is not a mapping (a {type(ck['config']).__name__}): "
                               f"not a checkpoint train.py wrote ({path})")
-        refused = resume_refusals(ck.get("config") or {}, to_dict(self.cfg))
+        changes, refused = resume_changes(ck.get("config") or {}, to_dict(self.cfg))
         if refused:
             parts = "; ".join(f"{k}: {a!r} -> {b!r} ({_why_fixed(k)})" for k, a, b in refused)
             raise ResumeError(
