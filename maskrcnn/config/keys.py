@@ -50,10 +50,10 @@ def positive_list(name: str, value: Sequence[float]) -> Optional[str]:
     return None
 
 
-def key(default: Any, *checks: Check, resume: Optional[bool] = None, doc: str = "") -> Any:
+def key(default: Any, *checks: Check, resume: Optional[bool] = None) -> Any:
     """A config key: its default, its checks and whether ``--resume`` may change it (None: the
     section's ``RESUME``). The type is the field's annotation."""
-    return dataclasses.field(default=default, metadata={"checks": checks, "resume": resume, "doc": doc})
+    return dataclasses.field(default=default, metadata={"checks": checks, "resume": resume})
 
 
 def section(cls: type, resume: Optional[bool] = None) -> Any:
