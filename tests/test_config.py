@@ -94,7 +94,7 @@ def test_base_errors_name_the_chain_and_the_file(tmp_path):
 def test_every_key_is_declared_with_key_and_checked_when_a_section_is_built():
     import dataclasses
 
-    from maskrcnn.config import Config, InputConfig, SolverConfig, config_keys, may_change_on_resume
+    from maskrcnn.config import AnchorConfig, Config, InputConfig, SolverConfig, config_keys, may_change_on_resume
 
     def fields(cls):
         for f in dataclasses.fields(cls):
@@ -104,8 +104,11 @@ def test_every_key_is_declared_with_key_and_checked_when_a_section_is_built():
                 yield from fields(sub)
 
     assert all("resume" in f.metadata for f in fields(Config))  # key(...) or section(...), nothing bare
+    with pytest.raises(ConfigError, match=r"model\.anchors\.scales_per_octave must be >= 1"):
+        dataclasses.replace(AnchorConfig(), scales_per_octave=0)  # replace builds a section: the same checks run
+    solver = SolverConfig(lr=0.0, max_iter=7)  # training-only sections validate where training starts
     with pytest.raises(ConfigError, match=r"solver\.lr must be > 0"):
-        dataclasses.replace(SolverConfig(), lr=0.0)  # replace builds a section: the same checks run
+        solver.validate()
     with pytest.raises(ConfigError, match=r"model\.input\.pixel_mean: need 1 or 3 values"):
         InputConfig(pixel_mean=(0.1, 0.2))  # a rule between two keys, the section's check()
     resumable = [k for k in config_keys() if may_change_on_resume(k)]

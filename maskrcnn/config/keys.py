@@ -1,10 +1,12 @@
 """How a config key is declared: ``key(default, *checks, resume=...)`` beside its section.
 
 A section is a frozen dataclass deriving from ``Section``; each field is declared once with its
-type (the annotation), its default, its checks and whether ``--resume`` may change it. Building a
-section runs ``check_keys`` (the declared checks, in field order) and then the section's
-``check()`` (rules between its keys), so a config file, ``--set``, a thresholds file, a checkpoint's
-saved config and ``dataclasses.replace`` all get the same checks.
+type (the annotation), its default, its checks and whether ``--resume`` may change it.
+``Section.validate`` runs ``check_keys`` (the declared checks, in field order) and then the
+section's ``check()`` (rules between its keys). Sections validate when built, so a config file,
+``--set``, a thresholds file, a checkpoint's saved config and ``dataclasses.replace`` all get the
+same checks; the training-only sections (``solver``, ``train``) validate where training starts, so
+a config that only evaluates or predicts need not hold a schedule that could train.
 """
 from __future__ import annotations
 
@@ -62,13 +64,20 @@ def section(cls: type, resume: Optional[bool] = None) -> Any:
 
 
 class Section:
-    """Base of the config sections: checks on construction; ``PREFIX`` is the section's dotted name
-    (``model.anchors``) and ``RESUME`` whether ``--resume`` may change its keys by default."""
+    """Base of the config sections: ``PREFIX`` is the section's dotted name (``model.anchors``),
+    ``RESUME`` whether ``--resume`` may change its keys by default and ``CHECK_WHEN_BUILT`` whether
+    ``validate()`` runs on construction (else where the section is used, e.g. by the trainer)."""
 
     PREFIX: ClassVar[str] = ""
     RESUME: ClassVar[bool] = False
+    CHECK_WHEN_BUILT: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        if self.CHECK_WHEN_BUILT:
+            self.validate()
+
+    def validate(self) -> None:
+        """ConfigError naming the key for the first value the declared checks or ``check()`` refuse."""
         check_keys(self)
         self.check()
 

@@ -123,6 +123,7 @@ class SolverConfig(Section):
 
     PREFIX = "solver"
     RESUME = True
+    CHECK_WHEN_BUILT = False  # validated where training starts (build_optimizer, the trainer)
 
     optimizer: str = key("sgd", one_of(OPTIMIZERS, "{key}: unknown optimizer {v!r}; choose one of {choices}"),
                          resume=False)  # sgd | adamw
@@ -143,10 +144,7 @@ class SolverConfig(Section):
     # no weight decay on biases and norm-layer parameters
     no_decay_norm_bias: bool = key(True, resume=False)
 
-    def check_schedule(self) -> None:
-        """Rules between the schedule's keys, checked where a schedule is built (``build_optimizer``,
-        the trainer), not on construction: a config that only evaluates or predicts (``max_iter=7``
-        with the default warmup) need not hold a schedule that could train."""
+    def check(self) -> None:
         if self.warmup_iters < 0 or self.warmup_iters > self.max_iter:
             raise ConfigError(f"solver.warmup_iters must be in [0, max_iter={self.max_iter}], got {self.warmup_iters}")
         if self.schedule != "multistep":
@@ -166,6 +164,7 @@ class SolverConfig(Section):
 class TrainConfig(Section):
     PREFIX = "train"
     RESUME = True  # the periods and other run settings apply from the resume point on
+    CHECK_WHEN_BUILT = False  # validated where training starts (the trainer)
 
     output_dir: str = key("output/run", rule(bool, "{key} must name a folder for checkpoints and logs"))
     checkpoint_period: int = key(500, _at_least(0), rule(

@@ -107,7 +107,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or AdamW over ``model``'s trainable parameters."""
-    cfg.check_schedule()
+    cfg.validate()
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -116,7 +116,7 @@ def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimize
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> WarmupSchedule:
     """The warmup + multistep/cosine schedule; ``scheduler.step()`` once per optimiser step."""
-    cfg.check_schedule()
+    cfg.validate()
     return WarmupSchedule(optimizer, cfg)
 
 

@@ -62,9 +62,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_train_config(cfg: Config) -> None:
-    """Raise ``ConfigError`` for what the trainer needs beyond the keys' own checks (which ran when
-    ``cfg`` was built): a schedule that can train, one threshold per class or one for all."""
-    cfg.solver.check_schedule()
+    """Raise ``ConfigError`` naming the key for values the trainer cannot run with: the training
+    sections' declared checks (``maskrcnn.config``), one threshold per class or one for all."""
+    cfg.solver.validate()
+    cfg.train.validate()
     check_class_counts(cfg.test, cfg.model.roi_heads.num_classes)
 
 
