@@ -151,7 +151,7 @@ def run_worker(args) -> dict:
     tv = args.worker.startswith("tv_")
     out = {"worker": args.worker, "device": str(device)}
     if args.worker == "paste":
-        from maskrcnn.model.roi_heads import paste_masks
+        from maskrcnn.model.mask_head import paste_masks
 
         n = args.paste_count
         g = torch.Generator().manual_seed(1)

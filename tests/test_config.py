@@ -62,6 +62,59 @@ def test_circular_base_and_missing_file(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
+def test_base_lists_replace_and_chains_resolve_relative_to_each_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("model:\n  anchors:\n    sizes: [4, 8, 16, 32, 64]\n    aspect_ratios: [0.5, 1.0, 2.0]\n"
+                                        "test:\n  tta: [hflip, vflip]\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nmodel:\n  anchors:\n    aspect_ratios: [1.0]\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: mid.yaml\ntest:\n  tta: [rot90]\n")
+    cfg = load_config(str(tmp_path / "sub" / "leaf.yaml"))
+    assert cfg.model.anchors.aspect_ratios == (1.0,)  # a list replaces the base's list, it does not extend it
+    assert cfg.model.anchors.sizes == (4.0, 8.0, 16.0, 32.0, 64.0)  # from the root, two files up
+    assert cfg.test.tta == ("rot90",)
+
+
+def test_base_errors_name_the_chain_and_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"circular 'base:' chain .*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(str(tmp_path / "self.yaml"))
+    (tmp_path / "child.yaml").write_text("base: gone.yaml\nsolver:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"base file not found: .*gone\.yaml \(the 'base:' of .*child\.yaml\)"):
+        load_config(str(tmp_path / "child.yaml"))
+    (tmp_path / "two.yaml").write_text("base: [a.yaml, b.yaml]\n")
+    with pytest.raises(ConfigError, match="base: must name one YAML file"):
+        load_config(str(tmp_path / "two.yaml"))
+
+
+def test_every_key_is_declared_with_key_and_checked_when_a_section_is_built():
+    import dataclasses
+
+    from maskrcnn.config import AnchorConfig, Config, InputConfig, SolverConfig, config_keys, may_change_on_resume
+
+    def fields(cls):
+        for f in dataclasses.fields(cls):
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            yield f
+            if sub is not None and dataclasses.is_dataclass(sub):
+                yield from fields(sub)
+
+    assert all("resume" in f.metadata for f in fields(Config))  # key(...) or section(...), nothing bare
+    with pytest.raises(ConfigError, match=r"model\.anchors\.scales_per_octave must be >= 1"):
+        dataclasses.replace(AnchorConfig(), scales_per_octave=0)  # replace builds a section: the same checks run
+    solver = SolverConfig(lr=0.0, max_iter=7)  # training-only sections validate where training starts
+    with pytest.raises(ConfigError, match=r"solver\.lr must be > 0"):
+        solver.validate()
+    with pytest.raises(ConfigError, match=r"model\.input\.pixel_mean: need 1 or 3 values"):
+        InputConfig(pixel_mean=(0.1, 0.2))  # a rule between two keys, the section's check()
+    resumable = [k for k in config_keys() if may_change_on_resume(k)]
+    assert "solver.lr" in resumable and "train.seed" not in resumable and "model.backbone.name" not in resumable
+
+
 def test_dump_and_reload_round_trip(tmp_path):
     cfg = load_config(None, ["solver.lr=0.003", "test.score_thresh=[0.2, 0.3, 0.4]"])
     path = tmp_path / "cfg.yaml"

@@ -228,8 +228,7 @@ def build_reader(cfg):
         from maskrcnn.formats.dataset_cache import CacheDataset
 
         return CacheDataset(cfg.root, class_agnostic=cfg.class_agnostic, classes=tuple(cfg.classes))
-    raise ValueError(f"unknown data.format {fmt!r}; expected synthetic, sartorius, sartorius_unlabeled, coco, "
-                     f"dsb2018, label_folders or cache")
+    raise ValueError(f"unknown data.format {fmt!r}")  # DataConfig refuses it when built (maskrcnn.config)
 
 
 def _cached_reader(cfg):

@@ -20,11 +20,10 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from maskrcnn.config import Config, ConfigError, to_dict
+from maskrcnn.config import Config, ConfigError, config_changes, to_dict
 from maskrcnn.data import build_dataset
 from maskrcnn.device import resolve_device
 from maskrcnn.engine import distributed as du
-from maskrcnn.engine.resume import config_changes
 from maskrcnn.engine.trainer import amp_context
 from maskrcnn.engine.validate import run_validation
 from maskrcnn.evaluation.coco_ap import MAX_DETS, format_coco_report

@@ -10,42 +10,12 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from maskrcnn.config import Config, to_dict
+from maskrcnn.config import Config, resume_changes, to_dict
 from maskrcnn.engine.run_directory import CONFIG_FILE, LAST_CHECKPOINT, ResumeError, RunDirectory
 from maskrcnn.inference.checkpoint import load_checkpoint
 from maskrcnn.model.weight_files import nonfinite_kind, nonfinite_tensors
 
 logger = logging.getLogger("maskrcnn.engine")
-
-# Config keys a resumed run may change; each applies from the resume point on (and is logged):
-# the learning rate and its schedule (evaluated at the resume iteration: a larger max_iter under
-# a cosine schedule continues at the rate the longer schedule has there), optimiser
-# hyperparameters (the saved momentum/Adam state stays valid), clipping, accumulation and mixed
-# precision, the periods and other train.* settings, the batch size (the data position is
-# converted by images seen), loader workers, augmentation, where the data lives (the training
-# split must keep its size), validation settings (test.*), and the initial-weights file (unused
-# on resume: the checkpoint holds every weight). "a.b." entries cover a whole section.
-RESUME_MAY_CHANGE = (
-    "solver.lr", "solver.max_iter", "solver.schedule", "solver.steps", "solver.gamma", "solver.warmup_iters",
-    "solver.warmup_factor", "solver.weight_decay", "solver.momentum", "solver.betas", "solver.clip_grad_norm",
-    "solver.accum_steps", "solver.amp",
-    "train.",
-    "data.batch_size", "data.num_workers", "data.root", "data.ann_file", "data.augment.",
-    "test.",
-    "model.backbone.weights", "model.backbone.weights_channel_order", "model.backbone.weights_pixel_std",
-    "model.channels_last",
-)
-# Refused although inside a section above: the epoch's data order is drawn from the seed, so a
-# new seed mid-epoch would repeat some images and skip others.
-RESUME_MAY_NOT_CHANGE = ("train.seed",)
-
-
-def may_change_on_resume(key: str) -> bool:
-    """Whether config key ``key`` (``section.name``) may differ from the checkpoint's on resume."""
-    if key in RESUME_MAY_NOT_CHANGE:
-        return False
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
-
 
 def _why_fixed(key: str) -> str:
     if key.startswith("model."):
@@ -59,28 +29,11 @@ def _why_fixed(key: str) -> str:
     return "not resumable"
 
 
-def config_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` for every flattened key whose value differs (keys
-    only one side has, from an older or newer version of the config, are left out)."""
-
-    def flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    old, new = flat(saved), flat(current)
-    return [(k, old[k], new[k]) for k in sorted(new) if k in old and old[k] != new[k]]
-
-
 def check_resume_compatible(saved: Dict[str, Any], cfg: Config, path: str) -> List[Tuple[str, Any, Any]]:
-    """The config changes from the checkpoint's ``saved`` config to ``cfg`` (``config_changes``);
-    ``ResumeError`` naming each key a resumed run cannot change."""
-    changes = config_changes(saved, to_dict(cfg))
-    refused = [(k, a, b) for k, a, b in changes if not may_change_on_resume(k)]
+    """The config changes from the checkpoint's ``saved`` config to ``cfg`` that a resumed run
+    applies; ``ResumeError`` naming each key it cannot change (each key's ``resume`` declaration,
+    ``maskrcnn.config.resume_changes``)."""
+    changes, refused = resume_changes(saved, to_dict(cfg))
     if refused:
         parts = "; ".join(f"{k}: {a!r} -> {b!r} ({_why_fixed(k)})" for k, a, b in refused)
         raise ResumeError(

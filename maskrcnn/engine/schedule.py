@@ -19,11 +19,7 @@ from typing import List
 import torch
 from torch import nn
 
-from maskrcnn.config import ConfigError, SolverConfig
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine")
-AMP_MODES = ("", "bf16", "fp16")
+from maskrcnn.config import SCHEDULES, ConfigError, SolverConfig
 
 # Parameters of these layers get no weight decay when ``solver.no_decay_norm_bias`` is set:
 # decaying a norm layer's scale towards 0 fights the normalisation and helps nothing.
@@ -37,43 +33,6 @@ _NORM_TYPES = (
     nn.InstanceNorm2d,
     nn.LocalResponseNorm,
 )
-
-
-def check_solver_config(cfg: SolverConfig) -> None:
-    """Raise ``ConfigError`` naming the key for a solver section that cannot train."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"solver.optimizer: unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"solver.schedule: unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if cfg.amp not in AMP_MODES:
-        raise ConfigError(f"solver.amp: unknown mode {cfg.amp!r}; choose one of '' (off), bf16, fp16")
-    if not cfg.lr > 0:
-        raise ConfigError(f"solver.lr must be > 0, got {cfg.lr}")
-    if cfg.max_iter < 1:
-        raise ConfigError(f"solver.max_iter must be >= 1, got {cfg.max_iter}")
-    if cfg.accum_steps < 1:
-        raise ConfigError(f"solver.accum_steps must be >= 1 (micro-batches per optimiser step), got {cfg.accum_steps}")
-    if cfg.weight_decay < 0:
-        raise ConfigError(f"solver.weight_decay must be >= 0, got {cfg.weight_decay}")
-    if cfg.clip_grad_norm < 0:
-        raise ConfigError(f"solver.clip_grad_norm must be >= 0 (0 = off), got {cfg.clip_grad_norm}")
-    if not 0 <= cfg.momentum < 1:
-        raise ConfigError(f"solver.momentum must be in [0, 1), got {cfg.momentum}")
-    if not all(0 <= b < 1 for b in cfg.betas):
-        raise ConfigError(f"solver.betas must be in [0, 1), got {list(cfg.betas)}")
-    if cfg.warmup_iters < 0 or cfg.warmup_iters > cfg.max_iter:
-        raise ConfigError(f"solver.warmup_iters must be in [0, max_iter={cfg.max_iter}], got {cfg.warmup_iters}")
-    if not 0 < cfg.warmup_factor <= 1:
-        raise ConfigError(f"solver.warmup_factor must be in (0, 1], got {cfg.warmup_factor}")
-    if cfg.schedule == "multistep":
-        steps = list(cfg.steps)
-        if any(b <= a for a, b in zip(steps, steps[1:])):
-            raise ConfigError(f"solver.steps must be strictly increasing, got {steps}")
-        bad = [s for s in steps if s <= 0 or s > cfg.max_iter]
-        if bad:
-            raise ConfigError(f"solver.steps {bad} lie outside (0, max_iter={cfg.max_iter}]: those decays would never happen")
-        if not 0 < cfg.gamma <= 1:
-            raise ConfigError(f"solver.gamma must be in (0, 1], got {cfg.gamma}")
 
 
 def lr_factor(cfg: SolverConfig, iteration: int) -> float:
@@ -148,7 +107,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or AdamW over ``model``'s trainable parameters."""
-    check_solver_config(cfg)
+    cfg.validate()
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -157,7 +116,7 @@ def build_optimizer(model: nn.Module, cfg: SolverConfig) -> torch.optim.Optimize
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: SolverConfig) -> WarmupSchedule:
     """The warmup + multistep/cosine schedule; ``scheduler.step()`` once per optimiser step."""
-    check_solver_config(cfg)
+    cfg.validate()
     return WarmupSchedule(optimizer, cfg)
 
 

@@ -50,26 +50,16 @@ from maskrcnn.engine.resume import (
     restore_rng_state,
 )
 from maskrcnn.engine.run_directory import ResumeError, RunDirectory, RunDirectoryError, choose_start
-from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, set_schedule_position
+from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, set_schedule_position
 
 logger = logging.getLogger("maskrcnn.engine")
 
 
 def check_train_config(cfg: Config) -> None:
-    """Raise ``ConfigError`` naming the key for values the trainer cannot run with."""
-    check_solver_config(cfg.solver)
-    t = cfg.train
-    for key in ("checkpoint_period", "eval_period", "log_period", "max_eval_images", "keep_checkpoints", "num_threads"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
-    if t.checkpoint_period == 0:
-        raise ConfigError("train.checkpoint_period must be >= 1 (iterations between checkpoints)")
-    if not t.output_dir:
-        raise ConfigError("train.output_dir must name a folder for checkpoints and logs")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    """Raise ``ConfigError`` naming the key for values the trainer cannot run with: the training
+    sections' declared checks (``maskrcnn.config``), one threshold per class or one for all."""
+    cfg.solver.validate()
+    cfg.train.validate()
     check_class_counts(cfg.test, cfg.model.roi_heads.num_classes)
 
 

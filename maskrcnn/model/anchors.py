@@ -14,6 +14,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.config import AnchorConfig
+
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
     """``Tensor[len(sizes) * len(aspect_ratios), 4]`` xyxy anchors centred at 0 (sizes outer)."""
@@ -56,6 +58,11 @@ class AnchorGenerator(nn.Module):
             self.register_buffer(f"cell_anchors_{i}", cell_anchors(sz, aspect_ratios), persistent=False)
         self.num_anchors = len(aspect_ratios) * scales_per_octave
         self._cache: Dict[Tuple, Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: AnchorConfig, strides: Sequence[int]) -> "AnchorGenerator":
+        """The anchors of ``model.anchors`` for feature levels of ``strides``."""
+        return cls(cfg.sizes, cfg.aspect_ratios, strides, cfg.scales_per_octave, cfg.offset)
 
     def grid_anchors(self, level: int, height: int, width: int) -> Tensor:
         """``Tensor[height * width * A, 4]`` anchors of one level (cached per shape and device)."""

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.config import NORMS, BackboneConfig, ConfigError
+
 # Blocks per stage res2..res5.
 RESNET_DEPTHS = {
     "resnet18": (2, 2, 2, 2),
@@ -33,7 +35,6 @@ RESNET_DEPTHS = {
     "resnext101_32x8d": (3, 4, 23, 3),
 }
 BASIC_BLOCK_NAMES = ("resnet18", "resnet34")
-NORMS = ("frozen_bn", "gn", "bn")
 GN_GROUPS = 32
 
 
@@ -302,3 +303,16 @@ def build_resnet(name: str, in_channels: int = 3, norm: str = "frozen_bn", freez
         freeze_at=freeze_at, stride_in_1x1=stride_in_1x1,
     )
 
+
+def build_backbone(cfg: BackboneConfig, in_channels: int) -> Backbone:
+    """The backbone ``cfg.name`` names (a plain ``if`` per family), checked against the contract."""
+    if cfg.name in RESNET_DEPTHS:
+        backbone = build_resnet(
+            cfg.name, in_channels=in_channels, norm=cfg.norm, freeze_at=cfg.freeze_at, groups=cfg.groups,
+            width_per_group=cfg.width_per_group, stem_out_channels=cfg.stem_out_channels,
+            res2_out_channels=cfg.res2_out_channels, stride_in_1x1=cfg.stride_in_1x1,
+        )
+    else:
+        raise ConfigError(f"model.backbone.name: unknown backbone {cfg.name!r}; valid: {', '.join(RESNET_DEPTHS)}")
+    check_backbone(backbone)
+    return backbone

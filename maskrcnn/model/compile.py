@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-COMPILE_MODES = ("none", "regional")
+from maskrcnn.config import COMPILE_MODES
 
 
 def compile_regions_of(model: nn.Module) -> Dict[str, nn.Module]:

@@ -11,6 +11,7 @@ from typing import List, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.config import FPNConfig
 from maskrcnn.model.backbone import ConvNorm
 
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6
@@ -40,6 +41,11 @@ class FPN(nn.Module):
                 nn.init.kaiming_uniform_(m.weight, a=1)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_config(cls, cfg: FPNConfig, in_channels: Sequence[int]) -> "FPN":
+        """The FPN of ``model.fpn`` over a backbone with ``in_channels`` (``Backbone.out_channels``)."""
+        return cls(in_channels, cfg.out_channels, cfg.norm)
 
     def forward(self, features: List[Tensor]) -> List[Tensor]:
         """``[C2, C3, C4, C5]`` -> ``[P2, P3, P4, P5, P6]`` (Tensor[B, out_channels, H/s, W/s])."""

@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maskrcnn.model.backbone import Backbone
+from maskrcnn.config import ConfigError, ModelConfig
+from maskrcnn.model.backbone import Backbone, build_backbone
 from maskrcnn.model.fpn import FPN
+from maskrcnn.model.mask_head import paste_masks
 from maskrcnn.model.normalize import NORMALIZE_MODES, check_percentiles, normalize_by_ranges, percentile_ranges
-from maskrcnn.model.roi_heads import RoIHeads, paste_masks
+from maskrcnn.model.roi_heads import RoIHeads
 from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
 
@@ -111,6 +113,28 @@ class MaskRCNN(nn.Module):
         self.last_demand: Optional[Tensor] = None
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "MaskRCNN":
+        """Mask R-CNN of ``cfg`` (a ``ModelConfig``) with random weights; the stages are built in the
+        order backbone, FPN, RPN, RoI heads, which fixes the random draws (and so the weights) of a seed."""
+        inp = cfg.input
+        try:
+            backbone = build_backbone(cfg.backbone, inp.in_channels)
+            fpn = FPN.from_config(cfg.fpn, backbone.out_channels)
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"model.backbone/fpn: {e}") from None
+        rpn = RPN.from_config(cfg, fpn.out_channels, fpn.strides)
+        roi_heads = RoIHeads.from_config(cfg, fpn.out_channels, fpn.strides[:4])  # RoIs are pooled from P2..P5
+        return cls(
+            backbone, fpn, rpn, roi_heads, in_channels=inp.in_channels, pixel_mean=inp.pixel_mean,
+            pixel_std=inp.pixel_std, min_size_train=inp.min_size_train, max_size_train=inp.max_size_train,
+            min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
+            size_divisibility=inp.size_divisibility, channels_last=False,
+            normalize=inp.normalize, percentile_low=inp.percentile_low, percentile_high=inp.percentile_high,
+        )
 
     @property
     def device(self) -> torch.device:

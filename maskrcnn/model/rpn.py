@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskrcnn.config import ModelConfig
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
 from maskrcnn.model.matching import ignore_inside, match_boxes_batched, pad_boxes, sample_balanced_masks
@@ -99,36 +100,8 @@ def find_top_proposals(
         list of ``Tensor[R_i, 4]`` boxes per image, by decreasing objectness, ``R_i <= post_nms_topk``.
     """
     B = logits[0].shape[0]
-    dev = logits[0].device
-    # Top-k per level (levels differ in size), then one gather and one decode for all levels.
-    all_idx, all_scores, all_levels = [], [], []
-    start = 0
-    confident = None
-    dropped: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in range(B)]  # per image: (boxes, scores)
-    for lvl, lg in enumerate(logits):
-        k = min(pre_nms_topk, lg.shape[1])
-        scores, idx = lg.float().topk(k, dim=1)  # [B, k]
-        if demand is not None:  # objectness >= 0.5 <=> logit >= 0
-            n = (lg >= 0).sum(dim=1)
-            confident = n if confident is None else torch.maximum(confident, n)
-            if int(n.max()) > k:  # (eval only: one sync per level)
-                _dropped_anchors(lg, deltas[lvl], anchors[lvl], idx, image_sizes, dropped)
-        all_idx.append(idx + start)
-        all_scores.append(scores)
-        all_levels.append(torch.full((k,), lvl, dtype=torch.long, device=dev))
-        start += lg.shape[1]
-    idx = torch.cat(all_idx, dim=1)  # [B, N] into the levels' concatenation
-    scores = torch.cat(all_scores, dim=1)
-    levels = torch.cat(all_levels)[None].expand(B, -1)
-    n = idx.shape[1]
-    d = torch.cat(deltas, dim=1).gather(1, idx[..., None].expand(B, n, 4))
-    boxes = decode_boxes(d.reshape(-1, 4), torch.cat(anchors)[idx.reshape(-1)], RPN_BOX_WEIGHTS).reshape(B, n, 4)
-    hw = torch.tensor(image_sizes, dtype=torch.float32, device=dev)  # [B, 2]
-    x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])
-    y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])
-    boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-    valid = torch.isfinite(boxes).all(dim=-1) & torch.isfinite(scores)
-    valid &= ((boxes[..., 2] - boxes[..., 0]) > min_size) & ((boxes[..., 3] - boxes[..., 1]) > min_size)
+    idx, scores, levels, confident, dropped = _top_anchors(logits, deltas, anchors, image_sizes, pre_nms_topk, demand)
+    boxes, valid = _decode_proposals(idx, deltas, anchors, scores, image_sizes, min_size)
     # NMS one image at a time (levels apart): its cost grows with the square of the boxes given at
     # once, and all images of a batch in one call (B x levels x pre_nms_topk boxes) made the NMS
     # kernel the largest item of a GPU training step (46 of ~125 ms at batch 8, H200 profile).
@@ -153,6 +126,49 @@ def find_top_proposals(
         demand["pre_lost"] = lost_pre
         demand["post_lost"] = lost_post
     return out
+
+
+def _top_anchors(logits: List[Tensor], deltas: List[Tensor], anchors: List[Tensor],
+                 image_sizes: Sequence[Tuple[int, int]], pre_nms_topk: int, demand: Optional[Dict[str, Tensor]]):
+    """The ``pre_nms_topk`` best anchors of each level per image (levels differ in size), as indices
+    into the levels' concatenation ``Tensor[B, N]``, their logits and levels; with ``demand``, also the
+    most confident anchors of one level per image and (per image) the confident ones the cap dropped."""
+    B = logits[0].shape[0]
+    dev = logits[0].device
+    all_idx, all_scores, all_levels = [], [], []
+    start = 0
+    confident = None
+    dropped: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in range(B)]  # per image: (boxes, scores)
+    for lvl, lg in enumerate(logits):
+        k = min(pre_nms_topk, lg.shape[1])
+        scores, idx = lg.float().topk(k, dim=1)  # [B, k]
+        if demand is not None:  # objectness >= 0.5 <=> logit >= 0
+            n = (lg >= 0).sum(dim=1)
+            confident = n if confident is None else torch.maximum(confident, n)
+            if int(n.max()) > k:  # (eval only: one sync per level)
+                _dropped_anchors(lg, deltas[lvl], anchors[lvl], idx, image_sizes, dropped)
+        all_idx.append(idx + start)
+        all_scores.append(scores)
+        all_levels.append(torch.full((k,), lvl, dtype=torch.long, device=dev))
+        start += lg.shape[1]
+    levels = torch.cat(all_levels)[None].expand(B, -1)
+    return torch.cat(all_idx, dim=1), torch.cat(all_scores, dim=1), levels, confident, dropped
+
+
+def _decode_proposals(idx: Tensor, deltas: List[Tensor], anchors: List[Tensor], scores: Tensor,
+                      image_sizes: Sequence[Tuple[int, int]], min_size: float) -> Tuple[Tensor, Tensor]:
+    """The boxes of the anchors ``idx`` (``Tensor[B, N]``; one gather and one decode for all levels),
+    clipped to their images, and which are valid (finite, wider and taller than ``min_size``)."""
+    B, n = idx.shape
+    d = torch.cat(deltas, dim=1).gather(1, idx[..., None].expand(B, n, 4))
+    boxes = decode_boxes(d.reshape(-1, 4), torch.cat(anchors)[idx.reshape(-1)], RPN_BOX_WEIGHTS).reshape(B, n, 4)
+    hw = torch.tensor(image_sizes, dtype=torch.float32, device=idx.device)  # [B, 2]
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), hw[:, None, 1:2])
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), hw[:, None, 0:1])
+    boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+    valid = torch.isfinite(boxes).all(dim=-1) & torch.isfinite(scores)
+    valid &= ((boxes[..., 2] - boxes[..., 0]) > min_size) & ((boxes[..., 3] - boxes[..., 1]) > min_size)
+    return boxes, valid
 
 
 LOST_IOU = 0.5  # a dropped box overlapping a kept one at least this much is a duplicate, not a lost object
@@ -276,6 +292,21 @@ class RPN(nn.Module):
         self.min_size = min_size
         self.smooth_l1_beta = smooth_l1_beta
         self.ignore_iof_thresh = ignore_iof_thresh
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, strides: Sequence[int]) -> "RPN":
+        """The RPN of ``model.rpn`` with the anchors of ``model.anchors``, on FPN levels of
+        ``in_channels`` channels and ``strides``."""
+        r = cfg.rpn
+        anchors = AnchorGenerator.from_config(cfg.anchors, strides)
+        return cls(
+            RPNHead(in_channels, anchors.num_anchors), anchors,
+            pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
+            post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
+            nms_thresh=r.nms_thresh, fg_iou_thresh=r.fg_iou_thresh, bg_iou_thresh=r.bg_iou_thresh,
+            batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+            min_size=r.min_size, smooth_l1_beta=r.smooth_l1_beta, ignore_iof_thresh=r.ignore_iof_thresh,
+        )
 
     def forward(
         self, features: List[Tensor], image_sizes: Sequence[Tuple[int, int]], gt_boxes: Optional[List[Tensor]] = None,

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn.engine.resume import capture_rng_state, may_change_on_resume, restore_rng_state
+from maskrcnn.config import may_change_on_resume
+from maskrcnn.engine.resume import capture_rng_state, restore_rng_state
 from maskrcnn.engine.run_directory import ResumeError
 from maskrcnn.inference.checkpoint import atomic_save, load_checkpoint
 from maskrcnn.engine.curves import read_metrics

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from maskrcnn.config import ConfigError, SolverConfig
-from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, check_solver_config, lr_factor
+from maskrcnn.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
 
 
 def _lrs(cfg: SolverConfig, n: int):
@@ -124,14 +124,14 @@ def test_optimizer_kinds():
 )
 def test_bad_solver_values_are_clear_errors(changes, words):
     with pytest.raises(ConfigError) as e:
-        check_solver_config(SolverConfig(**changes))
+        SolverConfig(**changes).validate()
     for w in words:
         assert w in str(e.value)
 
 
 def test_steps_are_not_checked_for_cosine_and_do_not_apply():
     cfg = SolverConfig(schedule="cosine", steps=(5000,), max_iter=100, warmup_iters=10)
-    check_solver_config(cfg)  # no error for a step past max_iter: cosine has no steps
+    cfg.validate()  # no error for a step past max_iter: cosine has no steps
     cfg = SolverConfig(schedule="cosine", steps=(20, 40), gamma=0.1, max_iter=100, warmup_iters=10)
     assert lr_factor(cfg, 50) == pytest.approx(0.5)  # 0.5 (1 + cos(pi / 2)); the steps are ignored
     assert lr_factor(cfg, 25) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))

@@ -14,7 +14,7 @@ from maskrcnn.config import load_config, to_dict
 from maskrcnn.formats.image_files import read_image
 from maskrcnn.cli.export import main as export_main
 from maskrcnn.model import build_model
-from maskrcnn.model.roi_heads import paste_masks
+from maskrcnn.model.mask_head import paste_masks
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CANDIDATES = [os.path.join(base, "shared", "data", "dsb2018", "stage1_train")

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from maskrcnn.model.box_coder import encode_boxes
+from maskrcnn.model.mask_head import build_mask_targets, mask_targets
 from maskrcnn.model.matching import (
     BACKGROUND,
     FOREGROUND,
@@ -13,7 +14,7 @@ from maskrcnn.model.matching import (
     pad_boxes,
     sample_balanced_masks,
 )
-from maskrcnn.model.roi_heads import MultiLevelRoIPooler, build_mask_targets, mask_targets
+from maskrcnn.model.roi_heads import MultiLevelRoIPooler
 from maskrcnn.model.rpn import RPN_BOX_WEIGHTS, box_regression_loss, rpn_losses
 from maskrcnn.structures import MaskList
 

@@ -2,7 +2,7 @@
 
 The defaults are the published Mask R-CNN / detectron2 values (box-coder weights (10, 10, 5, 5) in
 the box head and (1, 1, 1, 1) in the RPN, IoU thresholds, sampling, NMS per stage) except the
-cell-specific ones documented in ``maskrcnn/config.py`` (8 px anchors at P2, 1,000 detections).
+cell-specific ones documented in ``maskrcnn/config/model.py`` (8 px anchors at P2, 1,000 detections).
 A changed default silently changes every model trained from then on, so each is asserted here.
 """
 import inspect

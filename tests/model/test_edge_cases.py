@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from maskrcnn.model.roi_heads import mask_targets, paste_masks
+from maskrcnn.model.mask_head import mask_targets, paste_masks
 from maskrcnn.structures import ImageList, MaskList
 
 torch.set_num_threads(1)

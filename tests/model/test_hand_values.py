@@ -14,8 +14,9 @@ import torch
 from maskrcnn.model import build_model
 from maskrcnn.model.anchors import AnchorGenerator
 from maskrcnn.model.box_coder import decode_boxes, encode_boxes
+from maskrcnn.model.mask_head import mask_probabilities, mask_targets
 from maskrcnn.model.matching import match_boxes
-from maskrcnn.model.roi_heads import RoIHeads, box_inference, box_losses, mask_probabilities, mask_targets
+from maskrcnn.model.roi_heads import RoIHeads, box_inference, box_losses
 from maskrcnn.model.rpn import rpn_losses
 from maskrcnn.structures import MaskList, clip_boxes
 from tests.model.helpers import disks_sample, tiny_model_config

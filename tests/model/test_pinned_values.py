@@ -20,7 +20,8 @@ from maskrcnn.config import InputConfig, ModelConfig, load_config
 from maskrcnn.model import build_model
 from maskrcnn.model.backbone import make_norm
 from maskrcnn.model.fpn import FPN
-from maskrcnn.model.roi_heads import box_losses, mask_loss
+from maskrcnn.model.mask_head import mask_loss
+from maskrcnn.model.roi_heads import box_losses
 from maskrcnn.model.rpn import box_regression_loss
 from tests.model.helpers import TINY
 

@@ -1,14 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from maskrcnn.model.roi_heads import (
-    MultiLevelRoIPooler,
-    assign_fpn_levels,
-    box_inference,
-    mask_loss,
-    mask_targets,
-    paste_masks,
-)
+from maskrcnn.model.mask_head import mask_loss, mask_targets, paste_masks
+from maskrcnn.model.roi_heads import MultiLevelRoIPooler, assign_fpn_levels, box_inference
 from maskrcnn.ops import roi_align
 from maskrcnn.structures import MaskList, clip_boxes
 
