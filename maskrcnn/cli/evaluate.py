@@ -7,6 +7,7 @@
     python evaluate.py tune --predictions output/ablation_example/cache/<hash> --out tuned.yaml \
         [--labels labels.csv] [--config CONFIG.yaml] [--classes A B C]
     python evaluate.py labels --config configs/small.yaml --split val --out labels.csv [--order row|col]
+    python evaluate.py crossval configs/dsb2018_cpu.yaml [--folds 0,1,2,3,4] [--out DIR] [--set key=value ...]
 
 `score` prints per-class scores (when the label file has cell_type) and, last, `mAP <value>`;
 a warning when the submission scores far better in the other pixel order (`try --order col`).
@@ -21,6 +22,11 @@ detectron2's `coco_instances_results.json`) at 1000 detections per image.
 `ablate` runs an ablation YAML (paths in it are relative to the file; see
 `maskrcnn/evaluation/ablation.py`): each variant's raw predictions are cached, scored with the
 Kaggle metric and tabulated (ablation.md, ablation.csv); it prints the `tune` command for a cache.
+
+`crossval` trains the config on each fold (DIR/fold<k>; finished runs are reused, interrupted
+ones resume) and writes crossval.md/.json: each fold's held-out Kaggle mAP overall, per imaging
+domain, domain-weighted (each domain counted once) and at IoU 0.75-0.95, with mean and spread
+(`maskrcnn/evaluation/crossval.py`).
 
 `tune` sweeps score threshold, mask threshold and minimum area per class on a cache and writes
 `tuned.yaml` for `predict.py --thresholds`; class names and the label file come from the cache.
@@ -102,6 +108,56 @@ def _labels(args) -> int:
     return 0
 
 
+def _folds(text: str):
+    try:
+        folds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated fold numbers, e.g. 0,1,2,3,4, got {text!r}") from None
+    if not folds or len(set(folds)) != len(folds):
+        raise argparse.ArgumentTypeError(f"distinct fold numbers, e.g. 0,1,2,3,4, got {text!r}")
+    return folds
+
+
+def _crossval(args) -> int:
+    import os
+
+    from maskrcnn.config import load_config, reject_repeated_keys
+    from maskrcnn.errors import UserError
+    from maskrcnn.evaluation.crossval import final_validation, fold_dir, format_table, summarize, write_report
+
+    reject_repeated_keys(args.set)
+    cfg = load_config(args.config, args.set)
+    bad = [k for k in args.folds if not 0 <= k < cfg.data.num_folds]
+    if bad:
+        raise UserError(f"--folds: {bad} outside 0..{cfg.data.num_folds - 1} (data.num_folds is {cfg.data.num_folds})")
+    out = args.out or os.path.join("output", "crossval", os.path.splitext(os.path.basename(args.config))[0])
+    records = {}
+    for k in args.folds:
+        run = fold_dir(out, k)
+        rec = final_validation(run)
+        if rec is None or int(rec.get("iteration", 0)) < cfg.solver.max_iter:
+            if args.no_train:
+                raise UserError(f"fold {k}: no finished run in {run} (drop --no-train to train it)")
+            from maskrcnn.cli.train import main_train
+
+            print(f"fold {k}: training -> {run}", flush=True)
+            fold_cfg = load_config(args.config, args.set + [f"data.fold={k}", f"train.output_dir={run}"])
+            resume = os.path.exists(os.path.join(run, "last_checkpoint"))
+            rc = main_train(fold_cfg, resume=resume, progress=not args.no_progress)
+            if rc:
+                return rc
+            rec = final_validation(run)
+            if rec is None:
+                raise UserError(f"fold {k}: the run in {run} wrote no validation (train.eval_period is 0?)")
+        records[k] = rec
+    summary = summarize(records)
+    title = f"{args.config} " + " ".join(args.set) + f": folds {','.join(map(str, args.folds))}"
+    print(format_table(summary, title.strip()), end="")
+    for path in write_report(out, summary, title.strip()):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog=cli.program("evaluate.py"), description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="sweep score/mask thresholds and min area per class on cached predictions")
     add_tune_arguments(t)
     t.set_defaults(func=_tune)
+
+    cv = sub.add_parser("crossval", help="train a config on each fold and report mean and spread per imaging domain")
+    cv.add_argument("config", help="YAML config (its data section gives the dataset and num_folds)")
+    cv.add_argument("--folds", type=_folds, default=[0, 1, 2, 3, 4], help="comma-separated folds (default: 0,1,2,3,4)")
+    cv.add_argument("--out", default=None, help="root of the runs DIR/fold<k> and the report (default: output/crossval/<config name>)")
+    cv.add_argument("--no-train", action="store_true", help="only summarise finished runs; a missing one is an error")
+    cv.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    cli.add_set_option(cv, "config overrides for every fold, e.g. model.input.invert_bright=true")
+    cv.set_defaults(func=_crossval)
 
     lb = sub.add_parser("labels", help="write the ground truth of a dataset split as a label CSV")
     lb.add_argument("--config", required=True, help="YAML config: its data section names the dataset and split")

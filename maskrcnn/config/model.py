@@ -149,6 +149,9 @@ class InputConfig(Section):
     # equivalent diameter 2 * sqrt(area / pi) of the training objects; 0: not recorded. predict.py
     # --diameter D maps to scale * object_diameter / D (objects of D px reach the size the model learnt).
     object_diameter: float = key(0.0, rule(lambda v: v >= 0.0, "{key}: pixels >= 0 (0: not recorded), got {v}"))
+    # Invert images whose background is bright (mean > 0.5 after normalize): brightfield and stained
+    # images then look like fluorescence. With in_channels 1: the DSB2018 winners' gray + invert input.
+    invert_bright: bool = key(False)
 
     def check(self) -> None:
         for name in ("pixel_mean", "pixel_std"):

@@ -103,6 +103,11 @@ class DataConfig(Section):
     # images per batch per process; a resume converts the data position by images seen
     batch_size: int = key(2, _at_least(1), resume=True)
     num_workers: int = key(2, _at_least(0), resume=True)
+    # Domain-balanced sampling: each training image is drawn (with replacement) with weight
+    # count(its cell_type) ** -balance_domains; 0: every image once per epoch (plain shuffle),
+    # 1: each cell type (DSB2018: imaging domain) equally often, 0.5: between the two.
+    balance_domains: float = key(0.0, rule(lambda v: v >= 0.0, "{key}: a power >= 0 (0: off, 1: cell types "
+                                                               "equally often), got {v}"))
     synthetic: SyntheticConfig = section(SyntheticConfig)
     augment: AugmentConfig = section(AugmentConfig)
     pseudo: PseudoConfig = section(PseudoConfig)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+from collections import Counter
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -88,11 +89,15 @@ class EpochSampler(Sampler):
     ``set_epoch(epoch, start=k)`` skips the epoch's first ``k`` keys (exact mid-epoch resume).
     """
 
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, inner: Optional[Sampler] = None):
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, inner: Optional[Sampler] = None,
+                 weights: Optional[torch.Tensor] = None):
         self.n = int(n)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.inner = inner
+        if weights is not None and (inner is not None or len(weights) != self.n):
+            raise ValueError(f"sampling weights need one value per image ({self.n}) and no inner sampler")
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
         self.start = 0
 
@@ -108,6 +113,8 @@ class EpochSampler(Sampler):
         if not self.shuffle:
             return list(range(self.n))
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 0x5A))
+        if self.weights is not None:  # n draws with replacement: an epoch is still n images
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self):
@@ -166,8 +173,23 @@ class Loader:
         return len(self.batch_sampler)
 
 
+def cell_type_weights(dataset: SampleDataset, power: float) -> torch.Tensor:
+    """Sampling weight ``count(cell type) ** -power`` of each image of ``dataset`` (its reader's
+    ``cell_types()`` when it has one, e.g. the dataset cache, else each sample's ``meta["cell_type"]``;
+    images without one form one group)."""
+    fn = getattr(dataset.reader, "cell_types", None)
+    if fn is not None:
+        every = fn()
+        types = [every[i] for i in dataset.indices]
+    else:
+        types = [dataset.reader.load(i).meta.get("cell_type") for i in dataset.indices]  # a loop over images
+    counts = Counter(types)
+    return torch.tensor([counts[t] ** -float(power) for t in types], dtype=torch.float64)
+
+
 def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
-                 sampler: Optional[Sampler] = None, seed: int = 0, drop_last: bool = False) -> Loader:
+                 sampler: Optional[Sampler] = None, seed: int = 0, drop_last: bool = False,
+                 weights: Optional[torch.Tensor] = None) -> Loader:
     """Batches of ``list[Sample]`` from ``dataset``.
 
     Args:
@@ -179,10 +201,12 @@ def build_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wo
             its positions are used and its ``set_epoch`` is called by ``loader.set_epoch``.
         seed: order seed (the augmentation seed is the dataset's own ``seed``).
         drop_last: drop a last incomplete batch.
+        weights: per image, its sampling weight (``cell_type_weights``): each epoch draws
+            ``len(dataset)`` images with replacement instead of a permutation.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    es = EpochSampler(len(dataset), shuffle, seed, inner=sampler)
+    es = EpochSampler(len(dataset), shuffle, seed, inner=sampler, weights=weights)
     return Loader(dataset, batch_size, es, num_workers, drop_last, seed)
 
 

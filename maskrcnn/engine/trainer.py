@@ -84,11 +84,18 @@ def _build_loader(dataset: Dataset, cfg: Config, rank: int, world_size: int):
     from maskrcnn.data import build_loader
 
     seed = cfg.train.seed
-    shard = None
+    shard = weights = None
+    if cfg.data.balance_domains:
+        from maskrcnn.data.loader import cell_type_weights
+
+        if world_size > 1:
+            raise ConfigError("data.balance_domains: not supported with several processes yet (set it to 0)")
+        weights = cell_type_weights(dataset, cfg.data.balance_domains)
     if world_size > 1:  # pads by wrapping so that every rank gets as many batches
         shard = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return build_loader(
-        dataset, cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, sampler=shard, seed=seed
+        dataset, cfg.data.batch_size, shuffle=True, num_workers=cfg.data.num_workers, sampler=shard, seed=seed,
+        weights=weights,
     )
 
 

@@ -343,6 +343,10 @@ class CacheDataset:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def cell_types(self) -> list:
+        """Each image's ``meta["cell_type"]`` (None where it has none), without decoding images."""
+        return [m.get("cell_type") for m in self._info["meta"]]
+
     def strata(self) -> list:
         return list(self._info["strata"])
 

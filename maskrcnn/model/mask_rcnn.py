@@ -24,7 +24,8 @@ from maskrcnn.config import ConfigError, ModelConfig
 from maskrcnn.model.backbone import Backbone, build_backbone
 from maskrcnn.model.fpn import FPN
 from maskrcnn.model.mask_head import paste_masks
-from maskrcnn.model.normalize import NORMALIZE_MODES, check_percentiles, normalize_by_ranges, percentile_ranges
+from maskrcnn.model.normalize import (NORMALIZE_MODES, check_percentiles, invert_bright_ranges, normalize_by_ranges,
+                                      percentile_ranges, unit_ranges)
 from maskrcnn.model.roi_heads import RoIHeads
 from maskrcnn.model.rpn import RPN
 from maskrcnn.structures import IGNORE_LABEL, ImageList, Instances, clip_boxes
@@ -55,6 +56,10 @@ class MaskRCNN(nn.Module):
             input image is mapped so that its ``percentile_low`` percentile goes to 0 and its
             ``percentile_high`` percentile to 1 (not clipped), before ``pixel_mean`` / ``pixel_std``.
         percentile_low, percentile_high: the percentiles (0-100) of ``normalize="percentile"``.
+        invert_bright: invert each image whose background is bright (mean above 0.5 after the
+            normalisation): brightfield and stained images then look like fluorescence
+            (``maskrcnn.model.normalize.invert_bright_ranges``); with ``in_channels=1`` this is the
+            DSB2018 winners' grayscale-and-invert input.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class MaskRCNN(nn.Module):
         normalize: str = "none",
         percentile_low: float = 1.0,
         percentile_high: float = 99.8,
+        invert_bright: bool = False,
     ):
         super().__init__()
         if normalize not in NORMALIZE_MODES:
@@ -107,6 +113,7 @@ class MaskRCNN(nn.Module):
         self.normalize = normalize
         self.percentile_low = float(percentile_low)
         self.percentile_high = float(percentile_high)
+        self.invert_bright = bool(invert_bright)
         # Eval forwards also record what the detection caps were asked to hold (``last_demand``);
         # the Predictor switches it on (validation does not pay for it).
         self.report_caps = False
@@ -134,6 +141,7 @@ class MaskRCNN(nn.Module):
             min_size_test=inp.min_size_test, max_size_test=inp.max_size_test, scale=inp.scale,
             size_divisibility=inp.size_divisibility, channels_last=False,
             normalize=inp.normalize, percentile_low=inp.percentile_low, percentile_high=inp.percentile_high,
+            invert_bright=inp.invert_bright,
         )
 
     @property
@@ -194,9 +202,18 @@ class MaskRCNN(nn.Module):
 
         Tiled inference computes them once on the whole image and passes them to every tile's forward
         (``model(tiles, input_ranges=...)``), so that tiles are normalised as the whole image would be."""
-        if self.normalize != "percentile":
+        if self.normalize != "percentile" and not self.invert_bright:
             return None
-        return percentile_ranges(self._checked_input(images), self.percentile_low, self.percentile_high)
+        return self._ranges(self._checked_input(images))
+
+    def _ranges(self, ims: Sequence[Tensor]) -> List[Tensor]:
+        """The ``(lo, hi)`` of each checked image: its percentiles or ``(0, 1)``, swapped for a
+        bright image when ``invert_bright``."""
+        if self.normalize == "percentile":
+            ranges = percentile_ranges(ims, self.percentile_low, self.percentile_high)
+        else:
+            ranges = unit_ranges(ims)
+        return invert_bright_ranges(ims, ranges) if self.invert_bright else ranges
 
     def preprocess(self, images: Sequence[Tensor], input_ranges: Optional[Sequence[Tensor]] = None
                    ) -> Tuple[ImageList, Tensor]:
@@ -204,7 +221,7 @@ class MaskRCNN(nn.Module):
 
         Args:
             images: ``Tensor[C, H, W]`` float images (C = 1 or 3), any sizes.
-            input_ranges: with ``normalize="percentile"``, ``(lo, hi)`` per channel for each image
+            input_ranges: with ``normalize="percentile"`` or ``invert_bright``, ``(lo, hi)`` per channel for each image
                 (``Tensor[C, 2]`` or ``Tensor[1, 2]``) to use instead of the image's own percentiles;
                 ignored otherwise.
         Returns:
@@ -222,9 +239,9 @@ class MaskRCNN(nn.Module):
             min_size, max_size = self.min_size_test, self.max_size_test
         ims = self._checked_input(images)
         ranges = None
-        if self.normalize == "percentile":
+        if self.normalize == "percentile" or self.invert_bright:
             if input_ranges is None:
-                ranges = percentile_ranges(ims, self.percentile_low, self.percentile_high)
+                ranges = self._ranges(ims)
             elif len(input_ranges) != len(ims):
                 raise ValueError(f"MaskRCNN: {len(ims)} images but {len(input_ranges)} input ranges")
             else:

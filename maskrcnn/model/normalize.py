@@ -91,6 +91,27 @@ def normalize_by_ranges(image: Tensor, ranges: Tensor) -> Tensor:
             f"got {tuple(ranges.shape)}"
         )
     lo, hi = ranges[:, 0, None, None], ranges[:, 1, None, None]
-    span = hi - lo
-    scale = torch.where(span >= MIN_RANGE, 1.0 / span.clamp(min=MIN_RANGE), torch.ones_like(span))
+    span = hi - lo  # negative for an inverted range (hi < lo: ``invert_bright``)
+    scale = 1.0 / torch.where(span.abs() >= MIN_RANGE, span, torch.ones_like(span))
     return (image - lo) * scale
+
+
+def unit_ranges(images: Sequence[Tensor]) -> List[Tensor]:
+    """``(0, 1)`` for every channel of every image: the identity mapping of ``normalize_by_ranges``."""
+    return [torch.tensor([[0.0, 1.0]], device=im.device).expand(int(im.shape[0]), 2) for im in images]
+
+
+def invert_bright_ranges(images: Sequence[Tensor], ranges: Sequence[Tensor]) -> List[Tensor]:
+    """``ranges`` with ``(lo, hi)`` swapped for the images whose background is bright.
+
+    An image is bright when the mean of the image mapped by its ranges is above 0.5 (in [0, 1] data:
+    mean > 0.5, the rule ``imaging_domain`` uses: DSB2018's brightfield and stained histology images,
+    means 0.53-0.85, against 0.00-0.22 for fluorescence). Its swapped range maps it to
+    ``(hi - x) / (hi - lo)``: dark nuclei on a light background become light on dark, as in
+    fluorescence images (the DSB2018 winners' grayscale-and-invert input).
+    """
+    out = []
+    for im, r in zip(images, ranges):  # a loop over images
+        bright = float(normalize_by_ranges(im, r).mean()) > 0.5
+        out.append(r.flip(1) if bright else r)
+    return out
