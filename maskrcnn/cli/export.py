@@ -4,7 +4,7 @@
 
 The file runs with ``torch.export.load(path).module()(image)`` once the compiled ops are
 registered (``import maskrcnn._C`` or ``torch.ops.load_library``); see docs/deploy.md and
-``maskrcnn.inference.export`` for the inputs and outputs.
+``maskrcnn.inference.deploy`` for the inputs and outputs.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from maskrcnn import cli
 from maskrcnn.errors import UserError
 from maskrcnn.fileio import check_output_path
 from maskrcnn.inference.checkpoint import load_model
-from maskrcnn.inference.export import export_model, save_exported
+from maskrcnn.inference.deploy import export_model, save_exported
 from maskrcnn.ops import get_ext
 
 

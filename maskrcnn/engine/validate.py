@@ -160,7 +160,7 @@ def coco_record(image_id: str, raw: Instances, gt: Instances, test_cfg: TestConf
     """One image's COCO annotations and results (``maskrcnn.evaluation.coco_ap.encode_image``) from the
     model's raw detections, each soft mask binarised at its class's ``test.mask_thresh``."""
     from maskrcnn.evaluation.coco_ap import encode_image
-    from maskrcnn.inference.thresholds import per_class
+    from maskrcnn.inference.per_class import per_class
 
     m = raw.masks
     if m is not None and m.is_soft and len(m):

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from maskrcnn.config import IMAGE_CLASS_MODES, TestConfig
-from maskrcnn.inference.thresholds import per_class
+from maskrcnn.inference.per_class import per_class
 from maskrcnn.ops.pieces import largest_piece
 from maskrcnn.structures import Instances, MaskList
 

@@ -38,7 +38,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from maskrcnn.inference.thresholds import per_class
+from maskrcnn.inference.per_class import per_class
 from maskrcnn.ops import crop_pair_intersections
 from maskrcnn.structures import Instances, MaskList
 
