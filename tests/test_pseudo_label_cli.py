@@ -39,7 +39,8 @@ B = _squares([(30, 10)])
 
 @pytest.fixture
 def stub(monkeypatch):
-    cfg = load_config(None, ["model.roi_heads.num_classes=1", "model.input.in_channels=1"])
+    cfg = load_config(None, ["model.roi_heads.num_classes=1", "model.input.in_channels=1",
+                           "model.input.pixel_mean=[0.5]", "model.input.pixel_std=[0.25]"])
     monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu", config=None, overrides=(): (IdStubModel(1), cfg))
     return cfg
 
