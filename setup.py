@@ -37,7 +37,9 @@ def make_extension():
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
     with_cuda = force_cuda or (torch.version.cuda is not None and CUDA_HOME is not None)
     # C++20: recent torch headers use C++20 features. No fused multiply-add: NMS decides like the twin.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
+    # -fno-trapping-math lets the compiler vectorise loops with a guarded division (NMS, box
+    # matching: ~6x on SSE2); it changes no result, only assumes no code reads the FP exception flags.
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-trapping-math"]
     link = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is header code that runs serially unless OpenMP is on in this build.

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 #include <torch/python.h>
 
+#include "box_match/box_match.h"
 #include "mask_iou/mask_iou.h"
 #include "nms/nms.h"
 #include "roi_align/roi_align.h"
@@ -72,6 +73,11 @@ struct Cpu {
                                            const at::Tensor& b_crops, const at::Tensor& b_origins) {
     check_crop_devices(a_crops, b_crops);
     return crop_mask_intersection_cpu(a_crops, a_origins, b_crops, b_origins);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> match_boxes(const at::Tensor& gt_boxes,
+                                                                    const at::Tensor& gt_valid,
+                                                                    const at::Tensor& boxes) {
+    return match_boxes_cpu(gt_boxes, gt_valid, boxes);
   }
 };
 
@@ -164,6 +170,12 @@ at::Tensor py_crop_mask_intersection(const at::Tensor& a_crops, const at::Tensor
   return op.call(a_crops, a_origins, b_crops, b_origins);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> py_match_boxes(const at::Tensor& gt_boxes, const at::Tensor& gt_valid,
+                                                               const at::Tensor& boxes) {
+  static const auto op = dispatcher_op<decltype(Cpu::match_boxes)>("maskrcnn::match_boxes");
+  return op.call(gt_boxes, gt_valid, boxes);
+}
+
 bool with_cuda() {
 #ifdef WITH_CUDA
   return true;
@@ -186,6 +198,7 @@ TORCH_LIBRARY(maskrcnn, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("greedy_suppress(Tensor iou_sorted, float iou_threshold) -> Tensor");
   m.def("crop_mask_intersection(Tensor a_crops, Tensor a_origins, Tensor b_crops, Tensor b_origins) -> Tensor");
+  m.def("match_boxes(Tensor gt_boxes, Tensor gt_valid, Tensor boxes) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(maskrcnn, CPU, m) {
@@ -195,6 +208,7 @@ TORCH_LIBRARY_IMPL(maskrcnn, CPU, m) {
   m.impl("nms", TORCH_FN(Cpu::nms));
   m.impl("greedy_suppress", TORCH_FN(Cpu::greedy_suppress));
   m.impl("crop_mask_intersection", TORCH_FN(Cpu::crop_mask_intersection));
+  m.impl("match_boxes", TORCH_FN(Cpu::match_boxes));
 }
 
 #ifdef WITH_CUDA
@@ -219,7 +233,7 @@ TORCH_LIBRARY_IMPL(maskrcnn, AutocastCUDA, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace pybind11::literals;
-  m.doc() = "Compiled ops of maskrcnn (RoIAlign, NMS, crop-mask intersections), registered as torch.ops.maskrcnn.*; "
+  m.doc() = "Compiled ops of maskrcnn (RoIAlign, NMS, crop-mask intersections, box matching), registered as torch.ops.maskrcnn.*; "
             "see maskrcnn/ops.";
   m.def("roi_align_forward", &maskrcnn::py_roi_align_forward, "RoIAlign -> Tensor[K, C, ph, pw]", "input"_a, "rois"_a,
         "spatial_scale"_a, "pooled_h"_a, "pooled_w"_a, "sampling_ratio"_a, "aligned"_a);
@@ -234,5 +248,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("crop_mask_intersection", &maskrcnn::py_crop_mask_intersection,
         "Pixel counts of a_i & b_j in image coordinates -> int64[N, M]", "a_crops"_a, "a_origins"_a, "b_crops"_a,
         "b_origins"_a);
+  m.def("match_boxes", &maskrcnn::py_match_boxes,
+        "Each box's best GT by IoU and the boxes that are some GT's best -> (float[B, A], int64[B, A], bool[B, A]) "
+        "(CPU; other devices use the twin)",
+        "gt_boxes"_a, "gt_valid"_a, "boxes"_a);
   m.def("with_cuda", &maskrcnn::with_cuda, "Whether the module was built with CUDA kernels");
 }

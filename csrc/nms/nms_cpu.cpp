@@ -40,17 +40,34 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   const at::Tensor sorted = b.index_select(0, order).contiguous();
   std::vector<int64_t> keep;
   AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "nms_cpu", [&] {
+    // Coordinates as structure of arrays, so that the inner loop (one kept box against all later
+    // ones, branch-free) runs over contiguous values and vectorises.
     const scalar_t* bx = sorted.data_ptr<scalar_t>();
-    std::vector<scalar_t> area(n);
-    for (int64_t i = 0; i < n; ++i) area[i] = box_area(bx + 4 * i);
+    std::vector<scalar_t> x1(n), y1(n), x2(n), y2(n), area(n);
+    for (int64_t i = 0; i < n; ++i) {
+      x1[i] = bx[4 * i];
+      y1[i] = bx[4 * i + 1];
+      x2[i] = bx[4 * i + 2];
+      y2[i] = bx[4 * i + 3];
+      area[i] = box_area(bx + 4 * i);
+    }
     std::vector<uint8_t> removed(n, 0);
     const scalar_t thr = static_cast<scalar_t>(iou_threshold);  // the twin compares in the boxes' dtype
     const int64_t* ord = order.data_ptr<int64_t>();
     for (int64_t i = 0; i < n; ++i) {
       if (removed[i]) continue;
       keep.push_back(ord[i]);
+      const scalar_t ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], ia = area[i];
+      uint8_t* rm = removed.data();
       for (int64_t j = i + 1; j < n; ++j) {
-        if (!removed[j] && box_iou(bx + 4 * i, bx + 4 * j, area[i], area[j]) > thr) removed[j] = 1;
+        // box_iou's arithmetic, written out over the arrays (a box already removed may be marked again).
+        const scalar_t l = ix1 > x1[j] ? ix1 : x1[j], t = iy1 > y1[j] ? iy1 : y1[j];
+        const scalar_t r = ix2 < x2[j] ? ix2 : x2[j], btm = iy2 < y2[j] ? iy2 : y2[j];
+        const scalar_t w = r - l, h = btm - t;
+        const scalar_t inter = (w > scalar_t(0) ? w : scalar_t(0)) * (h > scalar_t(0) ? h : scalar_t(0));
+        const scalar_t uni = (ia + area[j]) - inter;
+        const scalar_t iou = uni > scalar_t(0) ? inter / (uni > scalar_t(1e-12) ? uni : scalar_t(1e-12)) : scalar_t(0);
+        rm[j] |= static_cast<uint8_t>(iou > thr);
       }
     }
   });

@@ -6,6 +6,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from maskrcnn.ops.box_match import best_matches
+
 
 FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 
@@ -95,20 +97,6 @@ def pad_boxes(boxes: Sequence[Tensor], device=None) -> Tuple[Tensor, Tensor]:
     return out, valid
 
 
-def pairwise_iou_batched(a: Tensor, b: Tensor) -> Tensor:
-    """IoU ``Tensor[B, N, M]`` of ``a (Tensor[B, N, 4])`` and ``b (Tensor[B or 1, M, 4])``: the same
-    float32 operations as :func:`pairwise_iou` per image, so the same values."""
-    a = a.float()
-    b = b.float()
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    iw = torch.minimum(a[:, :, None, 2], b[:, None, :, 2]) - torch.maximum(a[:, :, None, 0], b[:, None, :, 0])
-    ih = torch.minimum(a[:, :, None, 3], b[:, None, :, 3]) - torch.maximum(a[:, :, None, 1], b[:, None, :, 1])
-    inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
-    union = (area_a[:, :, None] + area_b[:, None, :]).sub_(inter)
-    return torch.where(union > 0, inter.div_(union.clamp(min=1e-12)), torch.zeros_like(inter))
-
-
 def match_boxes_batched(
     gt_boxes: Tensor,
     gt_valid: Tensor,
@@ -125,8 +113,9 @@ def match_boxes_batched(
         gt_boxes (Tensor[B, G, 4]) and gt_valid (Tensor[B, G] bool): padded ground truth (:func:`pad_boxes`).
         boxes: ``Tensor[A, 4]`` shared by every image (anchors) or ``Tensor[B, A, 4]`` (proposals).
         box_valid (Tensor[B, A] bool, optional): padding boxes, labelled ``IGNORE``.
-    Padded GT rows take IoU -1, so they never win a box nor get low-quality matches. The
-    ``[B, G, A]`` IoU is computed once, in chunks of boxes of at most ``max_elements``.
+    Padded GT rows never win a box nor get low-quality matches. The IoUs come from
+    :func:`maskrcnn.ops.best_matches` (one fused pass on the CPU; on other devices the ``[B, G, A]``
+    IoU in chunks of boxes of at most ``max_elements``).
 
     Returns:
         matched (Tensor[B, A] int64): each box's GT index within its image (0 when the image has none).
@@ -139,52 +128,15 @@ def match_boxes_batched(
         matched = torch.zeros((B, A), dtype=torch.long, device=dev)
         labels = torch.full((B, A), BACKGROUND, dtype=torch.int8, device=dev)
     else:
-        best_iou, matched, low_quality = _best_gt_per_box(gt_boxes, gt_valid, boxes, allow_low_quality, max_elements)
+        best_iou, matched, low_quality = best_matches(gt_boxes, gt_valid, boxes, max_elements)
         labels = torch.full((B, A), IGNORE, dtype=torch.int8, device=dev)
         labels[best_iou < bg_iou_thresh] = BACKGROUND
         labels[best_iou >= fg_iou_thresh] = FOREGROUND
         if allow_low_quality:
-            b, j = low_quality
-            labels[b, j] = FOREGROUND
+            labels[low_quality] = FOREGROUND
     if box_valid is not None:
         labels = labels.masked_fill(~box_valid, IGNORE)
     return matched, labels
-
-
-def _best_gt_per_box(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor, allow_low_quality: bool,
-                     max_elements: int) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
-    """For :func:`match_boxes_batched`: each box's best IoU and GT ``(Tensor[B, A], Tensor[B, A])``
-    from the ``[B, G, A]`` IoU taken in chunks of boxes, and with ``allow_low_quality`` the
-    ``(image, box)`` indices of each GT's best boxes (ties included, positive IoU only)."""
-    B, G = gt_valid.shape
-    A = boxes.shape[-2]
-    bx = boxes[None] if boxes.dim() == 2 else boxes
-    chunk = max(1, max_elements // (B * G))
-    pad = ~gt_valid[:, :, None]
-    best_iou, matched = [], []
-    cand_b, cand_gt, cand_box, cand_val = [], [], [], []
-    for s in range(0, A, chunk):  # chunks of boxes bound memory; not a loop over instances
-        iou = pairwise_iou_batched(gt_boxes, bx[:, s : s + chunk]).masked_fill_(pad, -1.0)  # [B, G, a]
-        v, i = iou.max(dim=1)
-        best_iou.append(v)
-        matched.append(i)
-        if allow_low_quality:
-            chunk_best = iou.max(dim=2, keepdim=True).values  # [B, G, 1]
-            # Only positive maxima can make a match: GTs without overlap here (and padding) add nothing.
-            b, g, j = torch.nonzero((iou == chunk_best) & (chunk_best > 0), as_tuple=True)
-            cand_b.append(b)
-            cand_gt.append(g)
-            cand_box.append(j + s)
-            cand_val.append(chunk_best[b, g, 0])
-    low_quality = None
-    if allow_low_quality:
-        # A chunk's maxima are candidates; the GT's maximum over all chunks decides.
-        b, g, j, val = torch.cat(cand_b), torch.cat(cand_gt), torch.cat(cand_box), torch.cat(cand_val)
-        flat = b * G + g
-        gt_best = torch.full((B * G,), -1.0, device=boxes.device).scatter_reduce_(0, flat, val, reduce="amax")
-        lq = (val == gt_best[flat]) & (val > 0)
-        low_quality = (b[lq], j[lq])
-    return torch.cat(best_iou, dim=1), torch.cat(matched, dim=1), low_quality
 
 
 def ignore_inside(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor, ignore_valid: Optional[Tensor],

@@ -34,6 +34,7 @@ SCHEMAS = {
     "nms": "(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
     "greedy_suppress": "(Tensor iou_sorted, float iou_threshold) -> Tensor",
     "crop_mask_intersection": "(Tensor a_crops, Tensor a_origins, Tensor b_crops, Tensor b_origins) -> Tensor",
+    "match_boxes": "(Tensor gt_boxes, Tensor gt_valid, Tensor boxes) -> (Tensor, Tensor, Tensor)",
 }
 
 _python_defined = None  # the torch.library.Library holding Python-side definitions (old builds only)
@@ -42,6 +43,12 @@ _registered = False
 
 def qualname(name: str) -> str:
     return f"{NAMESPACE}::{name}"
+
+
+def has_cpu_kernel(name: str) -> bool:
+    """Whether ``torch.ops.maskrcnn.<name>`` has a CPU kernel (a module built before the op was
+    added has none: its callers use the twin)."""
+    return is_defined(name) and torch._C._dispatch_has_kernel_for_dispatch_key(qualname(name), "CPU")
 
 
 def is_defined(name: str) -> bool:
@@ -62,8 +69,6 @@ def _define_from_python(ext) -> None:
     """Schemas and CPU/CUDA kernels for a ``maskrcnn._C`` that predates ``TORCH_LIBRARY``."""
     global _python_defined
     lib = torch.library.Library(NAMESPACE, "DEF")
-    for name, schema in SCHEMAS.items():
-        lib.define(name + schema)
     kernels = {
         "roi_align": ext.roi_align_forward,
         "roi_align_backward": ext.roi_align_backward,
@@ -73,7 +78,8 @@ def _define_from_python(ext) -> None:
         "crop_mask_intersection": ext.crop_mask_intersection,
     }
     keys = ["CPU"] + (["CUDA"] if ext.with_cuda() else [])
-    for name, fn in kernels.items():
+    for name, fn in kernels.items():  # (ops added since, e.g. match_boxes, stay undefined: twins serve them)
+        lib.define(name + SCHEMAS[name])
         for key in keys:
             lib.impl(name, fn, key)
     _python_defined = lib
@@ -113,6 +119,12 @@ def _crop_mask_intersection_fake(a_crops, a_origins, b_crops, b_origins):
     return a_crops.new_empty((a_crops.shape[0], b_crops.shape[0]), dtype=torch.long)
 
 
+def _match_boxes_fake(gt_boxes, gt_valid, boxes):
+    shape = (gt_boxes.shape[0], boxes.shape[-2])
+    return (boxes.new_empty(shape, dtype=torch.float32), boxes.new_empty(shape, dtype=torch.long),
+            boxes.new_empty(shape, dtype=torch.bool))
+
+
 def _roi_align_setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
@@ -139,8 +151,10 @@ def register(ext) -> None:
         _define_from_python(ext)
     for name, fn in (("roi_align", _roi_align_fake), ("roi_align_backward", _roi_align_backward_fake),
                      ("nms", _nms_fake), ("greedy_suppress", _greedy_suppress_fake),
-                     ("crop_mask_intersection", _crop_mask_intersection_fake)):
-        torch.library.register_fake(qualname(name), fn)
+                     ("crop_mask_intersection", _crop_mask_intersection_fake),
+                     ("match_boxes", _match_boxes_fake)):
+        if is_defined(name):  # (a module built before an op was added lacks its schema)
+            torch.library.register_fake(qualname(name), fn)
     torch.library.register_autograd(qualname("roi_align"), _roi_align_backward,
                                     setup_context=_roi_align_setup_context)
     _registered = True

@@ -17,7 +17,7 @@ import maskrcnn.ops as ops
 from tests.ops.conftest import DEVICES
 
 # The dispatcher ops (torch.ops.maskrcnn.*) whose kernels the public ops must reach.
-KERNELS = {"roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection"}
+KERNELS = {"roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection", "match_boxes"}
 
 
 class _Counting(TorchDispatchMode):
@@ -60,7 +60,7 @@ def kernel_calls(ext, monkeypatch):
         monkeypatch.setattr(mod, attr, twin_called)
         patched.add(attr)
     assert {"nms_reference", "greedy_suppress_reference", "roi_align_reference",
-            "crop_mask_intersection_reference"} <= patched
+            "crop_mask_intersection_reference", "best_matches_reference"} <= patched
     calls: Counter = Counter()
     with _Counting(calls):
         yield calls
@@ -139,10 +139,20 @@ def test_mask_nms_and_crop_mask_nms_run_the_kernels(kernel_calls, device):
     assert kernel_calls["crop_mask_intersection"] == 3 and kernel_calls["greedy_suppress"] == 3
 
 
+def test_best_matches_runs_the_kernel_on_the_cpu(kernel_calls):
+    # (CPU only: other devices run the twin by design, there is no kernel there.)
+    gt = torch.tensor([[[0, 0, 10, 10], [20, 0, 30, 10.0]]])
+    boxes = torch.tensor([[0, 0, 10, 5], [20, 0, 25, 10], [22, 2, 28, 8.0]])
+    best, matched, low = ops.best_matches(gt, torch.ones(1, 2, dtype=torch.bool), boxes)
+    torch.testing.assert_close(best, torch.tensor([[0.5, 0.5, 0.36]]))
+    assert matched.tolist() == [[0, 1, 1]] and low.tolist() == [[True, True, False]]
+    assert kernel_calls["match_boxes"] == 1
+
+
 def test_every_public_op_is_covered_here():
     # A new public op must get a dispatch test above (and a kernel, or be listed as pure PyTorch).
     pure_or_helpers = {"get_ext", "has_cuda_ops", "crop_pair_intersections"}  # the last: PyTorch only
     public = {n for n in ops.__all__ if not n.endswith("_reference") and n not in pure_or_helpers}
     covered = {"RoIAlign", "roi_align", "nms", "batched_nms", "greedy_suppress", "mask_iou", "crop_mask_iou",
-               "mask_nms", "crop_mask_nms"}
+               "mask_nms", "crop_mask_nms", "best_matches"}
     assert public == covered

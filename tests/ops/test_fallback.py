@@ -76,5 +76,5 @@ def test_extension_loads_when_imported_before_torch():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "EXT True" in proc.stdout, proc.stderr
-    kernels = ["crop_mask_intersection", "greedy_suppress", "nms", "roi_align_backward", "roi_align_forward", "with_cuda"]
+    kernels = ["crop_mask_intersection", "greedy_suppress", "match_boxes", "nms", "roi_align_backward", "roi_align_forward", "with_cuda"]
     assert f"KERNELS {kernels}" in proc.stdout

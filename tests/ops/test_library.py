@@ -13,7 +13,7 @@ from maskrcnn.ops import _library
 from tests.ops.conftest import DEVICES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OPS = ("roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection")
+OPS = ("roi_align", "roi_align_backward", "nms", "greedy_suppress", "crop_mask_intersection", "match_boxes")
 
 
 def _op(name):
@@ -85,6 +85,20 @@ def test_opcheck_crop_mask_intersection(ext, device, sizes):
     torch.library.opcheck(_op("crop_mask_intersection"), (a, ao, b, bo))
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 0, 7), (1, 2, 0)])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_opcheck_match_boxes(ext, shape, per_image):
+    # CPU only: on other devices best_matches runs the twin (no kernel is registered there).
+    B, G, A = shape
+    g = torch.Generator().manual_seed(B + G + A)
+    xy = torch.rand(B, G, 2, generator=g) * 10
+    gt = torch.cat([xy, xy + 1 + torch.rand(B, G, 2, generator=g) * 5], -1)
+    valid = torch.rand(B, G, generator=g) > 0.3
+    bxy = torch.rand(B if per_image else 1, A, 2, generator=g) * 10
+    boxes = torch.cat([bxy, bxy + 1 + torch.rand(bxy.shape, generator=g) * 5], -1)
+    torch.library.opcheck(_op("match_boxes"), (gt, valid, boxes if per_image else boxes[0]))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_autocast_runs_roi_align_in_float32_and_returns_the_input_dtype(ext, device):
     x = torch.randn(1, 4, 12, 12, device=device).to(torch.bfloat16).requires_grad_(True)
@@ -115,6 +129,10 @@ def test_fake_kernels_give_shapes_and_data_dependent_sizes(ext):
                                                           torch.empty(6, 2, 2, dtype=torch.bool),
                                                           torch.empty(6, 2, dtype=torch.long))
         assert inter.shape == (4, 6) and inter.dtype == torch.long
+        best, matched, low = torch.ops.maskrcnn.match_boxes(torch.empty(3, 5, 4), torch.empty(3, 5, dtype=torch.bool),
+                                                            torch.empty(11, 4))
+        assert best.shape == matched.shape == low.shape == (3, 11)
+        assert (best.dtype, matched.dtype, low.dtype) == (torch.float32, torch.long, torch.bool)
 
 
 def test_public_ops_compile_in_one_graph(ext):
@@ -196,6 +214,10 @@ OLD_BUILD = textwrap.dedent(
     assert ops.mask_nms(masks, scores[:2], 0.5).tolist() == [0]
     torch.library.opcheck(torch.ops.maskrcnn.nms.default, (boxes, scores, 0.5))
     torch.library.opcheck(torch.ops.maskrcnn.roi_align.default, (x, rois, 1.0, 3, 3, 2, True))
+    # An op added after this build (match_boxes) stays undefined; its public face runs the twin.
+    assert not _library.is_defined("match_boxes")
+    best, matched, low = ops.best_matches(boxes[None], torch.ones(1, 3, dtype=torch.bool), boxes)
+    assert matched.tolist() == [[0, 1, 2]] and low.tolist() == [[True, True, True]]
     print("CALLS", sorted(set(CALLS)))
     """
 )
