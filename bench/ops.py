@@ -7,6 +7,8 @@
 Sizes are Mask R-CNN's: batch 2, 256 channels, FPN levels P2 (200 x 200, stride 4) to P5
 (25 x 25, stride 32) of an 800 x 800 input, 512 RoIs per level sized for that level, 7 x 7 (box
 head) and 14 x 14 (mask head) outputs, sampling_ratio 2, aligned. NMS: 5,000 proposal-like boxes.
+Box matching: the RPN's case in the DSB CPU recipe, 4 images of 60 nucleus-sized GT boxes against
+the 65,472 anchors of a 512 x 512 input (16-256 px, 3 ratios, P2-P6).
 Mask IoU: 800 cell-sized masks (radius 5-15 px) in a 520 x 704 image, all pairs, against the dense
 float product. Times are medians; "x" = baseline time / our time (higher is better).
 """
@@ -84,6 +86,16 @@ def proposal_boxes(g, n=5000, image=800):
     return boxes, torch.rand(n, generator=g)
 
 
+def anchor_matching_case(g, images=4, gts=60):
+    from maskrcnn.model.anchors import AnchorGenerator
+
+    feats = [torch.zeros(1, 1, 512 // s, 512 // s) for s in (4, 8, 16, 32, 64)]
+    anchors = torch.cat(AnchorGenerator((16, 32, 64, 128, 256), (0.5, 1.0, 2.0), (4, 8, 16, 32, 64))(feats))
+    xy = torch.rand(images, gts, 2, generator=g) * 480
+    gt = torch.cat([xy, xy + 8 + torch.rand(images, gts, 2, generator=g) * 50], -1)
+    return gt, torch.ones(images, gts, dtype=torch.bool), anchors
+
+
 def row(name, ours, base, extra=""):
     ratio = base / ours if ours > 0 else float("inf")
     print(f"| {name:<44} | {ours * 1e3:10.2f} | {base * 1e3:10.2f} | {ratio:7.1f}x |{extra}")
@@ -138,6 +150,11 @@ def bench_cpu(args):
         t_ours = timeit(lambda: ops.nms(boxes, scores, 0.7), args.repeat, "cpu")
         t_twin = timeit(lambda: ops.nms_reference(boxes, scores, 0.7), args.twin_repeat, "cpu")
         row("nms 5000 boxes thr 0.7", t_ours, t_twin)
+    if "match" in selected:
+        gt, valid, anchors = anchor_matching_case(g)
+        t_ours = timeit(lambda: ops.best_matches(gt, valid, anchors), args.repeat, "cpu")
+        t_twin = timeit(lambda: ops.best_matches_reference(gt, valid, anchors), args.twin_repeat, "cpu")
+        row("best_matches 4 x 60 GT vs 65,472 anchors", t_ours, t_twin)
     if "mask" not in selected:
         return
     dense, ml = cell_masks(g)
@@ -250,7 +267,8 @@ def main():
     p.add_argument("--twin-repeat", type=int, default=1, help="timed calls of the slow twins (median)")
     p.add_argument("--quick", action="store_true", help="P2 and P5 at 7x7 only (CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--ops", default="roi_align,nms,mask", help="CPU: comma-separated subset of roi_align,nms,mask")
+    p.add_argument("--ops", default="roi_align,nms,match,mask",
+                   help="CPU: comma-separated subset of roi_align,nms,match,mask")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -109,6 +109,8 @@ def best_matches(gt_boxes: Tensor, gt_valid: Tensor, boxes: Tensor,
         gt_boxes (Tensor[B, G, 4]) and gt_valid (Tensor[B, G] bool): padded ground truth, xyxy.
         boxes: ``Tensor[A, 4]`` shared by every image (anchors) or ``Tensor[B or 1, A, 4]`` (proposals).
         max_elements: the twin's chunk bound (the compiled op needs no ``[B, G, A]`` memory).
+    Boxes must be finite (ground-truth boxes come from masks, the RPN drops non-finite proposals): a NaN
+    IoU loses every comparison in the kernel but would propagate through the twin's ``max``.
     Returns:
         best_iou (Tensor[B, A] float32): the best IoU with a valid GT of the image (-1 if it has none);
         matched (Tensor[B, A] int64): the GT reaching it, the first of equal maxima (0 if none);
