@@ -55,9 +55,10 @@ def test_kernel_equals_twin_on_anchors_of_the_dsb_recipe(ext):
 
 
 def test_hand_computed_case():  # the compiled kernel when built, and the twin
-    # GT 0 = [0, 0, 10, 10], GT 1 = [20, 0, 30, 10] (padding row 2 overlaps everything).
-    gt = torch.tensor([[[0, 0, 10, 10], [20, 0, 30, 10], [0, 0, 40, 40.0]]])
-    valid = torch.tensor([[True, True, False]])
+    # GT 0 = [0, 0, 10, 10], GT 1 = [20, 0, 30, 10], GT 2 overlaps no box (its best IoU is 0: no
+    # low-quality match), padding row 3 overlaps everything.
+    gt = torch.tensor([[[0, 0, 10, 10], [20, 0, 30, 10], [200, 200, 210, 210], [0, 0, 40, 40.0]]])
+    valid = torch.tensor([[True, True, True, False]])
     boxes = torch.tensor([
         [0, 0, 10, 5],     # IoU with GT 0: 50 / 100 = 0.5
         [5, 0, 15, 10],    # GT 0: 50 / 150 = 1/3
