@@ -124,6 +124,7 @@ def _crossval(args) -> int:
     from maskrcnn.config import load_config, reject_repeated_keys
     from maskrcnn.errors import UserError
     from maskrcnn.evaluation.crossval import final_validation, fold_dir, format_table, summarize, write_report
+    from maskrcnn.fileio import check_not_input
 
     reject_repeated_keys(args.set)
     cfg = load_config(args.config, args.set)
@@ -131,6 +132,8 @@ def _crossval(args) -> int:
     if bad:
         raise UserError(f"--folds: {bad} outside 0..{cfg.data.num_folds - 1} (data.num_folds is {cfg.data.num_folds})")
     out = args.out or os.path.join("output", "crossval", os.path.splitext(os.path.basename(args.config))[0])
+    d = cfg.data
+    check_not_input(out, [args.config, d.root, d.ann_file, d.cache_file, d.split_file], "--out")
     records = {}
     for k in args.folds:
         run = fold_dir(out, k)

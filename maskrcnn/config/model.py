@@ -115,6 +115,10 @@ class MaskHeadConfig(Section):
     # (most background) its probability is sigmoid(bias); from 0 (p = 0.5) AdamW moves the bias
     # by at most ~lr per step, and a short run ends with background near 0.45 (boxy masks).
     predictor_bias_init: float = key(0.0)
+    # Extra weight of the mask loss on the target's boundary pixels (those with both foreground and
+    # background among their 3x3 neighbours): each counts 1 + boundary_weight, the loss stays a
+    # weighted mean. 0: plain mean BCE. For masks that follow the outline (issue 26).
+    boundary_weight: float = key(0.0, rule(lambda v: v >= 0.0, "{key}: a weight >= 0 (0: off), got {v}"))
 
     def check(self) -> None:
         if self.resolution % self.pooler_resolution or self.resolution // self.pooler_resolution not in (2, 4):

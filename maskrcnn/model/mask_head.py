@@ -50,6 +50,7 @@ class MaskHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
         self.resolution = resolution
+        self.boundary_weight = 0.0  # mask_loss's extra weight on target boundaries (model.mask_head)
 
     @classmethod
     def from_config(cls, cfg: MaskHeadConfig, in_channels: int, num_classes: int) -> "MaskHead":
@@ -58,6 +59,7 @@ class MaskHead(nn.Module):
                    cfg.norm)
         if cfg.predictor_bias_init:  # a constant: the random draws of every module stay as without it
             nn.init.constant_(head.predictor.bias, cfg.predictor_bias_init)
+        head.boundary_weight = float(cfg.boundary_weight)
         return head
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,16 +114,31 @@ def build_mask_targets(gt_masks: Sequence[MaskList], image_index: Tensor, gt_ind
     return (t[:, 0] >= 0.5).float()
 
 
-def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor) -> Tensor:
+def target_boundaries(targets: Tensor) -> Tensor:
+    """Pixels of binary ``targets`` (Tensor[P, M, M]) with both values among their 3x3 neighbours
+    (inside the M x M grid): Tensor[P, M, M] bool, the outline on both sides of the edge."""
+    t = targets[:, None].float()
+    dilated = F.max_pool2d(t, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-t, 3, stride=1, padding=1)
+    return (dilated != eroded)[:, 0]
+
+
+def mask_loss(mask_logits: Tensor, gt_classes: Tensor, targets: Tensor, boundary_weight: float = 0.0) -> Tensor:
     """Mean per-pixel BCE of the GT class's mask channel.
 
     Args:
         mask_logits (Tensor[P, C, M, M]); gt_classes (Tensor[P]); targets (Tensor[P, M, M]).
+        boundary_weight: pixels on a target's boundary (:func:`target_boundaries`) weigh
+            ``1 + boundary_weight``, the others 1; the loss is the weighted mean.
     """
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0  # keeps the mask head in the graph (DDP) with zero gradient
     logits = mask_logits[torch.arange(mask_logits.shape[0], device=mask_logits.device), gt_classes]
-    return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="mean")
+    if not boundary_weight:
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="mean")
+    weights = 1.0 + boundary_weight * target_boundaries(targets).float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    return (bce * weights).sum() / weights.sum()
 
 
 def mask_probabilities(mask_logits: Tensor, labels: Tensor) -> Tensor:

@@ -352,7 +352,7 @@ class RoIHeads(nn.Module):
         boxes_orig = fg_rois[:, 1:] / scales[fg_image].repeat(1, 2)  # in the GT masks' (original) pixels
         targets = build_mask_targets(gt_masks, fg_image, matched[fg], boxes_orig, self.mask_head.resolution)
         mask_logits = self.mask_head(self.mask_pooler(features, fg_rois))
-        losses["loss_mask"] = mask_loss(mask_logits, gt_classes[fg], targets)
+        losses["loss_mask"] = mask_loss(mask_logits, gt_classes[fg], targets, self.mask_head.boundary_weight)
         return losses
 
     def _forward_infer(self, features, proposals, image_sizes, demand=None):

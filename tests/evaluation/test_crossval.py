@@ -97,3 +97,12 @@ def test_cli_trains_each_unfinished_fold_and_resumes_an_interrupted_one(tmp_path
     assert rc == 0
     assert calls == [(1, fold_dir(str(root), 1), True, True), (2, fold_dir(str(root), 2), False, True)]
     assert "| mean of 3 |" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_out_folder_that_is_an_input(capsys):
+    # The fold runs would be written into the image folder, the report over the split file.
+    for out in ("../shared/data/dsb2018/stage1_train", "output/splits/dsb2018_folds.json"):
+        rc = evaluate_main(["crossval", "configs/dsb2018_cpu.yaml", "--folds", "1", "--out", out, "--no-train"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith("error: --out is an input of this run") and out in err[0]

@@ -215,3 +215,21 @@ def test_mask_predictor_bias_init_sets_the_background_floor():
     assert len(same) == len(list(low.parameters())) - 1
     logits = low.roi_heads.mask_head.predictor(torch.zeros(1, low.roi_heads.mask_head.predictor.in_channels, 2, 2))
     assert torch.allclose(logits.sigmoid(), torch.full_like(logits, 0.1192), atol=1e-4)
+
+
+def test_mask_boundary_weight_changes_only_the_mask_loss():
+    torch.manual_seed(0)
+    plain = build_model(tiny_model_config())
+    torch.manual_seed(0)
+    weighted = build_model(tiny_model_config("model.mask_head.boundary_weight=4.0"))
+    assert plain.roi_heads.mask_head.boundary_weight == 0.0
+    assert weighted.roi_heads.mask_head.boundary_weight == 4.0
+    image, gt = disks_sample(64, 80)
+    out = []
+    for m in (plain, weighted):
+        m.train()
+        torch.manual_seed(1)  # the same proposal sampling in both
+        out.append(m([image], [gt]))
+    for k in LOSS_KEYS - {"loss_mask"}:
+        assert torch.equal(out[0][k], out[1][k]), k
+    assert not torch.equal(out[0]["loss_mask"], out[1]["loss_mask"])

@@ -20,7 +20,7 @@ from maskrcnn.config import InputConfig, ModelConfig, load_config
 from maskrcnn.model import build_model
 from maskrcnn.model.backbone import make_norm
 from maskrcnn.model.fpn import FPN
-from maskrcnn.model.mask_head import mask_loss
+from maskrcnn.model.mask_head import mask_loss, target_boundaries
 from maskrcnn.model.roi_heads import box_losses
 from maskrcnn.model.rpn import box_regression_loss
 from tests.model.helpers import TINY
@@ -165,3 +165,27 @@ def test_smooth_l1_on_both_sides_of_beta():
     want = 0.5 * 0.04 / 0.5 + 0.5 * 0.09 / 0.5 + (1.0 - 0.25) + (2.0 - 0.25)
     assert float(got) == pytest.approx(want, rel=1e-6)
     assert float(box_regression_loss(pred, torch.zeros_like(pred), 0.0)) == pytest.approx(3.5, rel=1e-6)
+
+
+def test_target_boundaries_by_hand():
+    # A 2x2 square in a 5x5 grid: the boundary is every pixel whose 3x3 neighbourhood (clipped to
+    # the grid) holds both values: the square itself and its 12 outer neighbours (a 4x4 ring).
+    t = torch.zeros(1, 5, 5)
+    t[0, 1:3, 1:3] = 1.0
+    want = torch.zeros(5, 5, dtype=torch.bool)
+    want[0:4, 0:4] = True
+    assert torch.equal(target_boundaries(t)[0], want)
+    # All foreground or all background: no boundary.
+    assert not target_boundaries(torch.ones(1, 4, 4)).any()
+    assert not target_boundaries(torch.zeros(1, 4, 4)).any()
+
+
+def test_mask_loss_boundary_weight_is_a_weighted_mean_by_hand():
+    # One RoI, 1 class, a 1x3 strip: target [1, 0, 0] -> boundary pixels 0 and 1 (pixel 2 sees
+    # only 0s). Weight 3 on them: (3*b0 + 3*b1 + b2) / 7.
+    logits = torch.tensor([[[[0.5, -1.0, 2.0]]]])
+    targets = torch.tensor([[[1.0, 0.0, 0.0]]])
+    b = [_bce(0.5, 1.0), _bce(-1.0, 0.0), _bce(2.0, 0.0)]
+    got = mask_loss(logits, torch.tensor([0]), targets, boundary_weight=2.0)
+    assert float(got) == pytest.approx((3 * b[0] + 3 * b[1] + b[2]) / 7, rel=1e-6)
+    assert float(mask_loss(logits, torch.tensor([0]), targets)) == pytest.approx(sum(b) / 3, rel=1e-6)
