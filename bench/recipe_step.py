@@ -96,7 +96,8 @@ class Variant:
         t0 = time.perf_counter()
         batch = next(self.batches)
         t1 = time.perf_counter()
-        losses = self.model([s.image for s in batch], [s.instances for s in batch])
+        with self.trainer.autocast():  # solver.amp, as the training loop does
+            losses = self.model([s.image for s in batch], [s.instances for s in batch])
         t2 = time.perf_counter()
         sum(losses.values()).backward()
         t3 = time.perf_counter()

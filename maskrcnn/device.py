@@ -1,5 +1,5 @@
 """The one rule that turns a ``device`` setting (``train.device``, ``predict.py --device``, an
-ablation's ``device``) into a ``torch.device``."""
+ablation's ``device``) into a ``torch.device``, and what a device computes natively."""
 from __future__ import annotations
 
 from typing import Union
@@ -37,3 +37,15 @@ def resolve_device(device: Union[str, torch.device, None] = "auto", local_rank: 
         if int(index) >= torch.cuda.device_count():
             raise DeviceError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s) ({key})")
     return torch.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 products in hardware: a CUDA GPU that supports bf16, or
+    a CPU with AVX512-BF16 or AMX tiles (oneDNN then runs bf16 convolutions natively). On other
+    CPUs bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if check is not None)
+    return False

@@ -116,7 +116,7 @@ class DataConfig(Section):
 # ---------------------------------------------------------------------- training
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine")
-AMP_MODES = ("", "bf16", "fp16")
+AMP_MODES = ("", "bf16", "fp16", "auto")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,10 @@ class SolverConfig(Section):
     warmup_factor: float = key(0.001, rule(lambda v: 0 < v <= 1, "{key} must be in (0, 1], got {v}"))
     clip_grad_norm: float = key(0.0, _at_least(0, " (0 = off)"))  # 0: off
     accum_steps: int = key(1, _at_least(1, " (micro-batches per optimiser step)"))
-    amp: str = key("", one_of(AMP_MODES, "{key}: unknown mode {v!r}; choose one of '' (off), bf16, fp16"))
+    # Mixed precision of the forward pass: '' (float32), bf16, fp16 (with a GradScaler), or auto:
+    # bf16 where the device computes it in hardware (maskrcnn.device.native_bf16: a CPU with
+    # AVX512-BF16 or AMX, a GPU with bf16), float32 elsewhere (emulated bf16 is slower than float32).
+    amp: str = key("", one_of(AMP_MODES, "{key}: unknown mode {v!r}; choose one of '' (off), bf16, fp16, auto"))
     # no weight decay on biases and norm-layer parameters
     no_decay_norm_bias: bool = key(True, resume=False)
 

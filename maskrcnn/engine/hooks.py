@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from maskrcnn.config import dump_config, to_dict
+from maskrcnn.device import native_bf16
 from maskrcnn.engine import distributed as du
 from maskrcnn.engine.curves import CURVES_FILE, draw_curves, read_metrics
 from maskrcnn.engine.loop import HookBase
@@ -42,6 +43,13 @@ from maskrcnn.progress import format_seconds
 # that registers them (not imported here: the trainer imports this module).
 Trainer = Any
 logger = logging.getLogger("maskrcnn.engine")
+
+
+def precision_note(requested: str, used: str) -> str:
+    """The log's words for the precision a run uses: ``float32``, ``bf16 autocast`` ..., with
+    ``(solver.amp auto)`` when it was chosen for this device."""
+    words = {"": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[used]
+    return f"{words} (solver.amp auto)" if requested == "auto" else words
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -150,10 +158,14 @@ class MetricsHook(HookBase):
         n_params = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
         logger.info(
             "training %d iterations from %d on %s (%d process(es), %d CPU threads each; %d images/iter, "
-            "%.2fM trainable params) -> %s",
+            "%.2fM trainable params; %s) -> %s",
             loop.max_iter - loop.iteration, loop.iteration, tr.device, tr.world_size, torch.get_num_threads(),
-            self.imgs_per_iter, n_params / 1e6, tr.cfg.train.output_dir,
+            self.imgs_per_iter, n_params / 1e6, precision_note(tr.cfg.solver.amp, tr.amp),
+            tr.cfg.train.output_dir,
         )
+        if tr.amp == "bf16" and not native_bf16(tr.device):
+            logger.warning("solver.amp bf16: this %s has no bf16 instructions; it is emulated and slower than "
+                           "float32 (solver.amp auto uses bf16 only where it is native)", tr.device.type.upper())
 
     def after_step(self) -> None:
         step, window = self.loop.last, self.window

@@ -69,13 +69,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_amp(device: torch.device, mode: str) -> str:
+    """The precision ``solver.amp`` runs on ``device``: ``auto`` becomes ``bf16`` where the device
+    computes bf16 natively (:func:`maskrcnn.device.native_bf16`) and ``""`` (float32) elsewhere;
+    the other modes as given (bf16 on a GPU without it is a ConfigError)."""
+    from maskrcnn.device import native_bf16
+
+    if mode == "auto":
+        return "bf16" if native_bf16(device) else ""
+    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("solver.amp: bf16 is not supported on this GPU; use fp16")
+    return mode
+
+
 def amp_context(device: torch.device, mode: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of autocast contexts for ``solver.amp`` (``""`` = full precision)."""
+    """A factory of autocast contexts for ``solver.amp`` (``""`` = full precision, ``auto``: see
+    :func:`resolve_amp`)."""
+    mode = resolve_amp(device, mode)
     if not mode:
         return contextlib.nullcontext
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        raise ConfigError("solver.amp: bf16 is not supported on this GPU; use fp16")
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -213,8 +226,9 @@ class Trainer:
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg.solver)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.solver)
-        self.autocast = amp_context(self.device, cfg.solver.amp)
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.solver.amp == "fp16" else None
+        self.amp = resolve_amp(self.device, cfg.solver.amp)  # "", bf16 or fp16: what runs here
+        self.autocast = amp_context(self.device, self.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == "fp16" else None
 
         if train_dataset is None or (val_dataset is None and cfg.train.eval_period > 0):
             from maskrcnn.data import build_dataset, build_reader

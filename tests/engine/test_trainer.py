@@ -186,3 +186,39 @@ def test_a_new_run_in_an_old_folder_forgets_the_old_checkpoint(tmp_path):
     model = TinyModel()
     out = _run(cfg, model, resume=True)  # so --resume starts over instead of "resuming" the old run
     assert out["iteration"] == 6 and model.calls == 6
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_takes_bf16_only_where_it_is_native(tmp_path, monkeypatch, native):
+    import maskrcnn.device
+    import maskrcnn.engine.hooks
+    from maskrcnn.engine.trainer import amp_context, resolve_amp
+
+    monkeypatch.setattr(maskrcnn.device, "native_bf16", lambda device: native)
+    monkeypatch.setattr(maskrcnn.engine.hooks, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert resolve_amp(cpu, "auto") == ("bf16" if native else "")
+    assert resolve_amp(cpu, "fp16") == "fp16" and resolve_amp(cpu, "") == ""
+    with amp_context(cpu, "auto")():
+        assert torch.is_autocast_enabled("cpu") == native
+        if native:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    _run(tiny_config(str(tmp_path / "auto"), amp="auto", max_iter=2, steps=[1]), TinyModel())
+    log = (tmp_path / "auto" / "log.txt").read_text()
+    assert ("bf16 autocast (solver.amp auto)" if native else "float32 (solver.amp auto)") in log
+    assert "emulated" not in log
+    # bf16 asked for by name on a CPU without it: it runs, with a warning that it is slow.
+    _run(tiny_config(str(tmp_path / "bf16"), amp="bf16", max_iter=2, steps=[1]), TinyModel())
+    assert ("emulated and slower than float32" in (tmp_path / "bf16" / "log.txt").read_text()) == (not native)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_on_the_cpu_reads_its_instruction_sets(monkeypatch, avx512_bf16, amx, want):
+    from maskrcnn.device import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_bf16(torch.device("cpu")) is want
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the probe: not native
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert native_bf16(torch.device("cpu")) is False
